@@ -1,1 +1,3 @@
+//! The service model, without I/O (being built up; see the final module docs).
 
+pub mod validate;
