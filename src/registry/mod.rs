@@ -1,3 +1,4 @@
 //! The service model, without I/O (being built up; see the final module docs).
 
+pub mod model;
 pub mod validate;

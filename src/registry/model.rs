@@ -1,0 +1,824 @@
+//! The data model: instances, their status, and the per-service record a node stores.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::validate::{
+    validate_address, validate_instance_id, validate_metadata, validate_non_negative,
+    validate_note, validate_port, validate_rate, validate_service, validate_tags, validate_ttl,
+    validate_weight,
+};
+use crate::{Error, Result};
+
+/// An instance's health state, as reported by the instance or set by TTL expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Healthy and serving.
+    Passing,
+    /// Serving, but something deserves attention.
+    Warning,
+    /// Failing, or silent past its TTL.
+    Critical,
+    /// Deliberately out of rotation (draining, upgrading).
+    Maintenance,
+}
+
+impl State {
+    /// Every state, in the order of the docs.
+    pub const ALL: [State; 4] = [
+        State::Passing,
+        State::Warning,
+        State::Critical,
+        State::Maintenance,
+    ];
+
+    /// The lowercase name used in JSON, the CLI and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Passing => "passing",
+            State::Warning => "warning",
+            State::Critical => "critical",
+            State::Maintenance => "maintenance",
+        }
+    }
+
+    /// Whether `discover --healthy` returns instances in this state: passing and warning are
+    /// serving; critical is failing and maintenance is deliberately out of rotation.
+    pub fn is_healthy(self) -> bool {
+        matches!(self, State::Passing | State::Warning)
+    }
+
+    /// Rank for the `best` strategy, lower is healthier: passing, warning, maintenance, critical.
+    /// Maintenance ranks above critical: a drained instance most likely still works, a critical
+    /// one most likely does not.
+    pub fn rank(self) -> u8 {
+        match self {
+            State::Passing => 0,
+            State::Warning => 1,
+            State::Maintenance => 2,
+            State::Critical => 3,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for State {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        State::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown state {s:?}: expected passing, warning, critical or maintenance"
+                ))
+            })
+    }
+}
+
+/// An instance's last reported status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Health state.
+    pub state: State,
+    /// Load, a finite number ≥ 0 (the instance decides the scale, e.g. 0–1 utilisation).
+    pub load: f64,
+    /// Share of requests that succeed, 0–1.
+    pub success_rate: f64,
+    /// Latency in milliseconds, ≥ 0.
+    pub latency_ms: f64,
+    /// Request frequency (requests per second, or whatever the reporter counts), ≥ 0.
+    pub frequency: f64,
+    /// Free text: why the state is what it is.
+    pub note: String,
+    /// When the status last changed (report, registration or TTL expiry).
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Status {
+    /// The status of a new instance: passing, all measures zero, no note.
+    pub fn new(now: DateTime<Utc>) -> Self {
+        Status {
+            state: State::Passing,
+            load: 0.0,
+            success_rate: 0.0,
+            latency_ms: 0.0,
+            frequency: 0.0,
+            note: String::new(),
+            updated_at: now,
+        }
+    }
+}
+
+/// One registered instance of a service; serializes exactly as API.md's INSTANCE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The service this instance belongs to.
+    pub service: String,
+    /// The instance's id, unique within the service (default `ADDRESS:PORT`).
+    pub id: String,
+    /// Host name or IP clients connect to.
+    pub address: String,
+    /// Port clients connect to; 0 only for prototype (`lSip`) instances.
+    pub port: u16,
+    /// Free-form labels `discover --tag` filters on.
+    pub tags: Vec<String>,
+    /// Free-form key/value pairs.
+    pub metadata: BTreeMap<String, String>,
+    /// Relative weight for the `weighted` strategy, 0–10000 (0: never picked by `weighted`).
+    pub weight: u32,
+    /// Heartbeat TTL: without a status report for this long the instance turns critical.
+    pub ttl_secs: Option<u64>,
+    /// When the instance was first registered (kept when it is registered again).
+    pub registered_at: DateTime<Utc>,
+    /// Last reported status.
+    pub status: Status,
+}
+
+/// A record's version: replicas never replace a newer version by an older one.
+///
+/// Ordered by `counter`, then by `node` so that two owners that both wrote counter N (during an
+/// ownership change) still order deterministically on every replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// Incremented by the owner on every write.
+    pub counter: u64,
+    /// Identifier (40 hex digits) of the node that wrote this version.
+    pub node: String,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.counter, self.node)
+    }
+}
+
+/// When an instance last showed a sign of life, and what TTL expiry overwrote.
+///
+/// Kept beside the instances rather than inside them so that `Instance` serializes exactly as the
+/// public INSTANCE; replicated with the record so a new owner continues the same TTL clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Liveness {
+    /// Last registration or status report.
+    pub(super) last_seen: DateTime<Utc>,
+    /// Set when TTL expiry made the instance critical: the state and note it had before, restored
+    /// by the next heartbeat unless that heartbeat sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) expired_from: Option<(State, String)>,
+}
+
+impl Liveness {
+    pub(super) fn new(now: DateTime<Utc>) -> Self {
+        Liveness {
+            last_seen: now,
+            expired_from: None,
+        }
+    }
+}
+
+/// Everything stored about one service: what a node keeps under the service's key.
+///
+/// A record whose instances are all gone stays as an empty record: it keeps its gVip (gVips never
+/// change) and, with its version, acts as the tombstone that replication and anti-entropy need.
+///
+/// The operations (`register`, `deregister`, `report`, `sweep`) do not touch the version: the
+/// owner applies one or more of them and then calls [`Record::bump_version`] once before it
+/// stores and replicates the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The service name (the record's key on the ring).
+    pub service: String,
+    /// Version of this copy.
+    pub version: Version,
+    /// The prototype-compatible virtual IP, assigned at the first registration, never changed.
+    pub gvip: Option<String>,
+    /// Instances by id.
+    pub instances: BTreeMap<String, Instance>,
+    /// Heartbeat bookkeeping by instance id (see [`Liveness`]).
+    #[serde(default)]
+    pub(super) liveness: BTreeMap<String, Liveness>,
+}
+
+impl Record {
+    /// An empty record for `service` at version 0, after checking the service name.
+    pub fn new(service: &str, gvip: Option<String>) -> Result<Self> {
+        validate_service(service)?;
+        Ok(Record {
+            service: service.to_string(),
+            version: Version::default(),
+            gvip,
+            instances: BTreeMap::new(),
+            liveness: BTreeMap::new(),
+        })
+    }
+
+    /// Whether this copy is newer than `other` and so should replace it.
+    pub fn is_newer_than(&self, other: &Record) -> bool {
+        self.version > other.version
+    }
+
+    /// Advances the version for a write by `node_id` (the owner's identifier).
+    pub fn bump_version(&mut self, node_id: &str) {
+        self.version = Version {
+            counter: self.version.counter.saturating_add(1),
+            node: node_id.to_string(),
+        };
+    }
+
+    /// Whether the service has no instances (the record is a tombstone).
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// The instance `id`, or `NotFound` naming the service and the id.
+    pub fn instance(&self, id: &str) -> Result<&Instance> {
+        self.instances.get(id).ok_or_else(|| self.no_instance(id))
+    }
+
+    fn no_instance(&self, id: &str) -> Error {
+        Error::not_found(format!("service {:?} has no instance {id:?}", self.service))
+    }
+
+    /// Registers instance `id`, or replaces it when it exists (idempotent).
+    ///
+    /// Replacing takes the new address, port, tags, metadata, weight and TTL, but keeps the
+    /// instance's `registered_at` and reported status: registering again (a restart script, a
+    /// retried request) must not wipe a maintenance state an operator set or the last measures.
+    /// Registration counts as a heartbeat: it renews the TTL, and if TTL expiry had made the
+    /// instance critical, the state and note from before the expiry come back.
+    pub fn register(
+        &mut self,
+        id: &str,
+        body: &RegisterBody,
+        now: DateTime<Utc>,
+    ) -> Result<&Instance> {
+        let valid = body.validate(false)?;
+        self.register_valid(id, valid, now)
+    }
+
+    /// `register` for input already checked by [`RegisterBody::validate`]; the prototype interface
+    /// uses it for port-0 instances.
+    pub(super) fn register_valid(
+        &mut self,
+        id: &str,
+        valid: ValidRegistration,
+        now: DateTime<Utc>,
+    ) -> Result<&Instance> {
+        validate_instance_id(id)?;
+        let liveness = self
+            .liveness
+            .entry(id.to_string())
+            .or_insert_with(|| Liveness::new(now));
+        let restored = liveness.expired_from.take();
+        liveness.last_seen = now;
+
+        let instance = match self.instances.remove(id) {
+            Some(mut old) => {
+                if let Some((state, note)) = restored {
+                    old.status.state = state;
+                    old.status.note = note;
+                    old.status.updated_at = now;
+                }
+                Instance {
+                    registered_at: old.registered_at,
+                    status: old.status,
+                    ..valid.into_instance(&self.service, id, now)
+                }
+            }
+            None => valid.into_instance(&self.service, id, now),
+        };
+        Ok(self.instances.entry(id.to_string()).or_insert(instance))
+    }
+
+    /// Removes instance `id`; `NotFound` when there is none. The record stays (see [`Record`]).
+    pub fn deregister(&mut self, id: &str) -> Result<Instance> {
+        let instance = self
+            .instances
+            .remove(id)
+            .ok_or_else(|| self.no_instance(id))?;
+        self.liveness.remove(id);
+        Ok(instance)
+    }
+
+    /// Applies a status report to instance `id` and renews its TTL heartbeat.
+    ///
+    /// Fields the body omits keep their value; the exception is an instance TTL expiry made
+    /// critical: an omitted state or note comes back to what it was before the expiry, since the
+    /// heartbeat shows the instance is alive again. `NotFound` for an unknown instance; nothing
+    /// changes when the body is invalid.
+    pub fn report(&mut self, id: &str, body: &StatusBody, now: DateTime<Utc>) -> Result<&Instance> {
+        body.validate()?;
+        let Some(instance) = self.instances.get_mut(id) else {
+            return Err(no_instance(&self.service, id));
+        };
+        let liveness = self
+            .liveness
+            .entry(id.to_string())
+            .or_insert_with(|| Liveness::new(now));
+        if let Some((state, note)) = liveness.expired_from.take() {
+            instance.status.state = state;
+            instance.status.note = note;
+        }
+        liveness.last_seen = now;
+        body.apply(&mut instance.status, now);
+        Ok(instance)
+    }
+
+    /// The record as bytes for the store and ring RPC (JSON, so it is readable in Redis).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(|e| {
+            Error::internal(format!("cannot serialize record {:?}: {e}", self.service))
+        })
+    }
+
+    /// A record from the bytes [`Record::to_bytes`] wrote; `Internal` when they are corrupt.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::internal(format!("corrupt service record: {e}")))
+    }
+}
+
+/// The `NotFound` for an unknown instance, naming the service and the id.
+fn no_instance(service: &str, id: &str) -> Error {
+    Error::not_found(format!("service {service:?} has no instance {id:?}"))
+}
+
+/// Maps a JSON body parse failure to a 400 that says what was wrong.
+fn parse_body<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("invalid {what} body: {e}")))
+}
+
+fn default_weight() -> i64 {
+    1
+}
+
+/// The body of `PUT /v1/services/{service}/instances/{id}`.
+///
+/// Numbers are wide signed integers so that an out-of-range value reaches validation and gets a
+/// precise message (`port must be 1-65535, got 70000`) rather than a generic type error.
+/// Unknown fields are ignored (forward compatibility); missing required ones are a 400 naming
+/// the field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterBody {
+    /// Host name or IP (required).
+    pub address: String,
+    /// Port, 1–65535 (required).
+    pub port: i64,
+    /// Labels; default none.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Key/value pairs; default none.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Weight, 0–10000; default 1.
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    /// Heartbeat TTL in seconds (1 s to one year); default none (never expires).
+    #[serde(default)]
+    pub ttl_secs: Option<i64>,
+}
+
+/// A registration that passed validation, narrowed to the stored types.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRegistration {
+    address: String,
+    port: u16,
+    tags: Vec<String>,
+    metadata: BTreeMap<String, String>,
+    weight: u32,
+    ttl_secs: Option<u64>,
+}
+
+impl ValidRegistration {
+    fn into_instance(self, service: &str, id: &str, now: DateTime<Utc>) -> Instance {
+        Instance {
+            service: service.to_string(),
+            id: id.to_string(),
+            address: self.address,
+            port: self.port,
+            tags: self.tags,
+            metadata: self.metadata,
+            weight: self.weight,
+            ttl_secs: self.ttl_secs,
+            registered_at: now,
+            status: Status::new(now),
+        }
+    }
+}
+
+impl RegisterBody {
+    /// A body with the defaults for everything but address and port.
+    pub fn new(address: impl Into<String>, port: i64) -> Self {
+        RegisterBody {
+            address: address.into(),
+            port,
+            tags: Vec::new(),
+            metadata: BTreeMap::new(),
+            weight: default_weight(),
+            ttl_secs: None,
+        }
+    }
+
+    /// Parses a request body; a 400 naming the problem when it is not valid JSON of this shape.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        parse_body("registration", bytes)
+    }
+
+    /// The default instance id, `ADDRESS:PORT`.
+    pub fn default_id(&self) -> String {
+        format!("{}:{}", self.address, self.port)
+    }
+
+    /// Checks every field. Port 0 passes only with `allow_port_zero`, which only the
+    /// prototype-compatible interface sets.
+    pub fn validate(&self, allow_port_zero: bool) -> Result<ValidRegistration> {
+        validate_address(&self.address)?;
+        let port = validate_port(self.port, allow_port_zero)?;
+        validate_tags(&self.tags)?;
+        validate_metadata(&self.metadata)?;
+        let weight = validate_weight(self.weight)?;
+        let ttl_secs = self.ttl_secs.map(validate_ttl).transpose()?;
+        Ok(ValidRegistration {
+            address: self.address.clone(),
+            port,
+            tags: self.tags.clone(),
+            metadata: self.metadata.clone(),
+            weight,
+            ttl_secs,
+        })
+    }
+}
+
+/// The body of `PUT /v1/services/{service}/instances/{id}/status`: every field optional, an
+/// omitted field keeps its current value. Unknown fields are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusBody {
+    /// New state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    /// New load, finite and ≥ 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    /// New success rate, 0–1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
+    /// New latency in milliseconds, finite and ≥ 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// New frequency, finite and ≥ 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<f64>,
+    /// New note, at most 1024 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl StatusBody {
+    /// Parses a request body; a 400 naming the problem when it is not valid JSON of this shape.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        parse_body("status", bytes)
+    }
+
+    /// Checks every field that is present.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(v) = self.load {
+            validate_non_negative("load", v)?;
+        }
+        if let Some(v) = self.success_rate {
+            validate_rate("success_rate", v)?;
+        }
+        if let Some(v) = self.latency_ms {
+            validate_non_negative("latency_ms", v)?;
+        }
+        if let Some(v) = self.frequency {
+            validate_non_negative("frequency", v)?;
+        }
+        if let Some(note) = &self.note {
+            validate_note(note)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the present fields into `status` and stamps it; the body must be valid.
+    fn apply(&self, status: &mut Status, now: DateTime<Utc>) {
+        if let Some(state) = self.state {
+            status.state = state;
+        }
+        if let Some(v) = self.load {
+            status.load = v;
+        }
+        if let Some(v) = self.success_rate {
+            status.success_rate = v;
+        }
+        if let Some(v) = self.latency_ms {
+            status.latency_ms = v;
+        }
+        if let Some(v) = self.frequency {
+            status.frequency = v;
+        }
+        if let Some(note) = &self.note {
+            status.note = note.clone();
+        }
+        status.updated_at = now;
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    /// A fixed instant plus `secs` seconds.
+    pub(crate) fn at(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 14, 0, 0).unwrap() + chrono::TimeDelta::seconds(secs)
+    }
+
+    pub(crate) fn record() -> Record {
+        Record::new("payments", Some("10.212.228.136".into())).unwrap()
+    }
+
+    #[test]
+    fn state_parses_lowercase_names_and_rejects_others_clearly() {
+        for state in State::ALL {
+            assert_eq!(state.as_str().parse::<State>(), Ok(state));
+            assert_eq!(state.to_string(), state.as_str());
+        }
+        assert_eq!(
+            "Passing".parse::<State>(),
+            Err(Error::invalid(
+                "unknown state \"Passing\": expected passing, warning, critical or maintenance"
+            ))
+        );
+        assert!(serde_json::from_str::<State>("\"ok\"").is_err());
+        assert_eq!(
+            serde_json::to_string(&State::Maintenance).unwrap(),
+            "\"maintenance\""
+        );
+    }
+
+    #[test]
+    fn instance_serializes_with_the_documented_field_names() {
+        let mut r = record();
+        let mut body = RegisterBody::new("10.0.0.7", 8080);
+        body.tags = vec!["v2".into()];
+        body.metadata = BTreeMap::from([("zone".into(), "a".into())]);
+        body.ttl_secs = Some(30);
+        r.register("10.0.0.7:8080", &body, at(0)).unwrap();
+        let report = StatusBody {
+            load: Some(0.25),
+            success_rate: Some(0.99),
+            latency_ms: Some(12.5),
+            frequency: Some(30.0),
+            ..StatusBody::default()
+        };
+        let inst = r.report("10.0.0.7:8080", &report, at(5)).unwrap();
+        let json = serde_json::to_value(inst).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "service": "payments", "id": "10.0.0.7:8080", "address": "10.0.0.7", "port": 8080,
+                "tags": ["v2"], "metadata": {"zone": "a"}, "weight": 1, "ttl_secs": 30,
+                "registered_at": "2026-11-25T14:00:00Z",
+                "status": {"state": "passing", "load": 0.25, "success_rate": 0.99,
+                           "latency_ms": 12.5, "frequency": 30.0, "note": "",
+                           "updated_at": "2026-11-25T14:00:05Z"}
+            })
+        );
+        let back: Instance = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, inst);
+    }
+
+    #[test]
+    fn versions_order_by_counter_then_node() {
+        let v = |counter, node: &str| Version {
+            counter,
+            node: node.into(),
+        };
+        assert!(v(2, "aa") > v(1, "ff"));
+        assert!(v(1, "bb") > v(1, "aa"));
+        assert_eq!(v(1, "aa"), v(1, "aa"));
+        assert!(Version::default() < v(1, ""));
+        assert_eq!(v(3, "ab").to_string(), "3@ab");
+    }
+
+    #[test]
+    fn is_newer_than_compares_versions_not_contents() {
+        let mut a = record();
+        let mut b = record();
+        assert!(!a.is_newer_than(&b) && !b.is_newer_than(&a));
+        a.bump_version("node-b");
+        assert!(a.is_newer_than(&b));
+        b.bump_version("node-a");
+        assert!(a.is_newer_than(&b), "same counter: higher node id wins");
+        b.bump_version("node-a");
+        assert!(b.is_newer_than(&a));
+        assert_eq!(
+            b.version,
+            Version {
+                counter: 2,
+                node: "node-a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn new_record_checks_the_service_name() {
+        assert!(Record::new("bad/name", None).is_err());
+        let r = Record::new("ok", None).unwrap();
+        assert!(r.is_empty());
+        assert_eq!(r.version, Version::default());
+    }
+
+    #[test]
+    fn register_creates_a_passing_instance_with_zeros() {
+        let mut r = record();
+        let inst = r
+            .register("a", &RegisterBody::new("10.0.0.7", 8080), at(0))
+            .unwrap()
+            .clone();
+        assert_eq!(inst.service, "payments");
+        assert_eq!(inst.id, "a");
+        assert_eq!(inst.weight, 1);
+        assert_eq!(inst.ttl_secs, None);
+        assert_eq!(inst.registered_at, at(0));
+        assert_eq!(inst.status, Status::new(at(0)));
+        assert_eq!(
+            r.version,
+            Version::default(),
+            "register leaves the version alone"
+        );
+    }
+
+    #[test]
+    fn register_rejects_bad_input_without_changing_anything() {
+        let mut r = record();
+        let before = r.clone();
+        assert_eq!(
+            r.register("a", &RegisterBody::new("h", 70000), at(0))
+                .unwrap_err(),
+            Error::invalid("port must be 1-65535, got 70000")
+        );
+        assert!(r.register("a", &RegisterBody::new("h", 0), at(0)).is_err());
+        assert!(r
+            .register("a/b", &RegisterBody::new("h", 1), at(0))
+            .is_err());
+        let mut heavy = RegisterBody::new("h", 1);
+        heavy.weight = 10_001;
+        assert!(r.register("a", &heavy, at(0)).is_err());
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn register_again_replaces_data_but_keeps_registered_at_and_status() {
+        let mut r = record();
+        r.register("a", &RegisterBody::new("10.0.0.7", 8080), at(0))
+            .unwrap();
+        let maintenance = StatusBody {
+            state: Some(State::Maintenance),
+            latency_ms: Some(7.0),
+            ..StatusBody::default()
+        };
+        r.report("a", &maintenance, at(1)).unwrap();
+        let mut again = RegisterBody::new("10.0.0.8", 9090);
+        again.tags = vec!["v3".into()];
+        again.weight = 5;
+        let inst = r.register("a", &again, at(2)).unwrap();
+        assert_eq!((inst.address.as_str(), inst.port), ("10.0.0.8", 9090));
+        assert_eq!(inst.tags, vec!["v3".to_string()]);
+        assert_eq!(inst.weight, 5);
+        assert_eq!(inst.registered_at, at(0));
+        assert_eq!(inst.status.state, State::Maintenance);
+        assert_eq!(inst.status.latency_ms, 7.0);
+        assert_eq!(r.instances.len(), 1);
+    }
+
+    #[test]
+    fn register_is_idempotent() {
+        let mut r = record();
+        let body = RegisterBody::new("10.0.0.7", 8080);
+        r.register("a", &body, at(0)).unwrap();
+        let once = r.clone();
+        r.register("a", &body, at(0)).unwrap();
+        assert_eq!(r, once);
+    }
+
+    #[test]
+    fn deregister_removes_and_unknown_is_not_found() {
+        let mut r = record();
+        r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
+        assert_eq!(r.deregister("a").unwrap().id, "a");
+        assert!(r.is_empty());
+        assert_eq!(r.gvip.as_deref(), Some("10.212.228.136"), "gVip survives");
+        assert_eq!(
+            r.deregister("a").unwrap_err(),
+            Error::not_found("service \"payments\" has no instance \"a\"")
+        );
+    }
+
+    #[test]
+    fn report_updates_only_given_fields_and_stamps_time() {
+        let mut r = record();
+        r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
+        let first = StatusBody {
+            state: Some(State::Warning),
+            load: Some(0.5),
+            note: Some("slow disk".into()),
+            ..StatusBody::default()
+        };
+        r.report("a", &first, at(3)).unwrap();
+        let second = StatusBody {
+            success_rate: Some(0.9),
+            ..StatusBody::default()
+        };
+        let s = &r.report("a", &second, at(4)).unwrap().status;
+        assert_eq!(s.state, State::Warning);
+        assert_eq!(s.load, 0.5);
+        assert_eq!(s.success_rate, 0.9);
+        assert_eq!(s.note, "slow disk");
+        assert_eq!(s.updated_at, at(4));
+    }
+
+    #[test]
+    fn report_to_unknown_instance_is_not_found() {
+        let mut r = record();
+        assert!(matches!(
+            r.report("nope", &StatusBody::default(), at(0)),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_report_changes_nothing() {
+        let mut r = record();
+        r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
+        let before = r.clone();
+        let bad = StatusBody {
+            state: Some(State::Critical),
+            success_rate: Some(1.5),
+            ..StatusBody::default()
+        };
+        assert_eq!(
+            r.report("a", &bad, at(1)).unwrap_err(),
+            Error::invalid("success_rate must be between 0 and 1, got 1.5")
+        );
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn register_body_defaults_ignores_unknown_fields_and_names_missing_ones() {
+        let body = RegisterBody::from_json(br#"{"address":"h","port":80,"extra":true}"#).unwrap();
+        assert_eq!(body, RegisterBody::new("h", 80));
+        assert_eq!(body.default_id(), "h:80");
+        let err = RegisterBody::from_json(br#"{"port":80}"#).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput(m) if m.contains("missing field `address`")),
+            "{err:?}"
+        );
+        let err = RegisterBody::from_json(b"not json").unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)));
+        let body = RegisterBody::from_json(br#"{"address":"h","port":70000}"#).unwrap();
+        assert_eq!(
+            body.validate(false).unwrap_err(),
+            Error::invalid("port must be 1-65535, got 70000")
+        );
+        let body = RegisterBody::from_json(br#"{"address":"h","port":80,"ttl_secs":null}"#);
+        assert_eq!(body.unwrap().ttl_secs, None);
+    }
+
+    #[test]
+    fn status_body_fields_are_optional_and_state_is_checked() {
+        assert_eq!(StatusBody::from_json(b"{}").unwrap(), StatusBody::default());
+        let body = StatusBody::from_json(br#"{"state":"warning","load":1.5,"x":1}"#).unwrap();
+        assert_eq!(body.state, Some(State::Warning));
+        assert_eq!(body.load, Some(1.5));
+        let err = StatusBody::from_json(br#"{"state":"sleepy"}"#).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput(m) if m.contains("unknown variant `sleepy`")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn record_round_trips_through_bytes_and_rejects_garbage() {
+        let mut r = record();
+        r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
+        r.bump_version("n1");
+        let bytes = r.to_bytes().unwrap();
+        assert_eq!(Record::from_bytes(&bytes).unwrap(), r);
+        assert!(matches!(
+            Record::from_bytes(b"NULL"),
+            Err(Error::Internal(_))
+        ));
+    }
+}
