@@ -1,4 +1,5 @@
 //! The service model, without I/O (being built up; see the final module docs).
 
 pub mod model;
+pub mod ttl;
 pub mod validate;
