@@ -23,7 +23,8 @@ pub mod validate;
 
 pub use duration::parse_duration;
 pub use model::{
-    Instance, Record, RegisterBody, State, Status, StatusBody, ValidRegistration, Version,
+    Discovery, Instance, Record, RegisterBody, ServiceSummary, State, Status, StatusBody,
+    ValidRegistration, Version,
 };
 pub use pick::{discover, pick, Strategy};
 pub use ttl::DEFAULT_GRACE_FACTOR;

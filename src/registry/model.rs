@@ -349,6 +349,35 @@ impl Record {
     }
 }
 
+/// One entry of `GET /v1/services` (`svc list`): a service and how many instances it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    /// The service name.
+    pub service: String,
+    /// Number of instances (0 for an emptied record).
+    pub instances: usize,
+}
+
+/// The answer of a discovery without `pick` (`GET /v1/services/{service}`, `svc discover`,
+/// `status query SERVICE`): `{"service", "instances": [INSTANCE...]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Discovery {
+    /// The service name.
+    pub service: String,
+    /// The matching instances, by id.
+    pub instances: Vec<Instance>,
+}
+
+impl Record {
+    /// This record's entry in the service list.
+    pub fn summary(&self) -> ServiceSummary {
+        ServiceSummary {
+            service: self.service.clone(),
+            instances: self.instances.len(),
+        }
+    }
+}
+
 /// The `NotFound` for an unknown instance, naming the service and the id.
 fn no_instance(service: &str, id: &str) -> Error {
     Error::not_found(format!("service {service:?} has no instance {id:?}"))
@@ -807,6 +836,24 @@ pub(super) mod tests {
             matches!(&err, Error::InvalidInput(m) if m.contains("unknown variant `sleepy`")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn summary_counts_instances_and_discovery_has_the_documented_shape() {
+        let mut r = record();
+        assert_eq!(
+            serde_json::to_value(r.summary()).unwrap(),
+            serde_json::json!({"service": "payments", "instances": 0})
+        );
+        r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
+        assert_eq!(r.summary().instances, 1);
+        let d = Discovery {
+            service: r.service.clone(),
+            instances: r.instances.values().cloned().collect(),
+        };
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["service"], "payments");
+        assert_eq!(json["instances"][0]["id"], "a");
     }
 
     #[test]
