@@ -1,1 +1,2 @@
-fn main(){}
+mod store;
+mod support;

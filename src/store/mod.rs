@@ -1,6 +1,22 @@
-//! Persistence: `trait Store` and its backends.
+//! Persistence: `trait Store`, its contract, and the two backends.
 //!
-//! TO BE WRITTEN (store helper): the contract below, `embedded.rs` (redb) and `redis.rs`.
+//! Everything the agent keeps across restarts (records, versions, ring bookkeeping) goes through
+//! [`Store`], a small ordered key-value interface. Two backends implement it:
+//!
+//! - [`embedded::EmbeddedStore`] (the default): a redb database in the agent's `--data-dir`.
+//!   Concurrent writes are merged into one durable transaction ("group commit"), so many
+//!   registrations arriving at once cost one disk sync, not one each.
+//! - [`redis::RedisStore`] (`--redis URL`): a Redis server with AOF on; every key is kept under a
+//!   per-node prefix so several agents can share one Redis database.
+//!
+//! [`open`] picks the backend from the agent's configuration. One shared test suite
+//! (tests/store.rs) runs the same checks against both backends.
+
+pub mod embedded;
+pub mod redis;
+
+use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -19,11 +35,18 @@ pub enum Op {
 ///
 /// Contract (every backend, checked by the shared suite in tests/store.rs):
 /// - a write that returned `Ok` is durable: it survives a crash of the agent and a restart on the
-///   same directory / Redis database;
-/// - `apply` is atomic: after a crash either every op of the batch is visible or none is;
-/// - `scan_prefix` returns every key starting with the prefix, sorted by key;
-/// - when the backend is unreachable, calls fail with `Error::Unavailable` and a message naming
-///   the backend and the cause, and work again by themselves once it is back.
+///   same directory / Redis database (for Redis: as durable as its AOF setting makes it, which is
+///   why the backend warns at start when AOF is off);
+/// - `apply` is atomic: after a crash either every op of the batch is visible or none is; ops of
+///   one batch take effect in order, so a later op on the same key wins;
+/// - keys are arbitrary UTF-8 strings (glob characters such as `*?[]` included), values arbitrary
+///   bytes; an empty batch is a no-op;
+/// - `scan_prefix` returns every key starting with the prefix (a plain byte prefix, no pattern),
+///   sorted by key, and nothing written by another node sharing the same backend;
+/// - when the backend is unreachable, calls fail within a bounded time (a few seconds) with
+///   `Error::Unavailable` and a message naming the backend and the cause (never a password), and
+///   work again by themselves once it is back, without reopening the store;
+/// - no call panics on a runtime failure (disk full, connection lost).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and metrics: "embedded" or "redis".
@@ -44,5 +67,32 @@ pub trait Store: Send + Sync + 'static {
     /// Remove one key.
     async fn delete(&self, key: &str) -> Result<()> {
         self.apply(vec![Op::Delete(key.to_string())]).await
+    }
+}
+
+/// Open the store an agent is configured with: Redis at `redis_url` when given (keys kept under
+/// `node_prefix`), otherwise the embedded store in `data_dir` (created if missing).
+///
+/// Fails with `Error::Unavailable` when the backend cannot be reached or the directory is in use
+/// by another agent, and with `Error::InvalidInput` for a malformed URL or node prefix.
+pub async fn open(
+    redis_url: Option<&str>,
+    data_dir: &Path,
+    node_prefix: &str,
+) -> Result<Arc<dyn Store>> {
+    match redis_url {
+        Some(url) => Ok(Arc::new(
+            redis::RedisStore::connect(url, node_prefix).await?,
+        )),
+        None => {
+            // Opening may replay or repair the database file: blocking work, off the runtime.
+            let dir = data_dir.to_path_buf();
+            let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&dir))
+                .await
+                .map_err(|e| {
+                    crate::Error::internal(format!("opening the embedded store failed: {e}"))
+                })??;
+            Ok(Arc::new(store))
+        }
     }
 }

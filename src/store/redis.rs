@@ -1,0 +1,358 @@
+//! The Redis backend: every key under a per-node prefix in one Redis database.
+//!
+//! Keys are stored as `chordctl:{node_prefix}:{key}`, so several agents can share one Redis
+//! database without seeing each other's data. Durability is Redis's: the backend expects AOF
+//! (`appendonly yes`) and warns at start when it is off or cannot be confirmed.
+//!
+//! The connection is a [`ConnectionManager`]: one multiplexed connection that reconnects in the
+//! background after it breaks. Every round trip is bounded by [`CALL_TIMEOUT`], so while Redis is
+//! down a call fails quickly with `Error::Unavailable` instead of hanging, and once Redis is back
+//! calls succeed again on the same `RedisStore`. Passwords in the URL never reach a message or a
+//! log line: everything shows [`redact_url`]'s form of it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
+
+use super::{Op, Store};
+use crate::{Error, Result};
+
+/// The longest one Redis round trip may take before the call fails as unavailable.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest [`RedisStore::connect`] waits for Redis to answer at start.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every key of every node starts with this, so chordctl's keys are easy to find and to remove.
+const KEY_NAMESPACE: &str = "chordctl";
+
+/// How many keys one SCAN step asks for and one MGET fetches.
+const SCAN_COUNT: usize = 1000;
+const MGET_CHUNK: usize = 100;
+
+/// A [`Store`] on a Redis server, keeping this node's keys apart from other nodes'.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    /// `chordctl:{node_prefix}:`, prepended to every key.
+    prefix: String,
+    /// The server URL with any password replaced, for messages and logs.
+    url: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connect to Redis at `url` (`redis://[user:password@]host:port[/db]`) and keep this node's
+    /// keys under `chordctl:{node_prefix}:`.
+    ///
+    /// Fails with `Error::Unavailable` when Redis does not answer within [`CONNECT_TIMEOUT`]
+    /// (an agent should not start on a store it cannot reach), and with `Error::InvalidInput`
+    /// for a malformed URL or a node prefix that is empty or contains `:` (which would let two
+    /// nodes' key spaces overlap). Logs a warning when AOF is off or cannot be confirmed.
+    pub async fn connect(url: &str, node_prefix: &str) -> Result<Self> {
+        let shown = redact_url(url);
+        if node_prefix.is_empty() || node_prefix.contains(':') {
+            return Err(Error::invalid(format!(
+                "invalid Redis node prefix {node_prefix:?}: it must be non-empty and must not contain ':'"
+            )));
+        }
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::invalid(format!("invalid Redis URL {shown}: {e}")))?;
+        // One connection attempt per reconnect round, no backoff sleep: calls made while Redis
+        // is down wait on the round in progress, so a round that fails at once (or after the
+        // 1 s connect timeout) lets them fail fast instead of running into CALL_TIMEOUT. (The
+        // crate's backoff starts at a fixed 1 s however it is configured.) When a round fails,
+        // the next call starts another, so attempts follow the callers' pace, one at a time.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_number_of_retries(0);
+        let conn = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(Error::unavailable(format!(
+                    "store unavailable: redis {shown}: cannot connect: {e}"
+                )))
+            }
+            Err(_) => {
+                return Err(Error::unavailable(format!(
+                    "store unavailable: redis {shown}: cannot connect: no answer within {CONNECT_TIMEOUT:?}"
+                )))
+            }
+        };
+        let store = RedisStore {
+            conn,
+            prefix: format!("{KEY_NAMESPACE}:{node_prefix}:"),
+            url: shown,
+        };
+        store.check_aof().await;
+        Ok(store)
+    }
+
+    /// Warn when Redis may lose acknowledged writes (AOF off) or when we cannot tell.
+    async fn check_aof(&self) {
+        let mut conn = self.conn.clone();
+        let reply = match tokio::time::timeout(
+            CALL_TIMEOUT,
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("appendonly")
+                .query_async::<HashMap<String, String>>(&mut conn),
+        )
+        .await
+        {
+            Ok(reply) => reply.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        };
+        match aof_warning(&self.url, reply) {
+            Some(warning) => tracing::warn!("{warning}"),
+            None => tracing::info!(url = %self.url, "Redis store: appendonly=yes"),
+        }
+    }
+
+    /// The full Redis key of one of this node's keys.
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Run one Redis round trip, bounded by CALL_TIMEOUT, mapping failures to Unavailable.
+    async fn run<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(self.unavailable(format!("no answer within {CALL_TIMEOUT:?}"))),
+        }
+    }
+
+    fn unavailable(&self, cause: impl std::fmt::Display) -> Error {
+        Error::unavailable(format!("store unavailable: redis {}: {cause}", self.url))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("GET").arg(self.full_key(key)).clone();
+        self.run(cmd.query_async(&mut conn)).await
+    }
+
+    async fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // MULTI/EXEC: Redis runs the batch as one unit, and with AOF on writes it as one unit.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for op in &ops {
+            match op {
+                Op::Put(k, v) => pipe.set(self.full_key(k), v.as_slice()).ignore(),
+                Op::Delete(k) => pipe.del(self.full_key(k)).ignore(),
+            };
+        }
+        let mut conn = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}{}*", glob_escape(&self.prefix), glob_escape(prefix));
+        let wanted = self.full_key(prefix);
+        // SCAN may return a key more than once; the set removes duplicates and sorts.
+        let mut keys = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let step = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(step.query_async(&mut conn)).await?;
+            for full in batch {
+                // Keys that are not UTF-8 were not written by a Store, so they are not ours.
+                if let Ok(full) = String::from_utf8(full) {
+                    if full.starts_with(&wanted) {
+                        keys.insert(full);
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MGET_CHUNK) {
+            let fetch = redis::cmd("MGET").arg(chunk).clone();
+            let values: Vec<Option<Vec<u8>>> = self.run(fetch.query_async(&mut conn)).await?;
+            // A key deleted between SCAN and MGET comes back as nil: it is simply gone.
+            for (full, value) in chunk.iter().zip(values) {
+                if let Some(value) = value {
+                    out.push((full[self.prefix.len()..].to_string(), value));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn check(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        self.run(redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+}
+
+/// The warning to log for a `CONFIG GET appendonly` reply, or `None` when AOF is on.
+fn aof_warning(
+    url: &str,
+    reply: std::result::Result<HashMap<String, String>, String>,
+) -> Option<String> {
+    match reply {
+        Ok(config) => match config.get("appendonly").map(String::as_str) {
+            Some("yes") => None,
+            Some(other) => Some(format!(
+                "Redis at {url} has appendonly={other}: acknowledged writes can be lost on a \
+                 Redis crash; set appendonly yes"
+            )),
+            None => Some(format!(
+                "Redis at {url} did not report appendonly: cannot confirm that acknowledged \
+                 writes survive a Redis crash; make sure appendonly is yes"
+            )),
+        },
+        Err(cause) => Some(format!(
+            "cannot check appendonly on Redis at {url} ({cause}): cannot confirm that \
+             acknowledged writes survive a Redis crash; make sure appendonly is yes"
+        )),
+    }
+}
+
+/// Escape Redis glob characters so `s` matches only itself in a SCAN MATCH pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `url` with any password (in the user-info part or a `pass`/`password` query parameter)
+/// replaced by `***`, fit for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL we can take apart; show it only if it cannot hold a credential.
+        return if url.contains('@') || url.contains("pass") {
+            "<redacted URL>".to_string()
+        } else {
+            url.to_string()
+        };
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***{host}"),
+                // `redis://secret@host`: some clients read a lone user-info as the password.
+                None => format!("***{host}"),
+            }
+        }
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _))
+                        if name.eq_ignore_ascii_case("pass")
+                            || name.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords() {
+        let cases = [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@host:6379", "redis://:***@host:6379"),
+            ("redis://alice:s3cret@host/2", "redis://alice:***@host/2"),
+            ("rediss://s3cret@host", "rediss://***@host"),
+            ("redis://a:p@ss@host", "redis://a:***@host"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+            ("host:6379", "host:6379"),
+            ("user:s3cret@host", "<redacted URL>"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "redacting {url}");
+            assert!(!redact_url(url).contains("s3cret"));
+        }
+    }
+
+    #[test]
+    fn glob_escape_matches_literally() {
+        assert_eq!(glob_escape("a/b"), "a/b");
+        assert_eq!(glob_escape("*?[x]\\"), "\\*\\?\\[x\\]\\\\");
+    }
+
+    #[test]
+    fn aof_warning_says_what_is_wrong() {
+        let on = HashMap::from([("appendonly".to_string(), "yes".to_string())]);
+        assert_eq!(aof_warning("redis://h", Ok(on)), None);
+
+        let off = HashMap::from([("appendonly".to_string(), "no".to_string())]);
+        let w = aof_warning("redis://h", Ok(off)).expect("warns");
+        assert!(w.contains("appendonly=no"), "{w}");
+        assert!(w.contains("set appendonly yes"), "{w}");
+
+        let w =
+            aof_warning("redis://h", Err("ERR unknown command 'CONFIG'".into())).expect("warns");
+        assert!(w.contains("cannot check appendonly"), "{w}");
+        assert!(w.contains("unknown command"), "{w}");
+
+        let w = aof_warning("redis://h", Ok(HashMap::new())).expect("warns");
+        assert!(w.contains("cannot confirm"), "{w}");
+    }
+}

@@ -1,0 +1,466 @@
+//! The shared store suite: the same checks against every backend, plus each backend's own.
+//!
+//! Every shared check is an `async fn(&Backend)`; `shared_suite!` turns it into one test per
+//! backend. The Redis tests start their own `redis-server` (see support/redis.rs) and skip with
+//! a message when it is not installed (fail under CI=true).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chordctl::store::{self, embedded::EmbeddedStore, redis::RedisStore, Op, Store};
+use chordctl::Error;
+use futures::future::BoxFuture;
+
+use crate::support::redis::RedisServer;
+
+/// Where a test's data lives; `open` gives a fresh store on that same data each time.
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Redis { server: RedisServer, node: String },
+}
+
+impl Backend {
+    fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().expect("temporary data directory"))
+    }
+
+    fn redis() -> Option<Backend> {
+        Some(Backend::Redis {
+            server: RedisServer::start()?,
+            node: "n1".to_string(),
+        })
+    }
+
+    /// Open a store through the same helper the agent uses.
+    async fn open(&self) -> Arc<dyn Store> {
+        let opened = match self {
+            Backend::Embedded(dir) => store::open(None, dir.path(), "n1").await,
+            Backend::Redis { server, node } => {
+                store::open(Some(&server.url()), Path::new("/nonexistent"), node).await
+            }
+        };
+        opened.expect("store opens")
+    }
+}
+
+/// Turn each shared check into one test per backend.
+macro_rules! shared_suite {
+    ($($check:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let backend = super::Backend::embedded();
+                    super::$check(&backend).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let Some(backend) = super::Backend::redis() else { return };
+                    super::$check(&backend).await;
+                }
+            )*
+        }
+    };
+}
+
+shared_suite!(
+    get_put_delete_overwrite,
+    apply_is_one_ordered_batch,
+    scan_prefix_is_sorted_and_exact,
+    glob_characters_are_plain_key_characters,
+    binary_values_round_trip,
+    large_values_round_trip,
+    concurrent_applies_all_land,
+    reopen_keeps_data,
+    check_succeeds_when_healthy,
+);
+
+fn put(key: &str, value: &[u8]) -> Op {
+    Op::Put(key.to_string(), value.to_vec())
+}
+
+async fn get_put_delete_overwrite(backend: &Backend) {
+    let s = backend.open().await;
+    assert_eq!(s.get("k").await.unwrap(), None);
+    s.put("k", b"one".to_vec()).await.unwrap();
+    assert_eq!(s.get("k").await.unwrap(), Some(b"one".to_vec()));
+    s.put("k", b"two".to_vec()).await.unwrap();
+    assert_eq!(s.get("k").await.unwrap(), Some(b"two".to_vec()));
+    s.delete("k").await.unwrap();
+    assert_eq!(s.get("k").await.unwrap(), None);
+    // Deleting what is not there is no error.
+    s.delete("k").await.unwrap();
+    s.delete("never-written").await.unwrap();
+}
+
+async fn apply_is_one_ordered_batch(backend: &Backend) {
+    let s = backend.open().await;
+    s.put("gone", b"x".to_vec()).await.unwrap();
+    s.apply(vec![
+        put("b/1", b"1"),
+        put("b/2", b"first"),
+        Op::Delete("gone".to_string()),
+        put("b/2", b"second"),
+        put("b/3", b"3"),
+        Op::Delete("b/3".to_string()),
+    ])
+    .await
+    .unwrap();
+    // Ops apply in order: the later write to a key wins, a delete after a put removes it.
+    assert_eq!(
+        s.scan_prefix("b/").await.unwrap(),
+        vec![
+            ("b/1".to_string(), b"1".to_vec()),
+            ("b/2".to_string(), b"second".to_vec()),
+        ]
+    );
+    assert_eq!(s.get("gone").await.unwrap(), None);
+    // An empty batch is a no-op.
+    s.apply(Vec::new()).await.unwrap();
+}
+
+async fn scan_prefix_is_sorted_and_exact(backend: &Backend) {
+    let s = backend.open().await;
+    for key in ["ab/1", "a/2", "b/1", "a/1", "a", "a0"] {
+        s.put(key, key.as_bytes().to_vec()).await.unwrap();
+    }
+    let keys = |v: Vec<(String, Vec<u8>)>| -> Vec<String> {
+        v.into_iter()
+            .map(|(k, value)| {
+                assert_eq!(k.as_bytes(), value, "value of {k}");
+                k
+            })
+            .collect()
+    };
+    assert_eq!(keys(s.scan_prefix("a/").await.unwrap()), ["a/1", "a/2"]);
+    assert_eq!(
+        keys(s.scan_prefix("a").await.unwrap()),
+        ["a", "a/1", "a/2", "a0", "ab/1"]
+    );
+    assert_eq!(
+        keys(s.scan_prefix("").await.unwrap()),
+        ["a", "a/1", "a/2", "a0", "ab/1", "b/1"]
+    );
+    assert!(s.scan_prefix("c").await.unwrap().is_empty());
+    assert!(s.scan_prefix("a/1/").await.unwrap().is_empty());
+}
+
+async fn glob_characters_are_plain_key_characters(backend: &Backend) {
+    let s = backend.open().await;
+    let keys = ["g/*", "g/?", "g/[x]", "g/x", "g/\\", "g*/1", "g?/1", "h/1"];
+    for key in keys {
+        s.put(key, key.as_bytes().to_vec()).await.unwrap();
+    }
+    for key in keys {
+        assert_eq!(s.get(key).await.unwrap(), Some(key.as_bytes().to_vec()));
+    }
+    let scan = |prefix: &'static str| {
+        let s = s.clone();
+        async move {
+            s.scan_prefix(prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(scan("g/*").await, ["g/*"]);
+    assert_eq!(scan("g/?").await, ["g/?"]);
+    assert_eq!(scan("g/[").await, ["g/[x]"]);
+    assert_eq!(scan("g/\\").await, ["g/\\"]);
+    assert_eq!(scan("g*").await, ["g*/1"]);
+    assert_eq!(scan("g?").await, ["g?/1"]);
+    assert_eq!(scan("*").await, Vec::<String>::new());
+    assert_eq!(scan("g/").await, ["g/*", "g/?", "g/[x]", "g/\\", "g/x"]);
+}
+
+async fn binary_values_round_trip(backend: &Backend) {
+    let s = backend.open().await;
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let not_utf8 = vec![0xff, 0xfe, 0x00, 0xc3];
+    s.apply(vec![
+        put("bin/all", &every_byte),
+        put("bin/empty", b""),
+        put("bin/invalid-utf8", &not_utf8),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get("bin/all").await.unwrap(), Some(every_byte.clone()));
+    assert_eq!(s.get("bin/empty").await.unwrap(), Some(Vec::new()));
+    assert_eq!(
+        s.get("bin/invalid-utf8").await.unwrap(),
+        Some(not_utf8.clone())
+    );
+    assert_eq!(
+        s.scan_prefix("bin/").await.unwrap(),
+        vec![
+            ("bin/all".to_string(), every_byte),
+            ("bin/empty".to_string(), Vec::new()),
+            ("bin/invalid-utf8".to_string(), not_utf8),
+        ]
+    );
+}
+
+async fn large_values_round_trip(backend: &Backend) {
+    let s = backend.open().await;
+    let big: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    s.put("big/1", big.clone()).await.unwrap();
+    s.put("big/2", big.clone()).await.unwrap();
+    assert_eq!(s.get("big/1").await.unwrap().as_ref(), Some(&big));
+    let all = s.scan_prefix("big/").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|(_, v)| v == &big));
+}
+
+async fn concurrent_applies_all_land(backend: &Backend) {
+    let s = backend.open().await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.apply(vec![
+                    put(&format!("c/{i:03}/a"), format!("{i}a").as_bytes()),
+                    put(&format!("c/{i:03}/b"), format!("{i}b").as_bytes()),
+                ])
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task ran").expect("apply succeeded");
+    }
+    let all = s.scan_prefix("c/").await.unwrap();
+    let want: Vec<(String, Vec<u8>)> = (0..200)
+        .flat_map(|i| {
+            [
+                (format!("c/{i:03}/a"), format!("{i}a").into_bytes()),
+                (format!("c/{i:03}/b"), format!("{i}b").into_bytes()),
+            ]
+        })
+        .collect();
+    assert_eq!(all, want);
+}
+
+async fn reopen_keeps_data(backend: &Backend) {
+    let s = backend.open().await;
+    s.apply(vec![put("r/1", b"one"), put("r/2", b"two")])
+        .await
+        .unwrap();
+    s.delete("r/2").await.unwrap();
+    drop(s);
+    let s = backend.open().await;
+    assert_eq!(
+        s.scan_prefix("r/").await.unwrap(),
+        vec![("r/1".to_string(), b"one".to_vec())]
+    );
+}
+
+async fn check_succeeds_when_healthy(backend: &Backend) {
+    let s = backend.open().await;
+    s.check().await.unwrap();
+    assert!(["embedded", "redis"].contains(&s.kind()));
+}
+
+// ---- embedded only ----
+
+#[tokio::test]
+async fn embedded_directory_in_use_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = EmbeddedStore::open(dir.path()).unwrap();
+    let err = EmbeddedStore::open(dir.path()).expect_err("second open must fail");
+    let want = format!(
+        "data directory {} is in use by another agent",
+        dir.path().display()
+    );
+    assert_eq!(err, Error::Unavailable(want));
+    // Once the first store is dropped the directory is free again, at once.
+    drop(first);
+    EmbeddedStore::open(dir.path()).expect("reopen after drop");
+}
+
+#[tokio::test]
+async fn embedded_creates_a_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b/c");
+    let s = EmbeddedStore::open(&nested).unwrap();
+    s.put("k", b"v".to_vec()).await.unwrap();
+    assert!(s.path().starts_with(&nested));
+    assert!(s.path().is_file());
+}
+
+#[tokio::test]
+async fn embedded_unusable_directory_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = EmbeddedStore::open(&file).expect_err("a file is no data directory");
+    let Error::Unavailable(msg) = err else {
+        panic!("want Unavailable, got {err:?}")
+    };
+    assert!(msg.contains(&file.display().to_string()), "{msg}");
+}
+
+// ---- Redis only ----
+
+#[tokio::test]
+async fn redis_node_prefixes_are_isolated() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let n1 = RedisStore::connect(&server.url(), "n1").await.unwrap();
+    let n2 = RedisStore::connect(&server.url(), "n2").await.unwrap();
+    let n = RedisStore::connect(&server.url(), "n").await.unwrap();
+    for (s, v) in [(&n1, "1"), (&n2, "2"), (&n, "0")] {
+        s.apply(vec![put("k", v.as_bytes()), put(&format!("only-{v}"), b"")])
+            .await
+            .unwrap();
+    }
+    for (s, v) in [(&n1, "1"), (&n2, "2"), (&n, "0")] {
+        assert_eq!(s.get("k").await.unwrap(), Some(v.as_bytes().to_vec()));
+        assert_eq!(
+            s.scan_prefix("").await.unwrap(),
+            vec![
+                ("k".to_string(), v.as_bytes().to_vec()),
+                (format!("only-{v}"), Vec::new()),
+            ]
+        );
+    }
+    n1.delete("k").await.unwrap();
+    assert_eq!(n2.get("k").await.unwrap(), Some(b"2".to_vec()));
+}
+
+#[tokio::test]
+async fn redis_rejects_a_node_prefix_that_could_overlap() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    for bad in ["", "a:b"] {
+        let err = RedisStore::connect(&server.url(), bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{bad:?}: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_at_start_is_unavailable_without_leaking_the_password() {
+    // A port nobody listens on: bind port 0, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://:hunter2@127.0.0.1:{port}/");
+    let started = Instant::now();
+    let err = RedisStore::connect(&url, "n1").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let Error::Unavailable(msg) = err else {
+        panic!("want Unavailable, got {err:?}")
+    };
+    assert!(msg.contains("cannot connect"), "{msg}");
+    assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+}
+
+/// Redis crashes and comes back: calls fail fast meanwhile, then the same store works again
+/// and nothing acknowledged before the crash is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_fast_and_recovers_on_the_same_store() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let s = RedisStore::connect(&server.url(), "n1").await.unwrap();
+    s.apply(vec![put("svc/a", b"1"), put("svc/b", b"2")])
+        .await
+        .unwrap();
+
+    server.stop();
+    // Each kind of call fails as unavailable, promptly, and keeps doing so while Redis is down.
+    for _ in 0..3 {
+        assert_all_unavailable(&s, &server.port().to_string()).await;
+    }
+
+    server.restart();
+    let value = get_once_back(&s, "svc/a").await;
+    assert_eq!(value, Some(b"1".to_vec()));
+    s.put("svc/c", b"3".to_vec()).await.unwrap();
+    let keys: Vec<String> = s
+        .scan_prefix("svc/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["svc/a", "svc/b", "svc/c"]);
+}
+
+/// A Redis that hangs (stopped, not dead) cannot hold calls longer than the call timeout, and
+/// the same store works again once it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_hangs_times_out_and_recovers() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = RedisStore::connect(&server.url(), "n1").await.unwrap();
+    s.put("k", b"v".to_vec()).await.unwrap();
+    server.pause();
+    assert_all_unavailable(&s, "no answer within").await;
+    server.resume();
+    assert_eq!(get_once_back(&s, "k").await, Some(b"v".to_vec()));
+}
+
+/// `key`'s value, read from `s` as soon as it answers again: polls with a deadline and accepts
+/// only retryable errors meanwhile.
+async fn get_once_back(s: &RedisStore, key: &str) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match s.get(key).await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.is_retryable(), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the store did not recover within 20 s: {e}"),
+        }
+    }
+}
+
+/// Every Store call fails with Unavailable, a message saying so and naming `detail`, and
+/// returns within a bound (the call timeout plus slack for a loaded machine).
+async fn assert_all_unavailable(s: &RedisStore, detail: &str) {
+    let bound = chordctl::store::redis::CALL_TIMEOUT + Duration::from_secs(3);
+    let calls: [(&str, BoxFuture<'_, chordctl::Result<()>>); 4] = [
+        ("get", Box::pin(async { s.get("svc/a").await.map(|_| ()) })),
+        ("put", Box::pin(s.put("svc/c", b"3".to_vec()))),
+        (
+            "scan_prefix",
+            Box::pin(async { s.scan_prefix("svc/").await.map(|_| ()) }),
+        ),
+        ("check", Box::pin(s.check())),
+    ];
+    for (name, call) in calls {
+        let started = Instant::now();
+        let err = call.await.expect_err("Redis is unavailable");
+        let took = started.elapsed();
+        assert!(took < bound, "{name} took {took:?}");
+        let Error::Unavailable(msg) = &err else {
+            panic!("{name}: want Unavailable, got {err:?}")
+        };
+        assert!(
+            msg.starts_with("store unavailable: redis "),
+            "{name}: {msg}"
+        );
+        assert!(
+            msg.contains(detail),
+            "{name}: {msg} should mention {detail}"
+        );
+    }
+}
