@@ -1,1 +1,3 @@
-fn main() {}
+//! The one integration-test binary: each module tests one part of chordctl from outside.
+
+mod cli;

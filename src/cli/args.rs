@@ -234,8 +234,8 @@ pub struct TuningOpts {
           value_parser = parse_positive_u64)]
     pub rpc_timeout_ms: u64,
 
-    /// Print the effective configuration (secrets masked) and exit instead of starting
-    #[arg(long, hide = true)]
+    /// Print the settings in effect (secrets masked) and exit without starting
+    #[arg(long)]
     pub print_config: bool,
 }
 
