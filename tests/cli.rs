@@ -670,3 +670,87 @@ fn generated_files_are_current() {
          UPDATE_GENERATED=1 cargo test --test main generated_files_are_current\nand commit them"
     );
 }
+
+#[test]
+fn ring_node_and_locate_tables() {
+    let (a, b) = (
+        "2a3b4c5d00000000000000000000000000000000",
+        "6f00aa1100000000000000000000000000000000",
+    );
+    let node = |id: &str, n: u8| json!({"id": id, "addr": format!("127.0.0.{n}:7400"), "http": format!("127.0.0.{n}:7500")});
+    let view = json!({
+        "id": a, "addr": "127.0.0.1:7400", "http": "127.0.0.1:7500", "predecessor": node(b, 2),
+        "successors": [node(b, 2), node(a, 1)],
+        "fingers": [{"index": 158, "start": "aa3b4c5d00000000000000000000000000000000",
+                     "node": node(b, 2)}]
+    });
+    let agent = FakeAgent::answering(200, view);
+    run(&["--agent", &agent.url(), "ring", "node"])
+        .code(0)
+        .stdout_has("predecessor  6f00aa11  127.0.0.2:7400")
+        .stdout_has("successor 2  2a3b4c5d")
+        .stdout_has("aa3b4c5d");
+
+    let found = json!({"key": "a b/c", "id": "5f3c999999999999999999999999999999999999",
+                       "owner": node(b, 2), "replicas": [node(a, 1)], "hops": 2});
+    let agent = FakeAgent::answering(200, found.clone());
+    run(&["--agent", &agent.url(), "locate", "a b/c"])
+        .code(0)
+        .stdout_has("5f3c999999999999999999999999999999999999")
+        .stdout_has("owner      6f00aa11")
+        .stdout_has("replica 1  2a3b4c5d");
+    assert_eq!(agent.only_request().target, "/v1/locate/a%20b%2Fc");
+    assert_eq!(
+        run(&["--agent", &agent.url(), "-o", "json", "locate", "x"])
+            .code(0)
+            .json(),
+        found
+    );
+}
+
+#[test]
+fn list_query_deregister_and_leave() {
+    let agent =
+        FakeAgent::start(
+            |request| match (request.method.as_str(), request.target.as_str()) {
+                ("GET", "/v1/services") => (
+                    200,
+                    json!([{"service": "payments", "instances": 3}]).to_string(),
+                ),
+                ("GET", "/v1/services/payments") => (
+                    200,
+                    json!({"service": "payments", "instances": []}).to_string(),
+                ),
+                ("GET", "/v1/services/payments/instances/i%3A1") => (200, instance().to_string()),
+                ("DELETE", "/v1/services/payments/instances/i%3A1") => (204, String::new()),
+                ("POST", "/v1/agent/leave") => (202, json!({"leaving": true}).to_string()),
+                _ => (404, error_body("not_found", "no such route").to_string()),
+            },
+        );
+    let url = agent.url();
+    run(&["--agent", &url, "svc", "list"])
+        .code(0)
+        .stdout_has("payments")
+        .stdout_has("1 service");
+    run(&["--agent", &url, "status", "query", "payments"])
+        .code(0)
+        .stdout_has("no instances of payments");
+    run(&["--agent", &url, "status", "query", "payments", "i:1"])
+        .code(0)
+        .stdout_has("10.0.0.7:8080");
+    run(&["--agent", &url, "svc", "deregister", "payments", "i:1"])
+        .code(0)
+        .stdout_has("deregistered payments instance i:1");
+    run(&["--agent", &url, "ring", "leave"])
+        .code(0)
+        .stdout_has("leaving the ring");
+    assert_eq!(
+        run(&["--agent", &url, "-o", "json", "ring", "leave"])
+            .code(0)
+            .json(),
+        json!({"leaving": true})
+    );
+    run(&["--agent", &url, "status", "query", "payments", "i:2"])
+        .code(4)
+        .stderr_has("no such route");
+}

@@ -184,8 +184,14 @@ pub struct NodeOpts {
     pub data_dir: Option<PathBuf>,
 
     /// Use Redis instead of the embedded store, e.g. redis://:secret@127.0.0.1:6379/0
-    #[arg(long, env = "CHORDCTL_REDIS", value_name = "URL", hide_env_values = true,
-          value_parser = parse_redis_url)]
+    // Checked after merging, by `parse_redis_url`, so that clap never echoes a URL that may
+    // hold a password.
+    #[arg(
+        long,
+        env = "CHORDCTL_REDIS",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis: Option<String>,
 }
 
@@ -509,7 +515,8 @@ fn split_host_port(s: &str) -> Result<(&str, u16), String> {
     Ok((host, port))
 }
 
-/// A Redis URL; the agent's Redis client does the full check when it connects.
+/// A Redis URL; the agent's Redis client does the full check when it connects. The message
+/// does not repeat the URL, which may hold a password.
 pub(crate) fn parse_redis_url(s: &str) -> Result<String, String> {
     if ["redis://", "rediss://", "redis+unix://", "unix://"]
         .iter()
@@ -517,7 +524,7 @@ pub(crate) fn parse_redis_url(s: &str) -> Result<String, String> {
     {
         Ok(s.to_string())
     } else {
-        Err("expected a URL like redis://:secret@127.0.0.1:6379/0".into())
+        Err("expected a URL like redis://:PASSWORD@127.0.0.1:6379/0 (value not shown)".into())
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Client {
     http: reqwest::Client,
     runtime: tokio::runtime::Runtime,
     base: Url,
+    /// `base` without user and password, for messages.
+    shown: String,
     token: Option<String>,
 }
 
@@ -42,17 +44,23 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
+        let mut shown = base.clone();
+        // Both fail only for URLs that cannot have credentials, which then have none to hide.
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        let shown = shown.as_str().trim_end_matches('/').to_string();
         Ok(Client {
             http,
             runtime,
             base,
+            shown,
             token: token.filter(|t| !t.is_empty()),
         })
     }
 
-    /// The agent's URL as the user would write it, for messages.
+    /// The agent's URL as the user would write it (without credentials), for messages.
     pub fn agent(&self) -> &str {
-        self.base.as_str().trim_end_matches('/')
+        &self.shown
     }
 
     /// `GET` the resource at the path made of `segments`, with `query` parameters.
@@ -224,5 +232,6 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(url.as_str(), "http://gw/chord/v1/ring");
         assert_eq!(c.agent(), "http://gw/chord");
+        assert_eq!(client("http://u:pw@gw:1").agent(), "http://gw:1");
     }
 }

@@ -102,12 +102,7 @@ impl Partial {
                 .transpose()
                 .map_err(key("http"))?,
             data_dir: file.data_dir,
-            redis: file
-                .redis
-                .as_deref()
-                .map(args::parse_redis_url)
-                .transpose()
-                .map_err(key("redis"))?,
+            redis: file.redis,
             replicas: positive(file.replicas).map_err(key("replicas"))?,
             successors: positive(file.successors).map_err(key("successors"))?,
             cluster_secret: file.cluster_secret,
@@ -169,6 +164,9 @@ pub(crate) fn merge(start: Start, layers: &[&Partial]) -> Result<AgentConfig, St
             .map(Duration::from_millis)
             .unwrap_or(defaults.rpc_timeout),
     };
+    if let Some(url) = &config.redis {
+        args::parse_redis_url(url).map_err(|e| format!("--redis: {e}"))?;
+    }
     if config.data_dir.is_some() && config.redis.is_some() {
         return Err("--data-dir and --redis are mutually exclusive: choose one store".into());
     }
@@ -294,6 +292,17 @@ mod tests {
             ..Partial::default()
         };
         assert!(merge(Start::Create, &[&too_many]).is_err());
+        let bad_redis = Partial {
+            redis: Some("http://:hunter2@127.0.0.1/".into()),
+            ..Partial::default()
+        };
+        let err = merge(Start::Create, &[&bad_redis])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("--redis") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     /// Flags land in the command-line layer; clap's defaults land in no layer, so that a file
