@@ -34,10 +34,16 @@ pub struct Client {
 impl Client {
     /// A client of the agent at `base` that sends `token` (if any) as a bearer token.
     pub fn new(base: Url, token: Option<String>) -> Result<Client, Failure> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("chordctl/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("chordctl/", env!("CARGO_PKG_VERSION")));
+        // HTTP_PROXY and friends are honoured, except for an agent on this machine (as Go's
+        // clients such as consul and etcdctl do): a proxy cannot reach the caller's loopback.
+        if is_loopback(&base) {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .build()
             .map_err(|e| Failure::Failed(format!("cannot set up the HTTP client: {e}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -182,6 +188,21 @@ impl Client {
     }
 }
 
+/// Whether the URL names this machine: `localhost` or a loopback address.
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let host = host.to_ascii_lowercase();
+            host == "localhost" || host.ends_with(".localhost")
+        }
+    }
+}
+
 /// The innermost cause of an error, which says what actually happened ("Connection refused").
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
@@ -233,5 +254,14 @@ mod tests {
         assert_eq!(url.as_str(), "http://gw/chord/v1/ring");
         assert_eq!(c.agent(), "http://gw/chord");
         assert_eq!(client("http://u:pw@gw:1").agent(), "http://gw:1");
+    }
+
+    #[test]
+    fn loopback_agents_bypass_proxies() {
+        let loopback = |s| {
+            is_loopback(&crate::cli::args::parse_agent_url(s).unwrap_or_else(|e| panic!("{e}")))
+        };
+        assert!(loopback("127.0.0.1:7500") && loopback("[::1]:1") && loopback("LOCALHOST:1"));
+        assert!(!loopback("10.0.0.1:7500") && !loopback("node1:7500"));
     }
 }
