@@ -44,9 +44,15 @@ pub fn use_color() -> bool {
 /// `right` (by index) are right-aligned, for numbers.
 pub(crate) fn table(headers: &[&str], right: &[usize]) -> Table {
     let mut table = Table::new();
+    // Fit a terminal's width by wrapping, unless the terminal reports no usable width (some
+    // pseudo-terminals say 0 columns), where wrapping would put one letter on a line.
+    let arrangement = match table.width() {
+        Some(width) if width >= 40 => ContentArrangement::Dynamic,
+        _ => ContentArrangement::Disabled,
+    };
     table
         .load_preset(presets::NOTHING)
-        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_content_arrangement(arrangement)
         .set_header(headers.iter().map(|h| Cell::new(h.to_uppercase())));
     for (i, column) in table.column_iter_mut().enumerate() {
         // No margin on the left, two spaces between columns.
