@@ -1,2 +1,5 @@
+//! The one integration-test binary: each module tests one part of chordctl from outside.
+
+mod cli;
 mod store;
 mod support;

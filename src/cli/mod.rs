@@ -1,1 +1,192 @@
-pub fn main() -> i32 { 0 }
+//! The `chordctl` command line: clap definitions ([`args`]), the agent's layered configuration
+//! (`config`), the HTTP client of the agent (`client`), one file per command group (`ring`,
+//! `svc`) and what gets printed ([`output`]).
+//!
+//! Exit codes (API.md): 0 success; 1 the agent answered with an error or a runtime failure;
+//! 2 usage error; 3 the agent could not be reached; 4 not found. Errors are printed once, as one
+//! line `error: MESSAGE` on stderr; a closed stdout pipe is not an error.
+
+pub mod args;
+mod client;
+mod config;
+pub mod output;
+mod ring;
+mod svc;
+
+use std::io::Write;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::agent::{self, Start};
+use args::{AgentCommand, Cli, Command};
+use client::Client;
+use config::Partial;
+
+/// Why a command failed; each kind has its exit code (API.md).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad input found after clap's own checks (exit 2).
+    Usage(String),
+    /// The agent could not be reached (exit 3); the message names the agent's URL.
+    Unreachable(String),
+    /// The agent answered 404 (exit 4).
+    NotFound(String),
+    /// The agent answered another error, or something failed here (exit 1).
+    Failed(String),
+    /// stdout was closed by its reader: stop quietly with exit 0.
+    BrokenPipe,
+}
+
+impl Failure {
+    /// The exit code of this failure.
+    fn exit_code(&self) -> i32 {
+        match self {
+            Failure::BrokenPipe => 0,
+            Failure::Failed(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::Unreachable(_) => 3,
+            Failure::NotFound(_) => 4,
+        }
+    }
+
+    /// Prints the one-line message to stderr and returns the exit code.
+    fn report(self) -> i32 {
+        let code = self.exit_code();
+        if let Failure::Usage(m)
+        | Failure::Unreachable(m)
+        | Failure::NotFound(m)
+        | Failure::Failed(m) = self
+        {
+            // Nothing sensible is left to do if stderr itself is gone.
+            let _ = writeln!(std::io::stderr(), "error: {}", m.replace('\n', " "));
+        }
+        code
+    }
+}
+
+/// Runs the command line of this process and returns its exit code (called by `main.rs`).
+pub fn main() -> i32 {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        // Help and version (exit 0) and usage errors (exit 2), printed the clap way.
+        Err(e) => return clap_exit(&e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e.format(&mut Cli::command())),
+    };
+    match run(&cli, &matches) {
+        Ok(()) => 0,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn clap_exit(e: &clap::Error) -> i32 {
+    // A closed stdout while printing help is not worth a message.
+    let _ = e.print();
+    e.exit_code()
+}
+
+fn run(cli: &Cli, matches: &ArgMatches) -> Result<(), Failure> {
+    let format = cli.global.output;
+    let client = || Client::new(cli.global.agent.clone(), cli.global.token.clone());
+    match &cli.command {
+        Command::Agent(command) => run_agent(command, matches),
+        Command::Ring(command) => ring::run(&client()?, command, format),
+        Command::Locate { key } => ring::locate(&client()?, key, format),
+        Command::Svc(command) => svc::run(&client()?, command, format),
+        Command::Status(command) => svc::status(&client()?, command, format),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "chordctl", &mut script);
+            output::print(&String::from_utf8_lossy(&script))
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| Failure::Failed(format!("cannot render the man page: {e}")))?;
+            output::print(&String::from_utf8_lossy(&page))
+        }
+    }
+}
+
+/// `agent create|join|dev`: settings from flags > environment > `--config` file > defaults,
+/// then the agent in the foreground on a multi-threaded runtime.
+fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure> {
+    let sub = matches
+        .subcommand_matches("agent")
+        .and_then(|m| m.subcommand())
+        .map(|(_, m)| m)
+        .ok_or_else(|| Failure::Failed("internal: no agent subcommand matches".into()))?;
+    let (start, node, tuning, dev_nodes) = match command {
+        AgentCommand::Create { node, tuning } => (Start::Create, Some(node), tuning, None),
+        AgentCommand::Join { seed, node, tuning } => {
+            (Start::Join(seed.clone()), Some(node), tuning, None)
+        }
+        AgentCommand::Dev { nodes, tuning } => (Start::Create, None, tuning, Some(*nodes)),
+    };
+    let flags = Partial::from_matches(sub, ValueSource::CommandLine, node, tuning);
+    let env = Partial::from_matches(sub, ValueSource::EnvVariable, node, tuning);
+    let file = match &tuning.config {
+        Some(path) => Partial::from_file(path).map_err(Failure::Usage)?,
+        None => Partial::default(),
+    };
+    let config = config::merge(start, &[&flags, &env, &file]).map_err(Failure::Usage)?;
+    if tuning.print_config {
+        return output::print(&config::describe(&config));
+    }
+
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("chordctl-agent")
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
+    let result = match dev_nodes {
+        Some(nodes) => runtime.block_on(agent::run_dev(usize::from(nodes), config)),
+        None => runtime.block_on(agent::run(config)),
+    };
+    result.map_err(|e| Failure::Failed(e.to_string()))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; bad directives are skipped).
+fn init_tracing() {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    // Fails only if a subscriber is already set, which then keeps logging.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Reads an agent's JSON answer into the view a table is made from.
+fn from_agent<T: DeserializeOwned>(answer: Value) -> Result<T, Failure> {
+    serde_json::from_value(answer)
+        .map_err(|e| Failure::Failed(format!("unexpected answer from the agent: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exit_codes_follow_the_api() {
+        assert_eq!(Failure::Failed(String::new()).exit_code(), 1);
+        assert_eq!(Failure::Usage(String::new()).exit_code(), 2);
+        assert_eq!(Failure::Unreachable(String::new()).exit_code(), 3);
+        assert_eq!(Failure::NotFound(String::new()).exit_code(), 4);
+        assert_eq!(Failure::BrokenPipe.exit_code(), 0);
+    }
+}

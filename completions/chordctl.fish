@@ -1,0 +1,264 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_chordctl_global_optspecs
+    string join \n agent= o/output= token= h/help V/version
+end
+
+function __fish_chordctl_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_chordctl_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_chordctl_using_subcommand
+    set -l cmd (__fish_chordctl_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c chordctl -n "__fish_chordctl_needs_command" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_needs_command" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_needs_command" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "agent" -d 'Run an agent (a member of the ring) in the foreground'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "ring" -d 'Inspect the ring, or ask an agent to leave it'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "locate" -d 'Show the owner of KEY, its replicas, and the hops the lookup took'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "svc" -d 'Register, deregister, discover and list services'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "status" -d 'Report or query the call-quality status of service instances'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -f -a "create" -d 'Start a new ring with this node as its only member'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -f -a "join" -d 'Join the ring that SEED (a member\'s ring address) is in'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l bind -d 'Ring RPC listen address (port 0: any free port)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l advertise -d 'Ring address other nodes dial [default: the bound address]' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l http -d 'HTTP API listen address (port 0: any free port)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l data-dir -d 'Embedded store directory (the default store)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l redis -d 'Use Redis instead of the embedded store, e.g. redis://:secret@127.0.0.1:6379/0' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l replicas -d 'Copies of every record, owner included' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l successors -d 'Successor-list length' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l cluster-secret -d 'Shared secret every ring member must prove' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l print-config -d 'Print the settings in effect (secrets masked) and exit without starting'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l bind -d 'Ring RPC listen address (port 0: any free port)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l advertise -d 'Ring address other nodes dial [default: the bound address]' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l http -d 'HTTP API listen address (port 0: any free port)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l data-dir -d 'Embedded store directory (the default store)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l redis -d 'Use Redis instead of the embedded store, e.g. redis://:secret@127.0.0.1:6379/0' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l replicas -d 'Copies of every record, owner included' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l successors -d 'Successor-list length' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l cluster-secret -d 'Shared secret every ring member must prove' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l print-config -d 'Print the settings in effect (secrets masked) and exit without starting'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l nodes -d 'How many nodes' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l replicas -d 'Copies of every record, owner included' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l successors -d 'Successor-list length' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l cluster-secret -d 'Shared secret every ring member must prove' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l print-config -d 'Print the settings in effect (secrets masked) and exit without starting'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "create" -d 'Start a new ring with this node as its only member'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "join" -d 'Join the ring that SEED (a member\'s ring address) is in'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "show" -d 'Every node of the ring, in ring order'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "show" -d 'Every node of the ring, in ring order'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "deregister" -d 'Remove an instance'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "list" -d 'Every service on the ring with its instance count'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l address -d 'Host or IP address callers use to reach the instance' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l port -d 'Port callers use to reach the instance' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l id -d 'Instance id [default: ADDRESS:PORT]' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l tag -d 'A tag (repeatable)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l meta -d 'Metadata entry (repeatable)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l weight -d 'Relative weight for `--pick weighted` (0-10000)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l ttl -d 'Mark the instance critical after this long without a status report (30s, 5m, 1h, or seconds)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l tag -d 'Only instances with this tag' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l pick -d 'Return one instance chosen by this strategy' -r -f -a "best\t'Highest success rate, then lowest latency, then lowest load, among the healthiest state'
+round-robin\t'Each instance in turn'
+random\t'Uniformly at random'
+weighted\t'At random in proportion to weight'
+least-load\t'Lowest load'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l healthy -d 'Only instances whose state is passing'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "deregister" -d 'Remove an instance'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every service on the ring with its instance count'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -f -a "query" -d 'One instance\'s status, or every instance of SERVICE without ID'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l state -d 'The instance\'s health' -r -f -a "passing\t'Healthy'
+warning\t'Degraded but serving'
+critical\t'Failing, or silent for longer than its TTL'
+maintenance\t'Taken out of rotation on purpose'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l load -d 'Current load (finite, at least 0)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l success-rate -d 'Share of successful calls, 0 to 1' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l latency-ms -d 'Mean call latency in milliseconds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l frequency -d 'Calls per second' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l note -d 'Free text' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from help" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from help" -f -a "query" -d 'One instance\'s status, or every instance of SERVICE without ID'
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "agent" -d 'Run an agent (a member of the ring) in the foreground'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "ring" -d 'Inspect the ring, or ask an agent to leave it'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "locate" -d 'Show the owner of KEY, its replicas, and the hops the lookup took'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "svc" -d 'Register, deregister, discover and list services'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "status" -d 'Report or query the call-quality status of service instances'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "man" -d 'Print the man page (roff) to stdout'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "create" -d 'Start a new ring with this node as its only member'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "join" -d 'Join the ring that SEED (a member\'s ring address) is in'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "show" -d 'Every node of the ring, in ring order'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "deregister" -d 'Remove an instance'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "list" -d 'Every service on the ring with its instance count'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "query" -d 'One instance\'s status, or every instance of SERVICE without ID'

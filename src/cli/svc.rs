@@ -1,0 +1,303 @@
+//! `chordctl svc ...` and `chordctl status ...`: the service registry's client commands.
+
+use comfy_table::Cell;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::args::{OutputFormat, ReportArgs, StatusCommand, SvcCommand};
+use super::client::Client;
+use super::output;
+use super::{from_agent, Failure};
+
+/// An instance as far as the table shows it (API.md, INSTANCE); absent fields show as `-`.
+#[derive(Debug, Deserialize)]
+struct Instance {
+    id: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: Option<u64>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    weight: Option<f64>,
+    #[serde(default)]
+    status: Status,
+}
+
+/// An instance's reported status.
+#[derive(Debug, Default, Deserialize)]
+struct Status {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    load: Option<f64>,
+    #[serde(default)]
+    success_rate: Option<f64>,
+    #[serde(default)]
+    latency_ms: Option<f64>,
+}
+
+/// The discover answer: `{"service", "instances": [...]}`.
+#[derive(Debug, Deserialize)]
+struct Discovered {
+    service: String,
+    instances: Vec<Instance>,
+}
+
+/// One entry of `GET /v1/services`.
+#[derive(Debug, Deserialize)]
+struct ServiceCount {
+    service: String,
+    instances: u64,
+}
+
+/// Runs one `svc` subcommand.
+pub(crate) fn run(
+    client: &Client,
+    command: &SvcCommand,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    match command {
+        SvcCommand::Register(args) => {
+            let id = args.instance_id();
+            let mut body = json!({
+                "address": args.address,
+                "port": args.port,
+                "tags": args.tags,
+                "metadata": args.metadata(),
+            });
+            if let Some(weight) = args.weight {
+                body["weight"] = json!(weight);
+            }
+            if let Some(ttl) = args.ttl {
+                body["ttl_secs"] = json!(ttl);
+            }
+            let answer = client.send(
+                Method::PUT,
+                &["v1", "services", &args.service, "instances", &id],
+                &[],
+                Some(&body),
+            )?;
+            confirm(
+                format,
+                &answer,
+                &format!("registered {} instance {id}", args.service),
+            )
+        }
+        SvcCommand::Deregister { service, id } => {
+            let answer = client.send(
+                Method::DELETE,
+                &["v1", "services", service, "instances", id],
+                &[],
+                None,
+            )?;
+            confirm(
+                format,
+                &answer,
+                &format!("deregistered {service} instance {id}"),
+            )
+        }
+        SvcCommand::Discover(args) => {
+            let mut query = Vec::new();
+            if args.healthy {
+                query.push(("healthy", "true"));
+            }
+            if let Some(tag) = &args.tag {
+                query.push(("tag", tag.as_str()));
+            }
+            if let Some(pick) = args.pick {
+                query.push(("pick", pick.as_str()));
+            }
+            discover(client, &args.service, &query, format)
+        }
+        SvcCommand::List => {
+            let answer = client.get(&["v1", "services"], &[])?;
+            if format == OutputFormat::Json {
+                return output::print_json(&answer);
+            }
+            let services: Vec<ServiceCount> = from_agent(answer)?;
+            if services.is_empty() {
+                return output::print("no services registered\n");
+            }
+            let mut table = output::table(&["service", "instances"], &[1]);
+            for s in &services {
+                table.add_row(vec![s.service.clone(), s.instances.to_string()]);
+            }
+            let mut text = output::render(&table);
+            text.push_str(&plural(services.len(), "service"));
+            text.push('\n');
+            output::print(&text)
+        }
+    }
+}
+
+/// Runs one `status` subcommand.
+pub(crate) fn status(
+    client: &Client,
+    command: &StatusCommand,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    match command {
+        StatusCommand::Report(args) => report(client, args, format),
+        StatusCommand::Query { service, id: None } => discover(client, service, &[], format),
+        StatusCommand::Query {
+            service,
+            id: Some(id),
+        } => {
+            let answer = client.get(&["v1", "services", service, "instances", id], &[])?;
+            match format {
+                OutputFormat::Json => output::print_json(&answer),
+                OutputFormat::Table => output::print(&instances_table(&[from_agent(answer)?])),
+            }
+        }
+    }
+}
+
+fn report(client: &Client, args: &ReportArgs, format: OutputFormat) -> Result<(), Failure> {
+    // Only the fields given: the agent keeps the others as they were.
+    let mut body = Map::new();
+    body.insert("state".into(), json!(args.state.as_str()));
+    let numbers = [
+        ("load", args.load),
+        ("success_rate", args.success_rate),
+        ("latency_ms", args.latency_ms),
+        ("frequency", args.frequency),
+    ];
+    for (name, value) in numbers {
+        if let Some(value) = value {
+            body.insert(name.into(), json!(value));
+        }
+    }
+    if let Some(note) = &args.note {
+        body.insert("note".into(), json!(note));
+    }
+    let answer = client.send(
+        Method::PUT,
+        &[
+            "v1",
+            "services",
+            &args.service,
+            "instances",
+            &args.id,
+            "status",
+        ],
+        &[],
+        Some(&Value::Object(body)),
+    )?;
+    confirm(
+        format,
+        &answer,
+        &format!(
+            "reported {} instance {}: {}",
+            args.service,
+            args.id,
+            args.state.as_str()
+        ),
+    )
+}
+
+/// `GET /v1/services/{service}` and its table: every instance, or the one picked.
+fn discover(
+    client: &Client,
+    service: &str,
+    query: &[(&str, &str)],
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let answer = client.get(&["v1", "services", service], query)?;
+    if format == OutputFormat::Json {
+        return output::print_json(&answer);
+    }
+    if answer.get("instances").is_some() {
+        let found: Discovered = from_agent(answer)?;
+        if found.instances.is_empty() {
+            return output::print(&format!("no instances of {}\n", found.service));
+        }
+        let mut text = instances_table(&found.instances);
+        text.push_str(&plural(found.instances.len(), "instance"));
+        text.push_str(&format!(" of {}\n", found.service));
+        output::print(&text)
+    } else {
+        // `--pick`: one instance.
+        output::print(&instances_table(&[from_agent(answer)?]))
+    }
+}
+
+fn instances_table(instances: &[Instance]) -> String {
+    let color = output::use_color();
+    let mut table = output::table(
+        &[
+            "id", "address", "port", "state", "success", "latency", "load", "weight", "tags",
+        ],
+        &[2, 4, 5, 6, 7],
+    );
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for i in instances {
+        let s = &i.status;
+        table.add_row(vec![
+            Cell::new(&i.id),
+            Cell::new(&i.address),
+            Cell::new(or_dash(i.port.map(|p| p.to_string()))),
+            output::state_cell(s.state.as_deref().unwrap_or("-"), color),
+            Cell::new(or_dash(
+                s.success_rate.map(|r| format!("{:.1}%", r * 100.0)),
+            )),
+            Cell::new(or_dash(s.latency_ms.map(|l| format!("{l:.1}ms")))),
+            Cell::new(or_dash(s.load.map(|l| format!("{l:.2}")))),
+            Cell::new(or_dash(i.weight.map(|w| w.to_string()))),
+            Cell::new(if i.tags.is_empty() {
+                "-".into()
+            } else {
+                i.tags.join(",")
+            }),
+        ]);
+    }
+    output::render(&table)
+}
+
+/// A one-line confirmation in table mode; the agent's JSON in JSON mode.
+fn confirm(format: OutputFormat, answer: &Value, message: &str) -> Result<(), Failure> {
+    match format {
+        OutputFormat::Json => output::print_json(answer),
+        OutputFormat::Table => output::print(&format!("{message}\n")),
+    }
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_table_reads_the_api_shape() {
+        let instance: Instance = serde_json::from_value(json!({
+            "service": "payments", "id": "10.0.0.7:8080", "address": "10.0.0.7", "port": 8080,
+            "tags": ["v2", "eu"], "metadata": {"zone": "a"}, "weight": 1, "ttl_secs": 30,
+            "registered_at": "2026-11-25T14:00:00Z",
+            "status": {"state": "passing", "load": 0.25, "success_rate": 0.99, "latency_ms": 12.5,
+                       "frequency": 30.0, "note": "", "updated_at": "2026-11-25T14:00:05Z"}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = instances_table(&[instance]);
+        for part in [
+            "10.0.0.7:8080",
+            "8080",
+            "passing",
+            "99.0%",
+            "12.5ms",
+            "0.25",
+            "v2,eu",
+        ] {
+            assert!(text.contains(part), "{part} missing from\n{text}");
+        }
+        assert!(text.lines().all(|l| l.len() <= 80), "{text}");
+    }
+}
