@@ -1,5 +1,6 @@
 //! The one integration-test binary: each module tests one part of chordctl from outside.
 
 mod cli;
+mod ring;
 mod store;
 mod support;

@@ -1,19 +1,260 @@
 //! The agent: wires store, ring, RPC and HTTP together; owns start-up and shutdown.
+//!
+//! Start-up: bind both listeners (port 0 works), build the ring state machine for the
+//! advertised address, start the RPC server, create or join the ring, then serve HTTP.
+//! Shutdown: on SIGINT/SIGTERM or `POST /v1/agent/leave`, leave the ring gracefully (tell the
+//! neighbours), stop the servers, return.
 
 pub mod config;
+pub mod ring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ring::{Chord, Config as RingConfig, NodeRef};
+use crate::rpc::{self, Pool, Request, Response};
+use crate::{Error, Result};
 
 pub use config::{AgentConfig, Start};
+pub use ring::RingDriver;
+
+/// How long a join may take before the agent gives up.
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a graceful leave waits for the neighbours to acknowledge.
+pub const LEAVE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One running agent's shared state.
+pub struct Agent {
+    /// The configuration it was started with.
+    pub config: AgentConfig,
+    /// The ring side.
+    pub ring: Arc<RingDriver>,
+    /// Cancelled to stop every task at once (crash or after leaving).
+    stop: CancellationToken,
+    /// Cancelled when someone asks the agent to leave (HTTP or signal).
+    leave: CancellationToken,
+}
+
+impl Agent {
+    /// Ask the agent to leave the ring gracefully and exit.
+    pub fn request_leave(&self) {
+        self.leave.cancel();
+    }
+}
+
+struct RpcHandler(Arc<Agent>);
+
+#[async_trait]
+impl rpc::Handler for RpcHandler {
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Ring(r) => Response::Ring(self.0.ring.handle(r)),
+            Request::Registry(_) => Response::Error(Error::invalid(
+                "registry operations are not served by this agent",
+            )),
+        }
+    }
+}
+
+/// A started agent, for `run`, `agent dev` and tests.
+pub struct AgentHandle {
+    agent: Arc<Agent>,
+    ring_addr: SocketAddr,
+    http_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl AgentHandle {
+    /// The bound ring RPC address.
+    pub fn ring_addr(&self) -> SocketAddr {
+        self.ring_addr
+    }
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+    /// This node as others see it.
+    pub fn node(&self) -> NodeRef {
+        self.agent.ring.me()
+    }
+    /// The shared state.
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+    /// Resolves when someone asked the agent to leave.
+    pub async fn leave_requested(&self) {
+        self.agent.leave.cancelled().await
+    }
+
+    /// Leave gracefully, then stop every task.
+    pub async fn shutdown(mut self) {
+        self.agent.ring.leave(LEAVE_DEADLINE).await;
+        self.agent.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stop at once without telling anyone, as a crash would (in-process tests).
+    pub async fn kill(mut self) {
+        self.agent.stop.cancel();
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Bind, start serving, create or join the ring. Returns once the node is a member.
+pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
+    let ring_listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot bind ring address {}: {e}", config.bind)))?;
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot bind HTTP address {}: {e}", config.http)))?;
+    let ring_addr = ring_listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| ring_addr.to_string());
+    let me = NodeRef::new(advertise, http_addr.to_string());
+    let stabilize_ms = config.stabilize_interval.as_millis().max(10) as u64;
+    let ring_cfg = RingConfig {
+        successors: config.successors.max(1),
+        stabilize_ms,
+        fix_fingers_ms: (stabilize_ms / 2).max(5),
+        check_predecessor_ms: stabilize_ms,
+    };
+    let stop = CancellationToken::new();
+    let pool = Arc::new(Pool::new(config.rpc_timeout));
+    let ring = RingDriver::new(Chord::new(me, ring_cfg), pool, stop.clone());
+    let agent = Arc::new(Agent {
+        config: config.clone(),
+        ring: ring.clone(),
+        stop: stop.clone(),
+        leave: CancellationToken::new(),
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(rpc::serve(
+        ring_listener,
+        Arc::new(RpcHandler(agent.clone())),
+        stop.clone(),
+    ));
+    let tick = Duration::from_millis((stabilize_ms / 5).clamp(5, 100));
+    tasks.spawn(ring.clone().run_ticker(tick));
+    let joined = match &config.start {
+        Start::Create => {
+            ring.with(|c| c.create());
+            Ok(())
+        }
+        Start::Join(seed) => ring.join(seed, JOIN_DEADLINE).await,
+    };
+    if let Err(e) = joined {
+        stop.cancel();
+        tasks.abort_all();
+        return Err(e);
+    }
+    tasks.spawn(crate::http::serve(
+        http_listener,
+        agent.clone(),
+        stop.clone(),
+    ));
+    Ok(AgentHandle {
+        agent,
+        ring_addr,
+        http_addr,
+        tasks,
+    })
+}
 
 /// Run an agent in the foreground until SIGINT/SIGTERM or `POST /v1/agent/leave`, then leave
 /// the ring gracefully. Prints the bound addresses on stdout once serving.
-pub async fn run(config: AgentConfig) -> crate::Result<()> {
-    let _ = config;
-    Err(crate::Error::internal("agent not implemented yet"))
+pub async fn run(config: AgentConfig) -> Result<()> {
+    let handle = start(config).await?;
+    println!(
+        "chordctl agent {} serving: ring={} http={}",
+        handle.node().id,
+        handle.node().addr,
+        handle.http_addr()
+    );
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("signal received; leaving the ring"),
+        _ = handle.leave_requested() => tracing::info!("leave requested; leaving the ring"),
+    }
+    handle.shutdown().await;
+    Ok(())
 }
 
 /// Run `nodes` agents in this process on loopback port 0 with embedded stores in a temporary
 /// directory (`chordctl agent dev`), until Ctrl-C.
-pub async fn run_dev(nodes: usize, base: AgentConfig) -> crate::Result<()> {
-    let _ = (nodes, base);
-    Err(crate::Error::internal("agent dev not implemented yet"))
+pub async fn run_dev(nodes: usize, base: AgentConfig) -> Result<()> {
+    let nodes = nodes.max(1);
+    let mut handles: Vec<AgentHandle> = Vec::new();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    for i in 0..nodes {
+        let start = match handles.first() {
+            None => Start::Create,
+            Some(first) => Start::Join(first.node().addr),
+        };
+        let config = AgentConfig {
+            start,
+            bind: any,
+            http: any,
+            advertise: None,
+            ..base.clone()
+        };
+        let h = start_logged(config, i).await?;
+        handles.push(h);
+    }
+    if let Some(first) = handles.first() {
+        println!("export CHORDCTL_AGENT=http://{}", first.http_addr());
+    }
+    println!("{} nodes running; Ctrl-C stops them", handles.len());
+    shutdown_signal().await;
+    for h in handles.into_iter().rev() {
+        h.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn start_logged(config: AgentConfig, i: usize) -> Result<AgentHandle> {
+    let h = start(config).await?;
+    println!(
+        "node {i}: id={} ring={} http={}",
+        h.node().id.short(),
+        h.node().addr,
+        h.http_addr()
+    );
+    Ok(h)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,0 +1,289 @@
+//! Drives the ring core ([`crate::ring::Chord`]) with real time and ring RPC: delivers its
+//! outbound requests over the pooled client, feeds answers back, ticks it, and runs the
+//! iterative lookups the HTTP layer asks for.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::ring::{
+    Chord, Event, Id, Lookup, LookupAction, LookupResult, NodeRef, Outbound, RingRequest,
+    RingResponse, Step,
+};
+use crate::rpc::{Pool, Request, Response};
+use crate::{Error, Result};
+
+/// The ring side of an agent: the state machine behind a mutex, and the means to talk.
+pub struct RingDriver {
+    chord: Mutex<Chord>,
+    pool: Arc<Pool>,
+    epoch: Instant,
+    events: broadcast::Sender<Event>,
+    stop: CancellationToken,
+}
+
+impl RingDriver {
+    /// Wrap a state machine.
+    pub fn new(chord: Chord, pool: Arc<Pool>, stop: CancellationToken) -> Arc<RingDriver> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(RingDriver {
+            chord: Mutex::new(chord),
+            pool,
+            epoch: Instant::now(),
+            events,
+            stop,
+        })
+    }
+
+    /// Run `f` on the state machine, then deliver whatever it wants sent.
+    pub fn with<T>(self: &Arc<Self>, f: impl FnOnce(&mut Chord) -> T) -> T {
+        let (out, events, value) = {
+            let mut chord = match self.chord.lock() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let value = f(&mut chord);
+            (chord.take_outbound(), chord.take_events(), value)
+        };
+        self.deliver(out);
+        for e in events {
+            log_event(&e);
+            let _ = self.events.send(e);
+        }
+        value
+    }
+
+    /// A copy of something read from the state machine (no messages result).
+    pub fn read<T>(&self, f: impl FnOnce(&Chord) -> T) -> T {
+        match self.chord.lock() {
+            Ok(c) => f(&c),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    /// Subscribe to ring events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeRef {
+        self.read(|c| c.me().clone())
+    }
+
+    /// The connection pool (shared with the registry's forwarding).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn deliver(self: &Arc<Self>, out: Vec<Outbound>) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        for o in out {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let result = match me.pool.call(&o.to.addr, Request::Ring(o.msg)).await {
+                    Ok(Response::Ring(r)) => Ok(r),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                if me.stop.is_cancelled() {
+                    return;
+                }
+                me.with(|c| c.on_response(o.id, result));
+            });
+        }
+    }
+
+    /// Tick the state machine until `stop`.
+    pub async fn run_ticker(self: Arc<Self>, every: Duration) {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = interval.tick() => {
+                    let now = self.now_ms();
+                    self.with(|c| c.tick(now));
+                }
+            }
+        }
+    }
+
+    /// Answer a peer's ring request.
+    pub fn handle(self: &Arc<Self>, req: RingRequest) -> RingResponse {
+        self.with(|c| c.handle_request(req))
+    }
+
+    /// Join through `seed`, retrying until `deadline`; an error names the seed.
+    pub async fn join(self: &Arc<Self>, seed: &str, deadline: Duration) -> Result<()> {
+        let mut events = self.subscribe();
+        let started = Instant::now();
+        let mut last = String::from("no answer");
+        self.with(|c| c.join(seed));
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Error::unavailable(format!(
+                    "cannot join the ring through {seed}: {last}"
+                )));
+            }
+            match tokio::time::timeout(left, events.recv()).await {
+                Ok(Ok(Event::Joined)) => return Ok(()),
+                Ok(Ok(Event::JoinFailed(reason))) => {
+                    last = reason;
+                    let pause = Duration::from_millis(200).min(left);
+                    tokio::time::sleep(pause).await;
+                    self.with(|c| c.join(seed));
+                }
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+    }
+
+    /// Leave gracefully: tell the neighbours, wait (bounded) until they have been told.
+    pub async fn leave(self: &Arc<Self>, deadline: Duration) {
+        let mut events = self.subscribe();
+        self.with(|c| c.leave());
+        if self.read(|c| c.has_left()) {
+            return;
+        }
+        let _ = tokio::time::timeout(deadline, async {
+            while let Ok(e) = events.recv().await {
+                if e == Event::Left {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Look up the owner of `key`, iteratively from this node.
+    pub async fn lookup(self: &Arc<Self>, key: Id) -> Result<LookupResult> {
+        let first = self
+            .read(|c| c.find_step(&key))
+            .ok_or_else(|| Error::unavailable("this agent is not a ring member (yet)"))?;
+        let (mut lookup, mut action) = Lookup::start(key, first);
+        loop {
+            match action {
+                LookupAction::Done(result) => return Ok(result),
+                LookupAction::Failed(reason) => {
+                    return Err(Error::unavailable(format!("lookup failed: {reason}")))
+                }
+                LookupAction::Ask(node) => {
+                    let req = Request::Ring(RingRequest::FindStep { key });
+                    action = match self.pool.call(&node.addr, req).await {
+                        Ok(Response::Ring(RingResponse::Step(step))) => lookup.on_step(step),
+                        Ok(_) => lookup.on_failure(&node),
+                        Err(_) => {
+                            self.with(|c| c.suspect(&node.id));
+                            lookup.on_failure(&node)
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Ask `node` for its predecessor and successor list.
+    pub async fn neighbors(
+        &self,
+        node: &NodeRef,
+    ) -> Result<(NodeRef, Option<NodeRef>, Vec<NodeRef>)> {
+        if node.id == self.read(|c| c.me().id) {
+            return Ok(self.read(|c| {
+                (
+                    c.me().clone(),
+                    c.predecessor().cloned(),
+                    c.successors().to_vec(),
+                )
+            }));
+        }
+        match self
+            .pool
+            .call(&node.addr, Request::Ring(RingRequest::GetNeighbors))
+            .await
+        {
+            Ok(Response::Ring(RingResponse::Neighbors {
+                me,
+                predecessor,
+                successors,
+            })) => Ok((me, predecessor, successors)),
+            Ok(other) => Err(Error::unavailable(format!(
+                "{} answered {other:?}",
+                node.addr
+            ))),
+            Err(e) => Err(Error::unavailable(e.to_string())),
+        }
+    }
+
+    /// Walk the ring from this node along successors: every node in ring order with its
+    /// predecessor and successor. Dead entries are skipped via the successor lists.
+    pub async fn walk(&self, limit: usize) -> Result<Vec<(NodeRef, Option<NodeRef>, NodeRef)>> {
+        let me = self.me();
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cur = me.clone();
+        let mut fallbacks: Vec<NodeRef> = Vec::new();
+        while out.len() < limit {
+            match self.neighbors(&cur).await {
+                Ok((node, pred, succs)) => {
+                    if !seen.insert(node.id) {
+                        break;
+                    }
+                    let succ = succs.first().cloned().unwrap_or_else(|| node.clone());
+                    out.push((node.clone(), pred, succ.clone()));
+                    fallbacks = succs.into_iter().skip(1).collect();
+                    if succ.id == me.id || seen.contains(&succ.id) {
+                        break;
+                    }
+                    cur = succ;
+                }
+                Err(_) => {
+                    // A dead successor: continue with the next entry of the last list.
+                    match fallbacks.iter().position(|n| !seen.contains(&n.id)) {
+                        Some(i) => {
+                            cur = fallbacks.remove(i);
+                            if cur.id == me.id {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first step of a lookup as this node sees it (for tests and the HTTP view).
+    pub fn find_step(&self, key: &Id) -> Option<Step> {
+        self.read(|c| c.find_step(key))
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::Joined => tracing::info!("joined the ring"),
+        Event::JoinFailed(reason) => tracing::warn!("join attempt failed: {reason}"),
+        Event::PredecessorChanged { new, .. } => match new {
+            Some(p) => tracing::info!(predecessor = ?p, "predecessor changed"),
+            None => tracing::info!("predecessor unknown"),
+        },
+        Event::SuccessorsChanged(list) => {
+            tracing::debug!(successor = ?list.first(), len = list.len(), "successor list changed")
+        }
+        Event::PeerFailed(node) => {
+            tracing::warn!(peer = ?node, "peer failed; dropped from the ring")
+        }
+        Event::Left => tracing::info!("left the ring"),
+    }
+}

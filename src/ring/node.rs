@@ -1,0 +1,820 @@
+//! The Chord state machine of one node: no sockets, no clocks, no randomness.
+//!
+//! The driver (the agent over TCP, or the simulator) feeds it requests from peers
+//! ([`Chord::handle_request`], answered at once from local state), answers to its own requests
+//! ([`Chord::on_response`]), and the time ([`Chord::tick`]). It hands back the requests to send
+//! ([`Chord::take_outbound`]) and what changed ([`Chord::take_events`]). The driver must answer
+//! every outbound request exactly once, with the peer's response or a failure (timeout,
+//! connection refused).
+
+use std::collections::HashMap;
+
+use super::id::{Id, BITS};
+use super::lookup::{Lookup, LookupAction, LookupResult};
+use super::messages::{NodeRef, RingRequest, RingResponse, Step};
+
+/// Tunables of the maintenance protocol. Times are in milliseconds of the driver's clock.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Successor-list length r.
+    pub successors: usize,
+    /// How often to stabilize (ask the successor for its neighbours, then notify it).
+    pub stabilize_ms: u64,
+    /// How often to refresh the next finger.
+    pub fix_fingers_ms: u64,
+    /// How often to ping the predecessor.
+    pub check_predecessor_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            successors: 8,
+            stabilize_ms: 500,
+            fix_fingers_ms: 250,
+            check_predecessor_ms: 500,
+        }
+    }
+}
+
+/// A request the driver must deliver; answer it with [`Chord::on_response`] and the same `id`.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Correlates the answer with the request.
+    pub id: u64,
+    /// The node to send to.
+    pub to: NodeRef,
+    /// The request.
+    pub msg: RingRequest,
+}
+
+/// What changed, for the driver to act on (log, move records, exit).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The node became a ring member (create, or join finished).
+    Joined,
+    /// The join could not complete; the driver may retry [`Chord::join`] or give up.
+    JoinFailed(String),
+    /// The predecessor changed, so the range of keys this node owns, `(predecessor, me]`,
+    /// changed. `None` means "unknown": the node answers for every key routed to it.
+    PredecessorChanged {
+        /// The previous predecessor.
+        old: Option<NodeRef>,
+        /// The new one.
+        new: Option<NodeRef>,
+    },
+    /// The successor list (the replica set of this node's keys) changed.
+    SuccessorsChanged(Vec<NodeRef>),
+    /// A peer failed to answer and was dropped from every pointer.
+    PeerFailed(NodeRef),
+    /// The graceful leave finished: predecessor and successor were told.
+    Left,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Idle,
+    Joining,
+    Member,
+    Leaving { waiting: usize },
+    Left,
+}
+
+#[derive(Debug)]
+enum Purpose {
+    Join,
+    Finger(usize),
+}
+
+#[derive(Debug)]
+enum Pending {
+    Lookup {
+        purpose: Purpose,
+        lookup: Lookup,
+        asked: NodeRef,
+    },
+    JoinAdopt {
+        candidates: Vec<NodeRef>,
+    },
+    Stabilize {
+        succ: NodeRef,
+    },
+    StabilizeCandidate {
+        cand: NodeRef,
+    },
+    Notify {
+        to: NodeRef,
+    },
+    CheckPredecessor {
+        pred: NodeRef,
+    },
+    RectifyPing {
+        old: NodeRef,
+        notifier: NodeRef,
+    },
+    AdoptPredecessor {
+        cand: NodeRef,
+    },
+    LeaveNotice,
+}
+
+/// One node's view of the ring and the protocol that keeps it right.
+#[derive(Debug)]
+pub struct Chord {
+    me: NodeRef,
+    cfg: Config,
+    phase: Phase,
+    pred: Option<NodeRef>,
+    succs: Vec<NodeRef>,
+    fingers: Vec<Option<NodeRef>>,
+    next_finger: usize,
+    pending: HashMap<u64, Pending>,
+    next_req: u64,
+    outbox: Vec<Outbound>,
+    events: Vec<Event>,
+    next_stabilize: u64,
+    next_fix: u64,
+    next_check: u64,
+    stabilizing: bool,
+    fixing: bool,
+    checking: bool,
+    rectifying: bool,
+}
+
+impl Chord {
+    /// A node that is not a member yet; call [`Chord::create`] or [`Chord::join`].
+    pub fn new(me: NodeRef, cfg: Config) -> Chord {
+        Chord {
+            me,
+            cfg,
+            phase: Phase::Idle,
+            pred: None,
+            succs: Vec::new(),
+            fingers: vec![None; BITS],
+            next_finger: 0,
+            pending: HashMap::new(),
+            next_req: 1,
+            outbox: Vec::new(),
+            events: Vec::new(),
+            next_stabilize: 0,
+            next_fix: 0,
+            next_check: 0,
+            stabilizing: false,
+            fixing: false,
+            checking: false,
+            rectifying: false,
+        }
+    }
+
+    /// This node.
+    pub fn me(&self) -> &NodeRef {
+        &self.me
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether the node is a ring member (answers lookups).
+    pub fn is_member(&self) -> bool {
+        self.phase == Phase::Member
+    }
+
+    /// Whether a graceful leave has finished.
+    pub fn has_left(&self) -> bool {
+        self.phase == Phase::Left
+    }
+
+    /// The predecessor, if known.
+    pub fn predecessor(&self) -> Option<&NodeRef> {
+        self.pred.as_ref()
+    }
+
+    /// The successor list, nearest first; empty when alone.
+    pub fn successors(&self) -> &[NodeRef] {
+        &self.succs
+    }
+
+    /// The successor: the first entry of the list, or this node when alone.
+    pub fn successor(&self) -> &NodeRef {
+        self.succs.first().unwrap_or(&self.me)
+    }
+
+    /// The finger table: entry `i` is the first node at or after `me + 2^i`, when known.
+    pub fn fingers(&self) -> &[Option<NodeRef>] {
+        &self.fingers
+    }
+
+    /// Whether this node owns `key` by its own view: `key ∈ (predecessor, me]`. With no known
+    /// predecessor the node claims every key routed to it.
+    pub fn owns(&self, key: &Id) -> bool {
+        match &self.pred {
+            Some(p) => key.in_half_open(&p.id, &self.me.id),
+            None => true,
+        }
+    }
+
+    /// Requests to deliver, in order.
+    pub fn take_outbound(&mut self) -> Vec<Outbound> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Events since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Start a new ring with this node as its only member.
+    pub fn create(&mut self) {
+        self.phase = Phase::Member;
+        self.events.push(Event::Joined);
+    }
+
+    /// Join the ring that the node at `seed` (a ring address) belongs to: look up our own
+    /// identifier through it, fetch the would-be predecessor's successor list, check the
+    /// successor is alive, and only then become a member (Zave's rule for joins).
+    pub fn join(&mut self, seed: &str) {
+        self.phase = Phase::Joining;
+        let seed = NodeRef::new(seed, "");
+        let (lookup, action) = Lookup::start(self.me.id, Step::Next(vec![seed]));
+        self.drive_lookup(Purpose::Join, lookup, action);
+    }
+
+    /// Leave gracefully: tell the predecessor and the successor, then report [`Event::Left`].
+    /// Hand records over before calling this.
+    pub fn leave(&mut self) {
+        if self.phase != Phase::Member {
+            self.phase = Phase::Left;
+            self.events.push(Event::Left);
+            return;
+        }
+        let mut waiting = 0;
+        let succ = self.succs.first().cloned();
+        if let (Some(p), Some(_)) = (self.pred.clone(), &succ) {
+            if p.id != self.me.id {
+                let msg = RingRequest::LeavingToPredecessor {
+                    leaver: self.me.clone(),
+                    successors: self.succs.clone(),
+                };
+                self.send(p, msg, Pending::LeaveNotice);
+                waiting += 1;
+            }
+        }
+        if let Some(s) = succ {
+            let msg = RingRequest::LeavingToSuccessor {
+                leaver: self.me.clone(),
+                predecessor: self.pred.clone(),
+            };
+            self.send(s, msg, Pending::LeaveNotice);
+            waiting += 1;
+        }
+        if waiting == 0 {
+            self.phase = Phase::Left;
+            self.events.push(Event::Left);
+        } else {
+            self.phase = Phase::Leaving { waiting };
+        }
+    }
+
+    /// Run whatever periodic maintenance is due at `now` (milliseconds).
+    pub fn tick(&mut self, now: u64) {
+        if self.phase != Phase::Member {
+            return;
+        }
+        if now >= self.next_stabilize {
+            self.next_stabilize = now + self.cfg.stabilize_ms;
+            self.stabilize();
+        }
+        if now >= self.next_check {
+            self.next_check = now + self.cfg.check_predecessor_ms;
+            self.check_predecessor();
+        }
+        if now >= self.next_fix {
+            self.next_fix = now + self.cfg.fix_fingers_ms;
+            self.fix_next_finger();
+        }
+    }
+
+    /// The driver saw `node` fail (for example during a lookup it ran itself): drop it.
+    pub fn suspect(&mut self, node: &Id) {
+        if *node != self.me.id {
+            self.remove_node(node);
+        }
+    }
+
+    /// One step of a lookup of `key` as this node sees it: `Done` when the key lies between
+    /// this node and its successor, otherwise the closest preceding nodes it knows.
+    pub fn find_step(&self, key: &Id) -> Option<Step> {
+        if self.phase != Phase::Member {
+            return None;
+        }
+        let succ = self.successor();
+        if key.in_half_open(&self.me.id, &succ.id) {
+            return Some(self.done_step());
+        }
+        let candidates = self.closest_preceding(key, 4);
+        if candidates.is_empty() {
+            return Some(self.done_step());
+        }
+        Some(Step::Next(candidates))
+    }
+
+    /// Answer a peer's request from local state.
+    pub fn handle_request(&mut self, req: RingRequest) -> RingResponse {
+        match req {
+            RingRequest::Ping => RingResponse::Pong(self.me.clone()),
+            RingRequest::GetNeighbors => {
+                if self.phase != Phase::Member {
+                    return RingResponse::NotMember;
+                }
+                RingResponse::Neighbors {
+                    me: self.me.clone(),
+                    predecessor: self.pred.clone(),
+                    successors: self.succs.clone(),
+                }
+            }
+            RingRequest::FindStep { key } => match self.find_step(&key) {
+                Some(step) => RingResponse::Step(step),
+                None => RingResponse::NotMember,
+            },
+            RingRequest::Notify(q) => {
+                if self.phase == Phase::Member {
+                    self.rectify(q);
+                    RingResponse::Ack
+                } else {
+                    RingResponse::NotMember
+                }
+            }
+            RingRequest::LeavingToPredecessor { leaver, successors } => {
+                self.splice_out(&leaver, &successors);
+                RingResponse::Ack
+            }
+            RingRequest::LeavingToSuccessor {
+                leaver,
+                predecessor,
+            } => {
+                self.adopt_leavers_predecessor(&leaver, predecessor);
+                RingResponse::Ack
+            }
+        }
+    }
+
+    /// The answer (or failure) of the outbound request `id`.
+    pub fn on_response(&mut self, id: u64, result: Result<RingResponse, String>) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        // A peer that answers `NotMember` is not a ring member: treat it as failed.
+        let result = match result {
+            Ok(RingResponse::NotMember) => Err("not a ring member".to_string()),
+            other => other,
+        };
+        match pending {
+            Pending::Lookup {
+                purpose,
+                mut lookup,
+                asked,
+            } => {
+                let action = match result {
+                    Ok(RingResponse::Step(step)) => lookup.on_step(step),
+                    _ => {
+                        if !matches!(purpose, Purpose::Join) {
+                            self.remove_node(&asked.id);
+                        }
+                        lookup.on_failure(&asked)
+                    }
+                };
+                self.drive_lookup(purpose, lookup, action);
+            }
+            Pending::JoinAdopt { mut candidates } => match result {
+                Ok(RingResponse::Neighbors { me, successors, .. }) => {
+                    let mut list = vec![me.clone()];
+                    list.extend(successors);
+                    self.phase = Phase::Member;
+                    self.set_successors(list);
+                    self.events.push(Event::Joined);
+                    self.notify(me);
+                }
+                _ => {
+                    candidates.remove(0);
+                    self.join_adopt(candidates);
+                }
+            },
+            Pending::Stabilize { succ } => {
+                self.stabilizing = false;
+                match result {
+                    Ok(RingResponse::Neighbors {
+                        me,
+                        predecessor,
+                        successors,
+                    }) => {
+                        let mut list = vec![me.clone()];
+                        list.extend(successors);
+                        self.set_successors(list);
+                        match predecessor {
+                            Some(x)
+                                if x.id != self.me.id
+                                    && x.id.in_open(&self.me.id, &succ.id)
+                                    && self.is_member() =>
+                            {
+                                self.stabilizing = true;
+                                self.send(
+                                    x.clone(),
+                                    RingRequest::GetNeighbors,
+                                    Pending::StabilizeCandidate { cand: x },
+                                );
+                            }
+                            _ => self.notify(me),
+                        }
+                    }
+                    _ => {
+                        self.remove_node(&succ.id);
+                        if !self.succs.is_empty() {
+                            self.stabilize();
+                        }
+                    }
+                }
+            }
+            Pending::StabilizeCandidate { cand } => {
+                self.stabilizing = false;
+                match result {
+                    Ok(RingResponse::Neighbors { me, successors, .. }) => {
+                        let mut list = vec![me.clone()];
+                        list.extend(successors);
+                        self.set_successors(list);
+                        self.notify(me);
+                    }
+                    _ => {
+                        self.remove_node(&cand.id);
+                        if let Some(s) = self.succs.first().cloned() {
+                            self.notify(s);
+                        }
+                    }
+                }
+            }
+            Pending::Notify { to } => {
+                if result.is_err() {
+                    self.remove_node(&to.id);
+                }
+            }
+            Pending::CheckPredecessor { pred } => {
+                self.checking = false;
+                if result.is_err() {
+                    self.remove_node(&pred.id);
+                }
+            }
+            Pending::RectifyPing { old, notifier } => {
+                self.rectifying = false;
+                if result.is_err() {
+                    self.remove_node(&old.id);
+                    if self.pred.is_none() && self.is_member() {
+                        self.set_predecessor(Some(notifier));
+                    }
+                }
+            }
+            Pending::AdoptPredecessor { cand } => {
+                if result.is_ok() && self.is_member() {
+                    let closer = match &self.pred {
+                        None => true,
+                        Some(p) => cand.id.in_open(&p.id, &self.me.id),
+                    };
+                    if closer {
+                        self.set_predecessor(Some(cand));
+                    }
+                }
+            }
+            Pending::LeaveNotice => {
+                if let Phase::Leaving { waiting } = &mut self.phase {
+                    *waiting -= 1;
+                    if *waiting == 0 {
+                        self.phase = Phase::Left;
+                        self.events.push(Event::Left);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- maintenance -------------------------------------------------------------------
+
+    fn stabilize(&mut self) {
+        if self.stabilizing || !self.is_member() {
+            return;
+        }
+        if let Some(s) = self.succs.first().cloned() {
+            self.stabilizing = true;
+            self.send(
+                s.clone(),
+                RingRequest::GetNeighbors,
+                Pending::Stabilize { succ: s },
+            );
+        } else if let Some(p) = self.pred.clone() {
+            // Alone by our successor list, but someone notified us: it is our successor
+            // candidate (in a ring of two, the predecessor is also the successor).
+            self.stabilizing = true;
+            self.send(
+                p.clone(),
+                RingRequest::GetNeighbors,
+                Pending::StabilizeCandidate { cand: p },
+            );
+        }
+    }
+
+    fn notify(&mut self, to: NodeRef) {
+        if to.id == self.me.id {
+            return;
+        }
+        let msg = RingRequest::Notify(self.me.clone());
+        self.send(to.clone(), msg, Pending::Notify { to });
+    }
+
+    fn rectify(&mut self, q: NodeRef) {
+        if q.id == self.me.id {
+            return;
+        }
+        match self.pred.clone() {
+            None => self.set_predecessor(Some(q)),
+            Some(p) if p.id == q.id => {}
+            Some(p) if q.id.in_open(&p.id, &self.me.id) => self.set_predecessor(Some(q)),
+            Some(p) => {
+                // The notifier is farther than our predecessor: replace it only if the
+                // predecessor turns out dead.
+                if !self.rectifying {
+                    self.rectifying = true;
+                    self.send(
+                        p.clone(),
+                        RingRequest::Ping,
+                        Pending::RectifyPing {
+                            old: p,
+                            notifier: q,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_predecessor(&mut self) {
+        if self.checking {
+            return;
+        }
+        if let Some(p) = self.pred.clone() {
+            self.checking = true;
+            self.send(
+                p.clone(),
+                RingRequest::Ping,
+                Pending::CheckPredecessor { pred: p },
+            );
+        }
+    }
+
+    fn fix_next_finger(&mut self) {
+        if self.fixing || !self.is_member() {
+            return;
+        }
+        // Fingers whose start falls before the successor are the successor: no lookup needed.
+        let succ = self.successor().clone();
+        let mut steps = 0;
+        while steps < BITS {
+            let i = self.next_finger;
+            let start = self.me.id.add_pow2(i);
+            if !start.in_half_open(&self.me.id, &succ.id) || succ.id == self.me.id {
+                break;
+            }
+            self.fingers[i] = Some(succ.clone());
+            self.next_finger = (i + 1) % BITS;
+            steps += 1;
+        }
+        if succ.id == self.me.id {
+            return;
+        }
+        let i = self.next_finger;
+        let start = self.me.id.add_pow2(i);
+        let Some(first) = self.find_step(&start) else {
+            return;
+        };
+        let (lookup, action) = Lookup::start(start, first);
+        self.drive_lookup(Purpose::Finger(i), lookup, action);
+    }
+
+    fn drive_lookup(&mut self, purpose: Purpose, lookup: Lookup, action: LookupAction) {
+        match action {
+            LookupAction::Ask(node) => {
+                if matches!(purpose, Purpose::Finger(_)) {
+                    self.fixing = true;
+                }
+                let msg = RingRequest::FindStep { key: lookup.key() };
+                self.send(
+                    node.clone(),
+                    msg,
+                    Pending::Lookup {
+                        purpose,
+                        lookup,
+                        asked: node,
+                    },
+                );
+            }
+            LookupAction::Done(result) => match purpose {
+                Purpose::Join => self.join_found(result),
+                Purpose::Finger(i) => {
+                    self.fixing = false;
+                    self.set_finger(i, result.owner().clone());
+                }
+            },
+            LookupAction::Failed(reason) => match purpose {
+                Purpose::Join => {
+                    self.phase = Phase::Idle;
+                    self.events.push(Event::JoinFailed(reason));
+                }
+                Purpose::Finger(i) => {
+                    self.fixing = false;
+                    self.next_finger = (i + 1) % BITS;
+                }
+            },
+        }
+    }
+
+    fn set_finger(&mut self, i: usize, owner: NodeRef) {
+        if owner.id == self.me.id {
+            self.fingers[i] = None;
+            self.next_finger = (i + 1) % BITS;
+            return;
+        }
+        let mut j = i;
+        while j < BITS && self.me.id.add_pow2(j).in_half_open(&self.me.id, &owner.id) {
+            self.fingers[j] = Some(owner.clone());
+            j += 1;
+        }
+        if j == i {
+            self.fingers[i] = Some(owner);
+            j += 1;
+        }
+        self.next_finger = j % BITS;
+    }
+
+    fn join_found(&mut self, result: LookupResult) {
+        let mut candidates: Vec<NodeRef> = result
+            .successors
+            .into_iter()
+            .filter(|n| n.id != self.me.id)
+            .collect();
+        if result.pred.id != self.me.id {
+            candidates.push(result.pred);
+        }
+        self.join_adopt(candidates);
+    }
+
+    fn join_adopt(&mut self, candidates: Vec<NodeRef>) {
+        let Some(first) = candidates.first().cloned() else {
+            self.phase = Phase::Idle;
+            self.events.push(Event::JoinFailed(
+                "no live successor candidate answered".to_string(),
+            ));
+            return;
+        };
+        self.send(
+            first,
+            RingRequest::GetNeighbors,
+            Pending::JoinAdopt { candidates },
+        );
+    }
+
+    fn splice_out(&mut self, leaver: &NodeRef, their_succs: &[NodeRef]) {
+        self.clear_fingers(&leaver.id);
+        if let Some(pos) = self.succs.iter().position(|n| n.id == leaver.id) {
+            let mut list: Vec<NodeRef> = self.succs[..pos].to_vec();
+            list.extend(their_succs.iter().cloned());
+            list.extend(self.succs[pos + 1..].iter().cloned());
+            list.retain(|n| n.id != leaver.id);
+            self.set_successors(list);
+        }
+    }
+
+    fn adopt_leavers_predecessor(&mut self, leaver: &NodeRef, predecessor: Option<NodeRef>) {
+        self.clear_fingers(&leaver.id);
+        if self.succs.iter().any(|n| n.id == leaver.id) {
+            let list = self
+                .succs
+                .iter()
+                .filter(|n| n.id != leaver.id)
+                .cloned()
+                .collect();
+            self.set_successors(list);
+        }
+        if self.pred.as_ref().map(|p| p.id) == Some(leaver.id) {
+            self.set_predecessor(None);
+            if let Some(p) = predecessor {
+                if p.id != self.me.id {
+                    self.send(
+                        p.clone(),
+                        RingRequest::Ping,
+                        Pending::AdoptPredecessor { cand: p },
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- state helpers -----------------------------------------------------------------
+
+    fn done_step(&self) -> Step {
+        let successors = if self.succs.is_empty() {
+            vec![self.me.clone()]
+        } else {
+            self.succs.clone()
+        };
+        Step::Done {
+            pred: self.me.clone(),
+            successors,
+        }
+    }
+
+    /// Up to `n` known nodes strictly between this node and `key`: first the closest
+    /// preceding finger (the classic Chord step, which halves the distance), then fall-backs
+    /// from the fingers and the successor list, closest to `key` first, for when it does not
+    /// answer.
+    fn closest_preceding(&self, key: &Id, n: usize) -> Vec<NodeRef> {
+        let between = |c: &&NodeRef| c.id.in_open(&self.me.id, key);
+        let mut fingers: Vec<&NodeRef> = self.fingers.iter().flatten().filter(between).collect();
+        fingers.sort_by_key(|c| c.id.distance_to(key));
+        fingers.dedup_by_key(|c| c.id);
+        let mut rest: Vec<&NodeRef> = fingers.iter().skip(1).copied().collect();
+        rest.extend(self.succs.iter().filter(between));
+        rest.sort_by_key(|c| c.id.distance_to(key));
+        rest.dedup_by_key(|c| c.id);
+        let mut out: Vec<NodeRef> = Vec::with_capacity(n);
+        for c in fingers.first().into_iter().chain(rest.iter()) {
+            if out.len() == n {
+                break;
+            }
+            if !out.iter().any(|o| o.id == c.id) {
+                out.push((*c).clone());
+            }
+        }
+        out
+    }
+
+    fn set_successors(&mut self, list: Vec<NodeRef>) {
+        let mut out: Vec<NodeRef> = Vec::with_capacity(self.cfg.successors);
+        for n in list {
+            // A list that reaches this node has wrapped around the ring (fewer than r + 1
+            // members): what follows is behind us, and stale entries there would circulate.
+            if n.id == self.me.id {
+                break;
+            }
+            if out.iter().any(|o| o.id == n.id) {
+                continue;
+            }
+            if out.len() == self.cfg.successors {
+                break;
+            }
+            out.push(n);
+        }
+        if out != self.succs {
+            self.succs = out;
+            self.events
+                .push(Event::SuccessorsChanged(self.succs.clone()));
+        }
+    }
+
+    fn set_predecessor(&mut self, new: Option<NodeRef>) {
+        if self.pred != new {
+            let old = std::mem::replace(&mut self.pred, new.clone());
+            self.events.push(Event::PredecessorChanged { old, new });
+        }
+    }
+
+    fn clear_fingers(&mut self, id: &Id) {
+        for f in self.fingers.iter_mut() {
+            if f.as_ref().map(|n| n.id) == Some(*id) {
+                *f = None;
+            }
+        }
+    }
+
+    fn remove_node(&mut self, id: &Id) {
+        let mut failed = None;
+        self.clear_fingers(id);
+        if let Some(pos) = self.succs.iter().position(|n| n.id == *id) {
+            failed = Some(self.succs[pos].clone());
+            let mut list = self.succs.clone();
+            list.remove(pos);
+            self.set_successors(list);
+        }
+        if self.pred.as_ref().map(|p| p.id) == Some(*id) {
+            failed = self.pred.clone();
+            self.set_predecessor(None);
+        }
+        if let Some(node) = failed {
+            self.events.push(Event::PeerFailed(node));
+        }
+    }
+
+    fn send(&mut self, to: NodeRef, msg: RingRequest, pending: Pending) {
+        let id = self.next_req;
+        self.next_req += 1;
+        self.pending.insert(id, pending);
+        self.outbox.push(Outbound { id, to, msg });
+    }
+}

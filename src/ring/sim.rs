@@ -1,0 +1,559 @@
+//! A deterministic simulator for the ring core: seeded randomness, virtual time, message delay
+//! and loss, crashes, joins and graceful leaves. Rings of thousands of nodes run in a unit test,
+//! and any failure reproduces exactly from its seed.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::id::Id;
+use super::invariants::{self, View};
+use super::lookup::{Lookup, LookupAction, LookupResult};
+use super::messages::{NodeRef, RingRequest, RingResponse};
+use super::node::{Chord, Config, Event};
+
+enum Ev {
+    Deliver {
+        from: Id,
+        to: NodeRef,
+        req: u64,
+        msg: RingRequest,
+        lost_reply: bool,
+    },
+    Reply {
+        to: Id,
+        req: u64,
+        result: Result<RingResponse, String>,
+    },
+    RetryJoin(Id),
+}
+
+struct Item {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+impl PartialEq for Item {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // Min-heap on (time, sequence).
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The simulated world.
+pub struct Sim {
+    pub now: u64,
+    pub rng: StdRng,
+    pub cfg: Config,
+    /// Probability that a request or its answer is lost.
+    pub loss: f64,
+    /// Message delay range in ms.
+    pub delay: (u64, u64),
+    /// How long a caller waits before it declares a call failed.
+    pub timeout: u64,
+    /// How often every node's `tick` runs.
+    pub tick_ms: u64,
+    nodes: BTreeMap<Id, Chord>,
+    queue: BinaryHeap<Item>,
+    seq: u64,
+    next_port: u64,
+    /// Nodes whose join has not finished yet.
+    joining: HashSet<Id>,
+}
+
+impl Sim {
+    pub fn new(seed: u64, cfg: Config) -> Sim {
+        Sim {
+            now: 0,
+            rng: StdRng::seed_from_u64(seed),
+            cfg,
+            loss: 0.0,
+            delay: (1, 5),
+            timeout: 100,
+            tick_ms: 50,
+            nodes: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            next_port: 1,
+            joining: HashSet::new(),
+        }
+    }
+
+    fn new_ref(&mut self) -> NodeRef {
+        let port = self.next_port;
+        self.next_port += 1;
+        let addr = format!(
+            "10.{}.{}.{}:7400",
+            port / 65536,
+            (port / 256) % 256,
+            port % 256
+        );
+        NodeRef::new(addr.clone(), addr)
+    }
+
+    /// The first node, creating the ring.
+    pub fn create(&mut self) -> Id {
+        let me = self.new_ref();
+        let id = me.id;
+        let mut chord = Chord::new(me, self.cfg.clone());
+        chord.create();
+        self.nodes.insert(id, chord);
+        self.flush(id);
+        id
+    }
+
+    /// A new node joining through a random live member.
+    pub fn join(&mut self) -> Id {
+        let me = self.new_ref();
+        let id = me.id;
+        let seed = self.random_member().expect("a member to join through");
+        let seed_addr = self.nodes[&seed].me().addr.clone();
+        let mut chord = Chord::new(me, self.cfg.clone());
+        chord.join(&seed_addr);
+        self.nodes.insert(id, chord);
+        self.joining.insert(id);
+        self.flush(id);
+        id
+    }
+
+    /// Kill a node at once: it answers nothing from now on.
+    pub fn crash(&mut self, id: Id) {
+        self.nodes.remove(&id);
+        self.joining.remove(&id);
+    }
+
+    /// Start a graceful leave; the node disappears once it has told its neighbours.
+    pub fn leave(&mut self, id: Id) {
+        if let Some(c) = self.nodes.get_mut(&id) {
+            c.leave();
+            self.flush(id);
+        }
+    }
+
+    pub fn random_member(&mut self) -> Option<Id> {
+        let members: Vec<Id> = self
+            .nodes
+            .iter()
+            .filter(|(_, c)| c.is_member())
+            .map(|(id, _)| *id)
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        Some(members[self.rng.gen_range(0..members.len())])
+    }
+
+    pub fn members(&self) -> Vec<Id> {
+        self.nodes
+            .iter()
+            .filter(|(_, c)| c.is_member())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Item {
+            at,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn delay(&mut self) -> u64 {
+        self.rng.gen_range(self.delay.0..=self.delay.1)
+    }
+
+    fn lost(&mut self) -> bool {
+        self.loss > 0.0 && self.rng.gen_bool(self.loss)
+    }
+
+    fn flush(&mut self, id: Id) {
+        let Some(chord) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let out = chord.take_outbound();
+        let events = chord.take_events();
+        for o in out {
+            if self.lost() {
+                let at = self.now + self.timeout;
+                self.schedule(
+                    at,
+                    Ev::Reply {
+                        to: id,
+                        req: o.id,
+                        result: Err("lost".into()),
+                    },
+                );
+            } else {
+                let at = self.now + self.delay();
+                let lost_reply = self.lost();
+                self.schedule(
+                    at,
+                    Ev::Deliver {
+                        from: id,
+                        to: o.to,
+                        req: o.id,
+                        msg: o.msg,
+                        lost_reply,
+                    },
+                );
+            }
+        }
+        for e in events {
+            match e {
+                Event::Joined => {
+                    self.joining.remove(&id);
+                }
+                Event::JoinFailed(_) => {
+                    let at = self.now + 200;
+                    self.schedule(at, Ev::RetryJoin(id));
+                }
+                Event::Left => {
+                    self.nodes.remove(&id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn step(&mut self, item: Item) {
+        self.now = self.now.max(item.at);
+        match item.ev {
+            Ev::Deliver {
+                from,
+                to,
+                req,
+                msg,
+                lost_reply,
+            } => {
+                let sent_at = self.now;
+                let result = match self.nodes.get_mut(&to.id) {
+                    Some(dest) if dest.me().addr == to.addr => {
+                        let resp = dest.handle_request(msg);
+                        self.flush(to.id);
+                        if lost_reply {
+                            None
+                        } else {
+                            Some(resp)
+                        }
+                    }
+                    _ => None,
+                };
+                match result {
+                    Some(resp) => {
+                        let at = self.now + self.delay();
+                        self.schedule(
+                            at,
+                            Ev::Reply {
+                                to: from,
+                                req,
+                                result: Ok(resp),
+                            },
+                        );
+                    }
+                    None => {
+                        let at = sent_at + self.timeout;
+                        self.schedule(
+                            at,
+                            Ev::Reply {
+                                to: from,
+                                req,
+                                result: Err("timeout".into()),
+                            },
+                        );
+                    }
+                }
+            }
+            Ev::Reply { to, req, result } => {
+                if let Some(c) = self.nodes.get_mut(&to) {
+                    c.on_response(req, result);
+                    self.flush(to);
+                }
+            }
+            Ev::RetryJoin(id) => {
+                let seed = self.random_member();
+                if let (Some(seed), true) = (seed, self.nodes.contains_key(&id)) {
+                    let addr = self.nodes[&seed].me().addr.clone();
+                    if let Some(c) = self.nodes.get_mut(&id) {
+                        c.join(&addr);
+                    }
+                    self.flush(id);
+                }
+            }
+        }
+    }
+
+    /// Advance virtual time by `ms`, ticking every node every `tick_ms`.
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.now + ms;
+        let mut next_tick = self.now;
+        while self.now < end {
+            let tick_at = next_tick.min(end);
+            while self.queue.peek().is_some_and(|i| i.at <= tick_at) {
+                if let Some(item) = self.queue.pop() {
+                    self.step(item);
+                }
+            }
+            self.now = tick_at;
+            if tick_at == next_tick {
+                let ids: Vec<Id> = self.nodes.keys().copied().collect();
+                for id in ids {
+                    if let Some(c) = self.nodes.get_mut(&id) {
+                        c.tick(tick_at);
+                    }
+                    self.flush(id);
+                }
+                next_tick += self.tick_ms;
+            }
+            if tick_at == end {
+                break;
+            }
+        }
+    }
+
+    /// Check the invariants over the live members.
+    pub fn check(&self, converged: bool) -> Result<(), String> {
+        if !self.joining.is_empty() {
+            return Err(format!("{} nodes still joining", self.joining.len()));
+        }
+        let views: Vec<View> = self
+            .nodes
+            .values()
+            .filter(|c| c.is_member())
+            .map(View::of)
+            .collect();
+        invariants::check(&views, self.cfg.successors, converged)
+    }
+
+    /// Run until the invariants hold (converged) or `max_ms` of virtual time pass.
+    pub fn settle(&mut self, max_ms: u64) -> Result<u64, String> {
+        let start = self.now;
+        loop {
+            self.run_for(self.cfg.stabilize_ms);
+            if self.check(true).is_ok() && self.fingers_settled() {
+                return Ok(self.now - start);
+            }
+            if self.now - start >= max_ms {
+                return self.check(true).map(|_| self.now - start);
+            }
+        }
+    }
+
+    /// Whether every member has run a full round of finger fixing since the last change is
+    /// not observable from outside; approximate it by "every finger points at a live member".
+    fn fingers_settled(&self) -> bool {
+        self.nodes.values().all(|c| {
+            c.fingers()
+                .iter()
+                .flatten()
+                .all(|f| self.nodes.contains_key(&f.id))
+        })
+    }
+
+    /// The true owner of `key`: the first live member at or after it.
+    pub fn true_owner(&self, key: &Id) -> Id {
+        let members = self.members();
+        members
+            .iter()
+            .find(|m| *m >= key)
+            .or(members.first())
+            .copied()
+            .expect("a member")
+    }
+
+    /// Run a lookup from `from` against the current states (instant delivery, dead nodes
+    /// fail), as the agent would over the network.
+    pub fn lookup(&mut self, from: Id, key: Id) -> Result<LookupResult, String> {
+        let first = self.nodes[&from].find_step(&key).ok_or("not a member")?;
+        let (mut lookup, mut action) = Lookup::start(key, first);
+        loop {
+            match action {
+                LookupAction::Done(r) => return Ok(r),
+                LookupAction::Failed(e) => return Err(e),
+                LookupAction::Ask(node) => {
+                    let step = self.nodes.get(&node.id).and_then(|c| c.find_step(&key));
+                    action = match step {
+                        Some(s) => lookup.on_step(s),
+                        None => lookup.on_failure(&node),
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(r: usize) -> Config {
+        Config {
+            successors: r,
+            stabilize_ms: 200,
+            fix_fingers_ms: 50,
+            check_predecessor_ms: 200,
+        }
+    }
+
+    /// Grow a ring to `n` nodes in waves (each wave at most doubles it), settling in between.
+    fn grow(sim: &mut Sim, n: usize) {
+        if sim.len() == 0 {
+            sim.create();
+        }
+        while sim.len() < n {
+            let wave = sim.len().min(n - sim.len());
+            for _ in 0..wave {
+                sim.join();
+            }
+            sim.settle(600_000)
+                .expect("ring settles after a wave of joins");
+        }
+    }
+
+    /// Look up `count` random keys from random members; return (failures, mean hops).
+    fn lookups(sim: &mut Sim, count: usize) -> (usize, f64) {
+        let mut failures = 0;
+        let mut hops = 0u64;
+        for _ in 0..count {
+            let key = Id::hash(&sim.rng.gen::<[u8; 16]>());
+            let from = sim.random_member().expect("member");
+            match sim.lookup(from, key) {
+                Ok(r) if r.owner().id == sim.true_owner(&key) => hops += r.hops as u64,
+                _ => failures += 1,
+            }
+        }
+        (failures, hops as f64 / count as f64)
+    }
+
+    #[test]
+    fn small_rings_of_one_two_and_three_nodes_converge() {
+        let mut sim = Sim::new(1, cfg(4));
+        sim.create();
+        sim.check(true).expect("one node is a ring");
+        for n in 2..=5 {
+            sim.join();
+            sim.settle(60_000)
+                .unwrap_or_else(|e| panic!("{n} nodes: {e}"));
+            let (failures, _) = lookups(&mut sim, 200);
+            assert_eq!(failures, 0, "{n} nodes");
+        }
+    }
+
+    #[test]
+    fn thousand_nodes_lookups_find_true_owner_with_half_log_n_hops() {
+        let n = 1000;
+        let mut sim = Sim::new(7, cfg(8));
+        grow(&mut sim, n);
+        // Let fingers converge fully: a few finger rounds.
+        sim.run_for(20_000);
+        let (failures, mean) = lookups(&mut sim, 5000);
+        let expected = 0.5 * (n as f64).log2();
+        println!("1000 nodes: mean hops {mean:.3} (½·log2 N = {expected:.3})");
+        assert_eq!(failures, 0);
+        assert!(
+            (mean - expected).abs() <= 0.5,
+            "mean hops {mean:.3} not within ½·log2 N ± 0.5 = {expected:.3} ± 0.5"
+        );
+    }
+
+    #[test]
+    fn crash_half_the_nodes_at_once_then_zero_failed_lookups() {
+        let n = 1000usize;
+        let r = 2 * (n as f64).log2().ceil() as usize;
+        let mut sim = Sim::new(11, cfg(r));
+        grow(&mut sim, n);
+        let mut members = sim.members();
+        // Crash a random half.
+        for i in (1..members.len()).rev() {
+            let j = sim.rng.gen_range(0..=i);
+            members.swap(i, j);
+        }
+        for id in members.iter().take(n / 2) {
+            sim.crash(*id);
+        }
+        let took = sim
+            .settle(600_000)
+            .expect("invariants hold after crashing half");
+        println!("repaired after crashing half of {n} in {took} ms of virtual time");
+        let (failures, mean) = lookups(&mut sim, 3000);
+        println!("after the crash: mean hops {mean:.3}");
+        assert_eq!(failures, 0);
+    }
+
+    #[test]
+    fn churn_with_loss_then_invariants_hold_after_every_quiet_period() {
+        let mut sim = Sim::new(23, cfg(6));
+        grow(&mut sim, 60);
+        for round in 0..8 {
+            sim.loss = 0.05;
+            for _ in 0..10 {
+                match sim.rng.gen_range(0..3) {
+                    0 => {
+                        sim.join();
+                    }
+                    1 if sim.members().len() > 10 => {
+                        let id = sim.random_member().expect("member");
+                        sim.leave(id);
+                    }
+                    2 if sim.members().len() > 10 => {
+                        // Crash at most 2 nodes between quiet periods: fewer than r neighbours.
+                        let id = sim.random_member().expect("member");
+                        sim.crash(id);
+                    }
+                    _ => {}
+                }
+                let pause = sim.rng.gen_range(0..300);
+                sim.run_for(pause);
+            }
+            sim.loss = 0.0;
+            sim.settle(300_000)
+                .unwrap_or_else(|e| panic!("round {round}: invariants after quiet period: {e}"));
+            let (failures, _) = lookups(&mut sim, 300);
+            assert_eq!(failures, 0, "round {round}");
+        }
+    }
+
+    #[test]
+    fn graceful_leaves_keep_the_ring_whole() {
+        let mut sim = Sim::new(5, cfg(4));
+        grow(&mut sim, 20);
+        for _ in 0..15 {
+            let id = sim.random_member().expect("member");
+            sim.leave(id);
+            sim.settle(60_000).expect("ring settles after a leave");
+        }
+        assert_eq!(sim.members().len(), 5);
+        let (failures, _) = lookups(&mut sim, 200);
+        assert_eq!(failures, 0);
+    }
+
+    #[test]
+    #[ignore = "10,000 nodes take a while; run with --ignored"]
+    fn ten_thousand_nodes_converge_with_half_log_n_hops() {
+        let n = 10_000;
+        let mut sim = Sim::new(3, cfg(16));
+        grow(&mut sim, n);
+        sim.run_for(30_000);
+        let (failures, mean) = lookups(&mut sim, 5000);
+        println!("10000 nodes: mean hops {mean:.3}");
+        assert_eq!(failures, 0);
+    }
+}

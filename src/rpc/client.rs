@@ -1,0 +1,195 @@
+//! The RPC client: one long-lived connection per peer, many calls in flight on it, a deadline
+//! on every call. A broken connection fails its calls and is replaced on the next call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use super::frame::{self, Envelope};
+use super::messages::{Request, Response};
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CallError {
+    /// Could not connect (refused, unreachable, bad address).
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    /// No answer before the deadline.
+    #[error("no answer from {0} within {1:?}")]
+    Timeout(String, Duration),
+    /// The connection broke while waiting.
+    #[error("connection to {0} broke")]
+    Broken(String),
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<Envelope<Request>>,
+    pending: PendingMap,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A pool of connections to peers, keyed by ring address.
+pub struct Pool {
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    next_id: AtomicU64,
+    timeout: Duration,
+}
+
+impl Pool {
+    /// A pool whose calls wait at most `timeout` (connecting included).
+    pub fn new(timeout: Duration) -> Pool {
+        Pool {
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            timeout,
+        }
+    }
+
+    /// The default per-call deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Call `addr` with the pool's deadline.
+    pub async fn call(&self, addr: &str, req: Request) -> Result<Response, CallError> {
+        self.call_with_timeout(addr, req, self.timeout).await
+    }
+
+    /// Call `addr`, waiting at most `timeout` for connection and answer together.
+    pub async fn call_with_timeout(
+        &self,
+        addr: &str,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
+        match tokio::time::timeout(timeout, self.call_inner(addr, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout(addr.to_string(), timeout)),
+        }
+    }
+
+    /// Close the connection to `addr`, if any (its calls fail).
+    pub fn forget(&self, addr: &str) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.remove(addr);
+        }
+    }
+
+    async fn call_inner(&self, addr: &str, req: Request) -> Result<Response, CallError> {
+        let conn = self.conn(addr).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = conn.pending.lock() {
+            p.insert(id, tx);
+        }
+        let _guard = PendingGuard {
+            pending: conn.pending.clone(),
+            id,
+        };
+        if conn.tx.send(Envelope { id, body: req }).await.is_err() {
+            self.drop_conn(addr, &conn);
+            return Err(CallError::Broken(addr.to_string()));
+        }
+        match rx.await {
+            Ok(resp) => Ok(resp),
+            Err(_) => {
+                self.drop_conn(addr, &conn);
+                Err(CallError::Broken(addr.to_string()))
+            }
+        }
+    }
+
+    fn drop_conn(&self, addr: &str, conn: &Arc<Conn>) {
+        if let Ok(mut conns) = self.conns.lock() {
+            if conns.get(addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                conns.remove(addr);
+            }
+        }
+    }
+
+    async fn conn(&self, addr: &str) -> Result<Arc<Conn>, CallError> {
+        if let Ok(conns) = self.conns.lock() {
+            if let Some(c) = conns.get(addr) {
+                if c.alive.load(Ordering::Relaxed) {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| CallError::Connect(addr.to_string(), e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(spawn_conn(stream));
+        if let Ok(mut conns) = self.conns.lock() {
+            // Another call may have connected meanwhile; keep one.
+            if let Some(c) = conns.get(addr) {
+                if c.alive.load(Ordering::Relaxed) {
+                    return Ok(c.clone());
+                }
+            }
+            conns.insert(addr.to_string(), conn.clone());
+        }
+        Ok(conn)
+    }
+}
+
+/// Removes a call's entry when the call ends, answered or not (timeouts drop the future).
+struct PendingGuard {
+    pending: PendingMap,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
+fn spawn_conn(stream: TcpStream) -> Conn {
+    let (mut sink, mut source) = Framed::new(stream, frame::codec()).split();
+    let (tx, mut rx) = mpsc::channel::<Envelope<Request>>(1024);
+    let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let alive_w = alive.clone();
+    tokio::spawn(async move {
+        while let Some(env) = rx.recv().await {
+            let Ok(bytes) = frame::encode(&env) else {
+                continue;
+            };
+            if sink.send(bytes).await.is_err() {
+                break;
+            }
+        }
+        alive_w.store(false, Ordering::Relaxed);
+    });
+    let pending_r = pending.clone();
+    let alive_r = alive.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(bytes)) = source.next().await {
+            let Ok(env) = frame::decode::<Response>(&bytes) else {
+                tracing::warn!("undecodable RPC answer; closing the connection");
+                break;
+            };
+            let waiter = pending_r.lock().ok().and_then(|mut p| p.remove(&env.id));
+            if let Some(w) = waiter {
+                let _ = w.send(env.body);
+            }
+        }
+        alive_r.store(false, Ordering::Relaxed);
+        // Fail every call still waiting on this connection.
+        if let Ok(mut p) = pending_r.lock() {
+            p.clear();
+        }
+    });
+    Conn { tx, pending, alive }
+}

@@ -1,0 +1,112 @@
+//! Framing: every message travels as `u32 length | u8 version | bincode(Envelope)`.
+//!
+//! The length prefix is checked against [`MAX_FRAME`] before anything is allocated (the codec
+//! refuses longer frames), and bincode decodes with the frame's own length as its allocation
+//! limit, so a peer cannot make us allocate more than it actually sent.
+
+use bincode::Options;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The protocol version this build speaks; a frame with another version is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The largest frame accepted or sent (16 MiB: a whole key range of records in a transfer).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// A request or response with the id that pairs them on a multiplexed connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Chosen by the caller, echoed by the answer.
+    pub id: u64,
+    /// The message.
+    pub body: T,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// An empty frame (no version byte).
+    #[error("empty frame")]
+    Empty,
+    /// A version this build does not speak.
+    #[error("protocol version {0} (this agent speaks {PROTOCOL_VERSION})")]
+    Version(u8),
+    /// The body is not a valid message.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+}
+
+/// The length-delimited codec with our limits: 4-byte big-endian length prefix.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new().with_limit(MAX_FRAME as u64)
+}
+
+/// Encode one envelope as a frame body (version byte + bincode).
+pub fn encode<T: Serialize>(env: &Envelope<T>) -> Result<Bytes, FrameError> {
+    let body = options()
+        .serialize(env)
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(body.len() + 1);
+    buf.put_u8(PROTOCOL_VERSION);
+    buf.extend_from_slice(&body);
+    Ok(buf.freeze())
+}
+
+/// Decode one frame body into an envelope.
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, FrameError> {
+    let (&version, body) = frame.split_first().ok_or(FrameError::Empty)?;
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::Version(version));
+    }
+    bincode::DefaultOptions::new()
+        .with_limit(body.len() as u64 + 64)
+        .deserialize(body)
+        .map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::RingRequest;
+    use crate::rpc::messages::Request;
+
+    #[test]
+    fn round_trip_keeps_id_and_body() {
+        let env = Envelope {
+            id: 42,
+            body: Request::Ring(RingRequest::Ping),
+        };
+        let bytes = encode(&env).expect("encode");
+        assert_eq!(bytes[0], PROTOCOL_VERSION);
+        assert_eq!(decode::<Request>(&bytes).expect("decode"), env);
+    }
+
+    #[test]
+    fn wrong_version_empty_and_garbage_are_errors_not_panics() {
+        assert_eq!(decode::<Request>(&[]), Err(FrameError::Empty));
+        assert_eq!(decode::<Request>(&[9, 0, 0]), Err(FrameError::Version(9)));
+        assert!(matches!(
+            decode::<Request>(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff]),
+            Err(FrameError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn a_huge_length_inside_the_body_does_not_allocate_it() {
+        // A vector claiming 2^60 elements in a 12-byte frame must fail fast.
+        let mut frame = vec![PROTOCOL_VERSION, 1];
+        frame.push(0xff); // varint marker for u64
+        frame.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<Envelope<Vec<u8>>>(&frame).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! The RPC server: accept connections, decode frames, hand requests to a [`Handler`], write
+//! answers back on the same connection (possibly out of order; ids pair them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, Envelope};
+use super::messages::{Request, Response};
+
+/// Connections open at once; further peers wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// A connection with no frame for this long is closed (peers reconnect on demand).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What answers requests: the agent.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answer one request from the peer at `peer`.
+    async fn handle(&self, req: Request) -> Response;
+}
+
+/// Serve ring RPC on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, handler, shutdown).await {
+                        tracing::warn!(%peer, "ring RPC connection dropped: {e}");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept failed on the ring port: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let (mut sink, mut source) = Framed::new(stream, frame::codec()).split();
+    let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(env) = rx.recv().await {
+            let bytes = match frame::encode(&env) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("cannot encode an RPC answer: {e}");
+                    continue;
+                }
+            };
+            if sink.send(bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let result = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            n = tokio::time::timeout(IDLE_TIMEOUT, source.next()) => n,
+        };
+        let frame = match next {
+            Err(_) => break Ok(()), // idle
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => break Err(format!("bad frame: {e}")),
+            Ok(Some(Ok(f))) => f,
+        };
+        let env: Envelope<Request> = match frame::decode(&frame) {
+            Ok(env) => env,
+            Err(e) => break Err(format!("bad frame: {e}")),
+        };
+        let handler = handler.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let body = handler.handle(env.body).await;
+            let _ = tx.send(Envelope { id: env.id, body }).await;
+        });
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}

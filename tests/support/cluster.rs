@@ -1,0 +1,130 @@
+//! `TestCluster`: N agents in this test process on 127.0.0.1 port 0, real sockets, and helpers
+//! to wait (polling with a deadline) until the ring has settled.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chordctl::agent::{self, AgentConfig, AgentHandle, Start};
+use chordctl::ring::invariants::{self, View};
+use chordctl::ring::Id;
+
+/// Generous: CI machines are small and noisy.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Fast maintenance so that tests settle in a second or two.
+pub fn test_config(start: Start) -> AgentConfig {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    AgentConfig {
+        start,
+        bind: any,
+        http: any,
+        stabilize_interval: Duration::from_millis(100),
+        rpc_timeout: Duration::from_millis(500),
+        ..AgentConfig::default()
+    }
+}
+
+/// Agents in one process. Slots of stopped agents hold `None`.
+pub struct TestCluster {
+    pub nodes: Vec<Option<AgentHandle>>,
+}
+
+impl TestCluster {
+    /// Start `n` agents: the first creates the ring, the others join through it.
+    pub async fn start(n: usize) -> TestCluster {
+        let mut c = TestCluster { nodes: Vec::new() };
+        let first = agent::start(test_config(Start::Create))
+            .await
+            .expect("first agent starts");
+        c.nodes.push(Some(first));
+        for _ in 1..n {
+            c.join().await;
+        }
+        c
+    }
+
+    /// A live agent's ring address, to join through.
+    pub fn seed(&self) -> String {
+        self.live()
+            .next()
+            .map(|h| h.node().addr)
+            .expect("a live agent")
+    }
+
+    /// Start one more agent joining through a live one; returns its index.
+    pub async fn join(&mut self) -> usize {
+        let seed = self.seed();
+        let h = agent::start(test_config(Start::Join(seed)))
+            .await
+            .expect("agent joins");
+        self.nodes.push(Some(h));
+        self.nodes.len() - 1
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &AgentHandle> {
+        self.nodes.iter().flatten()
+    }
+
+    pub fn live_ids(&self) -> Vec<Id> {
+        let mut ids: Vec<Id> = self.live().map(|h| h.node().id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Crash agent `i` (no leave).
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(h) = self.nodes[i].take() {
+            h.kill().await;
+        }
+    }
+
+    /// Graceful leave of agent `i`.
+    pub async fn leave(&mut self, i: usize) {
+        if let Some(h) = self.nodes[i].take() {
+            h.shutdown().await;
+        }
+    }
+
+    /// The invariants, with "converged" (every pointer exact) over the live agents.
+    pub fn check(&self) -> Result<(), String> {
+        let views: Vec<View> = self.live().map(|h| h.agent().ring.read(View::of)).collect();
+        let r = self
+            .live()
+            .next()
+            .map(|h| h.agent().config.successors)
+            .unwrap_or(8);
+        invariants::check(&views, r, true)
+    }
+
+    /// Poll until the ring has converged over the live agents.
+    pub async fn settle(&self) {
+        let start = Instant::now();
+        loop {
+            match self.check() {
+                Ok(()) => return,
+                Err(e) if start.elapsed() > SETTLE_DEADLINE => {
+                    panic!(
+                        "ring did not settle within {SETTLE_DEADLINE:?}: {e}; live: {:?}",
+                        self.live_ids()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The true owner of `key`: the first live node at or after its identifier.
+    pub fn true_owner(&self, key: &Id) -> Id {
+        let ids = self.live_ids();
+        ids.iter()
+            .find(|id| *id >= key)
+            .or(ids.first())
+            .copied()
+            .expect("a live node")
+    }
+}
+
+/// Keys for lookup checks.
+pub fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("service-{i}")).collect()
+}

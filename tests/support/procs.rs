@@ -1,0 +1,142 @@
+//! Real `chordctl agent` processes for end-to-end tests: started on port 0, their addresses
+//! read from stdout, killed with SIGKILL or stopped with SIGTERM, always reaped on Drop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_chordctl")
+}
+
+/// One agent process.
+pub struct AgentProc {
+    pub child: Child,
+    /// Ring address.
+    pub ring: String,
+    /// HTTP address.
+    pub http: String,
+    /// Hex identifier.
+    pub id: String,
+}
+
+impl AgentProc {
+    /// Start `chordctl agent create|join SEED` with extra args; waits for its address line.
+    pub fn start(seed: Option<&str>, extra: &[&str]) -> AgentProc {
+        let mut cmd = Command::new(bin());
+        cmd.arg("agent");
+        match seed {
+            None => cmd.arg("create"),
+            Some(s) => cmd.args(["join", s]),
+        };
+        cmd.args([
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--stabilize-ms",
+            "100",
+            "--rpc-timeout-ms",
+            "500",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn chordctl agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent printed no address line within 30s");
+            }
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_string()
+        };
+        let ring = field("ring=");
+        let http = field("http=");
+        let id = line
+            .split_whitespace()
+            .nth(2)
+            .expect("id in the address line")
+            .to_string();
+        AgentProc {
+            child,
+            ring,
+            http,
+            id,
+        }
+    }
+
+    /// The agent URL for `--agent`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the client: `chordctl --agent URL ARGS...`.
+pub fn client(url: &str, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--agent")
+        .arg(url)
+        .args(args)
+        .env_remove("CHORDCTL_AGENT")
+        .env_remove("CHORDCTL_OUTPUT")
+        .output()
+        .expect("run chordctl")
+}
+
+/// Poll `f` until it returns Some, or panic with the last reason after `deadline`.
+pub fn poll<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() > deadline => panic!("{what}: not within {deadline:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
