@@ -6,6 +6,7 @@
 //! neighbours), stop the servers, return.
 
 pub mod config;
+pub mod registry;
 pub mod ring;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::rpc::{self, Pool, Request, Response};
 use crate::{Error, Result};
 
 pub use config::{AgentConfig, Start};
+pub use registry::Registry;
 pub use ring::RingDriver;
 
 /// How long a join may take before the agent gives up.
@@ -36,6 +38,8 @@ pub struct Agent {
     pub config: AgentConfig,
     /// The ring side.
     pub ring: Arc<RingDriver>,
+    /// The registry side.
+    pub registry: Arc<Registry>,
     /// Cancelled to stop every task at once (crash or after leaving).
     stop: CancellationToken,
     /// Cancelled when someone asks the agent to leave (HTTP or signal).
@@ -56,9 +60,23 @@ impl rpc::Handler for RpcHandler {
     async fn handle(&self, req: Request) -> Response {
         match req {
             Request::Ring(r) => Response::Ring(self.0.ring.handle(r)),
-            Request::Registry(_) => Response::Error(Error::invalid(
-                "registry operations are not served by this agent",
-            )),
+            Request::Registry(bytes) => {
+                let req = match serde_json::from_slice(&bytes) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Response::Error(Error::invalid(format!(
+                            "undecodable registry request: {e}"
+                        )))
+                    }
+                };
+                match self.0.registry.handle_local(req).await {
+                    Ok(answer) => match serde_json::to_vec(&answer) {
+                        Ok(b) => Response::Registry(b),
+                        Err(e) => Response::Error(Error::internal(e.to_string())),
+                    },
+                    Err(e) => Response::Error(e),
+                }
+            }
         }
     }
 }
@@ -93,8 +111,11 @@ impl AgentHandle {
         self.agent.leave.cancelled().await
     }
 
-    /// Leave gracefully, then stop every task.
+    /// Leave gracefully (records handed to the successor first), then stop every task.
     pub async fn shutdown(mut self) {
+        if let Err(e) = self.agent.registry.hand_off_all().await {
+            tracing::error!("handing records over before leaving failed: {e}");
+        }
         self.agent.ring.leave(LEAVE_DEADLINE).await;
         self.agent.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
@@ -134,12 +155,19 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
         fix_fingers_ms: (stabilize_ms / 2).max(5),
         check_predecessor_ms: stabilize_ms,
     };
+    let data_dir = match &config.data_dir {
+        Some(d) => d.clone(),
+        None => default_data_dir(&me.addr),
+    };
+    let store = crate::store::open(config.redis.as_deref(), &data_dir, &me.id.to_hex()).await?;
     let stop = CancellationToken::new();
     let pool = Arc::new(Pool::new(config.rpc_timeout));
     let ring = RingDriver::new(Chord::new(me, ring_cfg), pool, stop.clone());
+    let registry = Registry::new(ring.clone(), store);
     let agent = Arc::new(Agent {
         config: config.clone(),
         ring: ring.clone(),
+        registry: registry.clone(),
         stop: stop.clone(),
         leave: CancellationToken::new(),
     });
@@ -163,6 +191,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
         tasks.abort_all();
         return Err(e);
     }
+    if matches!(config.start, Start::Join(_)) {
+        take_records(&registry).await;
+    }
+    tasks.spawn(watch_ring(agent.clone()));
+    tasks.spawn(sweep_ttls(registry.clone(), stop.clone()));
     tasks.spawn(crate::http::serve(
         http_listener,
         agent.clone(),
@@ -198,6 +231,11 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 /// directory (`chordctl agent dev`), until Ctrl-C.
 pub async fn run_dev(nodes: usize, base: AgentConfig) -> Result<()> {
     let nodes = nodes.max(1);
+    let tmp = tempfile::Builder::new()
+        .prefix("chordctl-dev-")
+        .tempdir()
+        .map_err(|e| Error::internal(format!("cannot create a temporary directory: {e}")))?;
+    println!("data in {} (removed on exit)", tmp.path().display());
     let mut handles: Vec<AgentHandle> = Vec::new();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     for i in 0..nodes {
@@ -210,6 +248,8 @@ pub async fn run_dev(nodes: usize, base: AgentConfig) -> Result<()> {
             bind: any,
             http: any,
             advertise: None,
+            data_dir: Some(tmp.path().join(format!("node-{i}"))),
+            redis: None,
             ..base.clone()
         };
         let h = start_logged(config, i).await?;
@@ -224,6 +264,80 @@ pub async fn run_dev(nodes: usize, base: AgentConfig) -> Result<()> {
         h.shutdown().await;
     }
     Ok(())
+}
+
+/// The default embedded store directory: per node, under the user's data directory.
+pub fn default_data_dir(advertise: &str) -> std::path::PathBuf {
+    let base = dirs::data_dir().unwrap_or_else(std::env::temp_dir);
+    let name: String = advertise
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    base.join("chordctl").join(name)
+}
+
+/// Take the records this node now owns from its successor; retried briefly, since the
+/// successor may still be settling.
+async fn take_records(registry: &Arc<Registry>) {
+    for attempt in 0..20 {
+        match registry.take_from_successor().await {
+            Ok(_) => return,
+            Err(e) => {
+                if attempt == 19 {
+                    tracing::error!("could not take records from the successor: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// React to ring events: when a node joins right before us, push what it now owns (writes
+/// that reached us after it took its range).
+async fn watch_ring(agent: Arc<Agent>) {
+    let mut events = agent.ring.subscribe();
+    loop {
+        tokio::select! {
+            _ = agent.stop.cancelled() => return,
+            e = events.recv() => match e {
+                Ok(crate::ring::Event::PredecessorChanged { old, new: Some(new) }) => {
+                    let me = agent.ring.me().id;
+                    let closer = old.as_ref().is_none_or(|o| new.id.in_open(&o.id, &me));
+                    if closer && old.is_some() {
+                        let registry = agent.registry.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = registry.push_to_predecessor(old, new).await {
+                                tracing::warn!("pushing records to the new predecessor failed: {e}");
+                            }
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+async fn sweep_ttls(registry: Arc<Registry>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(registry::SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {
+                if let Err(e) = registry.sweep().await {
+                    tracing::debug!("TTL sweep skipped: {e}");
+                }
+            }
+        }
+    }
 }
 
 async fn start_logged(config: AgentConfig, i: usize) -> Result<AgentHandle> {

@@ -3,12 +3,15 @@
 //! Handlers are thin: they parse and validate input, call the agent (which routes through the
 //! ring to a record's owner), and map [`crate::Error`] to a status and a JSON error body.
 
+pub mod compat;
 pub mod error;
 pub mod ring;
+pub mod v1;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +31,22 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/ring/nodes", get(ring::ring_nodes))
         .route("/v1/locate/{key}", get(ring::locate))
         .route("/v1/agent/leave", post(ring::leave))
+        .route("/v1/services", get(v1::list))
+        .route("/v1/services/{service}", get(v1::discover_service))
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            put(v1::register).delete(v1::deregister).get(v1::query),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/status",
+            put(v1::report),
+        )
+        .route("/services/register/", post(compat::register))
+        .route("/services/registercancel/", post(compat::register_cancel))
+        .route("/services/resolution/", get(compat::resolution))
+        .route("/services/servicestate", get(compat::service_state))
+        .route("/service_status_storage", get(compat::status_storage))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(error::not_found_route)
         .with_state(agent)
 }

@@ -17,6 +17,7 @@
 pub mod compat;
 pub mod duration;
 pub mod model;
+pub mod ops;
 pub mod pick;
 pub mod ttl;
 pub mod validate;

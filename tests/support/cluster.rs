@@ -11,11 +11,12 @@ use chordctl::ring::Id;
 /// Generous: CI machines are small and noisy.
 pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Fast maintenance so that tests settle in a second or two.
-pub fn test_config(start: Start) -> AgentConfig {
+/// Fast maintenance so that tests settle in a second or two; the store in `dir`.
+pub fn test_config(start: Start, dir: &std::path::Path) -> AgentConfig {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     AgentConfig {
         start,
+        data_dir: Some(dir.to_path_buf()),
         bind: any,
         http: any,
         stabilize_interval: Duration::from_millis(100),
@@ -27,13 +28,19 @@ pub fn test_config(start: Start) -> AgentConfig {
 /// Agents in one process. Slots of stopped agents hold `None`.
 pub struct TestCluster {
     pub nodes: Vec<Option<AgentHandle>>,
+    /// Data directories, one per node index, removed on drop.
+    pub tmp: tempfile::TempDir,
 }
 
 impl TestCluster {
     /// Start `n` agents: the first creates the ring, the others join through it.
     pub async fn start(n: usize) -> TestCluster {
-        let mut c = TestCluster { nodes: Vec::new() };
-        let first = agent::start(test_config(Start::Create))
+        let mut c = TestCluster {
+            nodes: Vec::new(),
+            tmp: tempfile::tempdir().expect("temporary directory"),
+        };
+        let dir = c.dir(0);
+        let first = agent::start(test_config(Start::Create, &dir))
             .await
             .expect("first agent starts");
         c.nodes.push(Some(first));
@@ -54,11 +61,27 @@ impl TestCluster {
     /// Start one more agent joining through a live one; returns its index.
     pub async fn join(&mut self) -> usize {
         let seed = self.seed();
-        let h = agent::start(test_config(Start::Join(seed)))
+        let dir = self.dir(self.nodes.len());
+        let h = agent::start(test_config(Start::Join(seed), &dir))
             .await
             .expect("agent joins");
         self.nodes.push(Some(h));
         self.nodes.len() - 1
+    }
+
+    /// The data directory of node index `i`.
+    pub fn dir(&self, i: usize) -> std::path::PathBuf {
+        self.tmp.path().join(format!("node-{i}"))
+    }
+
+    /// A live agent by index.
+    pub fn node(&self, i: usize) -> &AgentHandle {
+        self.nodes[i].as_ref().expect("a live agent at that index")
+    }
+
+    /// The HTTP base URL of live agent `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.node(i).http_addr())
     }
 
     pub fn live(&self) -> impl Iterator<Item = &AgentHandle> {

@@ -1,3 +1,4 @@
 pub mod cluster;
+pub mod http;
 pub mod procs;
 pub mod redis;

@@ -1,0 +1,491 @@
+//! The registry side of an agent: routes every operation to the record's owner through the
+//! ring, and, at the owner, applies it under a per-service lock (no lost updates), stores it
+//! durably, and answers. Also: records moving with ownership (join, leave) and TTL expiry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::ring::RingDriver;
+use crate::registry::compat::{self, CancelOutcome};
+use crate::registry::ops::{
+    gvip_key, record_key, routing_id, Entry, RegistryRequest, RegistryResponse, WriteOp,
+};
+use crate::registry::{Record, ServiceSummary, DEFAULT_GRACE_FACTOR};
+use crate::ring::{Id, NodeRef};
+use crate::rpc::{Request, Response};
+use crate::store::{Op, Store};
+use crate::{Error, Result};
+
+/// How long a routed operation keeps retrying while ownership settles (joins, leaves,
+/// failures) before answering 503.
+pub const ROUTE_DEADLINE: Duration = Duration::from_secs(8);
+
+/// How often the owner looks for expired TTLs.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The registry of one agent.
+pub struct Registry {
+    ring: Arc<RingDriver>,
+    store: Arc<dyn Store>,
+    node: String,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    leaving: AtomicBool,
+    rr: AtomicU64,
+}
+
+fn not_owner() -> Error {
+    Error::unavailable("this node does not own the record (ring ownership is settling); retry")
+}
+
+impl Registry {
+    /// A registry over `store`, owning what `ring` says this node owns.
+    pub fn new(ring: Arc<RingDriver>, store: Arc<dyn Store>) -> Arc<Registry> {
+        let node = ring.me().id.to_hex();
+        Arc::new(Registry {
+            ring,
+            store,
+            node,
+            locks: Mutex::new(HashMap::new()),
+            leaving: AtomicBool::new(false),
+            rr: AtomicU64::new(0),
+        })
+    }
+
+    /// The store (for health checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A counter for round-robin picks made through this agent.
+    pub fn next_rr(&self) -> u64 {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ---- routing -----------------------------------------------------------------------
+
+    /// Send `req` to the owner of `key_id`, retrying while ownership settles.
+    async fn route(&self, key_id: Id, req: RegistryRequest) -> Result<RegistryResponse> {
+        let started = Instant::now();
+        let mut last = Error::unavailable("no owner found");
+        while started.elapsed() < ROUTE_DEADLINE {
+            match self.try_route(key_id, &req).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_retryable() => last = e,
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last)
+    }
+
+    async fn try_route(&self, key_id: Id, req: &RegistryRequest) -> Result<RegistryResponse> {
+        let found = self.ring.lookup(key_id).await?;
+        let owner = found.owner().clone();
+        if owner.id == self.ring.me().id {
+            return self.handle_local(req.clone()).await;
+        }
+        self.call(&owner, req.clone()).await
+    }
+
+    /// Call `node` with a registry request.
+    pub async fn call(&self, node: &NodeRef, req: RegistryRequest) -> Result<RegistryResponse> {
+        let body = serde_json::to_vec(&req).map_err(|e| Error::internal(e.to_string()))?;
+        match self
+            .ring
+            .pool()
+            .call(&node.addr, Request::Registry(body))
+            .await
+        {
+            Ok(Response::Registry(bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::internal(format!("bad registry answer: {e}"))),
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
+            Err(e) => {
+                self.ring.with(|c| c.suspect(&node.id));
+                Err(Error::unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Apply a write to `service` at its owner.
+    pub async fn write(&self, service: &str, op: WriteOp) -> Result<RegistryResponse> {
+        let req = RegistryRequest::Write {
+            service: service.to_string(),
+            op,
+        };
+        self.route(Id::of_key(service), req).await
+    }
+
+    /// Read `service`'s record from its owner.
+    pub async fn read(&self, service: &str) -> Result<Option<Record>> {
+        let req = RegistryRequest::Read {
+            service: service.to_string(),
+        };
+        match self.route(Id::of_key(service), req).await? {
+            RegistryResponse::Record(r) => Ok(r),
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The service holding `gvip`, from the claim's owner.
+    pub async fn resolve_gvip(&self, gvip: &str) -> Result<Option<String>> {
+        let id = Id::of_key(&format!("gvip:{gvip}"));
+        let req = RegistryRequest::ResolveGvip {
+            gvip: gvip.to_string(),
+        };
+        match self.route(id, req).await? {
+            RegistryResponse::Service(s) => Ok(s),
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Every service on the ring with its instance count: ask every node for what it owns.
+    pub async fn list(&self) -> Result<Vec<ServiceSummary>> {
+        let nodes = self.ring.walk(100_000).await?;
+        let mut all: BTreeMap<String, usize> = BTreeMap::new();
+        for (node, _, _) in nodes {
+            let got = if node.id == self.ring.me().id {
+                self.handle_local(RegistryRequest::ListOwned).await?
+            } else {
+                self.call(&node, RegistryRequest::ListOwned).await?
+            };
+            if let RegistryResponse::Summaries(list) = got {
+                for s in list {
+                    all.insert(s.service, s.instances);
+                }
+            }
+        }
+        Ok(all
+            .into_iter()
+            .map(|(service, instances)| ServiceSummary { service, instances })
+            .collect())
+    }
+
+    // ---- at the owner ------------------------------------------------------------------
+
+    /// Answer a registry request from a peer (or from this agent's own routing).
+    pub async fn handle_local(&self, req: RegistryRequest) -> Result<RegistryResponse> {
+        match req {
+            RegistryRequest::Write { service, op } => self.apply(&service, op).await,
+            RegistryRequest::Read { service } => {
+                self.check_owner(&Id::of_key(&service))?;
+                Ok(RegistryResponse::Record(self.load(&service).await?))
+            }
+            RegistryRequest::ListOwned => {
+                let mut out = Vec::new();
+                for (key, value) in self.store.scan_prefix("svc/").await? {
+                    let owned = routing_id(&key).is_some_and(|id| self.owns(&id));
+                    if owned {
+                        if let Ok(rec) = Record::from_bytes(&value) {
+                            if !rec.is_empty() {
+                                out.push(rec.summary());
+                            }
+                        }
+                    }
+                }
+                Ok(RegistryResponse::Summaries(out))
+            }
+            RegistryRequest::TakeRange { joiner } => {
+                let me = self.ring.me().id;
+                let mut out = Vec::new();
+                for prefix in ["svc/", "gvip/"] {
+                    for (key, value) in self.store.scan_prefix(prefix).await? {
+                        if let Some(id) = routing_id(&key) {
+                            if !id.in_half_open(&joiner, &me) {
+                                out.push(Entry { key, value });
+                            }
+                        }
+                    }
+                }
+                Ok(RegistryResponse::Entries(out))
+            }
+            RegistryRequest::Handoff { entries } => {
+                self.merge(entries).await?;
+                Ok(RegistryResponse::Done)
+            }
+            RegistryRequest::ClaimGvip { gvip, service } => {
+                let id = Id::of_key(&format!("gvip:{gvip}"));
+                self.check_owner(&id)?;
+                let lock = self.lock_for(&gvip_key(&gvip));
+                let _guard = lock.lock().await;
+                let key = gvip_key(&gvip);
+                match self.store.get(&key).await? {
+                    Some(holder) => Ok(RegistryResponse::Claimed(holder == service.as_bytes())),
+                    None => {
+                        self.store.put(&key, service.into_bytes()).await?;
+                        Ok(RegistryResponse::Claimed(true))
+                    }
+                }
+            }
+            RegistryRequest::ResolveGvip { gvip } => {
+                let id = Id::of_key(&format!("gvip:{gvip}"));
+                self.check_owner(&id)?;
+                let holder = self.store.get(&gvip_key(&gvip)).await?;
+                Ok(RegistryResponse::Service(
+                    holder.map(|b| String::from_utf8_lossy(&b).to_string()),
+                ))
+            }
+        }
+    }
+
+    fn owns(&self, id: &Id) -> bool {
+        self.ring.read(|c| c.is_member() && c.owns(id))
+    }
+
+    fn check_owner(&self, id: &Id) -> Result<()> {
+        if self.leaving.load(Ordering::Relaxed) {
+            return Err(Error::unavailable(
+                "this node is leaving the ring; retry through another agent",
+            ));
+        }
+        if !self.owns(id) {
+            return Err(not_owner());
+        }
+        Ok(())
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.locks.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        locks.entry(key.to_string()).or_default().clone()
+    }
+
+    async fn load(&self, service: &str) -> Result<Option<Record>> {
+        match self.store.get(&record_key(service)).await? {
+            Some(bytes) => Ok(Some(Record::from_bytes(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn save(&self, rec: &Record) -> Result<()> {
+        self.store
+            .put(&record_key(&rec.service), rec.to_bytes()?)
+            .await
+    }
+
+    /// A gVip claimed ring-wide for `service`.
+    async fn assign_gvip(&self, service: &str) -> Result<String> {
+        for _ in 0..16 {
+            let candidate = compat::random_gvip(&mut rand::thread_rng());
+            let id = Id::of_key(&format!("gvip:{candidate}"));
+            let req = RegistryRequest::ClaimGvip {
+                gvip: candidate.clone(),
+                service: service.to_string(),
+            };
+            // Boxed: routing a claim may come back to this node's own `apply` path.
+            let answer = Box::pin(self.route(id, req)).await?;
+            if let RegistryResponse::Claimed(true) = answer {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::unavailable("could not find a free gVip; retry"))
+    }
+
+    /// Apply a write at the owner: one writer per service at a time.
+    async fn apply(&self, service: &str, op: WriteOp) -> Result<RegistryResponse> {
+        crate::registry::validate_service(service)?;
+        self.check_owner(&Id::of_key(service))?;
+        let lock = self.lock_for(&record_key(service));
+        let _guard = lock.lock().await;
+        // Ownership may have moved while we waited for the lock.
+        self.check_owner(&Id::of_key(service))?;
+        let now = Utc::now();
+        let existing = self.load(service).await?;
+        let creates = matches!(op, WriteOp::Register { .. } | WriteOp::LsipRegister { .. });
+        let mut rec = match existing {
+            Some(r) => r,
+            None if creates => Record::new(service, None)?,
+            None => {
+                return match op {
+                    WriteOp::LsipCancel { .. } => Ok(RegistryResponse::Applied {
+                        record: None,
+                        instance: None,
+                        text: Some(CancelOutcome::NoService.text().to_string()),
+                    }),
+                    _ => Err(Error::not_found(format!("service {service} not found"))),
+                }
+            }
+        };
+        if creates && rec.gvip.is_none() {
+            rec.gvip = Some(self.assign_gvip(service).await?);
+        }
+        let (instance, text, changed) = match op {
+            WriteOp::Register { id, body } => {
+                let inst = rec.register(&id, &body, now)?.clone();
+                (Some(inst), None, true)
+            }
+            WriteOp::Deregister { id } => {
+                let inst = rec.deregister(&id)?;
+                (Some(inst), None, true)
+            }
+            WriteOp::Report { id, body } => {
+                body.validate()?;
+                let inst = rec.report(&id, &body, now)?.clone();
+                (Some(inst), None, true)
+            }
+            WriteOp::LsipRegister { lsip } => {
+                let outcome = compat::register_lsip(&mut rec, &lsip, now)?;
+                let inst = rec.instances.get(&lsip).cloned();
+                (inst, Some(outcome.text().to_string()), true)
+            }
+            WriteOp::LsipCancel { lsip } => {
+                let outcome = compat::cancel_lsip(Some(&mut rec), &lsip);
+                let changed = outcome == CancelOutcome::Deleted;
+                (None, Some(outcome.text().to_string()), changed)
+            }
+        };
+        if changed {
+            rec.bump_version(&self.node);
+            self.save(&rec).await?;
+        }
+        Ok(RegistryResponse::Applied {
+            record: Some(rec),
+            instance,
+            text,
+        })
+    }
+
+    /// Store entries received from another node; a record replaces ours only if newer, a
+    /// gVip claim only fills a gap.
+    pub async fn merge(&self, entries: Vec<Entry>) -> Result<()> {
+        let mut ops = Vec::new();
+        for e in entries {
+            let lock = self.lock_for(&e.key);
+            let _guard = lock.lock().await;
+            let current = self.store.get(&e.key).await?;
+            let take = match (&current, e.key.starts_with("svc/")) {
+                (None, _) => true,
+                (Some(cur), true) => {
+                    match (Record::from_bytes(cur), Record::from_bytes(&e.value)) {
+                        (Ok(cur), Ok(new)) => new.is_newer_than(&cur),
+                        (Err(_), Ok(_)) => true,
+                        _ => false,
+                    }
+                }
+                (Some(_), false) => false,
+            };
+            if take {
+                ops.push(Op::Put(e.key, e.value));
+            }
+        }
+        if !ops.is_empty() {
+            self.store.apply(ops).await?;
+        }
+        Ok(())
+    }
+
+    // ---- ownership moves ---------------------------------------------------------------
+
+    /// After joining: take the entries this node now owns from its successor.
+    pub async fn take_from_successor(&self) -> Result<usize> {
+        let (me, succ) = self.ring.read(|c| (c.me().clone(), c.successor().clone()));
+        if succ.id == me.id {
+            return Ok(0);
+        }
+        match self
+            .call(&succ, RegistryRequest::TakeRange { joiner: me.id })
+            .await?
+        {
+            RegistryResponse::Entries(entries) => {
+                let n = entries.len();
+                self.merge(entries).await?;
+                if n > 0 {
+                    tracing::info!(count = n, from = ?succ, "records transferred to this node");
+                }
+                Ok(n)
+            }
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Our predecessor moved closer (a node joined between): push the entries it now owns,
+    /// in case they were written here after it took its range.
+    pub async fn push_to_predecessor(&self, old: Option<NodeRef>, new: NodeRef) -> Result<()> {
+        let me = self.ring.me().id;
+        let from = old.map(|o| o.id).unwrap_or(me);
+        let mut entries = Vec::new();
+        for prefix in ["svc/", "gvip/"] {
+            for (key, value) in self.store.scan_prefix(prefix).await? {
+                if let Some(id) = routing_id(&key) {
+                    if id.in_half_open(&from, &new.id) && !id.in_half_open(&new.id, &me) {
+                        entries.push(Entry { key, value });
+                    }
+                }
+            }
+        }
+        if !entries.is_empty() {
+            self.call(&new, RegistryRequest::Handoff { entries })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Before leaving: stop taking writes and hand every entry we own to the successor.
+    pub async fn hand_off_all(&self) -> Result<usize> {
+        self.leaving.store(true, Ordering::Relaxed);
+        let (me, succ) = self.ring.read(|c| (c.me().clone(), c.successor().clone()));
+        if succ.id == me.id {
+            return Ok(0);
+        }
+        // Wait for writes in progress: take and release every lock.
+        let locks: Vec<_> = match self.locks.lock() {
+            Ok(l) => l.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        };
+        for l in locks {
+            drop(l.lock().await);
+        }
+        let mut entries = Vec::new();
+        for prefix in ["svc/", "gvip/"] {
+            for (key, value) in self.store.scan_prefix(prefix).await? {
+                if routing_id(&key).is_some_and(|id| self.ring.read(|c| c.owns(&id))) {
+                    entries.push(Entry { key, value });
+                }
+            }
+        }
+        let n = entries.len();
+        if n > 0 {
+            self.call(&succ, RegistryRequest::Handoff { entries })
+                .await?;
+            tracing::info!(count = n, to = ?succ, "records handed over before leaving");
+        }
+        Ok(n)
+    }
+
+    // ---- TTL ---------------------------------------------------------------------------
+
+    /// Expire TTLs of owned records whose deadline has passed.
+    pub async fn sweep(&self) -> Result<()> {
+        let now = Utc::now();
+        for (key, value) in self.store.scan_prefix("svc/").await? {
+            let Some(id) = routing_id(&key) else { continue };
+            if !self.owns(&id) {
+                continue;
+            }
+            let Ok(rec) = Record::from_bytes(&value) else {
+                continue;
+            };
+            if rec
+                .next_deadline(DEFAULT_GRACE_FACTOR)
+                .is_none_or(|d| d > now)
+            {
+                continue;
+            }
+            let lock = self.lock_for(&key);
+            let _guard = lock.lock().await;
+            if let Some(mut rec) = self.load(&rec.service).await? {
+                if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
+                    rec.bump_version(&self.node);
+                    self.save(&rec).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,155 @@
+//! The v1 service routes: register, deregister, status report and query, discover, list.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::ApiError;
+use crate::agent::Agent;
+use crate::registry::ops::{RegistryResponse, WriteOp};
+use crate::registry::{
+    discover, pick, validate_instance_id, validate_service, Instance, RegisterBody, StatusBody,
+    Strategy,
+};
+use crate::Error;
+
+/// The body, or a 413/400 JSON error.
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    match body {
+        Ok(b) => Ok(b),
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            Err(ApiError::too_large(super::MAX_BODY))
+        }
+        Err(e) => Err(Error::invalid(format!("cannot read the request body: {e}")).into()),
+    }
+}
+
+fn instance_of(answer: RegistryResponse) -> Result<Instance, ApiError> {
+    match answer {
+        RegistryResponse::Applied {
+            instance: Some(i), ..
+        } => Ok(i),
+        other => Err(Error::internal(format!("unexpected answer {other:?}")).into()),
+    }
+}
+
+fn json_of<T: serde::Serialize>(v: &T) -> Result<Json<Value>, ApiError> {
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| Error::internal(e.to_string()).into())
+}
+
+/// PUT /v1/services/{service}/instances/{id}
+pub async fn register(
+    State(agent): State<Arc<Agent>>,
+    Path((service, id)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    validate_service(&service)?;
+    validate_instance_id(&id)?;
+    let body = RegisterBody::from_json(&body(raw)?)?;
+    body.validate(false)?;
+    let answer = agent
+        .registry
+        .write(&service, WriteOp::Register { id, body })
+        .await?;
+    json_of(&instance_of(answer)?)
+}
+
+/// DELETE /v1/services/{service}/instances/{id}
+pub async fn deregister(
+    State(agent): State<Arc<Agent>>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    validate_service(&service)?;
+    validate_instance_id(&id)?;
+    let answer = agent
+        .registry
+        .write(&service, WriteOp::Deregister { id })
+        .await?;
+    json_of(&instance_of(answer)?)
+}
+
+/// PUT /v1/services/{service}/instances/{id}/status
+pub async fn report(
+    State(agent): State<Arc<Agent>>,
+    Path((service, id)): Path<(String, String)>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    validate_service(&service)?;
+    validate_instance_id(&id)?;
+    let body = StatusBody::from_json(&body(raw)?)?;
+    body.validate()?;
+    let answer = agent
+        .registry
+        .write(&service, WriteOp::Report { id, body })
+        .await?;
+    json_of(&instance_of(answer)?)
+}
+
+/// GET /v1/services/{service}/instances/{id}
+pub async fn query(
+    State(agent): State<Arc<Agent>>,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    validate_service(&service)?;
+    validate_instance_id(&id)?;
+    let rec = agent
+        .registry
+        .read(&service)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+    json_of(rec.instance(&id)?)
+}
+
+/// GET /v1/services/{service}?healthy=true&tag=T&pick=STRATEGY
+pub async fn discover_service(
+    State(agent): State<Arc<Agent>>,
+    Path(service): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    validate_service(&service)?;
+    let healthy = match params.get("healthy").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return Err(
+                Error::invalid(format!("healthy must be true or false, got {other:?}")).into(),
+            )
+        }
+    };
+    let strategy: Option<Strategy> = params
+        .get("pick")
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(ApiError::from)?;
+    let rec = agent
+        .registry
+        .read(&service)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+    let found = discover(&rec, healthy, params.get("tag").map(String::as_str));
+    match strategy {
+        None => {
+            let instances: Vec<&Instance> = found;
+            Ok(Json(json!({"service": service, "instances": instances})))
+        }
+        Some(s) => {
+            let rr = agent.registry.next_rr();
+            let chosen = pick(&found, s, rr, &mut rand::thread_rng())
+                .ok_or_else(|| Error::not_found(format!("no instance of {service} to pick")))?;
+            json_of(chosen)
+        }
+    }
+}
+
+/// GET /v1/services
+pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    let all = agent.registry.list().await?;
+    json_of(&all)
+}

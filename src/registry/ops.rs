@@ -1,0 +1,142 @@
+//! Registry operations as they travel between agents (inside `rpc::Request::Registry`, as JSON).
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Instance, Record, RegisterBody, ServiceSummary, StatusBody};
+use crate::ring::Id;
+
+/// The store key of a service's record.
+pub fn record_key(service: &str) -> String {
+    format!("svc/{service}")
+}
+
+/// The store key of a gVip claim.
+pub fn gvip_key(gvip: &str) -> String {
+    format!("gvip/{gvip}")
+}
+
+/// The ring identifier that decides which node owns a stored entry: SHA-1 of the service name
+/// for records, of `gvip:ADDRESS` for gVip claims (`:` never occurs in a service name).
+pub fn routing_id(store_key: &str) -> Option<Id> {
+    if let Some(service) = store_key.strip_prefix("svc/") {
+        Some(Id::of_key(service))
+    } else {
+        store_key
+            .strip_prefix("gvip/")
+            .map(|g| Id::of_key(&format!("gvip:{g}")))
+    }
+}
+
+/// A stored entry as it moves between nodes (join, leave, replication).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The store key (`svc/NAME` or `gvip/ADDRESS`).
+    pub key: String,
+    /// The stored bytes (a JSON `Record`, or the claiming service's name).
+    pub value: Vec<u8>,
+}
+
+/// A write to one service's record, applied by its owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Register or replace an instance.
+    Register {
+        /// Instance id.
+        id: String,
+        /// The registration.
+        body: RegisterBody,
+    },
+    /// Remove an instance.
+    Deregister {
+        /// Instance id.
+        id: String,
+    },
+    /// A status report (also the TTL heartbeat).
+    Report {
+        /// Instance id.
+        id: String,
+        /// The reported fields.
+        body: StatusBody,
+    },
+    /// The prototype's register: the `lSip` instance, port 0.
+    LsipRegister {
+        /// The instance address and id.
+        lsip: String,
+    },
+    /// The prototype's registercancel.
+    LsipCancel {
+        /// The instance address and id.
+        lsip: String,
+    },
+}
+
+/// A request between agents about records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RegistryRequest {
+    /// Apply a write at the owner.
+    Write {
+        /// The service.
+        service: String,
+        /// The write.
+        op: WriteOp,
+    },
+    /// Read a record at the owner.
+    Read {
+        /// The service.
+        service: String,
+    },
+    /// The summaries of the records this node owns.
+    ListOwned,
+    /// A joining node takes, from its successor, the entries it now owns.
+    TakeRange {
+        /// The joining node's identifier.
+        joiner: Id,
+    },
+    /// Store these entries (leave hand-off, pushes after a range change); newer versions win.
+    Handoff {
+        /// The entries.
+        entries: Vec<Entry>,
+    },
+    /// Claim a gVip for a service at the claim's owner: granted if free or already that
+    /// service's.
+    ClaimGvip {
+        /// The address.
+        gvip: String,
+        /// The claiming service.
+        service: String,
+    },
+    /// Which service holds this gVip?
+    ResolveGvip {
+        /// The address.
+        gvip: String,
+    },
+}
+
+/// The answer to a [`RegistryRequest`].
+// Answers live only as long as one call; boxing the record would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RegistryResponse {
+    /// A write was applied: the record after it, the instance it touched, and the prototype's
+    /// reply text where the operation has one.
+    Applied {
+        /// The record after the write (`None` when there was none and nothing was created).
+        record: Option<Record>,
+        /// The instance registered, reported on, or removed.
+        instance: Option<Instance>,
+        /// The prototype's reply text.
+        text: Option<String>,
+    },
+    /// A record, if it exists.
+    Record(Option<Record>),
+    /// Record summaries.
+    Summaries(Vec<ServiceSummary>),
+    /// Entries.
+    Entries(Vec<Entry>),
+    /// Whether a claim was granted.
+    Claimed(bool),
+    /// The service holding a gVip.
+    Service(Option<String>),
+    /// Done.
+    Done,
+}

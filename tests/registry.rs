@@ -1,0 +1,489 @@
+//! The registry across in-process clusters: routing to owners from any agent, no lost updates,
+//! TTL expiry, records moving on join and leave, restarts, Redis outages, prototype routes.
+
+use std::time::{Duration, Instant};
+
+use chordctl::agent::{self, Start};
+use serde_json::{json, Value};
+
+use crate::support::cluster::{test_config, TestCluster};
+use crate::support::http::{call, raw};
+use crate::support::redis::RedisServer;
+
+async fn register(url: &str, service: &str, id: &str, port: u16) {
+    let (status, body) = call(
+        "PUT",
+        &format!("{url}/v1/services/{service}/instances/{id}"),
+        Some(json!({"address": "10.0.0.1", "port": port, "tags": ["v1"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "register {service}/{id}: {body}");
+}
+
+async fn instances(url: &str, service: &str) -> Vec<Value> {
+    let (status, body) = call("GET", &format!("{url}/v1/services/{service}"), None).await;
+    assert_eq!(status, 200, "discover {service}: {body}");
+    body["instances"].as_array().cloned().unwrap_or_default()
+}
+
+/// Poll until `f` holds, with a generous deadline.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(()) => return,
+            Err(e) if start.elapsed() > Duration::from_secs(60) => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_agents_serve_every_operation_from_any_agent() {
+    let c = TestCluster::start(5).await;
+    c.settle().await;
+    for s in 0..10 {
+        let service = format!("svc-{s}");
+        register(&c.url(s % 5), &service, "a", 80).await;
+        register(&c.url((s + 1) % 5), &service, "b", 81).await;
+    }
+    // Discover from every agent: forwarded to the owner.
+    for i in 0..5 {
+        for s in 0..10 {
+            assert_eq!(instances(&c.url(i), &format!("svc-{s}")).await.len(), 2);
+        }
+    }
+    // Status report through one agent, query through another.
+    let url = c.url(3);
+    let (st, body) = call(
+        "PUT",
+        &format!("{url}/v1/services/svc-1/instances/a/status"),
+        Some(json!({"state": "warning", "latency_ms": 7.5, "success_rate": 0.9})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, inst) = call(
+        "GET",
+        &format!("{}/v1/services/svc-1/instances/a", c.url(4)),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(inst["status"]["state"], "warning");
+    assert_eq!(inst["status"]["latency_ms"], 7.5);
+    assert_eq!(inst["service"], "svc-1");
+    assert_eq!(inst["port"], 80);
+    // Picking: best prefers the passing instance.
+    let (st, picked) = call(
+        "GET",
+        &format!("{}/v1/services/svc-1?pick=best", c.url(0)),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(picked["id"], "b");
+    let (_, healthy) = call(
+        "GET",
+        &format!("{}/v1/services/svc-1?healthy=true&tag=v1", c.url(2)),
+        None,
+    )
+    .await;
+    assert_eq!(healthy["instances"].as_array().map(Vec::len), Some(2));
+    // Every service is listed with its count, from any agent.
+    let (st, list) = call("GET", &format!("{}/v1/services", c.url(2)), None).await;
+    assert_eq!(st, 200);
+    let list = list.as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 10, "{list:?}");
+    assert!(list.iter().all(|s| s["instances"] == 2));
+    // Deregister, then unknowns are 404 with a JSON error.
+    let (st, _) = call(
+        "DELETE",
+        &format!("{}/v1/services/svc-2/instances/a", c.url(1)),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(instances(&c.url(0), "svc-2").await.len(), 1);
+    let (st, err) = call(
+        "GET",
+        &format!("{}/v1/services/svc-2/instances/a", c.url(1)),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+    assert!(err["error"]["message"].is_string());
+    let (st, _) = call(
+        "PUT",
+        &format!("{}/v1/services/nope/instances/x/status", c.url(1)),
+        Some(json!({"load": 1.0})),
+    )
+    .await;
+    assert_eq!(st, 404);
+    let (st, _) = call("GET", &format!("{}/v1/services/nope", c.url(1)), None).await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_4xx_json_errors() {
+    let c = TestCluster::start(1).await;
+    let url = c.url(0);
+    let (st, err) = raw(
+        "PUT",
+        &format!("{url}/v1/services/s/instances/a"),
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 400, "{err}");
+    assert!(err.contains("\"error\""));
+    let (st, err) = call(
+        "PUT",
+        &format!("{url}/v1/services/s/instances/a"),
+        Some(json!({"address": "h", "port": 70000})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("70000"),
+        "{err}"
+    );
+    let (st, _) = call(
+        "PUT",
+        &format!("{url}/v1/services/bad%20name/instances/a"),
+        Some(json!({"address": "h", "port": 1})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (st, err) = raw(
+        "PUT",
+        &format!("{url}/v1/services/s/instances/a"),
+        vec![b' '; 1 << 20],
+    )
+    .await;
+    assert_eq!(st, 413, "{err}");
+    assert!(err.contains("\"error\""));
+    register(&url, "s", "a", 1).await;
+    let (st, _) = call(
+        "PUT",
+        &format!("{url}/v1/services/s/instances/a/status"),
+        Some(json!({"success_rate": 1.5})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (st, _) = call(
+        "PUT",
+        &format!("{url}/v1/services/s/instances/a/status"),
+        Some(json!({"state": "dead"})),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (st, _) = call("GET", &format!("{url}/v1/services/s?pick=fastest"), None).await;
+    assert_eq!(st, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_reports_to_one_service_through_different_agents_lose_none() {
+    let c = TestCluster::start(5).await;
+    c.settle().await;
+    for i in 0..20 {
+        register(&c.url(0), "hot", &format!("i{i}"), 1000 + i).await;
+    }
+    let mut tasks = Vec::new();
+    for i in 0..20u16 {
+        let url = c.url(i as usize % 5);
+        tasks.push(tokio::spawn(async move {
+            call(
+                "PUT",
+                &format!("{url}/v1/services/hot/instances/i{i}/status"),
+                Some(json!({"latency_ms": i as f64 + 0.5, "load": i as f64})),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let (st, body) = t.await.expect("task");
+        assert_eq!(st, 200, "{body}");
+    }
+    for inst in instances(&c.url(2), "hot").await {
+        let i: f64 = inst["id"].as_str().expect("id")[1..].parse().expect("n");
+        assert_eq!(inst["status"]["latency_ms"], json!(i + 0.5), "{inst}");
+        assert_eq!(inst["status"]["load"], json!(i), "{inst}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_turns_critical_after_one_ttl_then_is_removed_after_grace() {
+    let c = TestCluster::start(1).await;
+    let url = c.url(0);
+    let (st, _) = call(
+        "PUT",
+        &format!("{url}/v1/services/beat/instances/x"),
+        Some(json!({"address": "h", "port": 1, "ttl_secs": 1})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    register(&url, "beat", "forever", 2).await;
+    let registered = Instant::now();
+    eventually("critical after one TTL", async || {
+        let (_, inst) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
+        (inst["status"]["state"] == "critical")
+            .then_some(())
+            .ok_or(inst.to_string())
+    })
+    .await;
+    assert!(
+        registered.elapsed() >= Duration::from_secs(1),
+        "not before one TTL"
+    );
+    eventually("removed after the grace period", async || {
+        let (st, _) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
+        (st == 404).then_some(()).ok_or(format!("status {st}"))
+    })
+    .await;
+    assert!(
+        registered.elapsed() >= Duration::from_secs(11),
+        "not before TTL + 10 × TTL"
+    );
+    // The instance without a TTL stays.
+    assert_eq!(instances(&url, "beat").await.len(), 1);
+}
+
+async fn all_present(c: &TestCluster, i: usize, services: usize, per: usize) -> Result<(), String> {
+    for s in 0..services {
+        let (st, body) = call("GET", &format!("{}/v1/services/m-{s}", c.url(i)), None).await;
+        let n = body["instances"].as_array().map(Vec::len).unwrap_or(0);
+        if st != 200 || n != per {
+            return Err(format!("m-{s} from agent {i}: status {st}, {n} instances"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_and_a_graceful_leave_with_200_registrations_lose_none() {
+    let mut c = TestCluster::start(4).await;
+    c.settle().await;
+    for s in 0..40 {
+        for i in 0..5 {
+            register(
+                &c.url(s % 4),
+                &format!("m-{s}"),
+                &format!("i{i}"),
+                100 + i as u16,
+            )
+            .await;
+        }
+    }
+    let joined = c.join().await;
+    c.settle().await;
+    for i in [0, joined] {
+        all_present(&c, i, 40, 5).await.expect("after a join");
+    }
+    // The joined node now owns some records itself.
+    c.leave(1).await;
+    c.settle().await;
+    for i in [0, 2, 3, joined] {
+        all_present(&c, i, 40, 5).await.expect("after a leave");
+    }
+    c.leave(joined).await;
+    c.settle().await;
+    all_present(&c, 0, 40, 5)
+        .await
+        .expect("after the joined node left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_on_the_embedded_store_has_its_records_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = test_config(Start::Create, dir.path());
+    let h = agent::start(cfg.clone()).await.expect("start");
+    let url = format!("http://{}", h.http_addr());
+    register(&url, "keep", "a", 1).await;
+    let bind = h.ring_addr();
+    let http = h.http_addr();
+    h.shutdown().await;
+    let h = agent::start(agent::AgentConfig { bind, http, ..cfg })
+        .await
+        .expect("restart");
+    let url = format!("http://{}", h.http_addr());
+    assert_eq!(instances(&url, "keep").await.len(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_redis_keeps_records_over_restart_and_survives_a_redis_outage() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = agent::AgentConfig {
+        redis: Some(redis.url()),
+        ..test_config(Start::Create, dir.path())
+    };
+    let h = agent::start(cfg.clone()).await.expect("start on redis");
+    let url = format!("http://{}", h.http_addr());
+    register(&url, "onredis", "a", 1).await;
+    // Restart on the same Redis: records are back.
+    let (bind, http) = (h.ring_addr(), h.http_addr());
+    h.shutdown().await;
+    let h = agent::start(agent::AgentConfig { bind, http, ..cfg })
+        .await
+        .expect("restart on redis");
+    assert_eq!(instances(&url, "onredis").await.len(), 1);
+    // Redis stops: 503 with a clear JSON message, the agent keeps serving.
+    redis.stop();
+    let (st, err) = call(
+        "PUT",
+        &format!("{url}/v1/services/onredis/instances/b"),
+        Some(json!({"address": "h", "port": 2})),
+    )
+    .await;
+    assert_eq!(st, 503, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("redis"),
+        "{err}"
+    );
+    let (st, _) = call("GET", &format!("{url}/healthz"), None).await;
+    assert_eq!(st, 200);
+    // Redis returns: writes work again without restarting the agent, nothing was lost.
+    redis.restart();
+    eventually("writes work again", async || {
+        let (st, e) = call(
+            "PUT",
+            &format!("{url}/v1/services/onredis/instances/b"),
+            Some(json!({"address": "h", "port": 2})),
+        )
+        .await;
+        (st == 200).then_some(()).ok_or(e.to_string())
+    })
+    .await;
+    assert_eq!(instances(&url, "onredis").await.len(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prototype_routes_answer_as_recorded_from_any_agent() {
+    let c = TestCluster::start(3).await;
+    c.settle().await;
+    let body = br#"{"sName":"payments","lSip":"10.0.0.7"}"#.to_vec();
+    let (st, text) = raw(
+        "POST",
+        &format!("{}/services/register/", c.url(0)),
+        body.clone(),
+    )
+    .await;
+    assert_eq!((st, text.as_str()), (200, "success"));
+    let (st, text) = raw(
+        "POST",
+        &format!("{}/services/register/", c.url(1)),
+        body.clone(),
+    )
+    .await;
+    assert_eq!((st, text.as_str()), (200, "already register"));
+
+    let (st, res) = call(
+        "GET",
+        &format!("{}/services/resolution/?sname=payments", c.url(2)),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(res["msg"], "Success");
+    let gvip = res["gVip"].as_str().expect("gVip").to_string();
+    assert!(gvip.starts_with("10.212."), "{gvip}");
+    let (_, res2) = call(
+        "GET",
+        &format!("{}/services/resolution/?sname=payments", c.url(0)),
+        None,
+    )
+    .await;
+    assert_eq!(res2["gVip"], gvip.as_str(), "stable gVip");
+    let (_, unknown) = call(
+        "GET",
+        &format!("{}/services/resolution/?sname=unknown", c.url(1)),
+        None,
+    )
+    .await;
+    assert_eq!(unknown, json!({"gVip": "0.0.0.0", "msg": "Failed"}));
+
+    let (st, doc) = call(
+        "GET",
+        &format!(
+            "{}/service_status_storage?sname=payments&Lsip=10.0.0.7&success_rate=0.99&latency=12&frequency=30",
+            c.url(1)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{doc}");
+    let want = json!({"Gvip": gvip, "Service_instance": [
+        {"Lsip": "10.0.0.7", "frequency": 30.0, "latency": 12.0, "success_rate": 0.99}
+    ], "Sname": "payments"});
+    assert_eq!(doc, want);
+    // servicestate is current, from any agent (the prototype served a stale cache).
+    for i in 0..3 {
+        let (st, state) = call(
+            "GET",
+            &format!("{}/services/servicestate?gvip={gvip}", c.url(i)),
+            None,
+        )
+        .await;
+        assert_eq!(st, 200);
+        assert_eq!(state, want);
+    }
+    let (st, _) = call(
+        "GET",
+        &format!(
+            "{}/service_status_storage?sname=payments&Lsip=10.0.0.7&success_rate=abc",
+            c.url(0)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(st, 400);
+
+    // gVips are unique across services.
+    let mut seen = std::collections::HashSet::from([gvip.clone()]);
+    for s in 0..20 {
+        let b = format!(r#"{{"sName":"p{s}","lSip":"10.0.0.1"}}"#).into_bytes();
+        let (st, _) = raw("POST", &format!("{}/services/register/", c.url(s % 3)), b).await;
+        assert_eq!(st, 200);
+        let (_, r) = call(
+            "GET",
+            &format!("{}/services/resolution/?sname=p{s}", c.url(0)),
+            None,
+        )
+        .await;
+        assert!(
+            seen.insert(r["gVip"].as_str().expect("gvip").to_string()),
+            "duplicate gVip"
+        );
+    }
+
+    let cancel = |url: String, b: &'static [u8]| async move {
+        raw(
+            "POST",
+            &format!("{url}/services/registercancel/"),
+            b.to_vec(),
+        )
+        .await
+    };
+    let (_, t) = cancel(c.url(2), br#"{"sName":"payments","lSip":"10.0.0.7"}"#).await;
+    assert_eq!(t, "The service instance has been deleted");
+    let (_, t) = cancel(c.url(0), br#"{"sName":"payments","lSip":"10.0.0.7"}"#).await;
+    assert_eq!(t, "The service instance does not exist");
+    let (_, t) = cancel(c.url(1), br#"{"sName":"nosuch","lSip":"10.0.0.7"}"#).await;
+    assert_eq!(t, "The service type does not exist");
+    let (st, _) = raw(
+        "POST",
+        &format!("{}/services/register/", c.url(0)),
+        b"garbage".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 400);
+}

@@ -1,0 +1,32 @@
+//! A small JSON HTTP client for tests.
+
+use serde_json::Value;
+
+/// Send `method url` with an optional JSON body; returns (status, body as JSON or as a string).
+pub async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = client.request(method, url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Send a raw body (any content type).
+pub async fn raw(method: &str, url: &str, body: Vec<u8>) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let resp = client
+        .request(method, url)
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
