@@ -2,6 +2,7 @@
 
 mod cli;
 mod registry;
+mod replication;
 mod ring;
 mod store;
 mod support;

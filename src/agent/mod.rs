@@ -163,7 +163,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
     let stop = CancellationToken::new();
     let pool = Arc::new(Pool::new(config.rpc_timeout));
     let ring = RingDriver::new(Chord::new(me, ring_cfg), pool, stop.clone());
-    let registry = Registry::new(ring.clone(), store);
+    let registry = Registry::new(ring.clone(), store, config.replicas);
     let agent = Arc::new(Agent {
         config: config.clone(),
         ring: ring.clone(),
@@ -196,6 +196,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
     }
     tasks.spawn(watch_ring(agent.clone()));
     tasks.spawn(sweep_ttls(registry.clone(), stop.clone()));
+    tasks.spawn(anti_entropy(agent.clone()));
     tasks.spawn(crate::http::serve(
         http_listener,
         agent.clone(),
@@ -322,6 +323,38 @@ async fn watch_ring(agent: Arc<Agent>) {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return,
             }
+        }
+    }
+}
+
+/// How often each node compares what it owns with its replicas.
+pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Repair and anti-entropy: after any change of predecessor or successors (a join, a leave,
+/// a crash), and periodically, bring every replica of what this node owns up to date.
+async fn anti_entropy(agent: Arc<Agent>) {
+    let mut events = agent.ring.subscribe();
+    let mut interval = tokio::time::interval(ANTI_ENTROPY_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = agent.stop.cancelled() => return,
+            _ = interval.tick() => {}
+            e = events.recv() => match e {
+                Ok(crate::ring::Event::PredecessorChanged { .. })
+                | Ok(crate::ring::Event::SuccessorsChanged(_))
+                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Let a burst of changes settle before repairing once.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while events.try_recv().is_ok() {}
+                }
+                Ok(_) => continue,
+                Err(_) => return,
+            }
+        }
+        match agent.registry.sync_replicas().await {
+            Ok(n) if n > 0 => tracing::info!(count = n, "replicas repaired"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("anti-entropy round skipped: {e}"),
         }
     }
 }

@@ -30,6 +30,7 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// The registry of one agent.
 pub struct Registry {
     ring: Arc<RingDriver>,
+    replicas: usize,
     store: Arc<dyn Store>,
     node: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -43,10 +44,11 @@ fn not_owner() -> Error {
 
 impl Registry {
     /// A registry over `store`, owning what `ring` says this node owns.
-    pub fn new(ring: Arc<RingDriver>, store: Arc<dyn Store>) -> Arc<Registry> {
+    pub fn new(ring: Arc<RingDriver>, store: Arc<dyn Store>, replicas: usize) -> Arc<Registry> {
         let node = ring.me().id.to_hex();
         Arc::new(Registry {
             ring,
+            replicas: replicas.max(1),
             store,
             node,
             locks: Mutex::new(HashMap::new()),
@@ -68,7 +70,7 @@ impl Registry {
     // ---- routing -----------------------------------------------------------------------
 
     /// Send `req` to the owner of `key_id`, retrying while ownership settles.
-    async fn route(&self, key_id: Id, req: RegistryRequest) -> Result<RegistryResponse> {
+    async fn route(self: &Arc<Self>, key_id: Id, req: RegistryRequest) -> Result<RegistryResponse> {
         let started = Instant::now();
         let mut last = Error::unavailable("no owner found");
         while started.elapsed() < ROUTE_DEADLINE {
@@ -82,13 +84,139 @@ impl Registry {
         Err(last)
     }
 
-    async fn try_route(&self, key_id: Id, req: &RegistryRequest) -> Result<RegistryResponse> {
+    async fn try_route(
+        self: &Arc<Self>,
+        key_id: Id,
+        req: &RegistryRequest,
+    ) -> Result<RegistryResponse> {
         let found = self.ring.lookup(key_id).await?;
         let owner = found.owner().clone();
         if owner.id == self.ring.me().id {
             return self.handle_local(req.clone()).await;
         }
-        self.call(&owner, req.clone()).await
+        match self.call(&owner, req.clone()).await {
+            // The owner does not answer: a read is served by the next replica that does.
+            Err(Error::Unavailable(why)) if matches!(req, RegistryRequest::Read { .. }) => {
+                let RegistryRequest::Read { service } = req else {
+                    return Err(Error::Unavailable(why));
+                };
+                let replicas = found.successors.iter().skip(1).take(self.replicas - 1);
+                for node in replicas {
+                    let r = RegistryRequest::ReadReplica {
+                        service: service.clone(),
+                    };
+                    let answer = if node.id == self.ring.me().id {
+                        self.handle_local(r).await
+                    } else {
+                        self.call(node, r).await
+                    };
+                    if answer.is_ok() {
+                        return answer;
+                    }
+                }
+                Err(Error::Unavailable(why))
+            }
+            other => other,
+        }
+    }
+
+    /// The nodes that hold copies of what this node owns: the next K−1 successors.
+    pub fn replica_set(&self) -> Vec<NodeRef> {
+        self.ring.read(|c| {
+            c.successors()
+                .iter()
+                .take(self.replicas - 1)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Store `entries` at every replica; succeed once at least one has them (when there are
+    /// replicas). The other copies complete in the background.
+    async fn replicate(self: &Arc<Self>, entries: Vec<Entry>) -> Result<()> {
+        let replicas = self.replica_set();
+        if replicas.is_empty() {
+            return Ok(());
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(replicas.len());
+        for node in replicas {
+            let me = self.clone();
+            let tx = tx.clone();
+            let entries = entries.clone();
+            tokio::spawn(async move {
+                let r = me.call(&node, RegistryRequest::Handoff { entries }).await;
+                let _ = tx.send(r).await;
+            });
+        }
+        drop(tx);
+        let mut last = None;
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::unavailable(format!(
+            "the write is stored at its owner but no replica confirmed it: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    /// Anti-entropy with every replica: send the versions of what this node owns, then the
+    /// entries a replica lacks or holds older. Also the repair after membership changes.
+    pub async fn sync_replicas(self: &Arc<Self>) -> Result<usize> {
+        let owned = self.owned_entries().await?;
+        if owned.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<(String, u64, String)> = owned
+            .iter()
+            .map(|e| match Record::from_bytes(&e.value) {
+                Ok(r) if e.key.starts_with("svc/") => {
+                    (e.key.clone(), r.version.counter, r.version.node)
+                }
+                _ => (e.key.clone(), 0, String::new()),
+            })
+            .collect();
+        let mut sent = 0;
+        for node in self.replica_set() {
+            let need = match self
+                .call(
+                    &node,
+                    RegistryRequest::Digest {
+                        items: items.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(RegistryResponse::Need(keys)) => keys,
+                _ => continue,
+            };
+            if need.is_empty() {
+                continue;
+            }
+            let want: std::collections::HashSet<String> = need.into_iter().collect();
+            let entries: Vec<Entry> = owned
+                .iter()
+                .filter(|e| want.contains(&e.key))
+                .cloned()
+                .collect();
+            sent += entries.len();
+            let _ = self.call(&node, RegistryRequest::Handoff { entries }).await;
+        }
+        Ok(sent)
+    }
+
+    async fn owned_entries(&self) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for prefix in ["svc/", "gvip/"] {
+            for (key, value) in self.store.scan_prefix(prefix).await? {
+                if routing_id(&key).is_some_and(|id| self.owns(&id)) {
+                    entries.push(Entry { key, value });
+                }
+            }
+        }
+        Ok(entries)
     }
 
     /// Call `node` with a registry request.
@@ -112,7 +240,7 @@ impl Registry {
     }
 
     /// Apply a write to `service` at its owner.
-    pub async fn write(&self, service: &str, op: WriteOp) -> Result<RegistryResponse> {
+    pub async fn write(self: &Arc<Self>, service: &str, op: WriteOp) -> Result<RegistryResponse> {
         let req = RegistryRequest::Write {
             service: service.to_string(),
             op,
@@ -121,7 +249,7 @@ impl Registry {
     }
 
     /// Read `service`'s record from its owner.
-    pub async fn read(&self, service: &str) -> Result<Option<Record>> {
+    pub async fn read(self: &Arc<Self>, service: &str) -> Result<Option<Record>> {
         let req = RegistryRequest::Read {
             service: service.to_string(),
         };
@@ -132,7 +260,7 @@ impl Registry {
     }
 
     /// The service holding `gvip`, from the claim's owner.
-    pub async fn resolve_gvip(&self, gvip: &str) -> Result<Option<String>> {
+    pub async fn resolve_gvip(self: &Arc<Self>, gvip: &str) -> Result<Option<String>> {
         let id = Id::of_key(&format!("gvip:{gvip}"));
         let req = RegistryRequest::ResolveGvip {
             gvip: gvip.to_string(),
@@ -144,7 +272,7 @@ impl Registry {
     }
 
     /// Every service on the ring with its instance count: ask every node for what it owns.
-    pub async fn list(&self) -> Result<Vec<ServiceSummary>> {
+    pub async fn list(self: &Arc<Self>) -> Result<Vec<ServiceSummary>> {
         let nodes = self.ring.walk(100_000).await?;
         let mut all: BTreeMap<String, usize> = BTreeMap::new();
         for (node, _, _) in nodes {
@@ -168,7 +296,7 @@ impl Registry {
     // ---- at the owner ------------------------------------------------------------------
 
     /// Answer a registry request from a peer (or from this agent's own routing).
-    pub async fn handle_local(&self, req: RegistryRequest) -> Result<RegistryResponse> {
+    pub async fn handle_local(self: &Arc<Self>, req: RegistryRequest) -> Result<RegistryResponse> {
         match req {
             RegistryRequest::Write { service, op } => self.apply(&service, op).await,
             RegistryRequest::Read { service } => {
@@ -216,10 +344,32 @@ impl Registry {
                 match self.store.get(&key).await? {
                     Some(holder) => Ok(RegistryResponse::Claimed(holder == service.as_bytes())),
                     None => {
-                        self.store.put(&key, service.into_bytes()).await?;
+                        let value = service.into_bytes();
+                        self.store.put(&key, value.clone()).await?;
+                        self.replicate(vec![Entry { key, value }]).await?;
                         Ok(RegistryResponse::Claimed(true))
                     }
                 }
+            }
+            RegistryRequest::ReadReplica { service } => {
+                Ok(RegistryResponse::Record(self.load(&service).await?))
+            }
+            RegistryRequest::Digest { items } => {
+                let mut need = Vec::new();
+                for (key, counter, node) in items {
+                    let theirs = crate::registry::Version { counter, node };
+                    match self.store.get(&key).await? {
+                        None => need.push(key),
+                        Some(bytes) if key.starts_with("svc/") => {
+                            match Record::from_bytes(&bytes) {
+                                Ok(r) if r.version >= theirs => {}
+                                _ => need.push(key),
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Ok(RegistryResponse::Need(need))
             }
             RegistryRequest::ResolveGvip { gvip } => {
                 let id = Id::of_key(&format!("gvip:{gvip}"));
@@ -270,7 +420,7 @@ impl Registry {
     }
 
     /// A gVip claimed ring-wide for `service`.
-    async fn assign_gvip(&self, service: &str) -> Result<String> {
+    async fn assign_gvip(self: &Arc<Self>, service: &str) -> Result<String> {
         for _ in 0..16 {
             let candidate = compat::random_gvip(&mut rand::thread_rng());
             let id = Id::of_key(&format!("gvip:{candidate}"));
@@ -288,7 +438,7 @@ impl Registry {
     }
 
     /// Apply a write at the owner: one writer per service at a time.
-    async fn apply(&self, service: &str, op: WriteOp) -> Result<RegistryResponse> {
+    async fn apply(self: &Arc<Self>, service: &str, op: WriteOp) -> Result<RegistryResponse> {
         crate::registry::validate_service(service)?;
         self.check_owner(&Id::of_key(service))?;
         let lock = self.lock_for(&record_key(service));
@@ -342,7 +492,10 @@ impl Registry {
         };
         if changed {
             rec.bump_version(&self.node);
-            self.save(&rec).await?;
+            let value = rec.to_bytes()?;
+            let key = record_key(service);
+            self.store.put(&key, value.clone()).await?;
+            self.replicate(vec![Entry { key, value }]).await?;
         }
         Ok(RegistryResponse::Applied {
             record: Some(rec),
@@ -461,7 +614,7 @@ impl Registry {
     // ---- TTL ---------------------------------------------------------------------------
 
     /// Expire TTLs of owned records whose deadline has passed.
-    pub async fn sweep(&self) -> Result<()> {
+    pub async fn sweep(self: &Arc<Self>) -> Result<()> {
         let now = Utc::now();
         for (key, value) in self.store.scan_prefix("svc/").await? {
             let Some(id) = routing_id(&key) else { continue };
@@ -483,6 +636,13 @@ impl Registry {
                 if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
                     rec.bump_version(&self.node);
                     self.save(&rec).await?;
+                    let entry = Entry {
+                        key: key.clone(),
+                        value: rec.to_bytes()?,
+                    };
+                    if let Err(e) = self.replicate(vec![entry]).await {
+                        tracing::debug!("replicating a TTL change: {e}");
+                    }
                 }
             }
         }

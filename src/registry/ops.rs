@@ -110,6 +110,18 @@ pub enum RegistryRequest {
         /// The address.
         gvip: String,
     },
+    /// Read this node's copy of a record, owner or replica (reads fall back to replicas when
+    /// the owner does not answer).
+    ReadReplica {
+        /// The service.
+        service: String,
+    },
+    /// Anti-entropy: the versions the owner holds; the replica answers which keys it lacks or
+    /// holds older.
+    Digest {
+        /// (store key, version counter, version node); gVip claims carry no version.
+        items: Vec<(String, u64, String)>,
+    },
 }
 
 /// The answer to a [`RegistryRequest`].
@@ -135,6 +147,8 @@ pub enum RegistryResponse {
     Entries(Vec<Entry>),
     /// Whether a claim was granted.
     Claimed(bool),
+    /// Keys the replica needs (missing, or older than the owner's).
+    Need(Vec<String>),
     /// The service holding a gVip.
     Service(Option<String>),
     /// Done.
