@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module tests one part of chordctl from outside.
 
 mod cli;
+mod e2e;
 mod registry;
 mod replication;
 mod ring;
