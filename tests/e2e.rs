@@ -788,13 +788,9 @@ fn ring_leave_stops_the_agent_and_hands_records_over() {
 }
 
 /// API.md: a key's replicas are the next nodes on the owner's successor list, so with the
-/// default `--replicas 3` on a ring of two the other node is the one replica.
-///
-/// Ignored: a known agent bug. `GET /v1/locate` takes the replicas from the key's
-/// predecessor's successor list, which never contains the predecessor itself, so on a ring of
-/// at most K nodes the predecessor is missing (on two nodes `replicas` is always empty).
+/// default `--replicas 3` on a ring of two the other node is the one replica (the key's
+/// predecessor, where the successor list wraps).
 #[test]
-#[ignore = "agent bug: locate omits the predecessor from replicas on small rings"]
 fn locate_lists_the_other_node_as_replica_on_two_nodes() {
     let (_da, _db, a, b) = two_node_ring();
     for key in ["payments", "orders", "x"] {

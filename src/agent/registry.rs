@@ -38,6 +38,10 @@ pub struct Registry {
     rr: AtomicU64,
 }
 
+fn is_store_outage(e: &Error) -> bool {
+    e.to_string().starts_with("store unavailable")
+}
+
 fn not_owner() -> Error {
     Error::unavailable("this node does not own the record (ring ownership is settling); retry")
 }
@@ -76,7 +80,9 @@ impl Registry {
         while started.elapsed() < ROUTE_DEADLINE {
             match self.try_route(key_id, &req).await {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_retryable() => last = e,
+                // A store outage at the owner is answered at once (503); only routing
+                // problems (ownership settling, an unreachable owner) are worth retrying.
+                Err(e) if e.is_retryable() && !is_store_outage(&e) => last = e,
                 Err(e) => return Err(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -100,8 +106,8 @@ impl Registry {
                 let RegistryRequest::Read { service } = req else {
                     return Err(Error::Unavailable(why));
                 };
-                let replicas = found.successors.iter().skip(1).take(self.replicas - 1);
-                for node in replicas {
+                let chain = found.replica_chain(self.replicas);
+                for node in chain.iter().skip(1) {
                     let r = RegistryRequest::ReadReplica {
                         service: service.clone(),
                     };

@@ -327,7 +327,7 @@ pub struct DiscoverArgs {
     /// Service name
     #[arg(value_parser = non_empty)]
     pub service: String,
-    /// Only instances whose state is passing
+    /// Only healthy instances (state passing or warning)
     #[arg(long)]
     pub healthy: bool,
     /// Only instances with this tag

@@ -127,7 +127,9 @@ fn show_table(nodes: Vec<RingMember>) -> String {
         // ring and the arc it owns starts there (one node: the whole ring).
         let prev = &nodes[(i + n - 1) % n];
         let next = &nodes[(i + 1) % n];
-        settled &= node.predecessor.as_deref() == Some(prev.id.as_str())
+        // A lone node has no predecessor (nobody has notified it): that is settled too.
+        let lone = n == 1 && node.predecessor.is_none();
+        settled &= (lone || node.predecessor.as_deref() == Some(prev.id.as_str()))
             && node.successor.as_deref() == Some(next.id.as_str());
         let share = ring_share(&prev.id, &node.id)
             .map_or_else(|| "?".to_string(), |s| format!("{:.1}%", s * 100.0));

@@ -80,11 +80,9 @@ pub async fn locate(
     let result = agent.ring.lookup(id).await?;
     let owner = result.owner().clone();
     let replicas: Vec<Value> = result
-        .successors
+        .replica_chain(agent.config.replicas)
         .iter()
         .skip(1)
-        .take(agent.config.replicas.saturating_sub(1))
-        .filter(|n| n.id != owner.id)
         .map(node_json)
         .collect();
     Ok(Json(json!({

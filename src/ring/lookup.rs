@@ -25,6 +25,22 @@ pub struct LookupResult {
 }
 
 impl LookupResult {
+    /// The owner followed by up to `k − 1` next nodes: the key's replica set. On a ring too
+    /// small for the predecessor's list to reach `k` nodes, the list wraps back to the
+    /// predecessor itself, which is then the last copy.
+    pub fn replica_chain(&self, k: usize) -> Vec<NodeRef> {
+        let mut chain: Vec<NodeRef> = Vec::with_capacity(k);
+        for n in self.successors.iter().chain(std::iter::once(&self.pred)) {
+            if chain.len() == k {
+                break;
+            }
+            if !chain.iter().any(|c| c.id == n.id) {
+                chain.push(n.clone());
+            }
+        }
+        chain
+    }
+
     /// The key's owner as the predecessor sees it.
     pub fn owner(&self) -> &NodeRef {
         // `Step::Done` never carries an empty list (see `Chord::find_step`); fall back to the
