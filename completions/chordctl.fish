@@ -183,7 +183,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l token -d 'Bearer token for an agent started with --api-token' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l healthy -d 'Only instances whose state is passing'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l healthy -d 'Only healthy instances (state passing or warning)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
