@@ -129,3 +129,244 @@ fn eight_agents_kill_9_two_non_adjacent_lose_none_of_1000_instances() {
         }
     });
 }
+
+/// Register `services × per` instances through the given agents, `services` at a time.
+async fn register_many(urls: &[String], prefix: &str, services: usize, per: u16) {
+    let mut tasks = Vec::new();
+    for s in 0..services {
+        let url = urls[s % urls.len()].clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                let (st, body) = call(
+                    "PUT",
+                    &format!("{url}/v1/services/{prefix}-{s}/instances/i{i}"),
+                    Some(json!({"address": "10.2.0.1", "port": 1000 + i})),
+                )
+                .await;
+                assert_eq!(st, 200, "{body}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("register task");
+    }
+}
+
+/// Every service has all its instances, read through `url`.
+async fn all_there(url: &str, prefix: &str, services: usize, per: usize) -> Result<(), String> {
+    for s in 0..services {
+        let n = count(url, &format!("{prefix}-{s}")).await;
+        if n != per {
+            return Err(format!("{prefix}-{s} from {url}: {n} of {per} instances"));
+        }
+    }
+    Ok(())
+}
+
+async fn ring_size(url: &str) -> usize {
+    let (_, v) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
+    v.as_array().map(Vec::len).unwrap_or(0)
+}
+
+fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .to_string()
+}
+
+#[test]
+fn after_repair_kill_9_of_k_minus_1_adjacent_nodes_loses_nothing() {
+    let mut agents = vec![AgentProc::start(None, &[])];
+    for _ in 0..5 {
+        let seed = agents[0].ring.clone();
+        agents.push(AgentProc::start(Some(&seed), &[]));
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let urls: Vec<String> = agents.iter().map(|a| a.url()).collect();
+    rt.block_on(async {
+        let u = urls[0].clone();
+        eventually("6 nodes", Duration::from_secs(60), async || {
+            let n = ring_size(&u).await;
+            (n == 6).then_some(()).ok_or(format!("{n} nodes"))
+        })
+        .await;
+        register_many(&urls, "adj", 30, 10).await;
+        // Let repair and anti-entropy settle: every record everywhere it belongs.
+        let u = urls[0].clone();
+        eventually("all registered", Duration::from_secs(60), async || {
+            all_there(&u, "adj", 30, 10).await
+        })
+        .await;
+    });
+    // K = 3 (default): kill 2 adjacent nodes in identifier order.
+    let mut order: Vec<usize> = (0..6).collect();
+    order.sort_by(|a, b| agents[*a].id.cmp(&agents[*b].id));
+    let (k1, k2) = (order[2], order[3]);
+    agents[k1].kill9();
+    agents[k2].kill9();
+    let survivors: Vec<String> = (0..6)
+        .filter(|i| *i != k1 && *i != k2)
+        .map(|i| urls[i].clone())
+        .collect();
+    rt.block_on(async {
+        for url in &survivors {
+            eventually(
+                "nothing lost after kill -9 of K-1 adjacent nodes",
+                Duration::from_secs(90),
+                async || all_there(url, "adj", 30, 10).await,
+            )
+            .await;
+        }
+    });
+}
+
+#[test]
+fn a_rolling_restart_of_every_node_loses_nothing() {
+    let addrs: Vec<(String, String)> = (0..4).map(|_| (free_addr(), free_addr())).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let start = |i: usize, seed: Option<&str>| {
+        let dir = dirs[i].path().to_str().expect("utf-8 path").to_string();
+        AgentProc::start_at(seed, &addrs[i].0, &addrs[i].1, &["--data-dir", &dir])
+    };
+    let mut agents: Vec<AgentProc> = vec![start(0, None)];
+    for i in 1..4 {
+        let seed = addrs[0].0.clone();
+        agents.push(start(i, Some(&seed)));
+    }
+    let urls: Vec<String> = agents.iter().map(|a| a.url()).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let u = urls[0].clone();
+        eventually("4 nodes", Duration::from_secs(60), async || {
+            let n = ring_size(&u).await;
+            (n == 4).then_some(()).ok_or(format!("{n} nodes"))
+        })
+        .await;
+        register_many(&urls, "roll", 20, 10).await;
+    });
+    for i in 0..4 {
+        // Stop node i gracefully, restart it on the same addresses and data, through a
+        // node that stayed up; wait until the ring is whole again before the next one.
+        let status = agents[i].terminate().expect("agent exits after SIGTERM");
+        assert!(status.success());
+        let seed = addrs[(i + 1) % 4].0.clone();
+        agents[i] = start(i, Some(&seed));
+        rt.block_on(async {
+            for url in &urls {
+                eventually("ring whole again", Duration::from_secs(60), async || {
+                    let n = ring_size(url).await;
+                    (n == 4).then_some(()).ok_or(format!("{n} nodes"))
+                })
+                .await;
+            }
+            for url in &urls {
+                eventually(
+                    "nothing lost during the rolling restart",
+                    Duration::from_secs(60),
+                    async || all_there(url, "roll", 20, 10).await,
+                )
+                .await;
+            }
+        });
+    }
+}
+
+#[test]
+fn a_node_whose_data_directory_was_wiped_gets_its_records_back() {
+    let mut agents = vec![AgentProc::start(None, &[])];
+    for _ in 0..3 {
+        let seed = agents[0].ring.clone();
+        agents.push(AgentProc::start(Some(&seed), &[]));
+    }
+    let (bind, http) = (free_addr(), free_addr());
+    let wiped = tempfile::tempdir().expect("tmp");
+    let wiped_dir = wiped.path().to_str().expect("utf-8").to_string();
+    let seed = agents[0].ring.clone();
+    let mut victim = AgentProc::start_at(Some(&seed), &bind, &http, &["--data-dir", &wiped_dir]);
+    let urls: Vec<String> = agents.iter().map(|a| a.url()).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let u = urls[0].clone();
+        eventually("5 nodes", Duration::from_secs(60), async || {
+            let n = ring_size(&u).await;
+            (n == 5).then_some(()).ok_or(format!("{n} nodes"))
+        })
+        .await;
+        register_many(&urls, "wipe", 30, 5).await;
+    });
+    // Which services does the victim own? Those must come back to it.
+    let victim_id = victim.id.clone();
+    victim.kill9();
+    std::fs::remove_dir_all(wiped.path()).expect("wipe the data directory");
+    victim = AgentProc::start_at(Some(&seed), &bind, &http, &["--data-dir", &wiped_dir]);
+    assert_eq!(victim.id, victim_id, "same address, same identifier");
+    let vurl = victim.url();
+    rt.block_on(async {
+        eventually(
+            "records back at the wiped node",
+            Duration::from_secs(90),
+            async || {
+                // Read through the wiped node: for the services it owns, it answers from its own
+                // store, so every one must be back.
+                all_there(&vurl, "wipe", 30, 5).await
+            },
+        )
+        .await;
+    });
+    let (_, v) = rt.block_on(call("GET", &format!("{vurl}/v1/services"), None));
+    let owned_somewhere = v.as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(owned_somewhere, 30, "svc list after the wipe: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_time_after_a_crash_is_printed() {
+    // A benchmark figure, not an assertion: from the kill until every record has K copies.
+    let mut c = TestCluster::start(6).await;
+    c.settle().await;
+    let urls: Vec<String> = (0..6).map(|i| c.url(i)).collect();
+    register_many(&urls, "rt", 30, 4).await;
+    let k = c.node(0).agent().config.replicas;
+    let copies = async |c: &TestCluster| -> Result<(), String> {
+        for s in 0..30 {
+            let key = format!("svc/rt-{s}");
+            let mut n = 0;
+            for h in c.live() {
+                if h.agent()
+                    .registry
+                    .store()
+                    .get(&key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    n += 1;
+                }
+            }
+            if n < k {
+                return Err(format!("{key}: {n} copies"));
+            }
+        }
+        Ok(())
+    };
+    eventually(
+        "K copies before the crash",
+        Duration::from_secs(60),
+        async || copies(&c).await,
+    )
+    .await;
+    let t = Instant::now();
+    c.kill(2).await;
+    eventually(
+        "K copies again after the crash",
+        Duration::from_secs(90),
+        async || copies(&c).await,
+    )
+    .await;
+    println!(
+        "repair time after a crash (6 agents, 30 records, K={k}): {:?}",
+        t.elapsed()
+    );
+}

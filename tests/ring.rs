@@ -196,6 +196,7 @@ fn join_with_unreachable_seed_fails_within_seconds_naming_the_seed() {
         .port();
     let seed = format!("127.0.0.1:{port}");
     let start = Instant::now();
+    let dir = tempfile::tempdir().expect("tmp");
     let out = Command::new(bin())
         .args([
             "agent",
@@ -206,6 +207,8 @@ fn join_with_unreachable_seed_fails_within_seconds_naming_the_seed() {
             "--http",
             "127.0.0.1:0",
         ])
+        .arg("--data-dir")
+        .arg(dir.path())
         .output()
         .expect("run");
     assert!(!out.status.success());

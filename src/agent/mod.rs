@@ -164,6 +164,8 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
     let pool = Arc::new(Pool::new(config.rpc_timeout));
     let ring = RingDriver::new(Chord::new(me, ring_cfg), pool, stop.clone());
     let registry = Registry::new(ring.clone(), store, config.replicas);
+    // A joining node answers for its keys only once it has taken them over.
+    registry.set_ready(matches!(config.start, Start::Create));
     let agent = Arc::new(Agent {
         config: config.clone(),
         ring: ring.clone(),
@@ -193,6 +195,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
     }
     if matches!(config.start, Start::Join(_)) {
         take_records(&registry).await;
+        registry.set_ready(true);
     }
     tasks.spawn(watch_ring(agent.clone()));
     tasks.spawn(sweep_ttls(registry.clone(), stop.clone()));

@@ -12,7 +12,7 @@ use chrono::Utc;
 use super::ring::RingDriver;
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{
-    gvip_key, record_key, routing_id, Entry, RegistryRequest, RegistryResponse, WriteOp,
+    gvip_key, range_hash, record_key, routing_id, Entry, RegistryRequest, RegistryResponse, WriteOp,
 };
 use crate::registry::{Record, ServiceSummary, DEFAULT_GRACE_FACTOR};
 use crate::ring::{Id, NodeRef};
@@ -35,7 +35,18 @@ pub struct Registry {
     node: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     leaving: AtomicBool,
+    /// False between joining the ring and having taken the owned range from the successor:
+    /// until then this node must not answer for its keys (it would say "not found").
+    ready: AtomicBool,
     rr: AtomicU64,
+}
+
+/// (store key, version counter, version node) of an entry; gVip claims have no version.
+fn version_item(e: &Entry) -> (String, u64, String) {
+    match Record::from_bytes(&e.value) {
+        Ok(r) if e.key.starts_with("svc/") => (e.key.clone(), r.version.counter, r.version.node),
+        _ => (e.key.clone(), 0, String::new()),
+    }
 }
 
 fn is_store_outage(e: &Error) -> bool {
@@ -57,8 +68,14 @@ impl Registry {
             node,
             locks: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
+            ready: AtomicBool::new(true),
             rr: AtomicU64::new(0),
         })
+    }
+
+    /// Mark whether this node has its records and may answer for the keys it owns.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
     }
 
     /// The store (for health checks).
@@ -175,27 +192,39 @@ impl Registry {
         if owned.is_empty() {
             return Ok(0);
         }
-        let items: Vec<(String, u64, String)> = owned
-            .iter()
-            .map(|e| match Record::from_bytes(&e.value) {
-                Ok(r) if e.key.starts_with("svc/") => {
-                    (e.key.clone(), r.version.counter, r.version.node)
-                }
-                _ => (e.key.clone(), 0, String::new()),
-            })
-            .collect();
+        let items: Vec<(String, u64, String)> = owned.iter().map(version_item).collect();
+        let range = self
+            .ring
+            .read(|c| c.predecessor().map(|p| (p.id, c.me().id)));
+        let hash = range_hash(&items);
         let mut sent = 0;
         for node in self.replica_set() {
-            let need = match self
-                .call(
-                    &node,
-                    RegistryRequest::Digest {
-                        items: items.clone(),
-                    },
-                )
-                .await
-            {
-                Ok(RegistryResponse::Need(keys)) => keys,
+            // Cheap check first: one hash over the whole range; the full digest only when
+            // the replica's differs.
+            if let Some((from, to)) = range {
+                let req = RegistryRequest::RangeHash {
+                    from,
+                    to,
+                    hash: hash.clone(),
+                };
+                if let Ok(RegistryResponse::Same(true)) = self.call(&node, req).await {
+                    continue;
+                }
+            }
+            let req = RegistryRequest::Digest {
+                items: items.clone(),
+                range,
+            };
+            let need = match self.call(&node, req).await {
+                Ok(RegistryResponse::Diff { need, newer }) => {
+                    // What the replica holds newer in our range (we may have inherited the
+                    // range from a crashed node it was a replica of) comes to us first.
+                    if !newer.is_empty() {
+                        sent += newer.len();
+                        self.merge(newer).await?;
+                    }
+                    need
+                }
                 _ => continue,
             };
             if need.is_empty() {
@@ -360,22 +389,55 @@ impl Registry {
             RegistryRequest::ReadReplica { service } => {
                 Ok(RegistryResponse::Record(self.load(&service).await?))
             }
-            RegistryRequest::Digest { items } => {
+            RegistryRequest::RangeHash { from, to, hash } => {
+                let mut mine = Vec::new();
+                for prefix in ["svc/", "gvip/"] {
+                    for (key, value) in self.store.scan_prefix(prefix).await? {
+                        if routing_id(&key).is_some_and(|id| id.in_half_open(&from, &to)) {
+                            mine.push(version_item(&Entry { key, value }));
+                        }
+                    }
+                }
+                Ok(RegistryResponse::Same(range_hash(&mine) == hash))
+            }
+            RegistryRequest::Digest { items, range } => {
                 let mut need = Vec::new();
+                let mut theirs_by_key = HashMap::new();
                 for (key, counter, node) in items {
                     let theirs = crate::registry::Version { counter, node };
                     match self.store.get(&key).await? {
-                        None => need.push(key),
+                        None => need.push(key.clone()),
                         Some(bytes) if key.starts_with("svc/") => {
                             match Record::from_bytes(&bytes) {
                                 Ok(r) if r.version >= theirs => {}
-                                _ => need.push(key),
+                                _ => need.push(key.clone()),
                             }
                         }
                         Some(_) => {}
                     }
+                    theirs_by_key.insert(key, theirs);
                 }
-                Ok(RegistryResponse::Need(need))
+                let mut newer = Vec::new();
+                if let Some((from, to)) = range {
+                    for prefix in ["svc/", "gvip/"] {
+                        for (key, value) in self.store.scan_prefix(prefix).await? {
+                            if !routing_id(&key).is_some_and(|id| id.in_half_open(&from, &to)) {
+                                continue;
+                            }
+                            let entry = Entry { key, value };
+                            let (_, counter, node) = version_item(&entry);
+                            let mine = crate::registry::Version { counter, node };
+                            match theirs_by_key.get(&entry.key) {
+                                None => newer.push(entry),
+                                Some(t) if mine > *t && entry.key.starts_with("svc/") => {
+                                    newer.push(entry)
+                                }
+                                Some(_) => {}
+                            }
+                        }
+                    }
+                }
+                Ok(RegistryResponse::Diff { need, newer })
             }
             RegistryRequest::ResolveGvip { gvip } => {
                 let id = Id::of_key(&format!("gvip:{gvip}"));
@@ -400,6 +462,11 @@ impl Registry {
         }
         if !self.owns(id) {
             return Err(not_owner());
+        }
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err(Error::unavailable(
+                "this node joined moments ago and is still taking over its records; retry",
+            ));
         }
         Ok(())
     }

@@ -116,11 +116,24 @@ pub enum RegistryRequest {
         /// The service.
         service: String,
     },
+    /// Anti-entropy, first step: a hash over the versions of every entry in the key range
+    /// `(from, to]`; the replica answers whether its own hash over that range is the same.
+    RangeHash {
+        /// Range start (exclusive).
+        from: Id,
+        /// Range end (inclusive).
+        to: Id,
+        /// Hex SHA-1 over the sorted (key, version) lines, see `range_hash`.
+        hash: String,
+    },
     /// Anti-entropy: the versions the owner holds; the replica answers which keys it lacks or
-    /// holds older.
+    /// holds older, and, when a range is given, the entries of that range the owner lacks or
+    /// holds older (the owner may have just inherited the range from a crashed node).
     Digest {
         /// (store key, version counter, version node); gVip claims carry no version.
         items: Vec<(String, u64, String)>,
+        /// The owner's key range `(from, to]`, when it knows its predecessor.
+        range: Option<(Id, Id)>,
     },
 }
 
@@ -147,10 +160,60 @@ pub enum RegistryResponse {
     Entries(Vec<Entry>),
     /// Whether a claim was granted.
     Claimed(bool),
-    /// Keys the replica needs (missing, or older than the owner's).
-    Need(Vec<String>),
+    /// The difference found by a `Digest`.
+    Diff {
+        /// Keys the replica needs (missing, or older than the owner's).
+        need: Vec<String>,
+        /// Entries of the owner's range that the replica holds newer or the owner lacks.
+        newer: Vec<Entry>,
+    },
+    /// Whether the replica's range hash matched.
+    Same(bool),
     /// The service holding a gVip.
     Service(Option<String>),
     /// Done.
     Done,
+}
+
+/// The anti-entropy digest of a range: SHA-1 over `key counter node` lines, sorted by key.
+/// Two nodes holding the same versions of the same entries compute the same hash.
+pub fn range_hash(items: &[(String, u64, String)]) -> String {
+    use sha1::{Digest, Sha1};
+    let mut sorted: Vec<&(String, u64, String)> = items.iter().collect();
+    sorted.sort();
+    let mut h = Sha1::new();
+    for (k, c, n) in sorted {
+        h.update(format!("{k} {c} {n}\n").as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_hash_ignores_order_and_sees_any_version_change() {
+        let a = vec![
+            ("svc/a".to_string(), 3, "n1".to_string()),
+            ("svc/b".to_string(), 1, "n2".to_string()),
+        ];
+        let mut b = a.clone();
+        b.reverse();
+        assert_eq!(range_hash(&a), range_hash(&b));
+        let mut c = a.clone();
+        c[1].1 = 2;
+        assert_ne!(range_hash(&a), range_hash(&c));
+        assert_ne!(range_hash(&a), range_hash(&a[..1]));
+    }
+
+    #[test]
+    fn routing_ids_of_records_and_gvip_claims_differ() {
+        assert_eq!(routing_id("svc/pay"), Some(Id::of_key("pay")));
+        assert_eq!(
+            routing_id("gvip/10.212.0.2"),
+            Some(Id::of_key("gvip:10.212.0.2"))
+        );
+        assert_eq!(routing_id("other/x"), None);
+    }
 }

@@ -20,11 +20,19 @@ pub struct AgentProc {
     pub http: String,
     /// Hex identifier.
     pub id: String,
+    /// The data directory made for it when the caller gave none (removed on drop).
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl AgentProc {
-    /// Start `chordctl agent create|join SEED` with extra args; waits for its address line.
+    /// Start `chordctl agent create|join SEED` on ports 0 with extra args; waits for its
+    /// address line.
     pub fn start(seed: Option<&str>, extra: &[&str]) -> AgentProc {
+        AgentProc::start_at(seed, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    /// Start on given ring and HTTP addresses (a restart keeps its ring address, hence its id).
+    pub fn start_at(seed: Option<&str>, bind: &str, http: &str, extra: &[&str]) -> AgentProc {
         let mut cmd = Command::new(bin());
         cmd.arg("agent");
         match seed {
@@ -33,9 +41,9 @@ impl AgentProc {
         };
         cmd.args([
             "--bind",
-            "127.0.0.1:0",
+            bind,
             "--http",
-            "127.0.0.1:0",
+            http,
             "--stabilize-ms",
             "100",
             "--rpc-timeout-ms",
@@ -43,9 +51,19 @@ impl AgentProc {
         ])
         .args(extra)
         .env("RUST_LOG", "warn")
+        .env_remove("CHORDCTL_DATA_DIR")
+        .env_remove("CHORDCTL_REDIS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+        // Never the user's data directory: a temporary one unless the caller chose.
+        let tmp = if extra.iter().any(|a| *a == "--data-dir" || *a == "--redis") {
+            None
+        } else {
+            let t = tempfile::tempdir().expect("temporary data directory");
+            cmd.arg("--data-dir").arg(t.path());
+            Some(t)
+        };
         let mut child = cmd.spawn().expect("spawn chordctl agent");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
@@ -80,6 +98,7 @@ impl AgentProc {
             ring,
             http,
             id,
+            _tmp: tmp,
         }
     }
 
