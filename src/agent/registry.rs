@@ -652,11 +652,15 @@ impl Registry {
         Ok(())
     }
 
-    /// Before leaving: stop taking writes and hand every entry we own to the successor.
-    pub async fn hand_off_all(&self) -> Result<usize> {
+    /// Before leaving: stop taking writes and hand everything this node holds — its own range
+    /// and the ranges it replicates — to its first K successors, so that every replica set it
+    /// was part of keeps K copies once it is gone.
+    pub async fn hand_off_all(self: &Arc<Self>) -> Result<usize> {
         self.leaving.store(true, Ordering::Relaxed);
-        let (me, succ) = self.ring.read(|c| (c.me().clone(), c.successor().clone()));
-        if succ.id == me.id {
+        let targets: Vec<NodeRef> = self
+            .ring
+            .read(|c| c.successors().iter().take(self.replicas).cloned().collect());
+        if targets.is_empty() {
             return Ok(0);
         }
         // Wait for writes in progress: take and release every lock.
@@ -670,17 +674,32 @@ impl Registry {
         let mut entries = Vec::new();
         for prefix in ["svc/", "gvip/"] {
             for (key, value) in self.store.scan_prefix(prefix).await? {
-                if routing_id(&key).is_some_and(|id| self.ring.read(|c| c.owns(&id))) {
-                    entries.push(Entry { key, value });
-                }
+                entries.push(Entry { key, value });
             }
         }
         let n = entries.len();
-        if n > 0 {
-            self.call(&succ, RegistryRequest::Handoff { entries })
-                .await?;
-            tracing::info!(count = n, to = ?succ, "records handed over before leaving");
+        if n == 0 {
+            return Ok(0);
         }
+        let mut delivered = 0;
+        let mut last = None;
+        for node in &targets {
+            let req = RegistryRequest::Handoff {
+                entries: entries.clone(),
+            };
+            match self.call(node, req).await {
+                Ok(_) => delivered += 1,
+                Err(e) => last = Some(e),
+            }
+        }
+        if delivered == 0 {
+            return Err(last.unwrap_or_else(|| Error::unavailable("no successor to hand over to")));
+        }
+        tracing::info!(
+            count = n,
+            nodes = delivered,
+            "records handed over before leaving"
+        );
         Ok(n)
     }
 
