@@ -370,3 +370,109 @@ async fn repair_time_after_a_crash_is_printed() {
         t.elapsed()
     );
 }
+
+#[test]
+fn real_agents_a_write_acknowledged_then_its_owner_killed_9_at_once_survives() {
+    let mut agents = vec![AgentProc::start(None, &[])];
+    for _ in 0..4 {
+        let seed = agents[0].ring.clone();
+        agents.push(AgentProc::start(Some(&seed), &[]));
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let u0 = agents[0].url();
+    rt.block_on(eventually("5 nodes", Duration::from_secs(60), async || {
+        let n = ring_size(&u0).await;
+        (n == 5).then_some(()).ok_or(format!("{n} nodes"))
+    }));
+    // The owner by SHA-1, computed here.
+    let mut ids: Vec<(String, usize)> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id.clone(), i))
+        .collect();
+    ids.sort();
+    let kid = Id::of_key("precious-real").to_hex();
+    let owner = ids.iter().find(|(id, _)| *id >= kid).unwrap_or(&ids[0]).1;
+    let writer = (owner + 1) % 5;
+    let reader = (owner + 2) % 5;
+    let (st, body) = rt.block_on(call(
+        "PUT",
+        &format!(
+            "{}/v1/services/precious-real/instances/a",
+            agents[writer].url()
+        ),
+        Some(json!({"address": "10.0.0.1", "port": 80})),
+    ));
+    assert_eq!(st, 200, "{body}");
+    agents[owner].kill9();
+    let url = agents[reader].url();
+    rt.block_on(eventually(
+        "the acknowledged write survives kill -9 of its owner",
+        Duration::from_secs(60),
+        async || {
+            let n = count(&url, "precious-real").await;
+            (n == 1).then_some(()).ok_or(format!("{n} instances"))
+        },
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_keeps_working_when_the_owner_changes() {
+    let mut c = TestCluster::start(4).await;
+    c.settle().await;
+    let owner = c.true_owner(&Id::of_key("beating"));
+    let owner_ix = (0..c.nodes.len())
+        .find(|i| c.nodes[*i].as_ref().is_some_and(|h| h.node().id == owner))
+        .expect("owner index");
+    let other = (owner_ix + 1) % 4;
+    let url = c.url(other);
+    let (st, body) = call(
+        "PUT",
+        &format!("{url}/v1/services/beating/instances/x"),
+        Some(json!({"address": "h", "port": 1, "ttl_secs": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let registered = Instant::now();
+    c.kill(owner_ix).await;
+    // The new owner expires it: critical after one TTL, removed after the grace period —
+    // not earlier, and not never.
+    eventually(
+        "critical under the new owner",
+        Duration::from_secs(60),
+        async || {
+            let (_, inst) = call(
+                "GET",
+                &format!("{url}/v1/services/beating/instances/x"),
+                None,
+            )
+            .await;
+            (inst["status"]["state"] == "critical")
+                .then_some(())
+                .ok_or(inst.to_string())
+        },
+    )
+    .await;
+    assert!(
+        registered.elapsed() >= Duration::from_secs(1),
+        "expired early"
+    );
+    eventually(
+        "removed under the new owner",
+        Duration::from_secs(60),
+        async || {
+            let (st, _) = call(
+                "GET",
+                &format!("{url}/v1/services/beating/instances/x"),
+                None,
+            )
+            .await;
+            (st == 404).then_some(()).ok_or(format!("status {st}"))
+        },
+    )
+    .await;
+    assert!(
+        registered.elapsed() >= Duration::from_secs(11),
+        "removed early"
+    );
+}
