@@ -154,6 +154,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
         stabilize_ms,
         fix_fingers_ms: (stabilize_ms / 2).max(5),
         check_predecessor_ms: stabilize_ms,
+        merge_check_ms: stabilize_ms * 10,
     };
     let data_dir = match &config.data_dir {
         Some(d) => d.clone(),

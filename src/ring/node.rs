@@ -24,6 +24,9 @@ pub struct Config {
     pub fix_fingers_ms: u64,
     /// How often to ping the predecessor.
     pub check_predecessor_ms: u64,
+    /// How often to look up our own identifier through a remembered past member, to find
+    /// and merge with another ring after a partition heals.
+    pub merge_check_ms: u64,
 }
 
 impl Default for Config {
@@ -33,6 +36,7 @@ impl Default for Config {
             stabilize_ms: 500,
             fix_fingers_ms: 250,
             check_predecessor_ms: 500,
+            merge_check_ms: 5_000,
         }
     }
 }
@@ -84,7 +88,11 @@ enum Phase {
 enum Purpose {
     Join,
     Finger(usize),
+    MergeProbe,
 }
+
+/// Past members remembered for partition healing.
+const REMEMBERED: usize = 32;
 
 #[derive(Debug)]
 enum Pending {
@@ -139,6 +147,10 @@ pub struct Chord {
     fixing: bool,
     checking: bool,
     rectifying: bool,
+    remembered: Vec<NodeRef>,
+    next_merge: u64,
+    merge_cursor: usize,
+    probing: bool,
 }
 
 impl Chord {
@@ -163,6 +175,10 @@ impl Chord {
             fixing: false,
             checking: false,
             rectifying: false,
+            remembered: Vec::new(),
+            next_merge: 0,
+            merge_cursor: 0,
+            probing: false,
         }
     }
 
@@ -294,6 +310,75 @@ impl Chord {
             self.next_fix = now + self.cfg.fix_fingers_ms;
             self.fix_next_finger();
         }
+        if now >= self.next_merge {
+            // The first probe waits a full period: right after joining there is nothing to heal.
+            if self.next_merge > 0 {
+                self.merge_probe();
+            }
+            self.next_merge = now + self.cfg.merge_check_ms;
+        }
+    }
+
+    /// Partition healing (not in the papers; DESIGN.md rule 8): look up our own identifier
+    /// through a remembered past member that is not among our current pointers. In our own
+    /// ring the answer is ourselves; in another ring it names a node closer than our
+    /// successor, which we then query and adopt like any stabilization candidate, and
+    /// stabilization zips the two rings together.
+    fn merge_probe(&mut self) {
+        if self.probing || !self.is_member() {
+            return;
+        }
+        let current: Vec<Id> = self
+            .succs
+            .iter()
+            .map(|n| n.id)
+            .chain(self.pred.iter().map(|p| p.id))
+            .collect();
+        let candidates: Vec<NodeRef> = self
+            .remembered
+            .iter()
+            .filter(|n| !current.contains(&n.id))
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let x = candidates[self.merge_cursor % candidates.len()].clone();
+        self.merge_cursor = self.merge_cursor.wrapping_add(1);
+        let (lookup, action) = Lookup::start(self.me.id, Step::Next(vec![x]));
+        self.drive_lookup(Purpose::MergeProbe, lookup, action);
+    }
+
+    fn merge_found(&mut self, result: LookupResult) {
+        let succ = self.successor().clone();
+        let closer = result
+            .successors
+            .iter()
+            .chain(std::iter::once(&result.pred))
+            .filter(|c| c.id != self.me.id)
+            .filter(|c| succ.id == self.me.id || c.id.in_open(&self.me.id, &succ.id))
+            .min_by_key(|c| self.me.id.distance_to(&c.id))
+            .cloned();
+        if let Some(c) = closer {
+            if !self.stabilizing {
+                self.stabilizing = true;
+                self.send(
+                    c.clone(),
+                    RingRequest::GetNeighbors,
+                    Pending::StabilizeCandidate { cand: c },
+                );
+            }
+        }
+    }
+
+    fn remember(&mut self, n: &NodeRef) {
+        if n.id == self.me.id || self.remembered.iter().any(|r| r.id == n.id) {
+            return;
+        }
+        if self.remembered.len() == REMEMBERED {
+            self.remembered.remove(0);
+        }
+        self.remembered.push(n.clone());
     }
 
     /// The driver saw `node` fail (for example during a lookup it ran itself): drop it.
@@ -379,7 +464,7 @@ impl Chord {
                 let action = match result {
                     Ok(RingResponse::Step(step)) => lookup.on_step(step),
                     _ => {
-                        if !matches!(purpose, Purpose::Join) {
+                        if matches!(purpose, Purpose::Finger(_)) {
                             self.remove_node(&asked.id);
                         }
                         lookup.on_failure(&asked)
@@ -601,8 +686,10 @@ impl Chord {
     fn drive_lookup(&mut self, purpose: Purpose, lookup: Lookup, action: LookupAction) {
         match action {
             LookupAction::Ask(node) => {
-                if matches!(purpose, Purpose::Finger(_)) {
-                    self.fixing = true;
+                match purpose {
+                    Purpose::Finger(_) => self.fixing = true,
+                    Purpose::MergeProbe => self.probing = true,
+                    Purpose::Join => {}
                 }
                 let msg = RingRequest::FindStep { key: lookup.key() };
                 self.send(
@@ -621,6 +708,10 @@ impl Chord {
                     self.fixing = false;
                     self.set_finger(i, result.owner().clone());
                 }
+                Purpose::MergeProbe => {
+                    self.probing = false;
+                    self.merge_found(result);
+                }
             },
             LookupAction::Failed(reason) => match purpose {
                 Purpose::Join => {
@@ -631,6 +722,7 @@ impl Chord {
                     self.fixing = false;
                     self.next_finger = (i + 1) % BITS;
                 }
+                Purpose::MergeProbe => self.probing = false,
             },
         }
     }
@@ -771,6 +863,9 @@ impl Chord {
             }
             out.push(n);
         }
+        for n in &out {
+            self.remember(n);
+        }
         if out != self.succs {
             self.succs = out;
             self.events
@@ -779,6 +874,9 @@ impl Chord {
     }
 
     fn set_predecessor(&mut self, new: Option<NodeRef>) {
+        if let Some(n) = &new {
+            self.remember(n);
+        }
         if self.pred != new {
             let old = std::mem::replace(&mut self.pred, new.clone());
             self.events.push(Event::PredecessorChanged { old, new });

@@ -74,6 +74,8 @@ pub struct Sim {
     joining: HashSet<Id>,
     /// Nodes whose join finished since the last `take_joined`.
     joined: Vec<Id>,
+    /// A network partition: messages between this side and the rest are lost.
+    pub partition: Option<HashSet<Id>>,
 }
 
 impl Sim {
@@ -92,7 +94,14 @@ impl Sim {
             next_port: 1,
             joining: HashSet::new(),
             joined: Vec::new(),
+            partition: None,
         }
+    }
+
+    fn cut(&self, a: &Id, b: &Id) -> bool {
+        self.partition
+            .as_ref()
+            .is_some_and(|side| side.contains(a) != side.contains(b))
     }
 
     /// Nodes that finished joining since the last call.
@@ -259,8 +268,9 @@ impl Sim {
                 lost_reply,
             } => {
                 let sent_at = self.now;
+                let cut = self.cut(&from, &to.id);
                 let result = match self.nodes.get_mut(&to.id) {
-                    Some(dest) if dest.me().addr == to.addr => {
+                    Some(dest) if dest.me().addr == to.addr && !cut => {
                         let resp = dest.handle_request(msg);
                         self.flush(to.id);
                         if lost_reply {
@@ -341,6 +351,17 @@ impl Sim {
                 break;
             }
         }
+    }
+
+    /// Check the invariants over the live members among `ids` only (one side of a partition).
+    pub fn check_among(&self, ids: &HashSet<Id>) -> Result<(), String> {
+        let views: Vec<View> = self
+            .nodes
+            .values()
+            .filter(|c| c.is_member() && ids.contains(&c.me().id))
+            .map(View::of)
+            .collect();
+        invariants::check(&views, self.cfg.successors, true)
     }
 
     /// Check the invariants over the live members.
@@ -424,6 +445,7 @@ mod tests {
             stabilize_ms: 200,
             fix_fingers_ms: 50,
             check_predecessor_ms: 200,
+            merge_check_ms: 2_000,
         }
     }
 
@@ -801,6 +823,42 @@ mod tests {
             );
         }
         println!("churn with records: 25 rounds, {acked_writes} acknowledged updates, 0 lost");
+    }
+
+    #[test]
+    fn a_partitioned_ring_becomes_two_rings_then_merges_back_into_one() {
+        let mut sim = Sim::new(41, cfg(6));
+        grow(&mut sim, 40);
+        let members = sim.members();
+        let side: HashSet<Id> = members.iter().step_by(2).copied().collect();
+        let other: HashSet<Id> = members
+            .iter()
+            .filter(|m| !side.contains(m))
+            .copied()
+            .collect();
+        sim.partition = Some(side.clone());
+        // Each side repairs itself into a ring of its own.
+        let start = sim.now;
+        loop {
+            sim.run_for(500);
+            if sim.check_among(&side).is_ok() && sim.check_among(&other).is_ok() {
+                break;
+            }
+            assert!(
+                sim.now - start < 600_000,
+                "the sides did not become rings: {:?} / {:?}",
+                sim.check_among(&side),
+                sim.check_among(&other)
+            );
+        }
+        // Heal: remembered members are probed, and the two rings merge into one.
+        sim.partition = None;
+        let took = sim
+            .settle(600_000)
+            .expect("one ring again after the partition heals");
+        println!("40 nodes: merged {took} ms of virtual time after the partition healed");
+        let (failures, _) = lookups(&mut sim, 500);
+        assert_eq!(failures, 0);
     }
 
     #[test]
