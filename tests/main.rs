@@ -2,6 +2,7 @@
 
 mod cli;
 mod e2e;
+mod partition;
 mod registry;
 mod replication;
 mod ring;

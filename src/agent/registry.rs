@@ -545,6 +545,7 @@ impl Registry {
             }
             WriteOp::Deregister { id } => {
                 let inst = rec.deregister(&id)?;
+                rec.tombstone(&id, now);
                 (Some(inst), None, true)
             }
             WriteOp::Report { id, body } => {
@@ -560,6 +561,9 @@ impl Registry {
             WriteOp::LsipCancel { lsip } => {
                 let outcome = compat::cancel_lsip(Some(&mut rec), &lsip);
                 let changed = outcome == CancelOutcome::Deleted;
+                if changed {
+                    rec.tombstone(&lsip, now);
+                }
                 (None, Some(outcome.text().to_string()), changed)
             }
         };
@@ -577,33 +581,59 @@ impl Registry {
         })
     }
 
-    /// Store entries received from another node; a record replaces ours only if newer, a
-    /// gVip claim only fills a gap.
+    /// Store entries received from another node. Records are merged instance by instance
+    /// (`Record::merge_from`: the latest registration, status change or removal of each
+    /// instance wins), so copies that diverged — both halves of a partition took writes —
+    /// converge without losing either side's registrations. A gVip claim only fills a gap.
     pub async fn merge(&self, entries: Vec<Entry>) -> Result<()> {
         let mut ops = Vec::new();
         for e in entries {
             let lock = self.lock_for(&e.key);
             let _guard = lock.lock().await;
             let current = self.store.get(&e.key).await?;
-            let take = match (&current, e.key.starts_with("svc/")) {
-                (None, _) => true,
+            let value = match (&current, e.key.starts_with("svc/")) {
+                (None, _) => Some(e.value),
                 (Some(cur), true) => {
                     match (Record::from_bytes(cur), Record::from_bytes(&e.value)) {
-                        (Ok(cur), Ok(new)) => new.is_newer_than(&cur),
-                        (Err(_), Ok(_)) => true,
-                        _ => false,
+                        (Ok(cur), Ok(new)) => {
+                            self.merged(cur, new).map(|r| r.to_bytes()).transpose()?
+                        }
+                        (Err(_), Ok(_)) => Some(e.value),
+                        _ => None,
                     }
                 }
-                (Some(_), false) => false,
+                (Some(_), false) => None,
             };
-            if take {
-                ops.push(Op::Put(e.key, e.value));
+            if let Some(v) = value {
+                ops.push(Op::Put(e.key, v));
             }
         }
         if !ops.is_empty() {
             self.store.apply(ops).await?;
         }
         Ok(())
+    }
+
+    /// `cur` merged with `new`, or `None` when `cur` already has everything. The version is
+    /// the larger of the two, bumped by this node when the result differs from both copies.
+    fn merged(&self, cur: Record, new: Record) -> Option<Record> {
+        let mut out = cur.clone();
+        let content_changed = out.merge_from(&new);
+        let top = cur.version.clone().max(new.version.clone());
+        if !content_changed {
+            if new.version > cur.version {
+                out.version = top;
+                return Some(out);
+            }
+            return None;
+        }
+        let mut as_new = out.clone();
+        as_new.version = new.version.clone();
+        out.version = top;
+        if as_new != new {
+            out.bump_version(&self.node);
+        }
+        Some(out)
     }
 
     // ---- ownership moves ---------------------------------------------------------------
@@ -725,6 +755,7 @@ impl Registry {
             let lock = self.lock_for(&key);
             let _guard = lock.lock().await;
             if let Some(mut rec) = self.load(&rec.service).await? {
+                rec.forget_tombstones(now);
                 if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
                     rec.bump_version(&self.node);
                     self.save(&rec).await?;

@@ -16,6 +16,7 @@
 
 pub mod compat;
 pub mod duration;
+pub mod merge;
 pub mod model;
 pub mod ops;
 pub mod pick;

@@ -208,6 +208,10 @@ pub struct Record {
     /// Heartbeat bookkeeping by instance id (see [`Liveness`]).
     #[serde(default)]
     pub(super) liveness: BTreeMap<String, Liveness>,
+    /// Tombstones: when each removed instance was deregistered or expired, so that merging
+    /// with a stale copy does not bring it back (see `merge.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) removed: BTreeMap<String, DateTime<Utc>>,
 }
 
 impl Record {
@@ -220,6 +224,7 @@ impl Record {
             gvip,
             instances: BTreeMap::new(),
             liveness: BTreeMap::new(),
+            removed: BTreeMap::new(),
         })
     }
 

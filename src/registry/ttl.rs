@@ -66,8 +66,8 @@ impl Record {
                 continue;
             };
             let (expiry, removal) = deadlines(last_seen, ttl, grace_factor);
-            if removal.is_some_and(|r| now >= r) {
-                removed.push(id);
+            if let Some(r) = removal.filter(|r| now >= *r) {
+                removed.push((id, r));
                 continue;
             }
             let Some(expiry) = expiry.filter(|e| now >= *e) else {
@@ -86,9 +86,10 @@ impl Record {
                 changed = true;
             }
         }
-        for id in removed {
+        for (id, at) in removed {
             self.instances.remove(&id);
             self.liveness.remove(&id);
+            self.tombstone(&id, at);
             changed = true;
         }
         changed

@@ -39,6 +39,8 @@ struct Conn {
 /// A pool of connections to peers, keyed by ring address.
 pub struct Pool {
     conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Peers this pool refuses to call: a network partition under test control.
+    blocked: Mutex<std::collections::HashSet<String>>,
     next_id: AtomicU64,
     timeout: Duration,
 }
@@ -48,6 +50,7 @@ impl Pool {
     pub fn new(timeout: Duration) -> Pool {
         Pool {
             conns: Mutex::new(HashMap::new()),
+            blocked: Mutex::new(std::collections::HashSet::new()),
             next_id: AtomicU64::new(1),
             timeout,
         }
@@ -83,7 +86,21 @@ impl Pool {
         }
     }
 
+    /// Refuse every call to these ring addresses from now on (empty: none) — how tests cut
+    /// a running ring in two inside the transport.
+    pub fn set_blocked(&self, addrs: impl IntoIterator<Item = String>) {
+        if let Ok(mut b) = self.blocked.lock() {
+            *b = addrs.into_iter().collect();
+        }
+    }
+
     async fn call_inner(&self, addr: &str, req: Request) -> Result<Response, CallError> {
+        if self.blocked.lock().is_ok_and(|b| b.contains(addr)) {
+            return Err(CallError::Connect(
+                addr.to_string(),
+                "traffic cut (partition under test control)".to_string(),
+            ));
+        }
         let conn = self.conn(addr).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
