@@ -2,6 +2,8 @@
 
 mod cli;
 mod e2e;
+mod install;
+mod metrics;
 mod partition;
 mod registry;
 mod replication;

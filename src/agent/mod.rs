@@ -6,6 +6,8 @@
 //! neighbours), stop the servers, return.
 
 pub mod config;
+pub mod metrics;
+pub mod progress;
 pub mod registry;
 pub mod ring;
 
@@ -23,6 +25,8 @@ use crate::rpc::{self, Pool, Request, Response};
 use crate::{Error, Result};
 
 pub use config::{AgentConfig, Start};
+pub use metrics::Metrics;
+pub use progress::Progress;
 pub use registry::Registry;
 pub use ring::RingDriver;
 
@@ -40,6 +44,8 @@ pub struct Agent {
     pub ring: Arc<RingDriver>,
     /// The registry side.
     pub registry: Arc<Registry>,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<Metrics>,
     /// Cancelled to stop every task at once (crash or after leaving).
     stop: CancellationToken,
     /// Cancelled when someone asks the agent to leave (HTTP or signal).
@@ -87,6 +93,7 @@ pub struct AgentHandle {
     ring_addr: SocketAddr,
     http_addr: SocketAddr,
     tasks: JoinSet<()>,
+    progress: Progress,
 }
 
 impl AgentHandle {
@@ -113,9 +120,10 @@ impl AgentHandle {
 
     /// Leave gracefully (records handed to the successor first), then stop every task.
     pub async fn shutdown(mut self) {
-        if let Err(e) = self.agent.registry.hand_off_all().await {
+        if let Err(e) = self.agent.registry.hand_off_all(&self.progress).await {
             tracing::error!("handing records over before leaving failed: {e}");
         }
+        (self.progress)(progress::Step::Finished);
         self.agent.ring.leave(LEAVE_DEADLINE).await;
         self.agent.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
@@ -131,6 +139,12 @@ impl AgentHandle {
 
 /// Bind, start serving, create or join the ring. Returns once the node is a member.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
+    start_with_progress(config, progress::quiet()).await
+}
+
+/// [`start`], reporting the join and, later, the leave of [`AgentHandle::shutdown`] to
+/// `progress`.
+pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Result<AgentHandle> {
     let ring_listener = TcpListener::bind(config.bind)
         .await
         .map_err(|e| Error::invalid(format!("cannot bind ring address {}: {e}", config.bind)))?;
@@ -160,10 +174,17 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
         Some(d) => d.clone(),
         None => default_data_dir(&me.addr),
     };
+    let metrics = Metrics::new();
     let store = crate::store::open(config.redis.as_deref(), &data_dir, &me.id.to_hex()).await?;
+    let store = metrics::MeteredStore::wrap(store, metrics.clone());
     let stop = CancellationToken::new();
     let pool = Arc::new(Pool::new(config.rpc_timeout));
-    let ring = RingDriver::new(Chord::new(me, ring_cfg), pool, stop.clone());
+    let ring = RingDriver::new(
+        Chord::new(me, ring_cfg),
+        pool,
+        stop.clone(),
+        metrics.clone(),
+    );
     let registry = Registry::new(ring.clone(), store, config.replicas);
     // A joining node answers for its keys only once it has taken them over.
     registry.set_ready(matches!(config.start, Start::Create));
@@ -171,6 +192,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
         config: config.clone(),
         ring: ring.clone(),
         registry: registry.clone(),
+        metrics,
         stop: stop.clone(),
         leave: CancellationToken::new(),
     });
@@ -187,16 +209,22 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
             ring.with(|c| c.create());
             Ok(())
         }
-        Start::Join(seed) => ring.join(seed, JOIN_DEADLINE).await,
+        Start::Join(seed) => {
+            progress(progress::Step::Joining { seed: seed.clone() });
+            ring.join(seed, JOIN_DEADLINE).await
+        }
     };
     if let Err(e) = joined {
+        progress(progress::Step::Finished);
         stop.cancel();
         tasks.abort_all();
         return Err(e);
     }
     if matches!(config.start, Start::Join(_)) {
-        take_records(&registry).await;
+        progress(progress::Step::Joined);
+        take_records(&registry, &progress).await;
         registry.set_ready(true);
+        progress(progress::Step::Finished);
     }
     tasks.spawn(watch_ring(agent.clone()));
     tasks.spawn(sweep_ttls(registry.clone(), stop.clone()));
@@ -211,13 +239,19 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
         ring_addr,
         http_addr,
         tasks,
+        progress,
     })
 }
 
 /// Run an agent in the foreground until SIGINT/SIGTERM or `POST /v1/agent/leave`, then leave
 /// the ring gracefully. Prints the bound addresses on stdout once serving.
 pub async fn run(config: AgentConfig) -> Result<()> {
-    let handle = start(config).await?;
+    run_with_progress(config, progress::quiet()).await
+}
+
+/// [`run`], reporting joining and leaving to `progress` (the CLI draws it on a terminal).
+pub async fn run_with_progress(config: AgentConfig, progress: Progress) -> Result<()> {
+    let handle = start_with_progress(config, progress).await?;
     println!(
         "chordctl agent {} serving: ring={} http={}",
         handle.node().id,
@@ -289,9 +323,9 @@ pub fn default_data_dir(advertise: &str) -> std::path::PathBuf {
 
 /// Take the records this node now owns from its successor; retried briefly, since the
 /// successor may still be settling.
-async fn take_records(registry: &Arc<Registry>) {
+async fn take_records(registry: &Arc<Registry>, progress: &Progress) {
     for attempt in 0..20 {
-        match registry.take_from_successor().await {
+        match registry.take_from_successor(progress).await {
             Ok(_) => return,
             Err(e) => {
                 if attempt == 19 {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::progress::{Progress, Step};
 use super::ring::RingDriver;
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{
@@ -23,6 +24,10 @@ use crate::{Error, Result};
 /// How long a routed operation keeps retrying while ownership settles (joins, leaves,
 /// failures) before answering 503.
 pub const ROUTE_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Records per message (and per progress step) when records move on a join or a leave: small
+/// enough to keep frames far below the RPC limit, large enough to cost few round trips.
+pub const TRANSFER_CHUNK: usize = 256;
 
 /// How often the owner looks for expired TTLs.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -176,7 +181,10 @@ impl Registry {
         while let Some(r) = rx.recv().await {
             match r {
                 Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    self.ring.metrics().replication_error();
+                    last = Some(e);
+                }
             }
         }
         Err(Error::unavailable(format!(
@@ -225,7 +233,10 @@ impl Registry {
                     }
                     need
                 }
-                _ => continue,
+                _ => {
+                    self.ring.metrics().replication_error();
+                    continue;
+                }
             };
             if need.is_empty() {
                 continue;
@@ -237,7 +248,13 @@ impl Registry {
                 .cloned()
                 .collect();
             sent += entries.len();
-            let _ = self.call(&node, RegistryRequest::Handoff { entries }).await;
+            if self
+                .call(&node, RegistryRequest::Handoff { entries })
+                .await
+                .is_err()
+            {
+                self.ring.metrics().replication_error();
+            }
         }
         Ok(sent)
     }
@@ -252,6 +269,21 @@ impl Registry {
             }
         }
         Ok(entries)
+    }
+
+    /// Service records in this node's store: (owned by this node, held as a replica of
+    /// another node's), for the metrics.
+    pub async fn record_counts(&self) -> Result<(usize, usize)> {
+        let mut owned = 0;
+        let mut held = 0;
+        for (key, _) in self.store.scan_prefix("svc/").await? {
+            if routing_id(&key).is_some_and(|id| self.owns(&id)) {
+                owned += 1;
+            } else {
+                held += 1;
+            }
+        }
+        Ok((owned, held))
     }
 
     /// Call `node` with a registry request.
@@ -638,8 +670,9 @@ impl Registry {
 
     // ---- ownership moves ---------------------------------------------------------------
 
-    /// After joining: take the entries this node now owns from its successor.
-    pub async fn take_from_successor(&self) -> Result<usize> {
+    /// After joining: take the entries this node now owns from its successor, reporting them
+    /// to `progress` as they are stored.
+    pub async fn take_from_successor(&self, progress: &Progress) -> Result<usize> {
         let (me, succ) = self.ring.read(|c| (c.me().clone(), c.successor().clone()));
         if succ.id == me.id {
             return Ok(0);
@@ -650,7 +683,11 @@ impl Registry {
         {
             RegistryResponse::Entries(entries) => {
                 let n = entries.len();
-                self.merge(entries).await?;
+                progress(Step::Receiving { total: n });
+                for chunk in entries.chunks(TRANSFER_CHUNK) {
+                    self.merge(chunk.to_vec()).await?;
+                    progress(Step::Received { count: chunk.len() });
+                }
                 if n > 0 {
                     tracing::info!(count = n, from = ?succ, "records transferred to this node");
                 }
@@ -677,15 +714,17 @@ impl Registry {
         }
         if !entries.is_empty() {
             self.call(&new, RegistryRequest::Handoff { entries })
-                .await?;
+                .await
+                .inspect_err(|_| self.ring.metrics().replication_error())?;
         }
         Ok(())
     }
 
     /// Before leaving: stop taking writes and hand everything this node holds — its own range
     /// and the ranges it replicates — to its first K successors, so that every replica set it
-    /// was part of keeps K copies once it is gone.
-    pub async fn hand_off_all(self: &Arc<Self>) -> Result<usize> {
+    /// was part of keeps K copies once it is gone. Sent in chunks of [`TRANSFER_CHUNK`]; the
+    /// chunks confirmed by the first successor are reported to `progress`.
+    pub async fn hand_off_all(&self, progress: &Progress) -> Result<usize> {
         self.leaving.store(true, Ordering::Relaxed);
         let targets: Vec<NodeRef> = self
             .ring
@@ -711,15 +750,31 @@ impl Registry {
         if n == 0 {
             return Ok(0);
         }
+        progress(Step::HandingOver { total: n });
         let mut delivered = 0;
         let mut last = None;
-        for node in &targets {
-            let req = RegistryRequest::Handoff {
-                entries: entries.clone(),
-            };
-            match self.call(node, req).await {
-                Ok(_) => delivered += 1,
-                Err(e) => last = Some(e),
+        for (i, node) in targets.iter().enumerate() {
+            let mut ok = true;
+            for chunk in entries.chunks(TRANSFER_CHUNK) {
+                let req = RegistryRequest::Handoff {
+                    entries: chunk.to_vec(),
+                };
+                match self.call(node, req).await {
+                    Ok(_) => {
+                        if i == 0 {
+                            progress(Step::HandedOver { count: chunk.len() });
+                        }
+                    }
+                    Err(e) => {
+                        self.ring.metrics().replication_error();
+                        last = Some(e);
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                delivered += 1;
             }
         }
         if delivered == 0 {

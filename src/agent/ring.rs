@@ -2,12 +2,13 @@
 //! outbound requests over the pooled client, feeds answers back, ticks it, and runs the
 //! iterative lookups the HTTP layer asks for.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::Metrics;
 use crate::ring::{
     Chord, Event, Id, Lookup, LookupAction, LookupResult, NodeRef, Outbound, RingRequest,
     RingResponse, Step,
@@ -22,11 +23,27 @@ pub struct RingDriver {
     epoch: Instant,
     events: broadcast::Sender<Event>,
     stop: CancellationToken,
+    metrics: Arc<Metrics>,
+    /// The first successor last logged, so that only a change of it is logged at info (the
+    /// tail of the list moves often while a ring settles; that is debug).
+    first_successor: Mutex<Option<Id>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 impl RingDriver {
-    /// Wrap a state machine.
-    pub fn new(chord: Chord, pool: Arc<Pool>, stop: CancellationToken) -> Arc<RingDriver> {
+    /// Wrap a state machine; lookups are counted into `metrics`.
+    pub fn new(
+        chord: Chord,
+        pool: Arc<Pool>,
+        stop: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Arc<RingDriver> {
         let (events, _) = broadcast::channel(1024);
         Arc::new(RingDriver {
             chord: Mutex::new(chord),
@@ -34,33 +51,73 @@ impl RingDriver {
             epoch: Instant::now(),
             events,
             stop,
+            metrics,
+            first_successor: Mutex::new(None),
         })
+    }
+
+    /// The metrics this driver counts into (shared with the agent).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Run `f` on the state machine, then deliver whatever it wants sent.
     pub fn with<T>(self: &Arc<Self>, f: impl FnOnce(&mut Chord) -> T) -> T {
         let (out, events, value) = {
-            let mut chord = match self.chord.lock() {
-                Ok(c) => c,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut chord = lock(&self.chord);
             let value = f(&mut chord);
-            (chord.take_outbound(), chord.take_events(), value)
+            let events = chord.take_events();
+            // Logged under the lock, so that the lines come in the order the events happened.
+            let me = chord.me().id.short();
+            for e in &events {
+                self.log_event(&me, e);
+            }
+            (chord.take_outbound(), events, value)
         };
         self.deliver(out);
         for e in events {
-            log_event(&e);
             let _ = self.events.send(e);
         }
         value
     }
 
+    /// One info line per significant ring event (joined, first successor changed,
+    /// predecessor changed or lost, peer failed, left); the rest at debug. `node` names this
+    /// node, so that the lines of `agent dev`'s nodes can be told apart.
+    fn log_event(&self, node: &str, e: &Event) {
+        match e {
+            Event::Joined => tracing::info!(node, "joined the ring"),
+            Event::JoinFailed(reason) => tracing::warn!(node, "join attempt failed: {reason}"),
+            Event::PredecessorChanged { old, new } => match (old, new) {
+                (_, Some(p)) => tracing::info!(node, predecessor = ?p, "predecessor changed"),
+                (Some(o), None) => {
+                    tracing::info!(node, was = ?o, "predecessor failed or left; unknown until notified")
+                }
+                (None, None) => {}
+            },
+            Event::SuccessorsChanged(list) => {
+                let first = list.first();
+                let mut last = lock(&self.first_successor);
+                if first.map(|n| n.id) != *last {
+                    *last = first.map(|n| n.id);
+                    match first {
+                        Some(s) => tracing::info!(node, successor = ?s, "successor changed"),
+                        None => tracing::info!(node, "successor list empty: alone on the ring"),
+                    }
+                } else {
+                    tracing::debug!(node, len = list.len(), "successor list changed");
+                }
+            }
+            Event::PeerFailed(peer) => {
+                tracing::warn!(node, peer = ?peer, "peer failed; dropped from the ring")
+            }
+            Event::Left => tracing::info!(node, "left the ring"),
+        }
+    }
+
     /// A copy of something read from the state machine (no messages result).
     pub fn read<T>(&self, f: impl FnOnce(&Chord) -> T) -> T {
-        match self.chord.lock() {
-            Ok(c) => f(&c),
-            Err(poisoned) => f(&poisoned.into_inner()),
-        }
+        f(&lock(&self.chord))
     }
 
     /// Subscribe to ring events.
@@ -166,8 +223,18 @@ impl RingDriver {
         .await;
     }
 
-    /// Look up the owner of `key`, iteratively from this node.
+    /// Look up the owner of `key`, iteratively from this node. Counted in the metrics: found
+    /// (with its hops) or failed.
     pub async fn lookup(self: &Arc<Self>, key: Id) -> Result<LookupResult> {
+        let result = self.lookup_uncounted(key).await;
+        match &result {
+            Ok(found) => self.metrics.lookup_done(found.hops),
+            Err(_) => self.metrics.lookup_failed(),
+        }
+        result
+    }
+
+    async fn lookup_uncounted(self: &Arc<Self>, key: Id) -> Result<LookupResult> {
         let first = self
             .read(|c| c.find_step(&key))
             .ok_or_else(|| Error::unavailable("this agent is not a ring member (yet)"))?;
@@ -261,29 +328,14 @@ impl RingDriver {
                 }
             }
         }
+        if out.len() < limit {
+            self.metrics.walked(out.len());
+        }
         Ok(out)
     }
 
     /// The first step of a lookup as this node sees it (for tests and the HTTP view).
     pub fn find_step(&self, key: &Id) -> Option<Step> {
         self.read(|c| c.find_step(key))
-    }
-}
-
-fn log_event(e: &Event) {
-    match e {
-        Event::Joined => tracing::info!("joined the ring"),
-        Event::JoinFailed(reason) => tracing::warn!("join attempt failed: {reason}"),
-        Event::PredecessorChanged { new, .. } => match new {
-            Some(p) => tracing::info!(predecessor = ?p, "predecessor changed"),
-            None => tracing::info!("predecessor unknown"),
-        },
-        Event::SuccessorsChanged(list) => {
-            tracing::debug!(successor = ?list.first(), len = list.len(), "successor list changed")
-        }
-        Event::PeerFailed(node) => {
-            tracing::warn!(peer = ?node, "peer failed; dropped from the ring")
-        }
-        Event::Left => tracing::info!("left the ring"),
     }
 }

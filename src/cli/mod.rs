@@ -10,6 +10,7 @@ pub mod args;
 mod client;
 mod config;
 pub mod output;
+mod progress;
 mod ring;
 mod svc;
 
@@ -140,7 +141,12 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         return output::print(&config::describe(&config));
     }
 
-    init_tracing();
+    // Progress only for a single agent on a terminal; `agent dev`'s nodes join in an instant.
+    let progress = match dev_nodes {
+        None => progress::for_agent(),
+        Some(_) => None,
+    };
+    init_tracing(progress.as_ref().map(|(_, bars)| bars.clone()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("chordctl-agent")
@@ -148,22 +154,29 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
     let result = match dev_nodes {
         Some(nodes) => runtime.block_on(agent::run_dev(usize::from(nodes), config)),
-        None => runtime.block_on(agent::run(config)),
+        None => match progress {
+            Some((hook, _)) => runtime.block_on(agent::run_with_progress(config, hook)),
+            None => runtime.block_on(agent::run(config)),
+        },
     };
     result.map_err(|e| Failure::Failed(e.to_string()))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`; bad directives are skipped).
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; bad directives are skipped); above
+/// the progress bars of `bars` when there are any.
+fn init_tracing(bars: Option<indicatif::MultiProgress>) {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter};
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // Fails only if a subscriber is already set, which then keeps logging.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = match bars {
+        Some(bars) => builder
+            .with_writer(move || progress::AboveBars(bars.clone()))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
 }
 
 /// Reads an agent's JSON answer into the view a table is made from.

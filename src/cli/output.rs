@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use comfy_table::{presets, Cell, CellAlignment, Color, ContentArrangement, Table};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 use super::Failure;
@@ -106,6 +106,29 @@ pub fn spinner(message: impl Into<Cow<'static, str>>) -> ProgressBar {
     bar
 }
 
+/// A spinner for a request that is usually quick but can take long (`ring show` walks the whole
+/// ring, one node after another): it appears on stderr only once the request has taken longer
+/// than `delay`, so quick answers do not flicker. Hidden unless stderr is a terminal. Call
+/// `finish_and_clear` when the answer is in.
+pub fn delayed_spinner(message: impl Into<Cow<'static, str>>, delay: Duration) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+        .with_style(ProgressStyle::default_spinner())
+        .with_message(message);
+    let shown = bar.clone();
+    // Detached: the thread ends after `delay`, and with the process in any case.
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        if !shown.is_finished() {
+            shown.set_draw_target(ProgressDrawTarget::stderr());
+            shown.enable_steady_tick(Duration::from_millis(100));
+        }
+    });
+    bar
+}
+
 /// A progress bar on stderr for `len` steps (e.g. records handed over). Hidden unless stderr is
 /// a terminal.
 pub fn progress_bar(len: u64, message: impl Into<Cow<'static, str>>) -> ProgressBar {
@@ -146,6 +169,7 @@ mod tests {
         if !std::io::stderr().is_terminal() {
             assert!(spinner("x").is_hidden());
             assert!(progress_bar(3, "x").is_hidden());
+            assert!(delayed_spinner("x", Duration::ZERO).is_hidden());
         }
     }
 }

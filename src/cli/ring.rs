@@ -65,6 +65,9 @@ struct Located {
     hops: u64,
 }
 
+/// How long a request runs before a spinner says that it is still running.
+pub(crate) const SPINNER_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Runs one `ring` subcommand.
 pub(crate) fn run(
     client: &Client,
@@ -73,7 +76,11 @@ pub(crate) fn run(
 ) -> Result<(), Failure> {
     match command {
         RingCommand::Show => {
-            let answer = client.get(&["v1", "ring", "nodes"], &[])?;
+            // The agent walks the ring node by node: on a large ring that takes a while.
+            let spinner = output::delayed_spinner("walking the ring", SPINNER_DELAY);
+            let answer = client.get(&["v1", "ring", "nodes"], &[]);
+            spinner.finish_and_clear();
+            let answer = answer?;
             match format {
                 OutputFormat::Json => output::print_json(&answer),
                 OutputFormat::Table => output::print(&show_table(from_agent(answer)?)),

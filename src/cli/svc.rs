@@ -113,7 +113,14 @@ pub(crate) fn run(
             discover(client, &args.service, &query, format)
         }
         SvcCommand::List => {
-            let answer = client.get(&["v1", "services"], &[])?;
+            // The agent asks every node of the ring in turn.
+            let spinner = output::delayed_spinner(
+                "asking every node of the ring",
+                super::ring::SPINNER_DELAY,
+            );
+            let answer = client.get(&["v1", "services"], &[]);
+            spinner.finish_and_clear();
+            let answer = answer?;
             if format == OutputFormat::Json {
                 return output::print_json(&answer);
             }

@@ -5,6 +5,7 @@
 
 pub mod compat;
 pub mod error;
+pub mod metrics;
 pub mod ring;
 pub mod v1;
 
@@ -27,6 +28,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/healthz", get(ring::healthz))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/ring", get(ring::ring_node))
         .route("/v1/ring/nodes", get(ring::ring_nodes))
         .route("/v1/locate/{key}", get(ring::locate))
@@ -48,6 +50,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/service_status_storage", get(compat::status_storage))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(error::not_found_route)
+        // Outermost: counts every answer, including 413s and the fallback's 404s.
+        .layer(axum::middleware::from_fn_with_state(
+            agent.metrics.clone(),
+            metrics::track,
+        ))
         .with_state(agent)
 }
 

@@ -1,0 +1,426 @@
+//! The agent's metrics, kept in memory and written out in the Prometheus text exposition format
+//! (version 0.0.4) for `GET /metrics`.
+//!
+//! Hand-written rather than built on a metrics crate: the agent needs three counters, two
+//! histogram families and a few gauges read at scrape time, which is less code than wiring a
+//! registry, and keeps the dependency tree (and the build on small machines) as it is.
+//!
+//! What is counted where:
+//! - HTTP requests and their latency, by matched route template and status: the middleware in
+//!   `src/http/metrics.rs` calls [`Metrics::observe_http`].
+//! - Lookups and their hop counts: [`super::RingDriver::lookup`].
+//! - Replication errors (a replica that did not confirm a write or a repair):
+//!   [`super::Registry`].
+//! - Store errors, by operation: [`MeteredStore`], the wrapper the agent puts around its store.
+//! - Gauges (ring size, membership, records stored) are read when scraped, by
+//!   `GET /metrics` (`src/http/metrics.rs`), which passes them to [`Metrics::render`] as
+//!   [`Gauges`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::store::{Op, Store};
+use crate::Result;
+
+/// Upper bounds (seconds) of the HTTP latency histogram buckets.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the lookup hop-count histogram buckets. A healthy ring of N nodes needs
+/// about log2 N hops; more than 32 hints at broken fingers.
+pub const HOP_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 32.0,
+];
+
+/// A Prometheus histogram: cumulative buckets are computed when rendered.
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); one more slot for `+Inf`.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        let slot = self
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[slot] += 1;
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// Appends the `_bucket`, `_sum` and `_count` lines; `labels` is `k="v",` pairs, possibly
+    /// empty, each followed by a comma.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let bare = labels.trim_end_matches(',');
+        if bare.is_empty() {
+            let _ = writeln!(out, "{name}_sum {}", self.sum);
+            let _ = writeln!(out, "{name}_count {}", self.count);
+        } else {
+            let _ = writeln!(out, "{name}_sum{{{bare}}} {}", self.sum);
+            let _ = writeln!(out, "{name}_count{{{bare}}} {}", self.count);
+        }
+    }
+}
+
+/// HTTP request series, by (method, route template, status) and by route.
+#[derive(Debug, Default)]
+struct HttpSeries {
+    requests: BTreeMap<(String, String, u16), u64>,
+    latency: BTreeMap<String, Histogram>,
+}
+
+/// Everything one agent counts. Shared (`Arc`) by the ring driver, the registry, the store
+/// wrapper and the HTTP layer; all methods take `&self` and are cheap.
+#[derive(Debug)]
+pub struct Metrics {
+    http: Mutex<HttpSeries>,
+    lookups_ok: AtomicU64,
+    lookups_failed: AtomicU64,
+    hops: Mutex<Histogram>,
+    replication_errors: AtomicU64,
+    store_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Nodes found by the last full walk of the ring; 0 until one ran.
+    last_walk: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            http: Mutex::new(HttpSeries::default()),
+            lookups_ok: AtomicU64::new(0),
+            lookups_failed: AtomicU64::new(0),
+            hops: Mutex::new(Histogram::new(HOP_BUCKETS)),
+            replication_errors: AtomicU64::new(0),
+            store_errors: Mutex::new(BTreeMap::new()),
+            last_walk: AtomicU64::new(0),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Values read at scrape time from the ring and the store.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Whether the node is a ring member.
+    pub member: bool,
+    /// This node plus the distinct nodes on its successor list.
+    pub ring_size: usize,
+    /// Service records in the store that this node owns, and that it holds as a replica;
+    /// `None` when the store could not be read.
+    pub records: Option<(usize, usize)>,
+}
+
+impl Metrics {
+    /// A fresh set of metrics, shared.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// One HTTP request answered: `route` is the matched route template (`/v1/services/{service}`),
+    /// never the raw path, so that the number of series stays bounded.
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let mut http = lock(&self.http);
+        *http
+            .requests
+            .entry((method.to_string(), route.to_string(), status))
+            .or_insert(0) += 1;
+        http.latency
+            .entry(route.to_string())
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A lookup finished with the owner found after `hops` remote steps.
+    pub fn lookup_done(&self, hops: u32) {
+        self.lookups_ok.fetch_add(1, Ordering::Relaxed);
+        lock(&self.hops).observe(f64::from(hops));
+    }
+
+    /// A lookup found no route.
+    pub fn lookup_failed(&self) {
+        self.lookups_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A replica did not confirm a write, a repair or a hand-off sent to it.
+    pub fn replication_error(&self) {
+        self.replication_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A store call (`get`, `apply`, `scan`, `check`) failed.
+    pub fn store_error(&self, op: &'static str) {
+        *lock(&self.store_errors).entry(op).or_insert(0) += 1;
+    }
+
+    /// A full walk of the ring found `nodes` nodes.
+    pub fn walked(&self, nodes: usize) {
+        self.last_walk.store(nodes as u64, Ordering::Relaxed);
+    }
+
+    /// Lookups so far: (found, failed).
+    pub fn lookups(&self) -> (u64, u64) {
+        (
+            self.lookups_ok.load(Ordering::Relaxed),
+            self.lookups_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The exposition text: every family with `# HELP` and `# TYPE`, then its samples.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        {
+            let http = lock(&self.http);
+            family(
+                &mut out,
+                "chordctl_http_requests_total",
+                "counter",
+                "HTTP requests answered, by method, matched route template and status.",
+            );
+            for ((method, route, status), n) in &http.requests {
+                let _ = writeln!(
+                    out,
+                    "chordctl_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(method),
+                    escape(route)
+                );
+            }
+            family(
+                &mut out,
+                "chordctl_http_request_duration_seconds",
+                "histogram",
+                "Time to answer an HTTP request, by matched route template.",
+            );
+            for (route, h) in &http.latency {
+                let labels = format!("route=\"{}\",", escape(route));
+                h.render(&mut out, "chordctl_http_request_duration_seconds", &labels);
+            }
+        }
+        family(
+            &mut out,
+            "chordctl_ring_member",
+            "gauge",
+            "1 while this node is a ring member.",
+        );
+        let _ = writeln!(out, "chordctl_ring_member {}", u8::from(gauges.member));
+        family(
+            &mut out,
+            "chordctl_ring_size",
+            "gauge",
+            "Ring size as this node knows it: itself plus its successor list (exact up to \
+             successors + 1 nodes).",
+        );
+        let _ = writeln!(out, "chordctl_ring_size {}", gauges.ring_size);
+        let walked = self.last_walk.load(Ordering::Relaxed);
+        if walked > 0 {
+            family(
+                &mut out,
+                "chordctl_ring_walk_size",
+                "gauge",
+                "Nodes found by the last full walk of the ring (ring show, svc list).",
+            );
+            let _ = writeln!(out, "chordctl_ring_walk_size {walked}");
+        }
+        let (ok, failed) = self.lookups();
+        family(
+            &mut out,
+            "chordctl_lookups_total",
+            "counter",
+            "Key lookups started at this node, by result.",
+        );
+        let _ = writeln!(out, "chordctl_lookups_total{{result=\"found\"}} {ok}");
+        let _ = writeln!(out, "chordctl_lookups_total{{result=\"failed\"}} {failed}");
+        family(
+            &mut out,
+            "chordctl_lookup_hops",
+            "histogram",
+            "Remote steps a successful lookup took.",
+        );
+        lock(&self.hops).render(&mut out, "chordctl_lookup_hops", "");
+        if let Some((owned, replica)) = gauges.records {
+            family(
+                &mut out,
+                "chordctl_records",
+                "gauge",
+                "Service records in this node's store: those it owns, and copies it holds as a \
+                 replica.",
+            );
+            let _ = writeln!(out, "chordctl_records{{role=\"owned\"}} {owned}");
+            let _ = writeln!(out, "chordctl_records{{role=\"replica\"}} {replica}");
+        }
+        family(
+            &mut out,
+            "chordctl_replication_errors_total",
+            "counter",
+            "Copies sent to a replica (writes, repairs, hand-offs) that it did not confirm.",
+        );
+        let _ = writeln!(
+            out,
+            "chordctl_replication_errors_total {}",
+            self.replication_errors.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "chordctl_store_errors_total",
+            "counter",
+            "Failed calls to this node's store, by operation.",
+        );
+        let errors = lock(&self.store_errors).clone();
+        for op in STORE_OPS {
+            let n = errors.get(op).copied().unwrap_or(0);
+            let _ = writeln!(out, "chordctl_store_errors_total{{op=\"{op}\"}} {n}");
+        }
+        out
+    }
+}
+
+/// The store operations counted by [`MeteredStore`].
+const STORE_OPS: [&str; 4] = ["get", "apply", "scan", "check"];
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A [`Store`] that counts the failures of the store it wraps.
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    /// Wrap `inner`, counting into `metrics`.
+    pub fn wrap(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<dyn Store> {
+        Arc::new(MeteredStore { inner, metrics })
+    }
+
+    fn count<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.metrics.store_error(op);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let r = self.inner.get(key).await;
+        self.count("get", r)
+    }
+    async fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        let r = self.inner.apply(ops).await;
+        self.count("apply", r)
+    }
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let r = self.inner.scan_prefix(prefix).await;
+        self.count("scan", r)
+    }
+    async fn check(&self) -> Result<()> {
+        let r = self.inner.check().await;
+        self.count("check", r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        for hops in [0, 1, 1, 3, 40] {
+            m.lookup_done(hops);
+        }
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains("chordctl_lookup_hops_bucket{le=\"0\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chordctl_lookup_hops_bucket{le=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chordctl_lookup_hops_bucket{le=\"3\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chordctl_lookup_hops_bucket{le=\"32\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chordctl_lookup_hops_bucket{le=\"+Inf\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("chordctl_lookup_hops_sum 45\n"), "{text}");
+        assert!(text.contains("chordctl_lookup_hops_count 5\n"), "{text}");
+    }
+
+    #[test]
+    fn http_series_are_labelled_by_route_and_escaped() {
+        let m = Metrics::default();
+        m.observe_http("GET", "/v1/ring", 200, Duration::from_millis(3));
+        m.observe_http("GET", "/v1/ring", 200, Duration::from_millis(30));
+        m.observe_http("PUT", "a\"b", 400, Duration::from_millis(1));
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains(
+                "chordctl_http_requests_total{method=\"GET\",route=\"/v1/ring\",status=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("route=\"a\\\"b\""), "{text}");
+        assert!(
+            text.contains(
+                "chordctl_http_request_duration_seconds_bucket{route=\"/v1/ring\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("chordctl_http_request_duration_seconds_count{route=\"/v1/ring\"} 2"),
+            "{text}"
+        );
+    }
+}
