@@ -161,7 +161,14 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
     };
     let store = crate::store::open(config.redis.as_deref(), &data_dir, &me.id.to_hex()).await?;
     let stop = CancellationToken::new();
-    let pool = Arc::new(Pool::new(config.rpc_timeout));
+    let secret = config
+        .cluster_secret
+        .as_deref()
+        .map(rpc::ClusterSecret::new);
+    if secret.is_none() {
+        tracing::info!("no --cluster-secret: ring RPC is unauthenticated (see docs/SECURITY.md)");
+    }
+    let pool = Arc::new(Pool::with_secret(config.rpc_timeout, secret.clone()));
     let ring = RingDriver::new(Chord::new(me, ring_cfg), pool, stop.clone());
     let registry = Registry::new(ring.clone(), store, config.replicas);
     let agent = Arc::new(Agent {
@@ -172,9 +179,10 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
         leave: CancellationToken::new(),
     });
     let mut tasks = JoinSet::new();
-    tasks.spawn(rpc::serve(
+    tasks.spawn(rpc::serve_with_secret(
         ring_listener,
         Arc::new(RpcHandler(agent.clone())),
+        secret,
         stop.clone(),
     ));
     let tick = Duration::from_millis((stabilize_ms / 5).clamp(5, 100));
