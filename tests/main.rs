@@ -5,5 +5,6 @@ mod e2e;
 mod registry;
 mod replication;
 mod ring;
+mod security;
 mod store;
 mod support;
