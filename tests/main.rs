@@ -8,5 +8,6 @@ mod partition;
 mod registry;
 mod replication;
 mod ring;
+mod security;
 mod store;
 mod support;

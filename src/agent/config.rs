@@ -14,7 +14,10 @@ pub enum Start {
 }
 
 /// Everything an agent needs to run; see API.md for the meaning of each flag.
-#[derive(Debug, Clone)]
+///
+/// `Debug` masks the cluster secret, the API token and the Redis URL (which may hold a
+/// password), so that printing a configuration can never leak them.
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Create a ring or join one.
     pub start: Start,
@@ -42,6 +45,26 @@ pub struct AgentConfig {
     pub rpc_timeout: Duration,
 }
 
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked = |v: &Option<String>| v.as_ref().map(|_| "<masked>");
+        f.debug_struct("AgentConfig")
+            .field("start", &self.start)
+            .field("bind", &self.bind)
+            .field("advertise", &self.advertise)
+            .field("http", &self.http)
+            .field("data_dir", &self.data_dir)
+            .field("redis", &masked(&self.redis))
+            .field("replicas", &self.replicas)
+            .field("successors", &self.successors)
+            .field("cluster_secret", &masked(&self.cluster_secret))
+            .field("api_token", &masked(&self.api_token))
+            .field("stabilize_interval", &self.stabilize_interval)
+            .field("rpc_timeout", &self.rpc_timeout)
+            .finish()
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -58,5 +81,25 @@ impl Default for AgentConfig {
             stabilize_interval: Duration::from_millis(500),
             rpc_timeout: Duration::from_millis(1000),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_secrets() {
+        let config = AgentConfig {
+            cluster_secret: Some("s3cret-ring".into()),
+            api_token: Some("t0ken-api".into()),
+            redis: Some("redis://:pw@host:6379/0".into()),
+            ..AgentConfig::default()
+        };
+        let text = format!("{config:?}");
+        for secret in ["s3cret-ring", "t0ken-api", ":pw@"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("<masked>"), "{text}");
     }
 }

@@ -178,7 +178,14 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     let store = crate::store::open(config.redis.as_deref(), &data_dir, &me.id.to_hex()).await?;
     let store = metrics::MeteredStore::wrap(store, metrics.clone());
     let stop = CancellationToken::new();
-    let pool = Arc::new(Pool::new(config.rpc_timeout));
+    let secret = config
+        .cluster_secret
+        .as_deref()
+        .map(rpc::ClusterSecret::new);
+    if secret.is_none() {
+        tracing::info!("no --cluster-secret: ring RPC is unauthenticated (see docs/SECURITY.md)");
+    }
+    let pool = Arc::new(Pool::with_secret(config.rpc_timeout, secret.clone()));
     let ring = RingDriver::new(
         Chord::new(me, ring_cfg),
         pool,
@@ -197,9 +204,10 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         leave: CancellationToken::new(),
     });
     let mut tasks = JoinSet::new();
-    tasks.spawn(rpc::serve(
+    tasks.spawn(rpc::serve_with_secret(
         ring_listener,
         Arc::new(RpcHandler(agent.clone())),
+        secret,
         stop.clone(),
     ));
     let tick = Duration::from_millis((stabilize_ms / 5).clamp(5, 100));

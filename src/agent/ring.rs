@@ -196,6 +196,15 @@ impl RingDriver {
                 Ok(Ok(Event::Joined)) => return Ok(()),
                 Ok(Ok(Event::JoinFailed(reason))) => {
                     last = reason;
+                    // A seed that refuses this agent's cluster secret will not change its mind:
+                    // say so at once rather than retrying until the deadline.
+                    if let Err(e) = self.pool.call(seed, Request::Ring(RingRequest::Ping)).await {
+                        if e.is_auth() {
+                            return Err(Error::unavailable(format!(
+                                "cannot join the ring through {seed}: {e}"
+                            )));
+                        }
+                    }
                     let pause = Duration::from_millis(200).min(left);
                     tokio::time::sleep(pause).await;
                     self.with(|c| c.join(seed));

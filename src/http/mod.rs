@@ -2,7 +2,13 @@
 //!
 //! Handlers are thin: they parse and validate input, call the agent (which routes through the
 //! ring to a record's owner), and map [`crate::Error`] to a status and a JSON error body.
+//!
+//! Limits ([`Limits`]): a body cap (413), a header-size cap (431), a deadline to send the
+//! request headers, after which the connection is closed (so a slow client cannot hold one), a
+//! deadline for the whole request (503 JSON), and a cap on open connections (503 JSON).
+//! With `--api-token`, every route but `/healthz` requires the bearer token ([`auth`]).
 
+pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod metrics;
@@ -10,11 +16,21 @@ pub mod ring;
 pub mod v1;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use tokio::net::TcpListener;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
@@ -24,9 +40,53 @@ pub use error::ApiError;
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// The whole router.
+/// The HTTP server's limits; [`Limits::default`] is what the agent uses.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A client must send a request's headers within this, or the connection is closed
+    /// (this also closes idle keep-alive connections).
+    pub header_read_timeout: Duration,
+    /// A request (body included) must be answered within this, or it gets a 503.
+    pub request_timeout: Duration,
+    /// Connections open at once; more get a 503 and are closed.
+    pub max_connections: usize,
+    /// The largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+}
+
+/// Deadline for a client to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a whole request: above the registry's routing deadline (8 s) and below the
+/// CLI's 10 s, so that clients get a JSON answer rather than a timeout of their own.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(9);
+/// HTTP connections open at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// The largest request head (hyper's minimum buffer is 8 KiB).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How long a shutdown waits for open requests to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_header_bytes: MAX_HEADER_BYTES,
+        }
+    }
+}
+
+/// The whole router, with the default limits.
 pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
+    router_with(agent, &Limits::default())
+}
+
+/// The whole router: routes, body limit, request deadline and (with `--api-token`) the token
+/// check, which also covers unknown routes.
+pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
+    let token = agent.config.api_token.as_deref().map(auth::ApiToken::new);
+    let app = Router::new()
         .route("/healthz", get(ring::healthz))
         .route("/metrics", get(metrics::scrape))
         .route("/v1/ring", get(ring::ring_node))
@@ -56,15 +116,107 @@ pub fn router(agent: Arc<Agent>) -> Router {
             metrics::track,
         ))
         .with_state(agent)
+        .layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            request_deadline,
+        ));
+    match token {
+        Some(token) => app.layer(middleware::from_fn_with_state(token, auth::require_token)),
+        None => app,
+    }
 }
 
-/// Serve the API on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, agent: Arc<Agent>, shutdown: CancellationToken) {
-    let app = router(agent);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("HTTP server stopped: {e}");
+/// Answer 503 when a request takes longer than its deadline (a slow body included).
+async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "timeout",
+            message: format!(
+                "the request did not complete within {}s; retry",
+                limit.as_secs_f64()
+            ),
+        }
+        .into_response(),
     }
+}
+
+/// Serve the API on `listener` with the default limits until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, agent: Arc<Agent>, shutdown: CancellationToken) {
+    let limits = Limits::default();
+    serve_app(listener, router_with(agent, &limits), limits, shutdown).await
+}
+
+/// Serve `app` on `listener` under `limits` until `shutdown` is cancelled, then let open
+/// requests finish (bounded).
+pub async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 to a head that does not fit its buffer.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accept failed on the HTTP port: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "HTTP connection refused: {} connections open", limits.max_connections);
+            tokio::spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open after {SHUTDOWN_GRACE:?}; closing them");
+    }
+}
+
+/// Answer a connection over the cap with a JSON 503 and close it. The request is read first
+/// (briefly, bounded) so that closing does not reset the connection under the client.
+async fn refuse(mut stream: TcpStream, cap: usize) {
+    let mut buf = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+    let body = serde_json::json!({"error": {
+        "code": "unavailable",
+        "message": format!("too many connections ({cap} open); retry later"),
+    }})
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }

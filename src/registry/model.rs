@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::validate::{
     validate_address, validate_instance_id, validate_metadata, validate_non_negative,
     validate_note, validate_port, validate_rate, validate_service, validate_tags, validate_ttl,
-    validate_weight,
+    validate_weight, MAX_INSTANCES,
 };
 use crate::{Error, Result};
 
@@ -281,6 +281,13 @@ impl Record {
         now: DateTime<Utc>,
     ) -> Result<&Instance> {
         validate_instance_id(id)?;
+        if !self.instances.contains_key(id) && self.instances.len() >= MAX_INSTANCES {
+            return Err(Error::invalid(format!(
+                "service {:?} already has {MAX_INSTANCES} instances, the most one service may have; \
+                 deregister some first",
+                self.service
+            )));
+        }
         let liveness = self
             .liveness
             .entry(id.to_string())
@@ -711,6 +718,22 @@ pub(super) mod tests {
         heavy.weight = 10_001;
         assert!(r.register("a", &heavy, at(0)).is_err());
         assert_eq!(r, before);
+    }
+
+    #[test]
+    fn instances_per_service_are_capped_but_existing_ones_can_be_replaced() {
+        let mut r = record();
+        for i in 0..MAX_INSTANCES {
+            r.register(&format!("i{i}"), &RegisterBody::new("h", 1), at(0))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let err = r
+            .register("one-more", &RegisterBody::new("h", 1), at(0))
+            .unwrap_err();
+        assert_eq!(err.http_status(), 400);
+        assert!(err.to_string().contains("10000 instances"), "{err}");
+        assert!(r.register("i7", &RegisterBody::new("h2", 2), at(1)).is_ok());
+        assert_eq!(r.instances.len(), MAX_INSTANCES);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub const MAX_METADATA_KEY_LEN: usize = 128;
 pub const MAX_METADATA_VALUE_LEN: usize = 1024;
 /// Longest status note, in characters.
 pub const MAX_NOTE_LEN: usize = 1024;
+/// Most instances one service may have: a record travels whole in one ring RPC frame, and a
+/// runaway registration loop must not grow it without bound.
+pub const MAX_INSTANCES: usize = 10_000;
 /// Largest instance weight.
 pub const MAX_WEIGHT: i64 = 10_000;
 /// Longest TTL, one year: longer is surely a mistake, and it keeps deadline arithmetic in range.

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+use super::auth::{self, ClusterSecret, Opener, Sealer};
 use super::frame::{self, Envelope};
 use super::messages::{Request, Response};
 
@@ -26,6 +27,20 @@ pub enum CallError {
     /// The connection broke while waiting.
     #[error("connection to {0} broke")]
     Broken(String),
+    /// The cluster-secret handshake failed: the peer has no secret, or another one.
+    #[error("cannot authenticate with {0}: {1}")]
+    Auth(String, String),
+    /// The peer closed a fresh connection without answering anything: what a node with
+    /// `--cluster-secret` does to an agent without one.
+    #[error("{0} closed the connection without answering (a ring with --cluster-secret refuses agents without it)")]
+    Refused(String),
+}
+
+impl CallError {
+    /// Whether the peer refused this agent's credentials (retrying will not help).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, CallError::Auth(..) | CallError::Refused(_))
+    }
 }
 
 type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
@@ -34,6 +49,8 @@ struct Conn {
     tx: mpsc::Sender<Envelope<Request>>,
     pending: PendingMap,
     alive: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether any frame arrived on this connection.
+    heard: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A pool of connections to peers, keyed by ring address.
@@ -43,16 +60,24 @@ pub struct Pool {
     blocked: Mutex<std::collections::HashSet<String>>,
     next_id: AtomicU64,
     timeout: Duration,
+    secret: Option<ClusterSecret>,
 }
 
 impl Pool {
-    /// A pool whose calls wait at most `timeout` (connecting included).
+    /// A pool whose calls wait at most `timeout` (connecting included), without cluster
+    /// authentication.
     pub fn new(timeout: Duration) -> Pool {
+        Pool::with_secret(timeout, None)
+    }
+
+    /// A pool whose connections prove `secret` (if any) with the handshake of [`auth`].
+    pub fn with_secret(timeout: Duration, secret: Option<ClusterSecret>) -> Pool {
         Pool {
             conns: Mutex::new(HashMap::new()),
             blocked: Mutex::new(std::collections::HashSet::new()),
             next_id: AtomicU64::new(1),
             timeout,
+            secret,
         }
     }
 
@@ -119,6 +144,9 @@ impl Pool {
             Ok(resp) => Ok(resp),
             Err(_) => {
                 self.drop_conn(addr, &conn);
+                if self.secret.is_none() && !conn.heard.load(Ordering::Relaxed) {
+                    return Err(CallError::Refused(addr.to_string()));
+                }
                 Err(CallError::Broken(addr.to_string()))
             }
         }
@@ -144,7 +172,14 @@ impl Pool {
             .await
             .map_err(|e| CallError::Connect(addr.to_string(), e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(spawn_conn(stream));
+        let mut framed = Framed::new(stream, frame::codec());
+        let (sealer, opener) = auth::client(&mut framed, self.secret.as_ref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(peer = %addr, "ring RPC handshake failed: {e}");
+                CallError::Auth(addr.to_string(), e.to_string())
+            })?;
+        let conn = Arc::new(spawn_conn(framed, sealer, opener));
         if let Ok(mut conns) = self.conns.lock() {
             // Another call may have connected meanwhile; keep one.
             if let Some(c) = conns.get(addr) {
@@ -172,15 +207,19 @@ impl Drop for PendingGuard {
     }
 }
 
-fn spawn_conn(stream: TcpStream) -> Conn {
-    let (mut sink, mut source) = Framed::new(stream, frame::codec()).split();
+fn spawn_conn(
+    framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    mut sealer: Sealer,
+    mut opener: Opener,
+) -> Conn {
+    let (mut sink, mut source) = framed.split();
     let (tx, mut rx) = mpsc::channel::<Envelope<Request>>(1024);
     let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let alive_w = alive.clone();
     tokio::spawn(async move {
         while let Some(env) = rx.recv().await {
-            let Ok(bytes) = frame::encode(&env) else {
+            let Ok(bytes) = frame::encode_sealed(&env, &mut sealer) else {
                 continue;
             };
             if sink.send(bytes).await.is_err() {
@@ -191,12 +230,18 @@ fn spawn_conn(stream: TcpStream) -> Conn {
     });
     let pending_r = pending.clone();
     let alive_r = alive.clone();
+    let heard = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heard_r = heard.clone();
     tokio::spawn(async move {
         while let Some(Ok(bytes)) = source.next().await {
-            let Ok(env) = frame::decode::<Response>(&bytes) else {
-                tracing::warn!("undecodable RPC answer; closing the connection");
-                break;
+            let env = match frame::decode_opened::<Response>(&bytes, &mut opener) {
+                Ok(env) => env,
+                Err(e) => {
+                    tracing::warn!("bad RPC answer ({e}); closing the connection");
+                    break;
+                }
             };
+            heard_r.store(true, Ordering::Relaxed);
             let waiter = pending_r.lock().ok().and_then(|mut p| p.remove(&env.id));
             if let Some(w) = waiter {
                 let _ = w.send(env.body);
@@ -208,5 +253,10 @@ fn spawn_conn(stream: TcpStream) -> Conn {
             p.clear();
         }
     });
-    Conn { tx, pending, alive }
+    Conn {
+        tx,
+        pending,
+        alive,
+        heard,
+    }
 }

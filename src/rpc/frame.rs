@@ -3,12 +3,18 @@
 //! The length prefix is checked against [`MAX_FRAME`] before anything is allocated (the codec
 //! refuses longer frames), and bincode decodes with the frame's own length as its allocation
 //! limit, so a peer cannot make us allocate more than it actually sent.
+//!
+//! With `--cluster-secret`, a connection starts with the handshake of [`super::auth`] and every
+//! frame then ends with a 32-byte HMAC tag: `u32 length | u8 version | bincode(Envelope) | tag`
+//! ([`encode_sealed`], [`decode_opened`]). Both sides must agree on having a secret.
 
 use bincode::Options;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
+
+use super::auth::{AuthError, Opener, Sealer};
 
 /// The protocol version this build speaks; a frame with another version is refused.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -37,6 +43,9 @@ pub enum FrameError {
     /// The body is not a valid message.
     #[error("undecodable message: {0}")]
     Decode(String),
+    /// The frame's authentication tag did not verify.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 /// The length-delimited codec with our limits: 4-byte big-endian length prefix.
@@ -72,6 +81,22 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, FrameErr
         .with_limit(body.len() as u64 + 64)
         .deserialize(body)
         .map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+/// Encode one envelope and authenticate it for this connection (see [`super::auth`]).
+pub fn encode_sealed<T: Serialize>(
+    env: &Envelope<T>,
+    sealer: &mut Sealer,
+) -> Result<Bytes, FrameError> {
+    Ok(sealer.seal(encode(env)?))
+}
+
+/// Check a received frame's tag for this connection, then decode it.
+pub fn decode_opened<T: DeserializeOwned>(
+    frame: &[u8],
+    opener: &mut Opener,
+) -> Result<Envelope<T>, FrameError> {
+    decode(opener.open(frame)?)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Ring RPC between agents over TCP.
 //!
 //! - [`messages`]: the typed requests and responses (serde enums);
+//! - [`auth`]: the `--cluster-secret` handshake and per-frame authentication tags;
 //! - [`frame`]: the one place that sees bytes: length-prefixed frames carrying a protocol
 //!   version, a request id and a bincode body, with hard limits on sizes;
 //! - [`server`]: `serve(listener, handler, shutdown)`, one task per connection, requests on a
@@ -8,11 +9,13 @@
 //! - [`client`]: a pool of long-lived connections, one per peer, with many calls in flight on
 //!   each and a deadline on every call.
 
+pub mod auth;
 pub mod client;
 pub mod frame;
 pub mod messages;
 pub mod server;
 
+pub use auth::ClusterSecret;
 pub use client::{CallError, Pool};
 pub use messages::{Request, Response};
-pub use server::{serve, Handler};
+pub use server::{serve, serve_with_secret, Handler};

@@ -25,22 +25,33 @@ pub fn test_config(start: Start, dir: &std::path::Path) -> AgentConfig {
     }
 }
 
+/// Changes every agent's configuration before it starts (e.g. a cluster secret).
+pub type Configure = std::sync::Arc<dyn Fn(&mut AgentConfig) + Send + Sync>;
+
 /// Agents in one process. Slots of stopped agents hold `None`.
 pub struct TestCluster {
     pub nodes: Vec<Option<AgentHandle>>,
     /// Data directories, one per node index, removed on drop.
     pub tmp: tempfile::TempDir,
+    /// Applied to [`test_config`] for every agent started, joins included.
+    pub configure: Configure,
 }
 
 impl TestCluster {
     /// Start `n` agents: the first creates the ring, the others join through it.
     pub async fn start(n: usize) -> TestCluster {
+        TestCluster::start_with(n, std::sync::Arc::new(|_: &mut AgentConfig| {})).await
+    }
+
+    /// Start `n` agents whose configurations `configure` adjusts (secret, token, …).
+    pub async fn start_with(n: usize, configure: Configure) -> TestCluster {
         let mut c = TestCluster {
             nodes: Vec::new(),
             tmp: tempfile::tempdir().expect("temporary directory"),
+            configure,
         };
         let dir = c.dir(0);
-        let first = agent::start(test_config(Start::Create, &dir))
+        let first = agent::start(c.config(Start::Create, &dir))
             .await
             .expect("first agent starts");
         c.nodes.push(Some(first));
@@ -62,11 +73,18 @@ impl TestCluster {
     pub async fn join(&mut self) -> usize {
         let seed = self.seed();
         let dir = self.dir(self.nodes.len());
-        let h = agent::start(test_config(Start::Join(seed), &dir))
+        let h = agent::start(self.config(Start::Join(seed), &dir))
             .await
             .expect("agent joins");
         self.nodes.push(Some(h));
         self.nodes.len() - 1
+    }
+
+    /// The configuration of a new agent of this cluster.
+    pub fn config(&self, start: Start, dir: &std::path::Path) -> AgentConfig {
+        let mut config = test_config(start, dir);
+        (self.configure)(&mut config);
+        config
     }
 
     /// The data directory of node index `i`.
