@@ -4,6 +4,7 @@ mod cli;
 mod e2e;
 mod install;
 mod metrics;
+mod outages;
 mod partition;
 mod registry;
 mod replication;

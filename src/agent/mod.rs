@@ -137,6 +137,16 @@ impl AgentHandle {
     }
 }
 
+/// A file-size limit (`ulimit -f`) or a full quota must make a store write fail with an error
+/// (answered 503), not kill the agent with SIGXFSZ.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Bind, start serving, create or join the ring. Returns once the node is a member.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
     start_with_progress(config, progress::quiet()).await
@@ -145,6 +155,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
 /// [`start`], reporting the join and, later, the leave of [`AgentHandle::shutdown`] to
 /// `progress`.
 pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Result<AgentHandle> {
+    ignore_file_size_signal();
     let ring_listener = TcpListener::bind(config.bind)
         .await
         .map_err(|e| Error::invalid(format!("cannot bind ring address {}: {e}", config.bind)))?;

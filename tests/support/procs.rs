@@ -64,6 +64,16 @@ impl AgentProc {
             cmd.arg("--data-dir").arg(t.path());
             Some(t)
         };
+        let mut me = AgentProc::spawn(cmd);
+        me._tmp = tmp;
+        me
+    }
+
+    /// Spawn a prepared command (the agent, or a shell that execs it) and read its address
+    /// line from stdout.
+    pub fn spawn(mut cmd: Command) -> AgentProc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let tmp = None;
         let mut child = cmd.spawn().expect("spawn chordctl agent");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
