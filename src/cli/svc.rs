@@ -231,26 +231,43 @@ fn discover(
     }
 }
 
+/// Instances as a table that fits 80 columns: the id alone when every id is the default
+/// `ADDRESS:PORT`, otherwise the id and the endpoint.
 fn instances_table(instances: &[Instance]) -> String {
     let color = output::use_color();
-    let mut table = output::table(
-        &[
-            "id", "address", "port", "state", "success", "latency", "load", "weight", "tags",
-        ],
-        &[2, 4, 5, 6, 7],
-    );
+    let endpoint = |i: &Instance| match i.port {
+        Some(p) if i.address.contains(':') => format!("[{}]:{p}", i.address),
+        Some(p) => format!("{}:{p}", i.address),
+        None => i.address.clone(),
+    };
+    let default_ids = instances.iter().all(|i| i.id == endpoint(i));
+    let mut headers = vec!["instance"];
+    if !default_ids {
+        headers.push("endpoint");
+    }
+    headers.extend(["state", "succ", "lat", "load", "wt", "tags"]);
+    let first_number = headers.len() - 5;
+    let right: Vec<usize> = (first_number..first_number + 4).collect();
+    let mut table = output::table(&headers, &right);
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for i in instances {
         let s = &i.status;
-        table.add_row(vec![
-            Cell::new(&i.id),
-            Cell::new(&i.address),
-            Cell::new(or_dash(i.port.map(|p| p.to_string()))),
+        let mut row = vec![Cell::new(&i.id)];
+        if !default_ids {
+            row.push(Cell::new(endpoint(i)));
+        }
+        row.extend([
             output::state_cell(s.state.as_deref().unwrap_or("-"), color),
             Cell::new(or_dash(
                 s.success_rate.map(|r| format!("{:.1}%", r * 100.0)),
             )),
-            Cell::new(or_dash(s.latency_ms.map(|l| format!("{l:.1}ms")))),
+            Cell::new(or_dash(s.latency_ms.map(|l| {
+                if l >= 100.0 {
+                    format!("{l:.0}ms")
+                } else {
+                    format!("{l:.1}ms")
+                }
+            }))),
             Cell::new(or_dash(s.load.map(|l| format!("{l:.2}")))),
             Cell::new(or_dash(i.weight.map(|w| w.to_string()))),
             Cell::new(if i.tags.is_empty() {
@@ -259,6 +276,7 @@ fn instances_table(instances: &[Instance]) -> String {
                 i.tags.join(",")
             }),
         ]);
+        table.add_row(row);
     }
     output::render(&table)
 }
@@ -282,6 +300,38 @@ fn plural(n: usize, noun: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inst(id: &str, address: &str, port: u64) -> Instance {
+        serde_json::from_value(json!({
+            "id": id, "address": address, "port": port, "tags": ["v2"], "weight": 100,
+            "status": {"state": "maintenance", "load": 12.25, "success_rate": 0.995,
+                       "latency_ms": 1234.5}
+        }))
+        .expect("instance")
+    }
+
+    #[test]
+    fn discover_tables_fit_80_columns() {
+        let default_ids: Vec<Instance> = (0..3)
+            .map(|i| {
+                inst(
+                    &format!("10.100.200.{i}:65535"),
+                    &format!("10.100.200.{i}"),
+                    65535,
+                )
+            })
+            .collect();
+        let text = instances_table(&default_ids);
+        assert!(!text.to_lowercase().contains("endpoint"), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+        let named = vec![inst("payments-eu-7", "10.100.200.1", 65535)];
+        let text = instances_table(&named);
+        assert!(
+            text.to_lowercase().contains("endpoint") && text.contains("10.100.200.1:65535"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+    }
 
     #[test]
     fn instance_table_reads_the_api_shape() {
