@@ -7,6 +7,7 @@
 //! line `error: MESSAGE` on stderr; a closed stdout pipe is not an error.
 
 pub mod args;
+pub mod bench;
 mod client;
 mod config;
 pub mod output;
@@ -99,6 +100,9 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<(), Failure> {
         Command::Locate { key } => ring::locate(&client()?, key, format),
         Command::Svc(command) => svc::run(&client()?, command, format),
         Command::Status(command) => svc::status(&client()?, command, format),
+        Command::Bench(args) => {
+            bench::run(&cli.global.agent, cli.global.token.as_deref(), args, format)
+        }
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "chordctl", &mut script);
