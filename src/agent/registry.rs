@@ -15,7 +15,7 @@ use crate::registry::ops::{
     gvip_key, record_key, routing_id, Entry, RegistryRequest, RegistryResponse, WriteOp,
 };
 use crate::registry::{Record, ServiceSummary, DEFAULT_GRACE_FACTOR};
-use crate::ring::{Id, NodeRef};
+use crate::ring::{Id, LookupResult, NodeRef};
 use crate::rpc::{Request, Response};
 use crate::store::{Op, Store};
 use crate::{Error, Result};
@@ -27,6 +27,17 @@ pub const ROUTE_DEADLINE: Duration = Duration::from_secs(8);
 /// How often the owner looks for expired TTLs.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a key's looked-up owner is reused before the next lookup. A stale entry costs
+/// nothing but a retry: the owner checks ownership on every request and answers "not the
+/// owner" (retryable), and then the key is looked up afresh at once.
+pub const ROUTE_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Keys whose route is cached at most; past it new routes are not cached (each expires soon).
+const ROUTE_CACHE_MAX: usize = 4096;
+
+/// Decoded records kept at the owner at most; past it new records are not cached.
+const RECORD_CACHE_MAX: usize = 16 * 1024;
+
 /// The registry of one agent.
 pub struct Registry {
     ring: Arc<RingDriver>,
@@ -36,6 +47,22 @@ pub struct Registry {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     leaving: AtomicBool,
     rr: AtomicU64,
+    /// Recently looked-up owners by key, so that a request through a non-owner costs one
+    /// RPC to the owner rather than a lookup (log N RPCs) and then one.
+    routes: Mutex<HashMap<Id, (Instant, LookupResult)>>,
+    /// Decoded service records, by service name, as last written to or read from the store
+    /// (write-through): a register or discover at the owner neither reads the store nor
+    /// decodes JSON. Filled and changed only under the record's lock (see [`Registry::load`]),
+    /// and dropped around every write that bypasses `apply` (merge).
+    records: Mutex<HashMap<String, Arc<Record>>>,
+}
+
+/// Locks a std mutex, taking the data of a poisoned one (no invariant spans a panic here).
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 fn is_store_outage(e: &Error) -> bool {
@@ -58,6 +85,8 @@ impl Registry {
             locks: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
             rr: AtomicU64::new(0),
+            routes: Mutex::new(HashMap::new()),
+            records: Mutex::new(HashMap::new()),
         })
     }
 
@@ -95,11 +124,26 @@ impl Registry {
         key_id: Id,
         req: &RegistryRequest,
     ) -> Result<RegistryResponse> {
+        // This node owns the key (its predecessor is known, or it is alone): no lookup.
+        if self.surely_owns(&key_id) {
+            return self.handle_local(req.clone()).await;
+        }
+        // The owner found by a recent lookup: one RPC. A routing failure (the node no longer
+        // owns the key, or does not answer) drops the entry and falls through to a lookup.
+        if let Some(owner) = self.cached_owner(&key_id) {
+            match self.call(&owner, req.clone()).await {
+                Err(e) if e.is_retryable() && !is_store_outage(&e) => {
+                    guard(&self.routes).remove(&key_id);
+                }
+                answer => return answer,
+            }
+        }
         let found = self.ring.lookup(key_id).await?;
         let owner = found.owner().clone();
         if owner.id == self.ring.me().id {
             return self.handle_local(req.clone()).await;
         }
+        self.cache_route(key_id, &found);
         match self.call(&owner, req.clone()).await {
             // The owner does not answer: a read is served by the next replica that does.
             Err(Error::Unavailable(why)) if matches!(req, RegistryRequest::Read { .. }) => {
@@ -123,6 +167,39 @@ impl Registry {
                 Err(Error::Unavailable(why))
             }
             other => other,
+        }
+    }
+
+    /// Whether this node owns `id` beyond doubt: it is a member, and either alone on the ring
+    /// or `id` lies between its known predecessor and itself. (Without a predecessor a node
+    /// counts itself the owner of everything, which is only safe to act on after a lookup.)
+    fn surely_owns(&self, id: &Id) -> bool {
+        self.ring.read(|c| {
+            c.is_member()
+                && (c.successor().id == c.me().id || (c.predecessor().is_some() && c.owns(id)))
+        })
+    }
+
+    /// The owner of `key` from a lookup made less than [`ROUTE_CACHE_TTL`] ago.
+    fn cached_owner(&self, key: &Id) -> Option<NodeRef> {
+        let mut routes = guard(&self.routes);
+        match routes.get(key) {
+            Some((at, found)) if at.elapsed() < ROUTE_CACHE_TTL => Some(found.owner().clone()),
+            Some(_) => {
+                routes.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn cache_route(&self, key: Id, found: &LookupResult) {
+        let mut routes = guard(&self.routes);
+        if routes.len() >= ROUTE_CACHE_MAX {
+            routes.retain(|_, (at, _)| at.elapsed() < ROUTE_CACHE_TTL);
+        }
+        if routes.len() < ROUTE_CACHE_MAX {
+            routes.insert(key, (Instant::now(), found.clone()));
         }
     }
 
@@ -307,7 +384,7 @@ impl Registry {
             RegistryRequest::Write { service, op } => self.apply(&service, op).await,
             RegistryRequest::Read { service } => {
                 self.check_owner(&Id::of_key(&service))?;
-                Ok(RegistryResponse::Record(self.load(&service).await?))
+                Ok(RegistryResponse::Record(self.read_cached(&service).await?))
             }
             RegistryRequest::ListOwned => {
                 let mut out = Vec::new();
@@ -358,7 +435,7 @@ impl Registry {
                 }
             }
             RegistryRequest::ReadReplica { service } => {
-                Ok(RegistryResponse::Record(self.load(&service).await?))
+                Ok(RegistryResponse::Record(self.read_cached(&service).await?))
             }
             RegistryRequest::Digest { items } => {
                 let mut need = Vec::new();
@@ -412,17 +489,65 @@ impl Registry {
         locks.entry(key.to_string()).or_default().clone()
     }
 
+    /// `service`'s record: from the cache, else from the store (and then cached).
+    ///
+    /// The caller must hold the record's lock (see [`Registry::lock_for`]) so that the cache
+    /// is only ever filled with what the store holds; [`Registry::read_cached`] is the way in
+    /// without the lock.
     async fn load(&self, service: &str) -> Result<Option<Record>> {
+        if let Some(rec) = guard(&self.records).get(service) {
+            return Ok(Some(Record::clone(rec)));
+        }
         match self.store.get(&record_key(service)).await? {
-            Some(bytes) => Ok(Some(Record::from_bytes(&bytes)?)),
+            Some(bytes) => {
+                let rec = Record::from_bytes(&bytes)?;
+                self.cache_record(&rec);
+                Ok(Some(rec))
+            }
             None => Ok(None),
         }
     }
 
+    /// A read (at the owner, or at a replica standing in for it): from the cache without
+    /// waiting for writers, else from the store under the record's lock.
+    async fn read_cached(&self, service: &str) -> Result<Option<Record>> {
+        if let Some(rec) = guard(&self.records).get(service) {
+            return Ok(Some(Record::clone(rec)));
+        }
+        let lock = self.lock_for(&record_key(service));
+        let _guard = lock.lock().await;
+        self.load(service).await
+    }
+
+    /// Remembers `rec` as what the store holds (call under the record's lock).
+    fn cache_record(&self, rec: &Record) {
+        let mut records = guard(&self.records);
+        if records.len() < RECORD_CACHE_MAX || records.contains_key(&rec.service) {
+            records.insert(rec.service.clone(), Arc::new(rec.clone()));
+        }
+    }
+
+    /// Forgets the cached record under `key` (a store key), if it is a service record.
+    fn uncache_key(&self, key: &str) {
+        if let Some(service) = key.strip_prefix("svc/") {
+            guard(&self.records).remove(service);
+        }
+    }
+
+    /// Stores `rec` durably, then caches it (call under the record's lock). On a failure the
+    /// cached copy is dropped: the store may or may not hold the write, so it is read again.
     async fn save(&self, rec: &Record) -> Result<()> {
-        self.store
-            .put(&record_key(&rec.service), rec.to_bytes()?)
-            .await
+        let key = record_key(&rec.service);
+        match self.store.put(&key, rec.to_bytes()?).await {
+            Ok(()) => {
+                self.cache_record(rec);
+                Ok(())
+            }
+            Err(e) => {
+                self.uncache_key(&key);
+                Err(e)
+            }
+        }
     }
 
     /// A gVip claimed ring-wide for `service`.
@@ -500,7 +625,11 @@ impl Registry {
             rec.bump_version(&self.node);
             let value = rec.to_bytes()?;
             let key = record_key(service);
-            self.store.put(&key, value.clone()).await?;
+            if let Err(e) = self.store.put(&key, value.clone()).await {
+                self.uncache_key(&key);
+                return Err(e);
+            }
+            self.cache_record(&rec);
             self.replicate(vec![Entry { key, value }]).await?;
         }
         Ok(RegistryResponse::Applied {
@@ -530,13 +659,29 @@ impl Registry {
                 (Some(_), false) => false,
             };
             if take {
+                self.uncache_key(&e.key);
                 ops.push(Op::Put(e.key, e.value));
             }
         }
-        if !ops.is_empty() {
-            self.store.apply(ops).await?;
+        if ops.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let keys: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put(k, _) if k.starts_with("svc/") => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        let stored = self.store.apply(ops).await;
+        // Whatever a load cached between the check above and this write is stale now: drop
+        // it under the lock, after which a load reads what the store holds.
+        for key in keys {
+            let lock = self.lock_for(&key);
+            let _guard = lock.lock().await;
+            self.uncache_key(&key);
+        }
+        stored
     }
 
     // ---- ownership moves ---------------------------------------------------------------
