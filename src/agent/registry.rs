@@ -12,7 +12,8 @@ use chrono::Utc;
 use super::ring::RingDriver;
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{
-    gvip_key, record_key, routing_id, Entry, RegistryRequest, RegistryResponse, WriteOp,
+    discovered_json, gvip_key, record_key, routing_id, Entry, RawJson, RegistryRequest,
+    RegistryResponse, WriteOp,
 };
 use crate::registry::{Record, ServiceSummary, DEFAULT_GRACE_FACTOR};
 use crate::ring::{Id, LookupResult, NodeRef};
@@ -146,8 +147,15 @@ impl Registry {
         self.cache_route(key_id, &found);
         match self.call(&owner, req.clone()).await {
             // The owner does not answer: a read is served by the next replica that does.
-            Err(Error::Unavailable(why)) if matches!(req, RegistryRequest::Read { .. }) => {
-                let RegistryRequest::Read { service } = req else {
+            Err(Error::Unavailable(why))
+                if matches!(
+                    req,
+                    RegistryRequest::Read { .. } | RegistryRequest::Discover { .. }
+                ) =>
+            {
+                let (RegistryRequest::Read { service } | RegistryRequest::Discover { service, .. }) =
+                    req
+                else {
                     return Err(Error::Unavailable(why));
                 };
                 let chain = found.replica_chain(self.replicas);
@@ -160,8 +168,21 @@ impl Registry {
                     } else {
                         self.call(node, r).await
                     };
-                    if answer.is_ok() {
-                        return answer;
+                    if let Ok(answer) = answer {
+                        return match (req, answer) {
+                            (
+                                RegistryRequest::Discover { healthy, tag, .. },
+                                RegistryResponse::Record(Some(rec)),
+                            ) => Ok(RegistryResponse::Json(discovered_json(
+                                &rec,
+                                *healthy,
+                                tag.as_deref(),
+                            )?)),
+                            (RegistryRequest::Discover { .. }, _) => {
+                                Err(Error::not_found(format!("service {service} not found")))
+                            }
+                            (_, answer) => Ok(answer),
+                        };
                     }
                 }
                 Err(Error::Unavailable(why))
@@ -342,6 +363,34 @@ impl Registry {
         }
     }
 
+    /// The discover answer for `service` (`{"service", "instances"}`, filtered), made at the
+    /// owner and passed on as JSON text: through a non-owner this costs one RPC and no record
+    /// decoding. An owner that predates this request is asked for the record instead.
+    pub async fn discover_json(
+        self: &Arc<Self>,
+        service: &str,
+        healthy: bool,
+        tag: Option<&str>,
+    ) -> Result<RawJson> {
+        let req = RegistryRequest::Discover {
+            service: service.to_string(),
+            healthy,
+            tag: tag.map(str::to_string),
+        };
+        match self.route(Id::of_key(service), req).await {
+            Ok(RegistryResponse::Json(json)) => Ok(json),
+            Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
+            Err(Error::InvalidInput(m)) if m.starts_with("undecodable registry request") => {
+                let rec = self
+                    .read(service)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+                discovered_json(&rec, healthy, tag)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The service holding `gvip`, from the claim's owner.
     pub async fn resolve_gvip(self: &Arc<Self>, gvip: &str) -> Result<Option<String>> {
         let id = Id::of_key(&format!("gvip:{gvip}"));
@@ -433,6 +482,22 @@ impl Registry {
                         Ok(RegistryResponse::Claimed(true))
                     }
                 }
+            }
+            RegistryRequest::Discover {
+                service,
+                healthy,
+                tag,
+            } => {
+                self.check_owner(&Id::of_key(&service))?;
+                let rec = self
+                    .read_cached(&service)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+                Ok(RegistryResponse::Json(discovered_json(
+                    &rec,
+                    healthy,
+                    tag.as_deref(),
+                )?))
             }
             RegistryRequest::ReadReplica { service } => {
                 Ok(RegistryResponse::Record(self.read_cached(&service).await?))

@@ -45,13 +45,6 @@ fn json_of<T: Serialize + ?Sized>(v: &T) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// The discover answer, `{"service", "instances"}`.
-#[derive(Serialize)]
-struct Discovered<'a> {
-    service: &'a str,
-    instances: Vec<&'a Instance>,
-}
-
 /// PUT /v1/services/{service}/instances/{id}
 pub async fn register(
     State(agent): State<Arc<Agent>>,
@@ -136,21 +129,24 @@ pub async fn discover_service(
         .map(|s| s.parse())
         .transpose()
         .map_err(ApiError::from)?;
-    let rec = agent
-        .registry
-        .read(&service)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
-    let found = discover(&rec, healthy, params.get("tag").map(String::as_str));
+    let tag = params.get("tag").map(String::as_str);
     match strategy {
+        // The owner makes the answer; a non-owner passes its JSON on as it is.
         None => {
-            let answer = Discovered {
-                service: &service,
-                instances: found,
-            };
-            json_of(&answer)
+            let json = agent.registry.discover_json(&service, healthy, tag).await?;
+            Ok((
+                [(header::CONTENT_TYPE, "application/json")],
+                json.into_string(),
+            )
+                .into_response())
         }
         Some(s) => {
+            let rec = agent
+                .registry
+                .read(&service)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+            let found = discover(&rec, healthy, tag);
             let rr = agent.registry.next_rr();
             let chosen = pick(&found, s, rr, &mut rand::thread_rng())
                 .ok_or_else(|| Error::not_found(format!("no instance of {service} to pick")))?;
