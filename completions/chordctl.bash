@@ -19,6 +19,9 @@ _chordctl() {
             chordctl,agent)
                 cmd="chordctl__subcmd__agent"
                 ;;
+            chordctl,bench)
+                cmd="chordctl__subcmd__bench"
+                ;;
             chordctl,completions)
                 cmd="chordctl__subcmd__completions"
                 ;;
@@ -66,6 +69,9 @@ _chordctl() {
                 ;;
             chordctl__subcmd__help,agent)
                 cmd="chordctl__subcmd__help__subcmd__agent"
+                ;;
+            chordctl__subcmd__help,bench)
+                cmd="chordctl__subcmd__help__subcmd__bench"
                 ;;
             chordctl__subcmd__help,completions)
                 cmd="chordctl__subcmd__help__subcmd__completions"
@@ -203,7 +209,7 @@ _chordctl() {
 
     case "${cmd}" in
         chordctl)
-            opts="-o -h -V --agent --output --token --help --version agent ring locate svc status completions man help"
+            opts="-o -h -V --agent --output --token --help --version agent ring locate svc status bench completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -550,6 +556,52 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__bench)
+            opts="-o -h -V --mix --concurrency --duration --services --keep --agent --output --token --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --mix)
+                    COMPREPLY=($(compgen -W "register discover report mixed" -- "${cur}"))
+                    return 0
+                    ;;
+                --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --duration)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --services)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --agent)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__completions)
             opts="-o -h -V --agent --output --token --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -581,7 +633,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__help)
-            opts="agent ring locate svc status completions man help"
+            opts="agent ring locate svc status bench completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -639,6 +691,20 @@ _chordctl() {
         chordctl__subcmd__help__subcmd__agent__subcmd__join)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__help__subcmd__bench)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

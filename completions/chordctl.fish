@@ -35,6 +35,7 @@ complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "ring" -d 'Inspect
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "locate" -d 'Show the owner of KEY, its replicas, and the hops the lookup took'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "svc" -d 'Register, deregister, discover and list services'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "status" -d 'Report or query the call-quality status of service instances'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "bench" -d 'Load-test an agent: ops/s and latency percentiles of register, discover, report'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -230,6 +231,20 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_see
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from help" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from help" -f -a "query" -d 'One instance\'s status, or every instance of SERVICE without ID'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l mix -d 'Operations to send: register (PUT an instance), discover (GET a service), report (PUT a status), or mixed (70% discover, 20% report, 10% register)' -r -f -a "register\t'PUT /v1/services/S/instances/ID (re-registering one of the ten instances)'
+discover\t'GET /v1/services/S (ten instances)'
+report\t'PUT /v1/services/S/instances/ID/status'
+mixed\t'70% discover, 20% report, 10% register'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l concurrency -d 'Requests in flight at once (one kept-alive connection each)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l duration -d 'How long to send load (30s, 5m, 1h, or seconds; at least 1s)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l services -d 'Services to spread the load over, each with ten instances' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l keep -d 'Leave the benchmark\'s services registered at the end'
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
@@ -242,14 +257,15 @@ json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "agent" -d 'Run an agent (a member of the ring) in the foreground'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "ring" -d 'Inspect the ring, or ask an agent to leave it'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "locate" -d 'Show the owner of KEY, its replicas, and the hops the lookup took'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "svc" -d 'Register, deregister, discover and list services'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "status" -d 'Report or query the call-quality status of service instances'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "man" -d 'Print the man page (roff) to stdout'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "agent" -d 'Run an agent (a member of the ring) in the foreground'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "ring" -d 'Inspect the ring, or ask an agent to leave it'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "locate" -d 'Show the owner of KEY, its replicas, and the hops the lookup took'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "svc" -d 'Register, deregister, discover and list services'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "status" -d 'Report or query the call-quality status of service instances'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "bench" -d 'Load-test an agent: ops/s and latency percentiles of register, discover, report'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "man" -d 'Print the man page (roff) to stdout'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "create" -d 'Start a new ring with this node as its only member'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "join" -d 'Join the ring that SEED (a member\'s ring address) is in'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'

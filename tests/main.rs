@@ -1,5 +1,6 @@
 //! The one integration-test binary: each module tests one part of chordctl from outside.
 
+mod bench_cmd;
 mod cli;
 mod e2e;
 mod install;

@@ -487,3 +487,54 @@ async fn the_prototype_routes_answer_as_recorded_from_any_agent() {
     .await;
     assert_eq!(st, 400);
 }
+
+/// The owner caches decoded records; a newer record arriving from another node (handoff,
+/// replication) must replace the cached copy, and an older one must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_merged_from_peers_replace_the_owners_cached_copy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = agent::start(test_config(Start::Create, dir.path()))
+        .await
+        .expect("start");
+    let url = format!("http://{}", h.http_addr());
+    register(&url, "cached", "a", 1).await;
+    assert_eq!(instances(&url, "cached").await.len(), 1, "cached now");
+    let registry = &h.agent().registry;
+    let key = "svc/cached".to_string();
+    let stored = h
+        .agent()
+        .registry
+        .store()
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("stored");
+    let mut rec = chordctl::registry::Record::from_bytes(&stored).expect("record");
+    let older = rec.clone();
+    rec.register(
+        "b",
+        &chordctl::registry::RegisterBody::new("10.0.0.2", 2),
+        chrono::Utc::now(),
+    )
+    .expect("register b");
+    rec.bump_version("ffff");
+    let entry = |r: &chordctl::registry::Record| chordctl::registry::ops::Entry {
+        key: key.clone(),
+        value: r.to_bytes().expect("bytes"),
+    };
+    registry
+        .merge(vec![entry(&rec)])
+        .await
+        .expect("merge newer");
+    assert_eq!(
+        instances(&url, "cached").await.len(),
+        2,
+        "newer record not served"
+    );
+    registry
+        .merge(vec![entry(&older)])
+        .await
+        .expect("merge older");
+    assert_eq!(instances(&url, "cached").await.len(), 2, "older record won");
+    h.shutdown().await;
+}

@@ -13,10 +13,11 @@ use super::progress::{Progress, Step};
 use super::ring::RingDriver;
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{
-    gvip_key, range_hash, record_key, routing_id, Entry, RegistryRequest, RegistryResponse, WriteOp,
+    discovered_json, gvip_key, range_hash, record_key, routing_id, Entry, RawJson, RegistryRequest,
+    RegistryResponse, WriteOp,
 };
 use crate::registry::{Record, ServiceSummary, DEFAULT_GRACE_FACTOR};
-use crate::ring::{Id, NodeRef};
+use crate::ring::{Id, LookupResult, NodeRef};
 use crate::rpc::{Request, Response};
 use crate::store::{Op, Store};
 use crate::{Error, Result};
@@ -32,6 +33,17 @@ pub const TRANSFER_CHUNK: usize = 256;
 /// How often the owner looks for expired TTLs.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a key's looked-up owner is reused before the next lookup. A stale entry costs
+/// nothing but a retry: the owner checks ownership on every request and answers "not the
+/// owner" (retryable), and then the key is looked up afresh at once.
+pub const ROUTE_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Keys whose route is cached at most; past it new routes are not cached (each expires soon).
+const ROUTE_CACHE_MAX: usize = 4096;
+
+/// Decoded records kept at the owner at most; past it new records are not cached.
+const RECORD_CACHE_MAX: usize = 16 * 1024;
+
 /// The registry of one agent.
 pub struct Registry {
     ring: Arc<RingDriver>,
@@ -44,6 +56,22 @@ pub struct Registry {
     /// until then this node must not answer for its keys (it would say "not found").
     ready: AtomicBool,
     rr: AtomicU64,
+    /// Recently looked-up owners by key, so that a request through a non-owner costs one
+    /// RPC to the owner rather than a lookup (log N RPCs) and then one.
+    routes: Mutex<HashMap<Id, (Instant, LookupResult)>>,
+    /// Decoded service records, by service name, as last written to or read from the store
+    /// (write-through): a register or discover at the owner neither reads the store nor
+    /// decodes JSON. Filled and changed only under the record's lock (see [`Registry::load`]),
+    /// and dropped around every write that bypasses `apply` (merge).
+    records: Mutex<HashMap<String, Arc<Record>>>,
+}
+
+/// Locks a std mutex, taking the data of a poisoned one (no invariant spans a panic here).
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
 }
 
 /// (store key, version counter, version node) of an entry; gVip claims have no version.
@@ -75,6 +103,8 @@ impl Registry {
             leaving: AtomicBool::new(false),
             ready: AtomicBool::new(true),
             rr: AtomicU64::new(0),
+            routes: Mutex::new(HashMap::new()),
+            records: Mutex::new(HashMap::new()),
         })
     }
 
@@ -117,15 +147,37 @@ impl Registry {
         key_id: Id,
         req: &RegistryRequest,
     ) -> Result<RegistryResponse> {
+        // This node owns the key (its predecessor is known, or it is alone): no lookup.
+        if self.surely_owns(&key_id) {
+            return self.handle_local(req.clone()).await;
+        }
+        // The owner found by a recent lookup: one RPC. A routing failure (the node no longer
+        // owns the key, or does not answer) drops the entry and falls through to a lookup.
+        if let Some(owner) = self.cached_owner(&key_id) {
+            match self.call(&owner, req.clone()).await {
+                Err(e) if e.is_retryable() && !is_store_outage(&e) => {
+                    guard(&self.routes).remove(&key_id);
+                }
+                answer => return answer,
+            }
+        }
         let found = self.ring.lookup(key_id).await?;
         let owner = found.owner().clone();
         if owner.id == self.ring.me().id {
             return self.handle_local(req.clone()).await;
         }
+        self.cache_route(key_id, &found);
         match self.call(&owner, req.clone()).await {
             // The owner does not answer: a read is served by the next replica that does.
-            Err(Error::Unavailable(why)) if matches!(req, RegistryRequest::Read { .. }) => {
-                let RegistryRequest::Read { service } = req else {
+            Err(Error::Unavailable(why))
+                if matches!(
+                    req,
+                    RegistryRequest::Read { .. } | RegistryRequest::Discover { .. }
+                ) =>
+            {
+                let (RegistryRequest::Read { service } | RegistryRequest::Discover { service, .. }) =
+                    req
+                else {
                     return Err(Error::Unavailable(why));
                 };
                 let chain = found.replica_chain(self.replicas);
@@ -138,13 +190,59 @@ impl Registry {
                     } else {
                         self.call(node, r).await
                     };
-                    if answer.is_ok() {
-                        return answer;
+                    if let Ok(answer) = answer {
+                        return match (req, answer) {
+                            (
+                                RegistryRequest::Discover { healthy, tag, .. },
+                                RegistryResponse::Record(Some(rec)),
+                            ) => Ok(RegistryResponse::Json(discovered_json(
+                                &rec,
+                                *healthy,
+                                tag.as_deref(),
+                            )?)),
+                            (RegistryRequest::Discover { .. }, _) => {
+                                Err(Error::not_found(format!("service {service} not found")))
+                            }
+                            (_, answer) => Ok(answer),
+                        };
                     }
                 }
                 Err(Error::Unavailable(why))
             }
             other => other,
+        }
+    }
+
+    /// Whether this node owns `id` beyond doubt: it is a member, and either alone on the ring
+    /// or `id` lies between its known predecessor and itself. (Without a predecessor a node
+    /// counts itself the owner of everything, which is only safe to act on after a lookup.)
+    fn surely_owns(&self, id: &Id) -> bool {
+        self.ring.read(|c| {
+            c.is_member()
+                && (c.successor().id == c.me().id || (c.predecessor().is_some() && c.owns(id)))
+        })
+    }
+
+    /// The owner of `key` from a lookup made less than [`ROUTE_CACHE_TTL`] ago.
+    fn cached_owner(&self, key: &Id) -> Option<NodeRef> {
+        let mut routes = guard(&self.routes);
+        match routes.get(key) {
+            Some((at, found)) if at.elapsed() < ROUTE_CACHE_TTL => Some(found.owner().clone()),
+            Some(_) => {
+                routes.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn cache_route(&self, key: Id, found: &LookupResult) {
+        let mut routes = guard(&self.routes);
+        if routes.len() >= ROUTE_CACHE_MAX {
+            routes.retain(|_, (at, _)| at.elapsed() < ROUTE_CACHE_TTL);
+        }
+        if routes.len() < ROUTE_CACHE_MAX {
+            routes.insert(key, (Instant::now(), found.clone()));
         }
     }
 
@@ -326,6 +424,34 @@ impl Registry {
         }
     }
 
+    /// The discover answer for `service` (`{"service", "instances"}`, filtered), made at the
+    /// owner and passed on as JSON text: through a non-owner this costs one RPC and no record
+    /// decoding. An owner that predates this request is asked for the record instead.
+    pub async fn discover_json(
+        self: &Arc<Self>,
+        service: &str,
+        healthy: bool,
+        tag: Option<&str>,
+    ) -> Result<RawJson> {
+        let req = RegistryRequest::Discover {
+            service: service.to_string(),
+            healthy,
+            tag: tag.map(str::to_string),
+        };
+        match self.route(Id::of_key(service), req).await {
+            Ok(RegistryResponse::Json(json)) => Ok(json),
+            Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
+            Err(Error::InvalidInput(m)) if m.starts_with("undecodable registry request") => {
+                let rec = self
+                    .read(service)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+                discovered_json(&rec, healthy, tag)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The service holding `gvip`, from the claim's owner.
     pub async fn resolve_gvip(self: &Arc<Self>, gvip: &str) -> Result<Option<String>> {
         let id = Id::of_key(&format!("gvip:{gvip}"));
@@ -368,7 +494,7 @@ impl Registry {
             RegistryRequest::Write { service, op } => self.apply(&service, op).await,
             RegistryRequest::Read { service } => {
                 self.check_owner(&Id::of_key(&service))?;
-                Ok(RegistryResponse::Record(self.load(&service).await?))
+                Ok(RegistryResponse::Record(self.read_cached(&service).await?))
             }
             RegistryRequest::ListOwned => {
                 let mut out = Vec::new();
@@ -418,8 +544,24 @@ impl Registry {
                     }
                 }
             }
+            RegistryRequest::Discover {
+                service,
+                healthy,
+                tag,
+            } => {
+                self.check_owner(&Id::of_key(&service))?;
+                let rec = self
+                    .read_cached(&service)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+                Ok(RegistryResponse::Json(discovered_json(
+                    &rec,
+                    healthy,
+                    tag.as_deref(),
+                )?))
+            }
             RegistryRequest::ReadReplica { service } => {
-                Ok(RegistryResponse::Record(self.load(&service).await?))
+                Ok(RegistryResponse::Record(self.read_cached(&service).await?))
             }
             RegistryRequest::RangeHash { from, to, hash } => {
                 let mut mine = Vec::new();
@@ -511,17 +653,65 @@ impl Registry {
         locks.entry(key.to_string()).or_default().clone()
     }
 
+    /// `service`'s record: from the cache, else from the store (and then cached).
+    ///
+    /// The caller must hold the record's lock (see [`Registry::lock_for`]) so that the cache
+    /// is only ever filled with what the store holds; [`Registry::read_cached`] is the way in
+    /// without the lock.
     async fn load(&self, service: &str) -> Result<Option<Record>> {
+        if let Some(rec) = guard(&self.records).get(service) {
+            return Ok(Some(Record::clone(rec)));
+        }
         match self.store.get(&record_key(service)).await? {
-            Some(bytes) => Ok(Some(Record::from_bytes(&bytes)?)),
+            Some(bytes) => {
+                let rec = Record::from_bytes(&bytes)?;
+                self.cache_record(&rec);
+                Ok(Some(rec))
+            }
             None => Ok(None),
         }
     }
 
+    /// A read (at the owner, or at a replica standing in for it): from the cache without
+    /// waiting for writers, else from the store under the record's lock.
+    async fn read_cached(&self, service: &str) -> Result<Option<Record>> {
+        if let Some(rec) = guard(&self.records).get(service) {
+            return Ok(Some(Record::clone(rec)));
+        }
+        let lock = self.lock_for(&record_key(service));
+        let _guard = lock.lock().await;
+        self.load(service).await
+    }
+
+    /// Remembers `rec` as what the store holds (call under the record's lock).
+    fn cache_record(&self, rec: &Record) {
+        let mut records = guard(&self.records);
+        if records.len() < RECORD_CACHE_MAX || records.contains_key(&rec.service) {
+            records.insert(rec.service.clone(), Arc::new(rec.clone()));
+        }
+    }
+
+    /// Forgets the cached record under `key` (a store key), if it is a service record.
+    fn uncache_key(&self, key: &str) {
+        if let Some(service) = key.strip_prefix("svc/") {
+            guard(&self.records).remove(service);
+        }
+    }
+
+    /// Stores `rec` durably, then caches it (call under the record's lock). On a failure the
+    /// cached copy is dropped: the store may or may not hold the write, so it is read again.
     async fn save(&self, rec: &Record) -> Result<()> {
-        self.store
-            .put(&record_key(&rec.service), rec.to_bytes()?)
-            .await
+        let key = record_key(&rec.service);
+        match self.store.put(&key, rec.to_bytes()?).await {
+            Ok(()) => {
+                self.cache_record(rec);
+                Ok(())
+            }
+            Err(e) => {
+                self.uncache_key(&key);
+                Err(e)
+            }
+        }
     }
 
     /// A gVip claimed ring-wide for `service`.
@@ -603,7 +793,11 @@ impl Registry {
             rec.bump_version(&self.node);
             let value = rec.to_bytes()?;
             let key = record_key(service);
-            self.store.put(&key, value.clone()).await?;
+            if let Err(e) = self.store.put(&key, value.clone()).await {
+                self.uncache_key(&key);
+                return Err(e);
+            }
+            self.cache_record(&rec);
             self.replicate(vec![Entry { key, value }]).await?;
         }
         Ok(RegistryResponse::Applied {
@@ -637,13 +831,29 @@ impl Registry {
                 (Some(_), false) => None,
             };
             if let Some(v) = value {
+                self.uncache_key(&e.key);
                 ops.push(Op::Put(e.key, v));
             }
         }
-        if !ops.is_empty() {
-            self.store.apply(ops).await?;
+        if ops.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let keys: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put(k, _) if k.starts_with("svc/") => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        let stored = self.store.apply(ops).await;
+        // Whatever a load cached between the check above and this write is stale now: drop
+        // it under the lock, after which a load reads what the store holds.
+        for key in keys {
+            let lock = self.lock_for(&key);
+            let _guard = lock.lock().await;
+            self.uncache_key(&key);
+        }
+        stored
     }
 
     /// `cur` merged with `new`, or `None` when `cur` already has everything. The version is
@@ -798,18 +1008,26 @@ impl Registry {
             if !self.owns(&id) {
                 continue;
             }
-            let Ok(rec) = Record::from_bytes(&value) else {
+            // The cached copy, when there is one, saves decoding every owned record twice a
+            // second (most of an idle agent's CPU). It only filters: what is due is loaded
+            // again under the lock below.
+            let Some(service) = key.strip_prefix("svc/") else {
                 continue;
             };
-            if rec
-                .next_deadline(DEFAULT_GRACE_FACTOR)
-                .is_none_or(|d| d > now)
-            {
+            let cached = guard(&self.records).get(service).cloned();
+            let deadline = match cached {
+                Some(rec) => rec.next_deadline(DEFAULT_GRACE_FACTOR),
+                None => match Record::from_bytes(&value) {
+                    Ok(rec) => rec.next_deadline(DEFAULT_GRACE_FACTOR),
+                    Err(_) => continue,
+                },
+            };
+            if deadline.is_none_or(|d| d > now) {
                 continue;
             }
             let lock = self.lock_for(&key);
             let _guard = lock.lock().await;
-            if let Some(mut rec) = self.load(&rec.service).await? {
+            if let Some(mut rec) = self.load(service).await? {
                 rec.forget_tombstones(now);
                 if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
                     rec.bump_version(&self.node);

@@ -115,6 +115,8 @@ pub enum Command {
     /// Report or query the call-quality status of service instances
     #[command(subcommand)]
     Status(StatusCommand),
+    /// Load-test an agent: ops/s and latency percentiles of register, discover, report
+    Bench(super::bench::BenchArgs),
     /// Print a shell completion script to stdout
     Completions {
         /// The shell to generate for

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{Path, Query, State};
-use axum::Json;
-use serde_json::{json, Value};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use super::ApiError;
 use crate::agent::Agent;
@@ -38,10 +39,10 @@ fn instance_of(answer: RegistryResponse) -> Result<Instance, ApiError> {
     }
 }
 
-fn json_of<T: serde::Serialize>(v: &T) -> Result<Json<Value>, ApiError> {
-    serde_json::to_value(v)
-        .map(Json)
-        .map_err(|e| Error::internal(e.to_string()).into())
+/// `v` as a JSON answer, serialized once straight into the body (no `Value` in between).
+fn json_of<T: Serialize + ?Sized>(v: &T) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(v).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// PUT /v1/services/{service}/instances/{id}
@@ -49,7 +50,7 @@ pub async fn register(
     State(agent): State<Arc<Agent>>,
     Path((service, id)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_service(&service)?;
     validate_instance_id(&id)?;
     let body = RegisterBody::from_json(&body(raw)?)?;
@@ -65,7 +66,7 @@ pub async fn register(
 pub async fn deregister(
     State(agent): State<Arc<Agent>>,
     Path((service, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_service(&service)?;
     validate_instance_id(&id)?;
     let answer = agent
@@ -80,7 +81,7 @@ pub async fn report(
     State(agent): State<Arc<Agent>>,
     Path((service, id)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_service(&service)?;
     validate_instance_id(&id)?;
     let body = StatusBody::from_json(&body(raw)?)?;
@@ -96,7 +97,7 @@ pub async fn report(
 pub async fn query(
     State(agent): State<Arc<Agent>>,
     Path((service, id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_service(&service)?;
     validate_instance_id(&id)?;
     let rec = agent
@@ -112,7 +113,7 @@ pub async fn discover_service(
     State(agent): State<Arc<Agent>>,
     Path(service): Path<String>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_service(&service)?;
     let healthy = match params.get("healthy").map(String::as_str) {
         None | Some("false") | Some("0") => false,
@@ -128,18 +129,24 @@ pub async fn discover_service(
         .map(|s| s.parse())
         .transpose()
         .map_err(ApiError::from)?;
-    let rec = agent
-        .registry
-        .read(&service)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
-    let found = discover(&rec, healthy, params.get("tag").map(String::as_str));
+    let tag = params.get("tag").map(String::as_str);
     match strategy {
+        // The owner makes the answer; a non-owner passes its JSON on as it is.
         None => {
-            let instances: Vec<&Instance> = found;
-            Ok(Json(json!({"service": service, "instances": instances})))
+            let json = agent.registry.discover_json(&service, healthy, tag).await?;
+            Ok((
+                [(header::CONTENT_TYPE, "application/json")],
+                json.into_string(),
+            )
+                .into_response())
         }
         Some(s) => {
+            let rec = agent
+                .registry
+                .read(&service)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+            let found = discover(&rec, healthy, tag);
             let rr = agent.registry.next_rr();
             let chosen = pick(&found, s, rr, &mut rand::thread_rng())
                 .ok_or_else(|| Error::not_found(format!("no instance of {service} to pick")))?;
@@ -149,7 +156,7 @@ pub async fn discover_service(
 }
 
 /// GET /v1/services
-pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
     let all = agent.registry.list().await?;
     json_of(&all)
 }

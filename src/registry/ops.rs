@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Instance, Record, RegisterBody, ServiceSummary, StatusBody};
 use crate::ring::Id;
+use crate::Result;
 
 /// The store key of a service's record.
 pub fn record_key(service: &str) -> String {
@@ -126,6 +127,16 @@ pub enum RegistryRequest {
         /// Hex SHA-1 over the sorted (key, version) lines, see `range_hash`.
         hash: String,
     },
+    /// Discover at the owner: the instances of `service` (filtered) as the JSON answer of
+    /// `GET /v1/services/{service}`, which the asking agent passes on without decoding it.
+    Discover {
+        /// The service.
+        service: String,
+        /// Only healthy instances.
+        healthy: bool,
+        /// Only instances with this tag.
+        tag: Option<String>,
+    },
     /// Anti-entropy: the versions the owner holds; the replica answers which keys it lacks or
     /// holds older, and, when a range is given, the entries of that range the owner lacks or
     /// holds older (the owner may have just inherited the range from a crashed node).
@@ -171,8 +182,47 @@ pub enum RegistryResponse {
     Same(bool),
     /// The service holding a gVip.
     Service(Option<String>),
+    /// A JSON answer to pass on as it is (see [`RegistryRequest::Discover`]).
+    Json(RawJson),
     /// Done.
     Done,
+}
+
+/// JSON text made by one agent and passed through another untouched: embedded as it is in the
+/// RPC answer, neither escaped as a string nor decoded into values on the way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<serde_json::value::RawValue>);
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl RawJson {
+    /// The JSON text.
+    pub fn into_string(self) -> String {
+        Box::<str>::from(self.0).into_string()
+    }
+}
+
+/// The discover answer, `{"service", "instances": [INSTANCE...]}`.
+#[derive(Serialize)]
+struct Discovered<'a> {
+    service: &'a str,
+    instances: Vec<&'a Instance>,
+}
+
+/// `record`'s instances that pass the filters, as the discover answer's JSON.
+pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> Result<RawJson> {
+    let answer = Discovered {
+        service: &record.service,
+        instances: super::discover(record, healthy, tag),
+    };
+    serde_json::value::to_raw_value(&answer)
+        .map(RawJson)
+        .map_err(|e| crate::Error::internal(format!("cannot encode a discover answer: {e}")))
 }
 
 /// The anti-entropy digest of a range: SHA-1 over `key counter node` lines, sorted by key.

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# chordctl beside etcd and Redis on this machine, in one run (issue 6; bench/README.md).
+#
+#   bench/run.sh                      # everything, 10 s per load, 32 connections
+#   DURATION=5 CONNS=16 bench/run.sh  # shorter
+#   SKIP_RINGS=1 bench/run.sh         # only the single-agent comparison
+#   CHORDCTL=path/to/chordctl bench/run.sh   # an already built binary (no cargo build)
+#
+# It installs what is missing (Debian packages etcd-server, wrk, redis-server, redis-tools,
+# curl, jq), builds chordctl in release mode, and starts everything on loopback in a temporary
+# directory: one chordctl agent on the embedded store, one etcd, one redis-server with AOF,
+# later rings of 8 and 32 agents. Every process it started is stopped by pid on exit.
+# It prints tables; it asserts nothing. Figures are only comparable within one run.
+
+set -euo pipefail
+
+DURATION=${DURATION:-10}       # seconds per wrk run
+CONNS=${CONNS:-32}             # connections (concurrency) for wrk and redis-benchmark
+THREADS=${THREADS:-2}          # wrk threads
+LOOKUPS=${LOOKUPS:-2000}       # locate calls for the mean hop count at N=32
+SKIP_RINGS=${SKIP_RINGS:-0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export BENCH_DIR="$ROOT/bench"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/chordctl-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Bounded wait, then SIGKILL what is left.
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+# ---- what is needed ------------------------------------------------------------------------
+
+need_packages() {
+    local missing=()
+    command -v etcd >/dev/null || missing+=(etcd-server)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v jq >/dev/null || missing+=(jq)
+    if ((${#missing[@]})); then
+        say "installing ${missing[*]}"
+        local sudo=()
+        [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+        "${sudo[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+build_chordctl() {
+    if [[ -n ${CHORDCTL:-} ]]; then
+        [[ -x $CHORDCTL ]] || die "CHORDCTL=$CHORDCTL is not an executable"
+        return
+    fi
+    say "building chordctl (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin chordctl)
+    CHORDCTL="${CARGO_TARGET_DIR:-$ROOT/target}/release/chordctl"
+}
+
+# A free loopback TCP port (the kernel picks it; a race with other programs is unlikely).
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ---- processes -----------------------------------------------------------------------------
+
+# start_agent NAME [join SEED]: starts an agent on port 0; sets AGENT_HTTP, AGENT_RING, AGENT_PID.
+start_agent() {
+    local name=$1; shift
+    local out="$WORK/$name.out"
+    local how=(create)
+    [[ ${1:-} == join ]] && how=(join "$2")
+    RUST_LOG=warn "$CHORDCTL" agent "${how[@]}" --bind 127.0.0.1:0 --http 127.0.0.1:0 \
+        --data-dir "$WORK/$name" >"$out" 2>"$WORK/$name.err" &
+    AGENT_PID=$!
+    PIDS+=("$AGENT_PID")
+    for _ in $(seq 300); do
+        if grep -q 'serving:' "$out" 2>/dev/null; then
+            AGENT_HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$out" | head -1)
+            AGENT_RING=$(sed -n 's/.*ring=\([^ ]*\).*/\1/p' "$out" | head -1)
+            return
+        fi
+        kill -0 "$AGENT_PID" 2>/dev/null || die "agent $name exited: $(cat "$WORK/$name.err")"
+        sleep 0.1
+    done
+    die "agent $name printed no address within 30 s"
+}
+
+start_etcd() {
+    local client peer
+    client=$(free_port); peer=$(free_port)
+    etcd --name bench --data-dir "$WORK/etcd" \
+        --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" --log-level error \
+        >"$WORK/etcd.log" 2>&1 &
+    PIDS+=($!)
+    ETCD="127.0.0.1:$client"
+    for _ in $(seq 100); do
+        curl -fsS "http://$ETCD/health" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    die "etcd did not become healthy: $(tail -5 "$WORK/etcd.log")"
+}
+
+start_redis() {
+    REDIS_PORT=$(free_port)
+    mkdir -p "$WORK/redis"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --save '' \
+        --appendonly yes --appendfsync everysec --daemonize no --logfile "$WORK/redis.log" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    die "redis-server did not start: $(tail -5 "$WORK/redis.log")"
+}
+
+# ---- measuring -----------------------------------------------------------------------------
+
+# wrk_run SCRIPT URL [CONNS]: prints "rps p50 p99 errors".
+wrk_run() {
+    local script=$1 url=$2 conns=${3:-$CONNS}
+    local out
+    out=$(wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 10s -s "$BENCH_DIR/$script" "$url" 2>&1) ||
+        die "wrk failed: $out"
+    local line
+    line=$(grep '^WRKRESULT' <<<"$out") || die "wrk printed no result: $out"
+    sed -E 's/WRKRESULT rps=([^ ]*) p50=([^ ]*) p99=([^ ]*) errors=([^ ]*).*/\1 \2 \3 \4/' <<<"$line"
+}
+
+# redis_run TEST: "rps p50 p99 0" from redis-benchmark's CSV.
+redis_run() {
+    local test=$1 n=$((DURATION * 20000))
+    redis-benchmark -p "$REDIS_PORT" -c "$CONNS" -n "$n" -t "$test" -d 100 -r 1000 --csv 2>/dev/null |
+        awk -F'"' 'NR==2 {printf "%s %s %s 0\n", $4, $10, $14}'
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+declare -A R   # results: R[name]="rps p50 p99 errors"
+
+row() { # row LABEL KEY [COMPARE_KEY]
+    local label=$1 key=$2 cmp=${3:-}
+    read -r rps p50 p99 err <<<"${R[$key]}"
+    local r="-"
+    if [[ -n $cmp ]]; then
+        read -r crps _ <<<"${R[$cmp]}"
+        r=$(ratio "$rps" "$crps")
+    fi
+    printf '%-44s %10.0f %9.2f %9.2f %7s %9s\n' "$label" "$rps" "$p50" "$p99" "$err" "$r"
+}
+
+# ---- the run -------------------------------------------------------------------------------
+
+need_packages
+build_chordctl
+say "work directory $WORK; $(nproc) cores; load generators share them with the servers"
+
+say "single agent (embedded store), etcd, redis"
+start_agent a0
+SINGLE_HTTP=$AGENT_HTTP SINGLE_PID=$AGENT_PID
+start_etcd
+start_redis
+sleep 2
+IDLE_RSS_FRESH=$(rss_mib "$SINGLE_PID")
+
+# The 10-instance service to discover, in both systems.
+for i in $(seq 0 9); do
+    body=$(printf '{"address":"10.99.0.%d","port":%d,"tags":["bench"],"metadata":{"origin":"wrk"}}' $((i + 1)) $((8000 + i)))
+    curl -fsS -X PUT -H 'Content-Type: application/json' -d "$body" \
+        "http://$SINGLE_HTTP/v1/services/bench-disc/instances/i$i" >/dev/null
+    key=$(printf '/services/bench-disc/i%d' "$i" | base64 -w0)
+    val=$(printf '%s' "$body" | base64 -w0)
+    curl -fsS -X POST -d "{\"key\":\"$key\",\"value\":\"$val\"}" "http://$ETCD/v3/kv/put" >/dev/null
+done
+n=$(curl -fsS "http://$SINGLE_HTTP/v1/services/bench-disc" | jq '.instances | length')
+[[ $n == 10 ]] || die "bench-disc has $n instances, expected 10"
+n=$(curl -fsS -X POST -d "{\"key\":\"$(printf /services/bench-disc/ | base64 -w0)\",\"range_end\":\"$(printf /services/bench-disc0 | base64 -w0)\"}" "http://$ETCD/v3/kv/range" | jq -r '.count')
+[[ $n == 10 ]] || die "etcd range has $n keys, expected 10"
+
+say "register: chordctl PUT vs etcd put (${DURATION}s each, $CONNS connections)"
+R[c_reg]=$(wrk_run chordctl_register.lua "http://$SINGLE_HTTP")
+R[e_put]=$(wrk_run etcd_put.lua "http://$ETCD")
+say "discover: chordctl GET vs etcd range"
+R[c_disc]=$(wrk_run chordctl_discover.lua "http://$SINGLE_HTTP")
+R[e_range]=$(wrk_run etcd_range.lua "http://$ETCD")
+say "redis-benchmark SET/GET"
+R[r_set]=$(redis_run set)
+R[r_get]=$(redis_run get)
+sleep 3
+IDLE_RSS_AFTER=$(rss_mib "$SINGLE_PID")
+c0=$(cpu_ticks "$SINGLE_PID"); sleep 10; c1=$(cpu_ticks "$SINGLE_PID")
+IDLE_CPU=$(awk -v t=$((c1 - c0)) 'BEGIN { printf "%.2f", t / 100 / 10 * 100 }')
+
+if [[ $SKIP_RINGS != 1 ]]; then
+    say "8 agents: discover through the owner vs through a non-owner"
+    start_agent r8-0
+    seed=$AGENT_RING
+    R8_HTTP=("$AGENT_HTTP")
+    for i in $(seq 1 7); do
+        start_agent "r8-$i" join "$seed"
+        R8_HTTP+=("$AGENT_HTTP")
+    done
+    # Wait for every agent to see all 8, then for fingers to settle.
+    for _ in $(seq 100); do
+        ok=1
+        for h in "${R8_HTTP[@]}"; do
+            [[ $(curl -fsS "http://$h/v1/ring/nodes" | jq length) == 8 ]] || ok=0
+        done
+        ((ok)) && break
+        sleep 0.5
+    done
+    sleep 5
+    for i in $(seq 0 9); do
+        curl -fsS -X PUT -H 'Content-Type: application/json' \
+            -d "{\"address\":\"10.99.0.$((i + 1))\",\"port\":$((8000 + i)),\"tags\":[\"bench\"]}" \
+            "http://${R8_HTTP[0]}/v1/services/bench-disc/instances/i$i" >/dev/null
+    done
+    owner=$(curl -fsS "http://${R8_HTTP[0]}/v1/locate/bench-disc" | jq -r '.owner.http')
+    other=""
+    for h in "${R8_HTTP[@]}"; do [[ $h != "$owner" ]] && other=$h && break; done
+    R[o_disc]=$(wrk_run chordctl_discover.lua "http://$owner")
+    R[n_disc]=$(wrk_run chordctl_discover.lua "http://$other")
+
+    say "32 agents: lookup hops, locate latency, memory"
+    start_agent r32-0
+    seed=$AGENT_RING
+    R32_HTTP=("$AGENT_HTTP") R32_PID=("$AGENT_PID")
+    for i in $(seq 1 31); do
+        start_agent "r32-$i" join "$seed"
+        R32_HTTP+=("$AGENT_HTTP") R32_PID+=("$AGENT_PID")
+    done
+    for _ in $(seq 200); do
+        [[ $(curl -fsS "http://${R32_HTTP[0]}/v1/ring/nodes" | jq length) == 32 ]] && break
+        sleep 0.5
+    done
+    sleep 15   # fingers: one fix every 250 ms per agent
+    hops=$(for i in $(seq 1 "$LOOKUPS"); do
+        h=${R32_HTTP[$((RANDOM % 32))]}
+        curl -fsS "http://$h/v1/locate/key-$i-$RANDOM" | jq -r .hops
+    done | awk '{ s += $1; n++ } END { printf "%.2f", s / n }')
+    HOPS_MAX=$(awk 'BEGIN { printf "%.2f", 0.5 * log(32) / log(2) + 0.5 }')
+    R[locate]=$(wrk_run chordctl_locate.lua "http://${R32_HTTP[0]}")
+    sleep 5
+    rss_all=$(for p in "${R32_PID[@]}"; do rss_mib "$p"; echo; done)
+    RSS32_MEAN=$(awk '{ s += $1; n++ } END { printf "%.1f", s / n }' <<<"$rss_all")
+    RSS32_MAX=$(sort -n <<<"$rss_all" | tail -1)
+fi
+
+# ---- the report ----------------------------------------------------------------------------
+
+printf '\nchordctl vs etcd %s vs redis %s, %ss per run, %s connections, wrk %s threads, %s cores (shared)\n\n' \
+    "$(etcd --version | awk 'NR==1 {print $3}')" "$(redis-server --version | sed -E 's/.*v=([^ ]*).*/\1/')" \
+    "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
+printf '%-44s %10s %9s %9s %7s %9s\n' WORKLOAD OPS/S P50_MS P99_MS ERRORS RATIO
+row "register   chordctl PUT (redb, fsync)"   c_reg e_put
+row "           etcd /v3/kv/put"             e_put
+row "discover   chordctl GET 10 instances"    c_disc e_range
+row "           etcd /v3/kv/range 10 keys"   e_range
+row "ceiling    redis SET (AOF everysec)"     r_set
+row "           redis GET"                    r_get
+if [[ $SKIP_RINGS != 1 ]]; then
+    row "8 agents   discover via the owner"       o_disc
+    row "           discover via a non-owner"     n_disc o_disc
+    row "32 agents  locate (random keys)"         locate
+fi
+printf '\nRATIO: chordctl/etcd on the same workload; non-owner/owner for the 8-agent rows.\n'
+printf '\nsingle agent RSS: %s MiB idle after start, %s MiB idle after the load; idle CPU %s%% of a core\n' \
+    "$IDLE_RSS_FRESH" "$IDLE_RSS_AFTER" "$IDLE_CPU"
+if [[ $SKIP_RINGS != 1 ]]; then
+    printf '32 agents: mean lookup hops %s over %s lookups (target <= %s); RSS per agent mean %s MiB, max %s MiB\n' \
+        "$hops" "$LOOKUPS" "$HOPS_MAX" "$RSS32_MEAN" "$RSS32_MAX"
+fi
