@@ -578,24 +578,10 @@ fn parse_ttl(s: &str) -> Result<u64, String> {
     }
 }
 
-/// Parses API.md's DURATION: `30s`, `5m`, `1h`, or a bare number of seconds, into seconds.
+/// Parses API.md's DURATION: `30s`, `5m`, `1h`, or a bare number of seconds, into seconds
+/// (the registry's parser, with its message as the usage error).
 pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
-    const SHAPE: &str = "expected a duration like 30s, 5m, 1h or a number of seconds";
-    let (digits, unit) = match s.char_indices().last() {
-        Some((i, c @ ('s' | 'm' | 'h'))) => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(SHAPE.into());
-    }
-    let n: u64 = digits.parse().map_err(|_| format!("{SHAPE}; too large"))?;
-    let scale = match unit {
-        'h' => 3600,
-        'm' => 60,
-        _ => 1,
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{SHAPE}; too large"))
+    crate::registry::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
