@@ -17,6 +17,11 @@ pub enum Error {
     /// A store, peer or the ring is unavailable right now; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// The request could not reach the owner of its record yet: ownership is moving (a join,
+    /// a leave, a crash being repaired) or the owner does not answer. Routing retries these;
+    /// answered 503 like `Unavailable` once the retries are spent.
+    #[error("{0}")]
+    Routing(String),
     /// A bug or an unexpected condition; details are logged where it happened.
     #[error("{0}")]
     Internal(String),
@@ -25,7 +30,7 @@ pub enum Error {
 impl Error {
     /// Whether the same request may succeed when retried later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, Error::Unavailable(_) | Error::Routing(_))
     }
 
     /// The HTTP status this error is answered with.
@@ -33,7 +38,7 @@ impl Error {
         match self {
             Error::InvalidInput(_) => 400,
             Error::NotFound(_) => 404,
-            Error::Unavailable(_) => 503,
+            Error::Unavailable(_) | Error::Routing(_) => 503,
             Error::Internal(_) => 500,
         }
     }
@@ -43,7 +48,7 @@ impl Error {
         match self {
             Error::InvalidInput(_) => "invalid_input",
             Error::NotFound(_) => "not_found",
-            Error::Unavailable(_) => "unavailable",
+            Error::Unavailable(_) | Error::Routing(_) => "unavailable",
             Error::Internal(_) => "internal",
         }
     }
@@ -57,6 +62,9 @@ impl Error {
     }
     pub fn unavailable(msg: impl Into<String>) -> Self {
         Error::Unavailable(msg.into())
+    }
+    pub fn routing(msg: impl Into<String>) -> Self {
+        Error::Routing(msg.into())
     }
     pub fn internal(msg: impl Into<String>) -> Self {
         Error::Internal(msg.into())

@@ -3,24 +3,14 @@
 //! registration is lost, each instance with its newest status.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chordctl::ring::invariants::{self, View};
 use serde_json::{json, Value};
 
 use crate::support::cluster::TestCluster;
+use crate::support::eventually;
 use crate::support::http::call;
-
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    loop {
-        match f().await {
-            Ok(()) => return,
-            Err(e) if start.elapsed() > Duration::from_secs(90) => panic!("{what}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
 
 fn side_is_a_ring(c: &TestCluster, side: &[usize]) -> Result<(), String> {
     let views: Vec<View> = side
@@ -57,10 +47,14 @@ async fn a_split_ring_takes_writes_on_both_sides_and_heals_without_losing_any() 
     }
     let (a, b) = ([0usize, 1, 2], [3usize, 4, 5]);
     cut(&c, &a, &b);
-    eventually("each half becomes a ring of its own", async || {
-        side_is_a_ring(&c, &a)?;
-        side_is_a_ring(&c, &b)
-    })
+    eventually(
+        "each half becomes a ring of its own",
+        Duration::from_secs(90),
+        async || {
+            side_is_a_ring(&c, &a)?;
+            side_is_a_ring(&c, &b)
+        },
+    )
     .await;
     // Both halves take writes: a new instance on each side, status reports on each side.
     let mut expected_latency: Vec<Option<f64>> = vec![None; services.len()];
@@ -100,40 +94,44 @@ async fn a_split_ring_takes_writes_on_both_sides_and_heals_without_losing_any() 
     c.settle().await;
     for i in 0..6 {
         let url = c.url(i);
-        eventually("all registrations after the heal", async || {
-            for (k, s) in services.iter().enumerate() {
-                let (st, body) = call("GET", &format!("{url}/v1/services/{s}"), None).await;
-                if st != 200 {
-                    return Err(format!("{s}: {st} {body}"));
-                }
-                let list = body["instances"].as_array().cloned().unwrap_or_default();
-                let ids: HashSet<&str> = list.iter().filter_map(|v| v["id"].as_str()).collect();
-                if ids != HashSet::from(["base", "a-side", "b-side"]) {
-                    return Err(format!("{s} from agent {i}: {ids:?}"));
-                }
-                let latency = |id: &str| -> Option<f64> {
-                    list.iter()
-                        .find(|v| v["id"] == id)
-                        .and_then(|v: &Value| v["status"]["latency_ms"].as_f64())
-                };
-                if latency("a-side") != Some(1.0) || latency("b-side") != Some(2.0) {
-                    return Err(format!(
-                        "{s}: side statuses {:?} {:?}",
-                        latency("a-side"),
-                        latency("b-side")
-                    ));
-                }
-                if let Some(want) = expected_latency[k] {
-                    if latency("base") != Some(want) {
+        eventually(
+            "all registrations after the heal",
+            Duration::from_secs(90),
+            async || {
+                for (k, s) in services.iter().enumerate() {
+                    let (st, body) = call("GET", &format!("{url}/v1/services/{s}"), None).await;
+                    if st != 200 {
+                        return Err(format!("{s}: {st} {body}"));
+                    }
+                    let list = body["instances"].as_array().cloned().unwrap_or_default();
+                    let ids: HashSet<&str> = list.iter().filter_map(|v| v["id"].as_str()).collect();
+                    if ids != HashSet::from(["base", "a-side", "b-side"]) {
+                        return Err(format!("{s} from agent {i}: {ids:?}"));
+                    }
+                    let latency = |id: &str| -> Option<f64> {
+                        list.iter()
+                            .find(|v| v["id"] == id)
+                            .and_then(|v: &Value| v["status"]["latency_ms"].as_f64())
+                    };
+                    if latency("a-side") != Some(1.0) || latency("b-side") != Some(2.0) {
                         return Err(format!(
-                            "{s}: base latency {:?}, want the newest {want}",
-                            latency("base")
+                            "{s}: side statuses {:?} {:?}",
+                            latency("a-side"),
+                            latency("b-side")
                         ));
                     }
+                    if let Some(want) = expected_latency[k] {
+                        if latency("base") != Some(want) {
+                            return Err(format!(
+                                "{s}: base latency {:?}, want the newest {want}",
+                                latency("base")
+                            ));
+                        }
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await;
     }
 }

@@ -7,6 +7,7 @@ use chordctl::agent::{self, Start};
 use serde_json::{json, Value};
 
 use crate::support::cluster::{test_config, TestCluster};
+use crate::support::eventually;
 use crate::support::http::{call, raw};
 use crate::support::redis::RedisServer;
 
@@ -24,18 +25,6 @@ async fn instances(url: &str, service: &str) -> Vec<Value> {
     let (status, body) = call("GET", &format!("{url}/v1/services/{service}"), None).await;
     assert_eq!(status, 200, "discover {service}: {body}");
     body["instances"].as_array().cloned().unwrap_or_default()
-}
-
-/// Poll until `f` holds, with a generous deadline.
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    loop {
-        match f().await {
-            Ok(()) => return,
-            Err(e) if start.elapsed() > Duration::from_secs(60) => panic!("{what}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,21 +215,29 @@ async fn ttl_turns_critical_after_one_ttl_then_is_removed_after_grace() {
     assert_eq!(st, 200);
     register(&url, "beat", "forever", 2).await;
     let registered = Instant::now();
-    eventually("critical after one TTL", async || {
-        let (_, inst) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
-        (inst["status"]["state"] == "critical")
-            .then_some(())
-            .ok_or(inst.to_string())
-    })
+    eventually(
+        "critical after one TTL",
+        Duration::from_secs(60),
+        async || {
+            let (_, inst) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
+            (inst["status"]["state"] == "critical")
+                .then_some(())
+                .ok_or(inst.to_string())
+        },
+    )
     .await;
     assert!(
         registered.elapsed() >= Duration::from_secs(1),
         "not before one TTL"
     );
-    eventually("removed after the grace period", async || {
-        let (st, _) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
-        (st == 404).then_some(()).ok_or(format!("status {st}"))
-    })
+    eventually(
+        "removed after the grace period",
+        Duration::from_secs(60),
+        async || {
+            let (st, _) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
+            (st == 404).then_some(()).ok_or(format!("status {st}"))
+        },
+    )
     .await;
     assert!(
         registered.elapsed() >= Duration::from_secs(11),
@@ -352,7 +349,7 @@ async fn an_agent_on_redis_keeps_records_over_restart_and_survives_a_redis_outag
     assert_eq!(st, 200);
     // Redis returns: writes work again without restarting the agent, nothing was lost.
     redis.restart();
-    eventually("writes work again", async || {
+    eventually("writes work again", Duration::from_secs(60), async || {
         let (st, e) = call(
             "PUT",
             &format!("{url}/v1/services/onredis/instances/b"),

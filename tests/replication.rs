@@ -6,6 +6,7 @@ use chordctl::ring::Id;
 use serde_json::json;
 
 use crate::support::cluster::TestCluster;
+use crate::support::eventually;
 use crate::support::http::call;
 use crate::support::procs::AgentProc;
 
@@ -15,21 +16,6 @@ async fn count(url: &str, service: &str) -> usize {
         return 0;
     }
     body["instances"].as_array().map(Vec::len).unwrap_or(0)
-}
-
-async fn eventually(
-    what: &str,
-    deadline: Duration,
-    mut f: impl AsyncFnMut() -> Result<(), String>,
-) {
-    let start = Instant::now();
-    loop {
-        match f().await {
-            Ok(()) => return,
-            Err(e) if start.elapsed() > deadline => panic!("{what}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

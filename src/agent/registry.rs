@@ -13,8 +13,8 @@ use super::progress::{Progress, Step};
 use super::ring::RingDriver;
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{
-    discovered_json, gvip_key, range_hash, record_key, routing_id, Entry, RawJson, RegistryRequest,
-    RegistryResponse, WriteOp,
+    discovered_json, gvip_id, gvip_key, range_hash, record_key, routing_id, Entry, RawJson,
+    RegistryRequest, RegistryResponse, WriteOp,
 };
 use crate::registry::{Record, ServiceSummary, DEFAULT_GRACE_FACTOR};
 use crate::ring::{Id, LookupResult, NodeRef};
@@ -82,12 +82,8 @@ fn version_item(e: &Entry) -> (String, u64, String) {
     }
 }
 
-fn is_store_outage(e: &Error) -> bool {
-    e.to_string().starts_with("store unavailable")
-}
-
 fn not_owner() -> Error {
-    Error::unavailable("this node does not own the record (ring ownership is settling); retry")
+    Error::routing("this node does not own the record (ring ownership is settling); retry")
 }
 
 impl Registry {
@@ -128,13 +124,13 @@ impl Registry {
     /// Send `req` to the owner of `key_id`, retrying while ownership settles.
     async fn route(self: &Arc<Self>, key_id: Id, req: RegistryRequest) -> Result<RegistryResponse> {
         let started = Instant::now();
-        let mut last = Error::unavailable("no owner found");
+        let mut last = Error::routing("no owner found");
         while started.elapsed() < ROUTE_DEADLINE {
             match self.try_route(key_id, &req).await {
                 Ok(r) => return Ok(r),
-                // A store outage at the owner is answered at once (503); only routing
-                // problems (ownership settling, an unreachable owner) are worth retrying.
-                Err(e) if e.is_retryable() && !is_store_outage(&e) => last = e,
+                // Only routing problems (ownership settling, an unreachable owner) are worth
+                // retrying; anything else (bad input, a store outage at the owner) is the answer.
+                Err(e @ Error::Routing(_)) => last = e,
                 Err(e) => return Err(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -155,7 +151,7 @@ impl Registry {
         // owns the key, or does not answer) drops the entry and falls through to a lookup.
         if let Some(owner) = self.cached_owner(&key_id) {
             match self.call(&owner, req.clone()).await {
-                Err(e) if e.is_retryable() && !is_store_outage(&e) => {
+                Err(Error::Routing(_)) => {
                     guard(&self.routes).remove(&key_id);
                 }
                 answer => return answer,
@@ -169,7 +165,7 @@ impl Registry {
         self.cache_route(key_id, &found);
         match self.call(&owner, req.clone()).await {
             // The owner does not answer: a read is served by the next replica that does.
-            Err(Error::Unavailable(why))
+            Err(Error::Routing(why))
                 if matches!(
                     req,
                     RegistryRequest::Read { .. } | RegistryRequest::Discover { .. }
@@ -178,7 +174,7 @@ impl Registry {
                 let (RegistryRequest::Read { service } | RegistryRequest::Discover { service, .. }) =
                     req
                 else {
-                    return Err(Error::Unavailable(why));
+                    return Err(Error::Routing(why));
                 };
                 let chain = found.replica_chain(self.replicas);
                 for node in chain.iter().skip(1) {
@@ -207,7 +203,7 @@ impl Registry {
                         };
                     }
                 }
-                Err(Error::Unavailable(why))
+                Err(Error::Routing(why))
             }
             other => other,
         }
@@ -358,10 +354,16 @@ impl Registry {
     }
 
     async fn owned_entries(&self) -> Result<Vec<Entry>> {
+        self.entries_where(|id| self.owns(id)).await
+    }
+
+    /// Every stored entry (service records and gVip claims) whose routing identifier passes
+    /// `keep`.
+    async fn entries_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for prefix in ["svc/", "gvip/"] {
             for (key, value) in self.store.scan_prefix(prefix).await? {
-                if routing_id(&key).is_some_and(|id| self.owns(&id)) {
+                if routing_id(&key).is_some_and(|id| keep(&id)) {
                     entries.push(Entry { key, value });
                 }
             }
@@ -399,7 +401,7 @@ impl Registry {
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
             Err(e) => {
                 self.ring.with(|c| c.suspect(&node.id));
-                Err(Error::unavailable(e.to_string()))
+                Err(Error::routing(e.to_string()))
             }
         }
     }
@@ -454,7 +456,7 @@ impl Registry {
 
     /// The service holding `gvip`, from the claim's owner.
     pub async fn resolve_gvip(self: &Arc<Self>, gvip: &str) -> Result<Option<String>> {
-        let id = Id::of_key(&format!("gvip:{gvip}"));
+        let id = gvip_id(gvip);
         let req = RegistryRequest::ResolveGvip {
             gvip: gvip.to_string(),
         };
@@ -512,16 +514,9 @@ impl Registry {
             }
             RegistryRequest::TakeRange { joiner } => {
                 let me = self.ring.me().id;
-                let mut out = Vec::new();
-                for prefix in ["svc/", "gvip/"] {
-                    for (key, value) in self.store.scan_prefix(prefix).await? {
-                        if let Some(id) = routing_id(&key) {
-                            if !id.in_half_open(&joiner, &me) {
-                                out.push(Entry { key, value });
-                            }
-                        }
-                    }
-                }
+                let out = self
+                    .entries_where(|id| !id.in_half_open(&joiner, &me))
+                    .await?;
                 Ok(RegistryResponse::Entries(out))
             }
             RegistryRequest::Handoff { entries } => {
@@ -529,7 +524,7 @@ impl Registry {
                 Ok(RegistryResponse::Done)
             }
             RegistryRequest::ClaimGvip { gvip, service } => {
-                let id = Id::of_key(&format!("gvip:{gvip}"));
+                let id = gvip_id(&gvip);
                 self.check_owner(&id)?;
                 let lock = self.lock_for(&gvip_key(&gvip));
                 let _guard = lock.lock().await;
@@ -564,57 +559,52 @@ impl Registry {
                 Ok(RegistryResponse::Record(self.read_cached(&service).await?))
             }
             RegistryRequest::RangeHash { from, to, hash } => {
-                let mut mine = Vec::new();
-                for prefix in ["svc/", "gvip/"] {
-                    for (key, value) in self.store.scan_prefix(prefix).await? {
-                        if routing_id(&key).is_some_and(|id| id.in_half_open(&from, &to)) {
-                            mine.push(version_item(&Entry { key, value }));
-                        }
-                    }
-                }
+                let mine: Vec<_> = self
+                    .entries_where(|id| id.in_half_open(&from, &to))
+                    .await?
+                    .iter()
+                    .map(version_item)
+                    .collect();
                 Ok(RegistryResponse::Same(range_hash(&mine) == hash))
             }
             RegistryRequest::Digest { items, range } => {
+                // One scan of the owner's range (everything when it knows no predecessor):
+                // what we hold there, by key, with its version.
+                let held = match range {
+                    Some((from, to)) => {
+                        self.entries_where(|id| id.in_half_open(&from, &to)).await?
+                    }
+                    None => self.entries_where(|_| true).await?,
+                };
+                let mut mine: HashMap<String, (crate::registry::Version, Entry)> = held
+                    .into_iter()
+                    .map(|e| {
+                        let (key, counter, node) = version_item(&e);
+                        (key, (crate::registry::Version { counter, node }, e))
+                    })
+                    .collect();
                 let mut need = Vec::new();
-                let mut theirs_by_key = HashMap::new();
                 for (key, counter, node) in items {
                     let theirs = crate::registry::Version { counter, node };
-                    match self.store.get(&key).await? {
-                        None => need.push(key.clone()),
-                        Some(bytes) if key.starts_with("svc/") => {
-                            match Record::from_bytes(&bytes) {
-                                Ok(r) if r.version >= theirs => {}
-                                _ => need.push(key.clone()),
-                            }
+                    match mine.remove(&key) {
+                        None => need.push(key),
+                        Some((v, _)) if v < theirs => need.push(key),
+                        Some((v, e)) if v > theirs && range.is_some() => {
+                            mine.insert(key, (v, e));
                         }
                         Some(_) => {}
                     }
-                    theirs_by_key.insert(key, theirs);
                 }
-                let mut newer = Vec::new();
-                if let Some((from, to)) = range {
-                    for prefix in ["svc/", "gvip/"] {
-                        for (key, value) in self.store.scan_prefix(prefix).await? {
-                            if !routing_id(&key).is_some_and(|id| id.in_half_open(&from, &to)) {
-                                continue;
-                            }
-                            let entry = Entry { key, value };
-                            let (_, counter, node) = version_item(&entry);
-                            let mine = crate::registry::Version { counter, node };
-                            match theirs_by_key.get(&entry.key) {
-                                None => newer.push(entry),
-                                Some(t) if mine > *t && entry.key.starts_with("svc/") => {
-                                    newer.push(entry)
-                                }
-                                Some(_) => {}
-                            }
-                        }
-                    }
-                }
+                // Left in `mine`: entries of the range the owner lacks or holds older.
+                let newer = if range.is_some() {
+                    mine.into_values().map(|(_, e)| e).collect()
+                } else {
+                    Vec::new()
+                };
                 Ok(RegistryResponse::Diff { need, newer })
             }
             RegistryRequest::ResolveGvip { gvip } => {
-                let id = Id::of_key(&format!("gvip:{gvip}"));
+                let id = gvip_id(&gvip);
                 self.check_owner(&id)?;
                 let holder = self.store.get(&gvip_key(&gvip)).await?;
                 Ok(RegistryResponse::Service(
@@ -630,7 +620,7 @@ impl Registry {
 
     fn check_owner(&self, id: &Id) -> Result<()> {
         if self.leaving.load(Ordering::Relaxed) {
-            return Err(Error::unavailable(
+            return Err(Error::routing(
                 "this node is leaving the ring; retry through another agent",
             ));
         }
@@ -638,7 +628,7 @@ impl Registry {
             return Err(not_owner());
         }
         if !self.ready.load(Ordering::Relaxed) {
-            return Err(Error::unavailable(
+            return Err(Error::routing(
                 "this node joined moments ago and is still taking over its records; retry",
             ));
         }
@@ -700,12 +690,14 @@ impl Registry {
 
     /// Stores `rec` durably, then caches it (call under the record's lock). On a failure the
     /// cached copy is dropped: the store may or may not hold the write, so it is read again.
-    async fn save(&self, rec: &Record) -> Result<()> {
+    /// Returns the stored entry, for replication.
+    async fn save(&self, rec: &Record) -> Result<Entry> {
         let key = record_key(&rec.service);
-        match self.store.put(&key, rec.to_bytes()?).await {
+        let value = rec.to_bytes()?;
+        match self.store.put(&key, value.clone()).await {
             Ok(()) => {
                 self.cache_record(rec);
-                Ok(())
+                Ok(Entry { key, value })
             }
             Err(e) => {
                 self.uncache_key(&key);
@@ -718,7 +710,7 @@ impl Registry {
     async fn assign_gvip(self: &Arc<Self>, service: &str) -> Result<String> {
         for _ in 0..16 {
             let candidate = compat::random_gvip(&mut rand::thread_rng());
-            let id = Id::of_key(&format!("gvip:{candidate}"));
+            let id = gvip_id(&candidate);
             let req = RegistryRequest::ClaimGvip {
                 gvip: candidate.clone(),
                 service: service.to_string(),
@@ -791,14 +783,8 @@ impl Registry {
         };
         if changed {
             rec.bump_version(&self.node);
-            let value = rec.to_bytes()?;
-            let key = record_key(service);
-            if let Err(e) = self.store.put(&key, value.clone()).await {
-                self.uncache_key(&key);
-                return Err(e);
-            }
-            self.cache_record(&rec);
-            self.replicate(vec![Entry { key, value }]).await?;
+            let entry = self.save(&rec).await?;
+            self.replicate(vec![entry]).await?;
         }
         Ok(RegistryResponse::Applied {
             record: Some(rec),
@@ -912,16 +898,9 @@ impl Registry {
     pub async fn push_to_predecessor(&self, old: Option<NodeRef>, new: NodeRef) -> Result<()> {
         let me = self.ring.me().id;
         let from = old.map(|o| o.id).unwrap_or(me);
-        let mut entries = Vec::new();
-        for prefix in ["svc/", "gvip/"] {
-            for (key, value) in self.store.scan_prefix(prefix).await? {
-                if let Some(id) = routing_id(&key) {
-                    if id.in_half_open(&from, &new.id) && !id.in_half_open(&new.id, &me) {
-                        entries.push(Entry { key, value });
-                    }
-                }
-            }
-        }
+        let entries = self
+            .entries_where(|id| id.in_half_open(&from, &new.id))
+            .await?;
         if !entries.is_empty() {
             self.call(&new, RegistryRequest::Handoff { entries })
                 .await
@@ -950,12 +929,7 @@ impl Registry {
         for l in locks {
             drop(l.lock().await);
         }
-        let mut entries = Vec::new();
-        for prefix in ["svc/", "gvip/"] {
-            for (key, value) in self.store.scan_prefix(prefix).await? {
-                entries.push(Entry { key, value });
-            }
-        }
+        let entries = self.entries_where(|_| true).await?;
         let n = entries.len();
         if n == 0 {
             return Ok(0);
@@ -1031,11 +1005,7 @@ impl Registry {
                 rec.forget_tombstones(now);
                 if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
                     rec.bump_version(&self.node);
-                    self.save(&rec).await?;
-                    let entry = Entry {
-                        key: key.clone(),
-                        value: rec.to_bytes()?,
-                    };
+                    let entry = self.save(&rec).await?;
                     if let Err(e) = self.replicate(vec![entry]).await {
                         tracing::debug!("replicating a TTL change: {e}");
                     }

@@ -246,13 +246,13 @@ impl RingDriver {
     async fn lookup_uncounted(self: &Arc<Self>, key: Id) -> Result<LookupResult> {
         let first = self
             .read(|c| c.find_step(&key))
-            .ok_or_else(|| Error::unavailable("this agent is not a ring member (yet)"))?;
+            .ok_or_else(|| Error::routing("this agent is not a ring member (yet)"))?;
         let (mut lookup, mut action) = Lookup::start(key, first);
         loop {
             match action {
                 LookupAction::Done(result) => return Ok(result),
                 LookupAction::Failed(reason) => {
-                    return Err(Error::unavailable(format!("lookup failed: {reason}")))
+                    return Err(Error::routing(format!("lookup failed: {reason}")))
                 }
                 LookupAction::Ask(node) => {
                     let req = Request::Ring(RingRequest::FindStep { key });

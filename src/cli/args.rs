@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use clap_complete::Shell;
 use reqwest::Url;
+
+use crate::registry::{State, Strategy};
 
 /// Text shown at the end of `chordctl --help` and in the man page.
 const AFTER_HELP: &str = "\
@@ -336,36 +339,17 @@ pub struct DiscoverArgs {
     #[arg(long, value_name = "T")]
     pub tag: Option<String>,
     /// Return one instance chosen by this strategy
-    #[arg(long, value_name = "STRATEGY", value_enum)]
+    #[arg(long, value_name = "STRATEGY", value_parser = strategy_parser())]
     pub pick: Option<Strategy>,
 }
 
-/// How `svc discover --pick` chooses one instance (API.md, STRATEGY).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Strategy {
-    /// Highest success rate, then lowest latency, then lowest load, among the healthiest state
-    Best,
-    /// Each instance in turn
-    RoundRobin,
-    /// Uniformly at random
-    Random,
-    /// At random in proportion to weight
-    Weighted,
-    /// Lowest load
-    LeastLoad,
-}
-
-impl Strategy {
-    /// The name the HTTP API expects in `?pick=`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Best => "best",
-            Strategy::RoundRobin => "round-robin",
-            Strategy::Random => "random",
-            Strategy::Weighted => "weighted",
-            Strategy::LeastLoad => "least-load",
-        }
-    }
+/// STRATEGY for `--pick`: best, round-robin, random, weighted or least-load, parsed by the
+/// registry itself.
+fn strategy_parser() -> impl TypedValueParser<Value = Strategy> {
+    PossibleValuesParser::new(
+        Strategy::ALL.map(|v| PossibleValue::new(v.as_str()).help(v.describe())),
+    )
+    .try_map(|s| s.parse::<Strategy>())
 }
 
 /// `chordctl status ...`.
@@ -394,7 +378,7 @@ pub struct ReportArgs {
     #[arg(value_parser = non_empty)]
     pub id: String,
     /// The instance's health
-    #[arg(long, value_name = "STATE", value_enum)]
+    #[arg(long, value_name = "STATE", value_parser = state_parser())]
     pub state: State,
     /// Current load (finite, at least 0)
     #[arg(long, value_name = "X", value_parser = parse_non_negative)]
@@ -413,29 +397,11 @@ pub struct ReportArgs {
     pub note: Option<String>,
 }
 
-/// An instance's health (API.md, STATE).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum State {
-    /// Healthy.
-    Passing,
-    /// Degraded but serving.
-    Warning,
-    /// Failing, or silent for longer than its TTL.
-    Critical,
-    /// Taken out of rotation on purpose.
-    Maintenance,
-}
-
-impl State {
-    /// The name the HTTP API uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Passing => "passing",
-            State::Warning => "warning",
-            State::Critical => "critical",
-            State::Maintenance => "maintenance",
-        }
-    }
+/// STATE for `status report --state`: passing, warning, critical or maintenance, parsed by the
+/// registry itself.
+fn state_parser() -> impl TypedValueParser<Value = State> {
+    PossibleValuesParser::new(State::ALL.map(|v| PossibleValue::new(v.as_str()).help(v.describe())))
+        .try_map(|s| s.parse::<State>())
 }
 
 // ---------------------------------------------------------------------------------------------

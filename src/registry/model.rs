@@ -47,6 +47,16 @@ impl State {
         }
     }
 
+    /// One line for people (CLI help and completions).
+    pub fn describe(self) -> &'static str {
+        match self {
+            State::Passing => "Healthy",
+            State::Warning => "Degraded but serving",
+            State::Critical => "Failing, or silent for longer than its TTL",
+            State::Maintenance => "Taken out of rotation on purpose",
+        }
+    }
+
     /// Whether `discover --healthy` returns instances in this state: passing and warning are
     /// serving; critical is failing and maintenance is deliberately out of rotation.
     pub fn is_healthy(self) -> bool {

@@ -22,10 +22,13 @@ pub fn routing_id(store_key: &str) -> Option<Id> {
     if let Some(service) = store_key.strip_prefix("svc/") {
         Some(Id::of_key(service))
     } else {
-        store_key
-            .strip_prefix("gvip/")
-            .map(|g| Id::of_key(&format!("gvip:{g}")))
+        store_key.strip_prefix("gvip/").map(gvip_id)
     }
+}
+
+/// The ring identifier of a gVip claim: SHA-1 of `gvip:ADDRESS`.
+pub fn gvip_id(gvip: &str) -> Id {
+    Id::of_key(&format!("gvip:{gvip}"))
 }
 
 /// A stored entry as it moves between nodes (join, leave, replication).

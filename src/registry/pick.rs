@@ -63,6 +63,19 @@ impl Strategy {
             Strategy::LeastLoad => "least-load",
         }
     }
+
+    /// One line for people (CLI help and completions).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Strategy::Best => {
+                "Highest success rate, then lowest latency, then lowest load, among the healthiest state"
+            }
+            Strategy::RoundRobin => "Each instance in turn",
+            Strategy::Random => "Uniformly at random",
+            Strategy::Weighted => "At random in proportion to weight",
+            Strategy::LeastLoad => "Lowest load",
+        }
+    }
 }
 
 impl fmt::Display for Strategy {
