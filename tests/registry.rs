@@ -298,10 +298,11 @@ async fn an_agent_restarted_on_the_embedded_store_has_its_records_back() {
     let h = agent::start(cfg.clone()).await.expect("start");
     let url = format!("http://{}", h.http_addr());
     register(&url, "keep", "a", 1).await;
-    let bind = h.ring_addr();
-    let http = h.http_addr();
+    // The same identity (advertised address), new ports: binding the old ports again could
+    // race with another test's outgoing connection taking one as its ephemeral port.
+    let advertise = Some(h.node().addr);
     h.shutdown().await;
-    let h = agent::start(agent::AgentConfig { bind, http, ..cfg })
+    let h = agent::start(agent::AgentConfig { advertise, ..cfg })
         .await
         .expect("restart");
     let url = format!("http://{}", h.http_addr());
@@ -323,11 +324,13 @@ async fn an_agent_on_redis_keeps_records_over_restart_and_survives_a_redis_outag
     let url = format!("http://{}", h.http_addr());
     register(&url, "onredis", "a", 1).await;
     // Restart on the same Redis: records are back.
-    let (bind, http) = (h.ring_addr(), h.http_addr());
+    // Same identity (the Redis key prefix is the node id), new ports (see above).
+    let advertise = Some(h.node().addr);
     h.shutdown().await;
-    let h = agent::start(agent::AgentConfig { bind, http, ..cfg })
+    let h = agent::start(agent::AgentConfig { advertise, ..cfg })
         .await
         .expect("restart on redis");
+    let url = format!("http://{}", h.http_addr());
     assert_eq!(instances(&url, "onredis").await.len(), 1);
     // Redis stops: 503 with a clear JSON message, the agent keeps serving.
     redis.stop();
@@ -483,6 +486,17 @@ async fn the_prototype_routes_answer_as_recorded_from_any_agent() {
     )
     .await;
     assert_eq!(st, 400);
+    let (st, text) = raw(
+        "POST",
+        &format!("{}/services/register/", c.url(0)),
+        vec![b' '; 1 << 20],
+    )
+    .await;
+    assert_eq!(st, 413, "{text}");
+    assert!(
+        !text.starts_with('{'),
+        "plain text for the prototype's clients: {text}"
+    );
 }
 
 /// The owner caches decoded records; a newer record arriving from another node (handoff,

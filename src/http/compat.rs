@@ -44,17 +44,8 @@ fn fail(e: Error) -> Response {
     html(status, e.to_string())
 }
 
-fn proto_body(raw: Result<Bytes, BytesRejection>) -> Result<PrototypeBody, Error> {
-    let bytes = match raw {
-        Ok(b) => b,
-        Err(_) => {
-            return Err(Error::invalid(format!(
-                "request body missing or larger than {} bytes",
-                super::MAX_BODY
-            )))
-        }
-    };
-    let body = PrototypeBody::from_bytes(&bytes)?;
+fn proto_body(bytes: &[u8]) -> Result<PrototypeBody, Error> {
+    let body = PrototypeBody::from_bytes(bytes)?;
     validate_service(&body.service)?;
     compat::validate_lsip(&body.lsip)?;
     Ok(body)
@@ -74,18 +65,7 @@ pub async fn register(
     State(agent): State<Arc<Agent>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match proto_body(raw) {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    match agent
-        .registry
-        .write(&body.service, WriteOp::LsipRegister { lsip: body.lsip })
-        .await
-    {
-        Ok(a) => html(StatusCode::OK, text_of(a)),
-        Err(e) => fail(e),
-    }
+    lsip_write(&agent, raw, |lsip| WriteOp::LsipRegister { lsip }).await
 }
 
 /// POST /services/registercancel/
@@ -93,15 +73,25 @@ pub async fn register_cancel(
     State(agent): State<Arc<Agent>>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match proto_body(raw) {
+    lsip_write(&agent, raw, |lsip| WriteOp::LsipCancel { lsip }).await
+}
+
+/// Parse the `{"sName","lSip"}` body, apply the write at the owner, answer its text.
+async fn lsip_write(
+    agent: &Agent,
+    raw: Result<Bytes, BytesRejection>,
+    op: impl FnOnce(String) -> WriteOp,
+) -> Response {
+    // The same body limit as v1 (413 when over it), answered in plain text.
+    let bytes = match super::v1::body(raw) {
+        Ok(b) => b,
+        Err(e) => return html(e.status, e.message),
+    };
+    let body = match proto_body(&bytes) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    match agent
-        .registry
-        .write(&body.service, WriteOp::LsipCancel { lsip: body.lsip })
-        .await
-    {
+    match agent.registry.write(&body.service, op(body.lsip)).await {
         Ok(a) => html(StatusCode::OK, text_of(a)),
         Err(e) => fail(e),
     }

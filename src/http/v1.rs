@@ -51,14 +51,22 @@ pub async fn register(
     Path((service, id)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    validate_service(&service)?;
-    validate_instance_id(&id)?;
+    let (service, id) = checked(service, id)?;
     let body = RegisterBody::from_json(&body(raw)?)?;
     body.validate(false)?;
-    let answer = agent
-        .registry
-        .write(&service, WriteOp::Register { id, body })
-        .await?;
+    write_instance(&agent, &service, WriteOp::Register { id, body }).await
+}
+
+/// The `{service}` and `{id}` path segments, validated.
+fn checked(service: String, id: String) -> Result<(String, String), ApiError> {
+    validate_service(&service)?;
+    validate_instance_id(&id)?;
+    Ok((service, id))
+}
+
+/// Apply `op` at the record's owner and answer the instance it touched.
+async fn write_instance(agent: &Agent, service: &str, op: WriteOp) -> Result<Response, ApiError> {
+    let answer = agent.registry.write(service, op).await?;
     json_of(&instance_of(answer)?)
 }
 
@@ -67,13 +75,8 @@ pub async fn deregister(
     State(agent): State<Arc<Agent>>,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    validate_service(&service)?;
-    validate_instance_id(&id)?;
-    let answer = agent
-        .registry
-        .write(&service, WriteOp::Deregister { id })
-        .await?;
-    json_of(&instance_of(answer)?)
+    let (service, id) = checked(service, id)?;
+    write_instance(&agent, &service, WriteOp::Deregister { id }).await
 }
 
 /// PUT /v1/services/{service}/instances/{id}/status
@@ -82,15 +85,10 @@ pub async fn report(
     Path((service, id)): Path<(String, String)>,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    validate_service(&service)?;
-    validate_instance_id(&id)?;
+    let (service, id) = checked(service, id)?;
     let body = StatusBody::from_json(&body(raw)?)?;
     body.validate()?;
-    let answer = agent
-        .registry
-        .write(&service, WriteOp::Report { id, body })
-        .await?;
-    json_of(&instance_of(answer)?)
+    write_instance(&agent, &service, WriteOp::Report { id, body }).await
 }
 
 /// GET /v1/services/{service}/instances/{id}
@@ -98,8 +96,7 @@ pub async fn query(
     State(agent): State<Arc<Agent>>,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    validate_service(&service)?;
-    validate_instance_id(&id)?;
+    let (service, id) = checked(service, id)?;
     let rec = agent
         .registry
         .read(&service)
