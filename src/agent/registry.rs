@@ -988,9 +988,11 @@ impl Registry {
             let Some(service) = key.strip_prefix("svc/") else {
                 continue;
             };
-            let cached = guard(&self.records).get(service).cloned();
+            let cached = guard(&self.records)
+                .get(service)
+                .map(|rec| rec.next_deadline(DEFAULT_GRACE_FACTOR));
             let deadline = match cached {
-                Some(rec) => rec.next_deadline(DEFAULT_GRACE_FACTOR),
+                Some(deadline) => deadline,
                 None => match Record::from_bytes(&value) {
                     Ok(rec) => rec.next_deadline(DEFAULT_GRACE_FACTOR),
                     Err(_) => continue,
