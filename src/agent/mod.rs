@@ -364,17 +364,16 @@ async fn watch_ring(agent: Arc<Agent>) {
         tokio::select! {
             _ = agent.stop.cancelled() => return,
             e = events.recv() => match e {
-                Ok(crate::ring::Event::PredecessorChanged { old, new: Some(new) }) => {
-                    let me = agent.ring.me().id;
-                    let closer = old.as_ref().is_none_or(|o| new.id.in_open(&o.id, &me));
-                    if closer && old.is_some() {
-                        let registry = agent.registry.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = registry.push_to_predecessor(old, new).await {
-                                tracing::warn!("pushing records to the new predecessor failed: {e}");
-                            }
-                        });
-                    }
+                Ok(crate::ring::Event::PredecessorChanged {
+                    old: Some(old),
+                    new: Some(new),
+                }) if new.id.in_open(&old.id, &agent.ring.me().id) => {
+                    let registry = agent.registry.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = registry.push_to_predecessor(&old, new).await {
+                            tracing::warn!("pushing records to the new predecessor failed: {e}");
+                        }
+                    });
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -895,11 +895,9 @@ impl Registry {
 
     /// Our predecessor moved closer (a node joined between): push the entries it now owns,
     /// in case they were written here after it took its range.
-    pub async fn push_to_predecessor(&self, old: Option<NodeRef>, new: NodeRef) -> Result<()> {
-        let me = self.ring.me().id;
-        let from = old.map(|o| o.id).unwrap_or(me);
+    pub async fn push_to_predecessor(&self, old: &NodeRef, new: NodeRef) -> Result<()> {
         let entries = self
-            .entries_where(|id| id.in_half_open(&from, &new.id))
+            .entries_where(|id| id.in_half_open(&old.id, &new.id))
             .await?;
         if !entries.is_empty() {
             self.call(&new, RegistryRequest::Handoff { entries })

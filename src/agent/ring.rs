@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::Metrics;
 use crate::ring::{
     Chord, Event, Id, Lookup, LookupAction, LookupResult, NodeRef, Outbound, RingRequest,
-    RingResponse, Step,
+    RingResponse,
 };
 use crate::rpc::{Pool, Request, Response};
 use crate::{Error, Result};
@@ -341,10 +341,5 @@ impl RingDriver {
             self.metrics.walked(out.len());
         }
         Ok(out)
-    }
-
-    /// The first step of a lookup as this node sees it (for tests and the HTTP view).
-    pub fn find_step(&self, key: &Id) -> Option<Step> {
-        self.read(|c| c.find_step(key))
     }
 }

@@ -89,11 +89,6 @@ impl Lookup {
         self.key
     }
 
-    /// Hops so far.
-    pub fn hops(&self) -> u32 {
-        self.hops
-    }
-
     /// The node asked answered with `step`.
     pub fn on_step(&mut self, step: Step) -> LookupAction {
         self.hops += 1;
@@ -107,11 +102,6 @@ impl Lookup {
     pub fn on_failure(&mut self, node: &NodeRef) -> LookupAction {
         self.failed.insert(node.id);
         self.next_candidate()
-    }
-
-    /// Nodes that failed during this lookup, for the caller to suspect.
-    pub fn failed(&self) -> impl Iterator<Item = &Id> {
-        self.failed.iter()
     }
 
     fn apply(&mut self, step: Step) -> LookupAction {

@@ -81,11 +81,6 @@ impl Pool {
         }
     }
 
-    /// The default per-call deadline.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Call `addr` with the pool's deadline.
     pub async fn call(&self, addr: &str, req: Request) -> Result<Response, CallError> {
         self.call_with_timeout(addr, req, self.timeout).await
@@ -101,13 +96,6 @@ impl Pool {
         match tokio::time::timeout(timeout, self.call_inner(addr, req)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout(addr.to_string(), timeout)),
-        }
-    }
-
-    /// Close the connection to `addr`, if any (its calls fail).
-    pub fn forget(&self, addr: &str) {
-        if let Ok(mut conns) = self.conns.lock() {
-            conns.remove(addr);
         }
     }
 
