@@ -313,6 +313,7 @@ pub async fn run_dev(nodes: usize, base: AgentConfig) -> Result<()> {
         let h = start_logged(config, i).await?;
         handles.push(h);
     }
+    wait_settled(&handles).await;
     if let Some(first) = handles.first() {
         println!("export CHORDCTL_AGENT=http://{}", first.http_addr());
     }
@@ -425,6 +426,31 @@ async fn sweep_ttls(registry: Arc<Registry>, stop: CancellationToken) {
                     tracing::debug!("TTL sweep skipped: {e}");
                 }
             }
+        }
+    }
+}
+
+/// Wait (bounded) until the in-process ring is whole — every node's successor list and
+/// predecessor are exact — so that the ring is usable the moment `agent dev` says so.
+async fn wait_settled(handles: &[AgentHandle]) {
+    use crate::ring::invariants::{self, View};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let views: Vec<View> = handles
+            .iter()
+            .map(|h| h.agent.ring.read(View::of))
+            .collect();
+        let r = handles
+            .first()
+            .map(|h| h.agent.config.successors)
+            .unwrap_or(1);
+        match invariants::check(&views, r, true) {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!("the dev ring has not settled yet: {e}");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
