@@ -496,7 +496,8 @@ impl Registry {
             RegistryRequest::Write { service, op } => self.apply(&service, op).await,
             RegistryRequest::Read { service } => {
                 self.check_owner(&Id::of_key(&service))?;
-                Ok(RegistryResponse::Record(self.read_cached(&service).await?))
+                let rec = self.read_cached(&service).await?;
+                Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
             }
             RegistryRequest::ListOwned => {
                 let mut out = Vec::new();
@@ -556,7 +557,8 @@ impl Registry {
                 )?))
             }
             RegistryRequest::ReadReplica { service } => {
-                Ok(RegistryResponse::Record(self.read_cached(&service).await?))
+                let rec = self.read_cached(&service).await?;
+                Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
             }
             RegistryRequest::RangeHash { from, to, hash } => {
                 let mine: Vec<_> = self
@@ -648,25 +650,21 @@ impl Registry {
     /// The caller must hold the record's lock (see [`Registry::lock_for`]) so that the cache
     /// is only ever filled with what the store holds; [`Registry::read_cached`] is the way in
     /// without the lock.
-    async fn load(&self, service: &str) -> Result<Option<Record>> {
+    async fn load(&self, service: &str) -> Result<Option<Arc<Record>>> {
         if let Some(rec) = guard(&self.records).get(service) {
-            return Ok(Some(Record::clone(rec)));
+            return Ok(Some(rec.clone()));
         }
         match self.store.get(&record_key(service)).await? {
-            Some(bytes) => {
-                let rec = Record::from_bytes(&bytes)?;
-                self.cache_record(&rec);
-                Ok(Some(rec))
-            }
+            Some(bytes) => Ok(Some(self.cache_record(Record::from_bytes(&bytes)?))),
             None => Ok(None),
         }
     }
 
     /// A read (at the owner, or at a replica standing in for it): from the cache without
     /// waiting for writers, else from the store under the record's lock.
-    async fn read_cached(&self, service: &str) -> Result<Option<Record>> {
+    async fn read_cached(&self, service: &str) -> Result<Option<Arc<Record>>> {
         if let Some(rec) = guard(&self.records).get(service) {
-            return Ok(Some(Record::clone(rec)));
+            return Ok(Some(rec.clone()));
         }
         let lock = self.lock_for(&record_key(service));
         let _guard = lock.lock().await;
@@ -674,11 +672,13 @@ impl Registry {
     }
 
     /// Remembers `rec` as what the store holds (call under the record's lock).
-    fn cache_record(&self, rec: &Record) {
+    fn cache_record(&self, rec: Record) -> Arc<Record> {
+        let rec = Arc::new(rec);
         let mut records = guard(&self.records);
         if records.len() < RECORD_CACHE_MAX || records.contains_key(&rec.service) {
-            records.insert(rec.service.clone(), Arc::new(rec.clone()));
+            records.insert(rec.service.clone(), rec.clone());
         }
+        rec
     }
 
     /// Forgets the cached record under `key` (a store key), if it is a service record.
@@ -691,7 +691,7 @@ impl Registry {
     /// Stores `rec` durably, then caches it (call under the record's lock). On a failure the
     /// cached copy is dropped: the store may or may not hold the write, so it is read again.
     /// Returns the stored entry, for replication.
-    async fn save(&self, rec: &Record) -> Result<Entry> {
+    async fn save(&self, rec: Record) -> Result<Entry> {
         let key = record_key(&rec.service);
         let value = rec.to_bytes()?;
         match self.store.put(&key, value.clone()).await {
@@ -735,13 +735,13 @@ impl Registry {
         let now = Utc::now();
         let existing = self.load(service).await?;
         let creates = matches!(op, WriteOp::Register { .. } | WriteOp::LsipRegister { .. });
+        // The cache keeps the stored copy until the write is durable; this is the one copy made.
         let mut rec = match existing {
-            Some(r) => r,
+            Some(r) => Arc::unwrap_or_clone(r),
             None if creates => Record::new(service, None)?,
             None => {
                 return match op {
                     WriteOp::LsipCancel { .. } => Ok(RegistryResponse::Applied {
-                        record: None,
                         instance: None,
                         text: Some(CancelOutcome::NoService.text().to_string()),
                     }),
@@ -783,14 +783,10 @@ impl Registry {
         };
         if changed {
             rec.bump_version(&self.node);
-            let entry = self.save(&rec).await?;
+            let entry = self.save(rec).await?;
             self.replicate(vec![entry]).await?;
         }
-        Ok(RegistryResponse::Applied {
-            record: Some(rec),
-            instance,
-            text,
-        })
+        Ok(RegistryResponse::Applied { instance, text })
     }
 
     /// Store entries received from another node. Records are merged instance by instance
@@ -1001,11 +997,12 @@ impl Registry {
             }
             let lock = self.lock_for(&key);
             let _guard = lock.lock().await;
-            if let Some(mut rec) = self.load(service).await? {
+            if let Some(rec) = self.load(service).await? {
+                let mut rec = Arc::unwrap_or_clone(rec);
                 rec.forget_tombstones(now);
                 if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
                     rec.bump_version(&self.node);
-                    let entry = self.save(&rec).await?;
+                    let entry = self.save(rec).await?;
                     if let Err(e) = self.replicate(vec![entry]).await {
                         tracing::debug!("replicating a TTL change: {e}");
                     }

@@ -169,11 +169,17 @@ pub async fn status_storage(
         id: query.lsip.clone(),
         body: query.to_status_body(),
     };
-    match agent.registry.write(&query.service, op).await {
-        Ok(RegistryResponse::Applied {
-            record: Some(rec), ..
-        }) => state_doc(&rec),
-        Ok(_) => fail(Error::internal("unexpected answer")),
+    // The answer is the service's state document after the report: read back from the owner
+    // (writes answer only the instance they touched, not the whole record).
+    if let Err(e) = agent.registry.write(&query.service, op).await {
+        return fail(e);
+    }
+    match agent.registry.read(&query.service).await {
+        Ok(Some(rec)) => state_doc(&rec),
+        Ok(None) => fail(Error::not_found(format!(
+            "service {} not found",
+            query.service
+        ))),
         Err(e) => fail(e),
     }
 }

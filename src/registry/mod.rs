@@ -8,12 +8,14 @@
 //! - [`pick`](mod@pick): [`discover`], [`Strategy`] and [`pick`](fn@pick).
 //! - [`duration`]: the CLI's DURATION syntax.
 //! - [`compat`]: the prototype's gVips, texts and JSON documents.
+//! - [`codec`]: the compact binary form records are stored and replicated in.
 //!
 //! Everything takes the current time (`now`) and randomness (`rng`) as arguments, so the agent,
 //! the simulator and tests drive it alike. A record's owner serializes writes to it: it loads the
 //! record, applies operations, calls [`Record::bump_version`] with its node id, stores and
 //! replicates. Replicas keep a copy only if [`Record::is_newer_than`] the one they hold.
 
+pub mod codec;
 pub mod compat;
 pub mod duration;
 pub mod merge;

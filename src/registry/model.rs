@@ -357,17 +357,16 @@ impl Record {
         Ok(instance)
     }
 
-    /// The record as bytes for the store and ring RPC (JSON, so it is readable in Redis).
+    /// The record as bytes for the store and ring RPC, in the compact binary form of
+    /// [`super::codec`].
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| {
-            Error::internal(format!("cannot serialize record {:?}: {e}", self.service))
-        })
+        super::codec::encode(self)
     }
 
-    /// A record from the bytes [`Record::to_bytes`] wrote; `Internal` when they are corrupt.
+    /// A record from the bytes [`Record::to_bytes`] wrote (or the JSON earlier versions wrote);
+    /// `Internal` when they are corrupt.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::internal(format!("corrupt service record: {e}")))
+        super::codec::decode(bytes)
     }
 }
 

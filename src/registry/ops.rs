@@ -156,11 +156,10 @@ pub enum RegistryRequest {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RegistryResponse {
-    /// A write was applied: the record after it, the instance it touched, and the prototype's
-    /// reply text where the operation has one.
+    /// A write was applied: the instance it touched, and the prototype's reply text where the
+    /// operation has one. (Not the whole record: a forwarded write would carry every instance
+    /// of the service back over the ring for nothing.)
     Applied {
-        /// The record after the write (`None` when there was none and nothing was created).
-        record: Option<Record>,
         /// The instance registered, reported on, or removed.
         instance: Option<Instance>,
         /// The prototype's reply text.
