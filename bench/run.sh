@@ -15,6 +15,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10}       # seconds per wrk run
+WARMUP=${WARMUP:-3}            # seconds of the same load before each measured wrk run
 CONNS=${CONNS:-32}             # connections (concurrency) for wrk and redis-benchmark
 THREADS=${THREADS:-2}          # wrk threads
 LOOKUPS=${LOOKUPS:-2000}       # locate calls for the mean hop count at N=32
@@ -134,10 +135,15 @@ start_redis() {
 
 # ---- measuring -----------------------------------------------------------------------------
 
-# wrk_run SCRIPT URL [CONNS]: prints "rps p50 p99 errors".
+# wrk_run SCRIPT URL [CONNS]: prints "rps p50 p99 errors". Every system gets the same
+# WARMUP seconds of the same load first, not measured (caches filled, files grown).
 wrk_run() {
     local script=$1 url=$2 conns=${3:-$CONNS}
     local out
+    if ((WARMUP > 0)); then
+        wrk -t"$THREADS" -c"$conns" -d"${WARMUP}s" --timeout 10s -s "$BENCH_DIR/$script" "$url" \
+            >/dev/null 2>&1 || die "wrk warm-up against $url failed"
+    fi
     out=$(wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 10s -s "$BENCH_DIR/$script" "$url" 2>&1) ||
         die "wrk failed: $out"
     local line

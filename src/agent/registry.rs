@@ -769,7 +769,10 @@ impl Registry {
             }
             WriteOp::LsipRegister { lsip } => {
                 let outcome = compat::register_lsip(&mut rec, &lsip, now)?;
-                let inst = rec.instances.get(&lsip).cloned();
+                let inst = rec
+                    .instances
+                    .get(&lsip)
+                    .map(|i| crate::registry::Instance::clone(i));
                 (inst, Some(outcome.text().to_string()), true)
             }
             WriteOp::LsipCancel { lsip } => {

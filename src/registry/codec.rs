@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bincode::Options;
 use chrono::{DateTime, Utc};
@@ -173,7 +174,7 @@ fn decode_binary(body: &[u8]) -> Result<Record> {
                 updated_at: from_ts(i.updated_at)?,
             },
         };
-        instances.insert(id, instance);
+        instances.insert(id, Arc::new(instance));
     }
     let mut liveness = BTreeMap::new();
     for (id, last_seen, expired) in s.liveness {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -213,8 +214,9 @@ pub struct Record {
     pub version: Version,
     /// The prototype-compatible virtual IP, assigned at the first registration, never changed.
     pub gvip: Option<String>,
-    /// Instances by id.
-    pub instances: BTreeMap<String, Instance>,
+    /// Instances by id. Shared (`Arc`) so that copying a record for a write copies no
+    /// instance: the write replaces or changes (`Arc::make_mut`) only the one it touches.
+    pub instances: BTreeMap<String, Arc<Instance>>,
     /// Heartbeat bookkeeping by instance id (see [`Liveness`]).
     #[serde(default)]
     pub(super) liveness: BTreeMap<String, Liveness>,
@@ -258,7 +260,10 @@ impl Record {
 
     /// The instance `id`, or `NotFound` naming the service and the id.
     pub fn instance(&self, id: &str) -> Result<&Instance> {
-        self.instances.get(id).ok_or_else(|| self.no_instance(id))
+        self.instances
+            .get(id)
+            .map(Arc::as_ref)
+            .ok_or_else(|| self.no_instance(id))
     }
 
     fn no_instance(&self, id: &str) -> Error {
@@ -306,7 +311,8 @@ impl Record {
         liveness.last_seen = now;
 
         let instance = match self.instances.remove(id) {
-            Some(mut old) => {
+            Some(old) => {
+                let mut old = Arc::unwrap_or_clone(old);
                 if let Some((state, note)) = restored {
                     old.status.state = state;
                     old.status.note = note;
@@ -320,7 +326,11 @@ impl Record {
             }
             None => valid.into_instance(&self.service, id, now),
         };
-        Ok(self.instances.entry(id.to_string()).or_insert(instance))
+        let instance: &Instance = self
+            .instances
+            .entry(id.to_string())
+            .or_insert(Arc::new(instance));
+        Ok(instance)
     }
 
     /// Removes instance `id`; `NotFound` when there is none. The record stays (see [`Record`]).
@@ -330,7 +340,7 @@ impl Record {
             .remove(id)
             .ok_or_else(|| self.no_instance(id))?;
         self.liveness.remove(id);
-        Ok(instance)
+        Ok(Arc::unwrap_or_clone(instance))
     }
 
     /// Applies a status report to instance `id` and renews its TTL heartbeat.
@@ -344,6 +354,7 @@ impl Record {
         let Some(instance) = self.instances.get_mut(id) else {
             return Err(no_instance(&self.service, id));
         };
+        let instance = Arc::make_mut(instance);
         let liveness = self
             .liveness
             .entry(id.to_string())
@@ -886,7 +897,7 @@ pub(super) mod tests {
         assert_eq!(r.summary().instances, 1);
         let d = Discovery {
             service: r.service.clone(),
-            instances: r.instances.values().cloned().collect(),
+            instances: r.instances.values().map(|i| Instance::clone(i)).collect(),
         };
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["service"], "payments");

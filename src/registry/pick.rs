@@ -3,6 +3,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -20,6 +21,7 @@ pub fn discover<'a>(record: &'a Record, healthy: bool, tag: Option<&str>) -> Vec
     record
         .instances
         .values()
+        .map(Arc::as_ref)
         .filter(|inst| !healthy || inst.status.state.is_healthy())
         .filter(|inst| tag.is_none_or(|t| inst.tags.iter().any(|have| have == t)))
         .collect()

@@ -10,6 +10,8 @@
 //! The owner calls [`Record::sweep`] at [`Record::next_deadline`] (and whenever it likes; a sweep
 //! before any deadline changes nothing), then bumps the version and replicates if it changed.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::model::{Liveness, Record, State};
@@ -59,10 +61,7 @@ impl Record {
             let Some(last_seen) = self.last_seen(&id) else {
                 continue;
             };
-            let Some(instance) = self.instances.get_mut(&id) else {
-                continue;
-            };
-            let Some(ttl) = instance.ttl_secs else {
+            let Some(ttl) = self.instances.get(&id).and_then(|i| i.ttl_secs) else {
                 continue;
             };
             let (expiry, removal) = deadlines(last_seen, ttl, grace_factor);
@@ -73,12 +72,15 @@ impl Record {
             let Some(expiry) = expiry.filter(|e| now >= *e) else {
                 continue;
             };
+            let Some(instance) = self.instances.get_mut(&id) else {
+                continue;
+            };
             let liveness = self
                 .liveness
                 .entry(id)
                 .or_insert_with(|| Liveness::new(last_seen));
             if liveness.expired_from.is_none() {
-                let status = &mut instance.status;
+                let status = &mut Arc::make_mut(instance).status;
                 liveness.expired_from = Some((status.state, std::mem::take(&mut status.note)));
                 status.state = State::Critical;
                 status.note = format!("TTL expired: no status report for {ttl}s");
