@@ -6,6 +6,7 @@
 //! neighbours), stop the servers, return.
 
 pub mod config;
+pub mod deadlines;
 pub mod metrics;
 pub mod progress;
 pub mod registry;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::deadlines::Deadlines;
 use super::progress::{Progress, Step};
 use super::ring::RingDriver;
 use crate::registry::compat::{self, CancelOutcome};
@@ -64,6 +65,8 @@ pub struct Registry {
     /// decodes JSON. Filled and changed only under the record's lock (see [`Registry::load`]),
     /// and dropped around every write that bypasses `apply` (merge).
     records: Mutex<HashMap<String, Arc<Record>>>,
+    /// When each owned record next needs the TTL sweep, so an idle sweep reads no store.
+    deadlines: Mutex<Deadlines>,
 }
 
 /// Locks a std mutex, taking the data of a poisoned one (no invariant spans a panic here).
@@ -76,8 +79,8 @@ fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// (store key, version counter, version node) of an entry; gVip claims have no version.
 fn version_item(e: &Entry) -> (String, u64, String) {
-    match Record::from_bytes(&e.value) {
-        Ok(r) if e.key.starts_with("svc/") => (e.key.clone(), r.version.counter, r.version.node),
+    match Record::version_of(&e.value) {
+        Ok(v) if e.key.starts_with("svc/") => (e.key.clone(), v.counter, v.node),
         _ => (e.key.clone(), 0, String::new()),
     }
 }
@@ -101,6 +104,7 @@ impl Registry {
             rr: AtomicU64::new(0),
             routes: Mutex::new(HashMap::new()),
             records: Mutex::new(HashMap::new()),
+            deadlines: Mutex::new(Deadlines::default()),
         })
     }
 
@@ -290,6 +294,10 @@ impl Registry {
     /// Anti-entropy with every replica: send the versions of what this node owns, then the
     /// entries a replica lacks or holds older. Also the repair after membership changes.
     pub async fn sync_replicas(self: &Arc<Self>) -> Result<usize> {
+        let replicas = self.replica_set();
+        if replicas.is_empty() {
+            return Ok(0);
+        }
         let owned = self.owned_entries().await?;
         if owned.is_empty() {
             return Ok(0);
@@ -300,7 +308,7 @@ impl Registry {
             .read(|c| c.predecessor().map(|p| (p.id, c.me().id)));
         let hash = range_hash(&items);
         let mut sent = 0;
-        for node in self.replica_set() {
+        for node in replicas {
             // Cheap check first: one hash over the whole range; the full digest only when
             // the replica's differs.
             if let Some((from, to)) = range {
@@ -696,6 +704,8 @@ impl Registry {
         let value = rec.to_bytes()?;
         match self.store.put(&key, value.clone()).await {
             Ok(()) => {
+                let next = rec.next_deadline(DEFAULT_GRACE_FACTOR);
+                guard(&self.deadlines).set(&rec.service, next);
                 self.cache_record(rec);
                 Ok(Entry { key, value })
             }
@@ -832,11 +842,16 @@ impl Registry {
             .collect();
         let stored = self.store.apply(ops).await;
         // Whatever a load cached between the check above and this write is stale now: drop
-        // it under the lock, after which a load reads what the store holds.
+        // it under the lock, after which a load reads what the store holds. The next TTL
+        // sweep looks at what arrived.
+        let now = Utc::now();
         for key in keys {
             let lock = self.lock_for(&key);
             let _guard = lock.lock().await;
             self.uncache_key(&key);
+            if let Some(service) = key.strip_prefix("svc/") {
+                guard(&self.deadlines).check_soon(service, now);
+            }
         }
         stored
     }
@@ -971,20 +986,55 @@ impl Registry {
 
     // ---- TTL ---------------------------------------------------------------------------
 
-    /// Expire TTLs of owned records whose deadline has passed.
+    /// Expire TTLs of owned records whose deadline has passed. Reads the store only for the
+    /// records [`Deadlines`] says are due (and to rebuild it, see there).
     pub async fn sweep(self: &Arc<Self>) -> Result<()> {
+        let predecessor = self.ring.read(|c| c.predecessor().map(|p| p.id));
+        let rescan = guard(&self.deadlines).needs_rescan(Instant::now(), predecessor);
+        if rescan {
+            self.rescan_deadlines(predecessor).await?;
+        }
         let now = Utc::now();
-        for (key, value) in self.store.scan_prefix("svc/").await? {
-            let Some(id) = routing_id(&key) else { continue };
-            if !self.owns(&id) {
+        let due = guard(&self.deadlines).due(now);
+        for service in due {
+            if !self.owns(&Id::of_key(&service)) {
+                guard(&self.deadlines).remove(&service);
                 continue;
             }
-            // The cached copy, when there is one, saves decoding every owned record twice a
-            // second (most of an idle agent's CPU). It only filters: what is due is loaded
-            // again under the lock below.
+            let lock = self.lock_for(&record_key(&service));
+            let _guard = lock.lock().await;
+            let Some(rec) = self.load(&service).await? else {
+                guard(&self.deadlines).remove(&service);
+                continue;
+            };
+            let mut rec = Arc::unwrap_or_clone(rec);
+            rec.forget_tombstones(now);
+            if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
+                rec.bump_version(&self.node);
+                // Saving sets the record's next deadline.
+                let entry = self.save(rec).await?;
+                if let Err(e) = self.replicate(vec![entry]).await {
+                    tracing::debug!("replicating a TTL change: {e}");
+                }
+            } else {
+                let next = rec.next_deadline(DEFAULT_GRACE_FACTOR);
+                guard(&self.deadlines).set(&service, next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild the deadline index from the owned records in the store (from the record cache
+    /// where it has them, so only uncached records are decoded).
+    async fn rescan_deadlines(&self, predecessor: Option<Id>) -> Result<()> {
+        guard(&self.deadlines).rescanning(Instant::now(), predecessor);
+        for (key, value) in self.store.scan_prefix("svc/").await? {
             let Some(service) = key.strip_prefix("svc/") else {
                 continue;
             };
+            if !self.owns(&Id::of_key(service)) {
+                continue;
+            }
             let cached = guard(&self.records)
                 .get(service)
                 .map(|rec| rec.next_deadline(DEFAULT_GRACE_FACTOR));
@@ -995,21 +1045,8 @@ impl Registry {
                     Err(_) => continue,
                 },
             };
-            if deadline.is_none_or(|d| d > now) {
-                continue;
-            }
-            let lock = self.lock_for(&key);
-            let _guard = lock.lock().await;
-            if let Some(rec) = self.load(service).await? {
-                let mut rec = Arc::unwrap_or_clone(rec);
-                rec.forget_tombstones(now);
-                if rec.sweep(now, DEFAULT_GRACE_FACTOR) {
-                    rec.bump_version(&self.node);
-                    let entry = self.save(rec).await?;
-                    if let Err(e) = self.replicate(vec![entry]).await {
-                        tracing::debug!("replicating a TTL change: {e}");
-                    }
-                }
+            if let Some(at) = deadline {
+                guard(&self.deadlines).scanned(service, at);
             }
         }
         Ok(())

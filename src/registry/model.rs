@@ -374,6 +374,11 @@ impl Record {
         super::codec::encode(self)
     }
 
+    /// The version of the record in `bytes`, without decoding its instances.
+    pub fn version_of(bytes: &[u8]) -> Result<Version> {
+        super::codec::version(bytes)
+    }
+
     /// A record from the bytes [`Record::to_bytes`] wrote (or the JSON earlier versions wrote);
     /// `Internal` when they are corrupt.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
