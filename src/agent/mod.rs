@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::ops::RegistryResponse;
 use crate::ring::{Chord, Config as RingConfig, NodeRef};
 use crate::rpc::{self, Pool, Request, Response};
 use crate::{Error, Result};
@@ -77,6 +78,8 @@ impl rpc::Handler for RpcHandler {
                     }
                 };
                 match self.0.registry.handle_local(req).await {
+                    // A discover answer goes back as its text, not re-encoded as JSON.
+                    Ok(RegistryResponse::Json(raw)) => Response::Registry(raw.to_rpc()),
                     Ok(answer) => match serde_json::to_vec(&answer) {
                         Ok(b) => Response::Registry(b),
                         Err(e) => Response::Error(Error::internal(e.to_string())),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::Utc;
 
 use super::deadlines::Deadlines;
@@ -67,6 +68,43 @@ pub struct Registry {
     records: Mutex<HashMap<String, Arc<Record>>>,
     /// When each owned record next needs the TTL sweep, so an idle sweep reads no store.
     deadlines: Mutex<Deadlines>,
+    /// The unfiltered discover answer of recently discovered records, made once per version of
+    /// a record rather than per request.
+    discovered: Mutex<DiscoveredCache>,
+}
+
+/// Most bytes of discover answers kept by [`DiscoveredCache`].
+const DISCOVERED_CACHE_BYTES: usize = 4 << 20;
+
+/// Unfiltered discover answers by service, each with the record it was made from. An answer
+/// is served only for that very record (`Arc::ptr_eq`): every write stores a new `Arc`, so a
+/// changed record never meets an old answer, and no invalidation is needed. (Holding the
+/// `Arc` also keeps its address from being reused by another record.)
+#[derive(Default)]
+struct DiscoveredCache {
+    by_service: HashMap<String, (Arc<Record>, RawJson)>,
+    bytes: usize,
+}
+
+impl DiscoveredCache {
+    fn get(&self, rec: &Arc<Record>) -> Option<RawJson> {
+        match self.by_service.get(&rec.service) {
+            Some((made_from, json)) if Arc::ptr_eq(made_from, rec) => Some(json.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keep `json` as `rec`'s answer, replacing an older one; skipped when the cache is full.
+    fn put(&mut self, rec: &Arc<Record>, json: &RawJson) {
+        if let Some((_, old)) = self.by_service.remove(&rec.service) {
+            self.bytes -= old.len();
+        }
+        if self.bytes + json.len() <= DISCOVERED_CACHE_BYTES {
+            self.bytes += json.len();
+            self.by_service
+                .insert(rec.service.clone(), (rec.clone(), json.clone()));
+        }
+    }
 }
 
 /// Locks a std mutex, taking the data of a poisoned one (no invariant spans a panic here).
@@ -105,6 +143,7 @@ impl Registry {
             routes: Mutex::new(HashMap::new()),
             records: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(Deadlines::default()),
+            discovered: Mutex::new(DiscoveredCache::default()),
         })
     }
 
@@ -403,8 +442,14 @@ impl Registry {
             .call(&node.addr, Request::Registry(body))
             .await
         {
-            Ok(Response::Registry(bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::internal(format!("bad registry answer: {e}"))),
+            Ok(Response::Registry(bytes)) => {
+                let bytes = Bytes::from(bytes);
+                if let Some(raw) = RawJson::from_rpc(&bytes) {
+                    return raw.map(RegistryResponse::Json);
+                }
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::internal(format!("bad registry answer: {e}")))
+            }
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
             Err(e) => {
@@ -558,11 +603,23 @@ impl Registry {
                     .read_cached(&service)
                     .await?
                     .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
-                Ok(RegistryResponse::Json(discovered_json(
-                    &rec,
-                    healthy,
-                    tag.as_deref(),
-                )?))
+                if healthy || tag.is_some() {
+                    return Ok(RegistryResponse::Json(discovered_json(
+                        &rec,
+                        healthy,
+                        tag.as_deref(),
+                    )?));
+                }
+                let cached = guard(&self.discovered).get(&rec);
+                let json = match cached {
+                    Some(json) => json,
+                    None => {
+                        let json = discovered_json(&rec, false, None)?;
+                        guard(&self.discovered).put(&rec, &json);
+                        json
+                    }
+                };
+                Ok(RegistryResponse::Json(json))
             }
             RegistryRequest::ReadReplica { service } => {
                 let rec = self.read_cached(&service).await?;
@@ -1050,5 +1107,42 @@ impl Registry {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_discover_answer_is_served_only_for_the_record_it_was_made_from() {
+        let mut cache = DiscoveredCache::default();
+        let v1 = Arc::new(Record::new("pay", None).unwrap());
+        let json = discovered_json(&v1, false, None).unwrap();
+        cache.put(&v1, &json);
+        assert_eq!(cache.get(&v1), Some(json.clone()));
+        // The same content in another Arc (a write stored a new record) is not served.
+        let v2 = Arc::new(Record::clone(&v1));
+        assert_eq!(cache.get(&v2), None);
+        cache.put(&v2, &json);
+        assert_eq!(cache.get(&v1), None);
+        assert_eq!(
+            cache.bytes,
+            json.len(),
+            "the replaced answer no longer counts"
+        );
+    }
+
+    #[test]
+    fn the_discover_cache_stays_within_its_byte_budget() {
+        let mut cache = DiscoveredCache::default();
+        let big = RawJson::from_trusted(Bytes::from(vec![b' '; DISCOVERED_CACHE_BYTES / 2 + 1]));
+        let a = Arc::new(Record::new("a", None).unwrap());
+        let b = Arc::new(Record::new("b", None).unwrap());
+        cache.put(&a, &big);
+        cache.put(&b, &big);
+        assert!(cache.get(&a).is_some());
+        assert!(cache.get(&b).is_none(), "over the budget: not kept");
+        assert!(cache.bytes <= DISCOVERED_CACHE_BYTES);
     }
 }

@@ -133,7 +133,7 @@ pub async fn discover_service(
             let json = agent.registry.discover_json(&service, healthy, tag).await?;
             Ok((
                 [(header::CONTENT_TYPE, "application/json")],
-                json.into_string(),
+                json.into_bytes(),
             )
                 .into_response())
         }

@@ -1,5 +1,6 @@
 //! Registry operations as they travel between agents (inside `rpc::Request::Registry`, as JSON).
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Instance, Record, RegisterBody, ServiceSummary, StatusBody};
@@ -190,22 +191,74 @@ pub enum RegistryResponse {
     Done,
 }
 
-/// JSON text made by one agent and passed through another untouched: embedded as it is in the
-/// RPC answer, neither escaped as a string nor decoded into values on the way.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson(pub Box<serde_json::value::RawValue>);
+/// JSON text made by one agent and passed through another untouched. Over ring RPC it travels
+/// as raw bytes after [`RAW_JSON_TAG`] (see [`RawJson::to_rpc`]), neither escaped, nor parsed,
+/// nor copied into values on the way; in a JSON-encoded answer it is embedded as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJson(Bytes);
 
-impl PartialEq for RawJson {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
+/// First byte of an RPC registry answer that is a [`RawJson`] rather than a JSON-encoded
+/// [`RegistryResponse`] (which always starts with `{` or `"`).
+pub const RAW_JSON_TAG: u8 = 0;
+
+impl RawJson {
+    /// JSON text this agent made (trusted to be JSON).
+    pub fn from_trusted(json: Bytes) -> Self {
+        RawJson(json)
+    }
+
+    /// Length of the text in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the text is empty (never, for an answer made by an agent).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The JSON text, for an HTTP body.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The RPC answer carrying this text: the tag byte, then the text.
+    pub fn to_rpc(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() + 1);
+        out.push(RAW_JSON_TAG);
+        out.extend_from_slice(&self.0);
+        out
+    }
+
+    /// The text of an RPC answer made by [`RawJson::to_rpc`], if `answer` is one. The peer is a
+    /// ring member; its text is only checked to be UTF-8 before it is passed on.
+    pub fn from_rpc(answer: &Bytes) -> Option<crate::Result<RawJson>> {
+        if answer.first() != Some(&RAW_JSON_TAG) {
+            return None;
+        }
+        let text = answer.slice(1..);
+        Some(match std::str::from_utf8(&text) {
+            Ok(_) => Ok(RawJson(text)),
+            Err(e) => Err(crate::Error::internal(format!(
+                "bad registry answer: not UTF-8 JSON text: {e}"
+            ))),
+        })
     }
 }
 
-impl RawJson {
-    /// The JSON text.
-    pub fn into_string(self) -> String {
-        Box::<str>::from(self.0).into_string()
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(&self.0).map_err(serde::ser::Error::custom)?;
+        let raw = serde_json::value::RawValue::from_string(text.to_string())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        Ok(RawJson(Bytes::from(Box::<str>::from(raw).into_string())))
     }
 }
 
@@ -222,8 +275,8 @@ pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> Res
         service: &record.service,
         instances: super::discover(record, healthy, tag),
     };
-    serde_json::value::to_raw_value(&answer)
-        .map(RawJson)
+    serde_json::to_vec(&answer)
+        .map(|v| RawJson(Bytes::from(v)))
         .map_err(|e| crate::Error::internal(format!("cannot encode a discover answer: {e}")))
 }
 
@@ -243,6 +296,35 @@ pub fn range_hash(items: &[(String, u64, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_json_travels_over_rpc_as_its_text() {
+        let json =
+            RawJson::from_trusted(Bytes::from_static(br#"{"service":"pay","instances":[]}"#));
+        let wire = Bytes::from(json.to_rpc());
+        assert_eq!(wire[0], RAW_JSON_TAG);
+        assert_eq!(RawJson::from_rpc(&wire), Some(Ok(json.clone())));
+        // A JSON-encoded answer is not mistaken for one.
+        let encoded = serde_json::to_vec(&RegistryResponse::Claimed(true)).unwrap();
+        assert_eq!(RawJson::from_rpc(&Bytes::from(encoded)), None);
+        let bad = Bytes::from_static(&[RAW_JSON_TAG, 0xff, 0xfe]);
+        assert!(matches!(
+            RawJson::from_rpc(&bad),
+            Some(Err(crate::Error::Internal(_)))
+        ));
+    }
+
+    #[test]
+    fn raw_json_embeds_as_it_is_in_a_json_answer() {
+        let json = RawJson::from_trusted(Bytes::from_static(br#"{"a":[1,2]}"#));
+        let answer = RegistryResponse::Json(json);
+        let text = serde_json::to_string(&answer).unwrap();
+        assert_eq!(text, r#"{"Json":{"a":[1,2]}}"#);
+        assert_eq!(
+            serde_json::from_str::<RegistryResponse>(&text).unwrap(),
+            answer
+        );
+    }
 
     #[test]
     fn range_hash_ignores_order_and_sees_any_version_change() {

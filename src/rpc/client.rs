@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -161,6 +161,7 @@ impl Pool {
             .map_err(|e| CallError::Connect(addr.to_string(), e.to_string()))?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, frame::codec());
+        framed.set_backpressure_boundary(frame::WRITE_BUFFER);
         let (sealer, opener) = auth::client(&mut framed, self.secret.as_ref())
             .await
             .map_err(|e| {
@@ -207,10 +208,10 @@ fn spawn_conn(
     let alive_w = alive.clone();
     tokio::spawn(async move {
         while let Some(env) = rx.recv().await {
-            let Ok(bytes) = frame::encode_sealed(&env, &mut sealer) else {
-                continue;
-            };
-            if sink.send(bytes).await.is_err() {
+            if frame::write_queued(&mut sink, &mut rx, env, &mut sealer)
+                .await
+                .is_err()
+            {
                 break;
             }
         }

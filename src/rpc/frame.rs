@@ -10,8 +10,10 @@
 
 use bincode::Options;
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::{Sink, SinkExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio_util::codec::LengthDelimitedCodec;
 
 use super::auth::{AuthError, Opener, Sealer};
@@ -58,6 +60,41 @@ pub fn codec() -> LengthDelimitedCodec {
 
 fn options() -> impl Options {
     bincode::DefaultOptions::new().with_limit(MAX_FRAME as u64)
+}
+
+/// Most frames written with one flush.
+const MAX_BATCH: usize = 64;
+
+/// Bytes a connection buffers before it must write them out; big enough for a batch of
+/// discover answers (a few KiB each) to leave in one write system call.
+pub const WRITE_BUFFER: usize = 64 << 10;
+
+/// Write `first` and the envelopes already queued behind it (up to a batch), sealed in order,
+/// then flush once: concurrent calls on one pooled connection share write system calls
+/// instead of paying one each. An envelope that cannot be encoded is logged and skipped.
+pub async fn write_queued<T, S>(
+    sink: &mut S,
+    queue: &mut mpsc::Receiver<Envelope<T>>,
+    first: Envelope<T>,
+    sealer: &mut Sealer,
+) -> Result<(), S::Error>
+where
+    T: Serialize,
+    S: Sink<Bytes> + Unpin,
+{
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(env) = next.take() {
+        match encode_sealed(&env, sealer) {
+            Ok(bytes) => sink.feed(bytes).await?,
+            Err(e) => tracing::error!("cannot encode an RPC message: {e}"),
+        }
+        written += 1;
+        if written < MAX_BATCH {
+            next = queue.try_recv().ok();
+        }
+    }
+    sink.flush().await
 }
 
 /// Encode one envelope as a frame body (version byte + bincode).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
@@ -81,6 +81,7 @@ async fn connection(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let mut framed = Framed::new(stream, frame::codec());
+    framed.set_backpressure_boundary(frame::WRITE_BUFFER);
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         h = auth::server(&mut framed, secret.as_ref()) => h,
@@ -91,14 +92,10 @@ async fn connection(
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(256);
     let writer = tokio::spawn(async move {
         while let Some(env) = rx.recv().await {
-            let bytes = match frame::encode_sealed(&env, &mut sealer) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!("cannot encode an RPC answer: {e}");
-                    continue;
-                }
-            };
-            if sink.send(bytes).await.is_err() {
+            if frame::write_queued(&mut sink, &mut rx, env, &mut sealer)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
