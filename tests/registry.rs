@@ -7,9 +7,9 @@ use chordctl::agent::{self, Start};
 use serde_json::{json, Value};
 
 use crate::support::cluster::{test_config, TestCluster};
-use crate::support::eventually;
 use crate::support::http::{call, raw};
 use crate::support::redis::RedisServer;
+use crate::support::{eventually, expect_ttl_expiry};
 
 async fn register(url: &str, service: &str, id: &str, port: u16) {
     let (status, body) = call(
@@ -215,34 +215,7 @@ async fn ttl_turns_critical_after_one_ttl_then_is_removed_after_grace() {
     assert_eq!(st, 200);
     register(&url, "beat", "forever", 2).await;
     let registered = Instant::now();
-    eventually(
-        "critical after one TTL",
-        Duration::from_secs(60),
-        async || {
-            let (_, inst) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
-            (inst["status"]["state"] == "critical")
-                .then_some(())
-                .ok_or(inst.to_string())
-        },
-    )
-    .await;
-    assert!(
-        registered.elapsed() >= Duration::from_secs(1),
-        "not before one TTL"
-    );
-    eventually(
-        "removed after the grace period",
-        Duration::from_secs(60),
-        async || {
-            let (st, _) = call("GET", &format!("{url}/v1/services/beat/instances/x"), None).await;
-            (st == 404).then_some(()).ok_or(format!("status {st}"))
-        },
-    )
-    .await;
-    assert!(
-        registered.elapsed() >= Duration::from_secs(11),
-        "not before TTL + 10 × TTL"
-    );
+    expect_ttl_expiry(&url, "beat", "x", registered).await;
     // The instance without a TTL stays.
     assert_eq!(instances(&url, "beat").await.len(), 1);
 }

@@ -6,9 +6,9 @@ use chordctl::ring::Id;
 use serde_json::json;
 
 use crate::support::cluster::TestCluster;
-use crate::support::eventually;
 use crate::support::http::call;
 use crate::support::procs::AgentProc;
+use crate::support::{eventually, expect_ttl_expiry};
 
 async fn count(url: &str, service: &str) -> usize {
     let (st, body) = call("GET", &format!("{url}/v1/services/{service}"), None).await;
@@ -453,42 +453,5 @@ async fn ttl_expiry_keeps_working_when_the_owner_changes() {
     c.kill(owner_ix).await;
     // The new owner expires it: critical after one TTL, removed after the grace period —
     // not earlier, and not never.
-    eventually(
-        "critical under the new owner",
-        Duration::from_secs(60),
-        async || {
-            let (_, inst) = call(
-                "GET",
-                &format!("{url}/v1/services/beating/instances/x"),
-                None,
-            )
-            .await;
-            (inst["status"]["state"] == "critical")
-                .then_some(())
-                .ok_or(inst.to_string())
-        },
-    )
-    .await;
-    assert!(
-        registered.elapsed() >= Duration::from_secs(1),
-        "expired early"
-    );
-    eventually(
-        "removed under the new owner",
-        Duration::from_secs(60),
-        async || {
-            let (st, _) = call(
-                "GET",
-                &format!("{url}/v1/services/beating/instances/x"),
-                None,
-            )
-            .await;
-            (st == 404).then_some(()).ok_or(format!("status {st}"))
-        },
-    )
-    .await;
-    assert!(
-        registered.elapsed() >= Duration::from_secs(11),
-        "removed early"
-    );
+    expect_ttl_expiry(&url, "beating", "x", registered).await;
 }

@@ -86,11 +86,6 @@ impl Deadlines {
     pub fn rescanning(&mut self, now: Instant, predecessor: Option<Id>) {
         self.rescanned = Some((now, predecessor));
     }
-
-    /// Make the next sweep rescan (the store may hold records the index does not know).
-    pub fn invalidate(&mut self) {
-        self.rescanned = None;
-    }
 }
 
 #[cfg(test)]
@@ -163,7 +158,5 @@ mod tests {
         assert!(d.needs_rescan(now, Some(Id::of_key("p2"))), "range changed");
         assert!(d.needs_rescan(now, None), "predecessor lost");
         assert!(d.needs_rescan(now + RESCAN_EVERY, p1), "periodic");
-        d.invalidate();
-        assert!(d.needs_rescan(now, p1));
     }
 }

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::args::{parse_duration_secs, OutputFormat};
+use super::client::{error_message, root_cause};
 use super::output;
 use super::Failure;
 
@@ -272,21 +273,10 @@ impl OpError {
     fn message(&self, agent: &str) -> String {
         match self {
             OpError::Transport(e) => {
-                let mut cause: &dyn std::error::Error = e;
-                while let Some(next) = cause.source() {
-                    cause = next;
-                }
-                format!("request to {agent} failed: {cause}")
+                format!("request to {agent} failed: {}", root_cause(e))
             }
             OpError::Status(status, body) => {
-                let message = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| {
-                        v.pointer("/error/message")
-                            .and_then(Value::as_str)
-                            .map(str::to_string)
-                    })
-                    .unwrap_or_default();
+                let message = error_message(body).unwrap_or_default();
                 format!("the agent answered {}: {message}", status.as_u16())
             }
         }

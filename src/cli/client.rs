@@ -160,13 +160,7 @@ impl Client {
 
     /// The failure an error status stands for, with the agent's message when it sent one.
     fn http_error(&self, status: StatusCode, body: &[u8]) -> Failure {
-        let message = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| {
-                v.pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+        let message = error_message(body)
             .filter(|m| !m.trim().is_empty())
             .unwrap_or_else(|| {
                 let text = String::from_utf8_lossy(body);
@@ -203,8 +197,16 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// The `error.message` of an agent's JSON error body, if it is one.
+pub(super) fn error_message(body: &[u8]) -> Option<String> {
+    let v = serde_json::from_slice::<Value>(body).ok()?;
+    v.pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 /// The innermost cause of an error, which says what actually happened ("Connection refused").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;

@@ -2,6 +2,7 @@ pub mod cluster;
 pub mod http;
 pub mod procs;
 pub mod redis;
+pub mod run;
 
 use std::time::{Duration, Instant};
 
@@ -20,4 +21,39 @@ pub async fn eventually(
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Wait for instance `id` of `service` (registered with a 1 s TTL at `registered`, asked
+/// through the agent at `url`) to expire as the TTL rules say: critical after one TTL, not
+/// earlier; removed after the grace period (ten more TTLs), not earlier — and not never.
+pub async fn expect_ttl_expiry(url: &str, service: &str, id: &str, registered: Instant) {
+    let instance = format!("{url}/v1/services/{service}/instances/{id}");
+    eventually(
+        "critical after one TTL",
+        Duration::from_secs(60),
+        async || {
+            let (_, inst) = http::call("GET", &instance, None).await;
+            (inst["status"]["state"] == "critical")
+                .then_some(())
+                .ok_or(inst.to_string())
+        },
+    )
+    .await;
+    assert!(
+        registered.elapsed() >= Duration::from_secs(1),
+        "critical before one TTL"
+    );
+    eventually(
+        "removed after the grace period",
+        Duration::from_secs(60),
+        async || {
+            let (st, _) = http::call("GET", &instance, None).await;
+            (st == 404).then_some(()).ok_or(format!("status {st}"))
+        },
+    )
+    .await;
+    assert!(
+        registered.elapsed() >= Duration::from_secs(11),
+        "removed before TTL + 10 x TTL"
+    );
 }
