@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde_json::{json, Value};
+
+use crate::support::run::Run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chordctl");
 
@@ -26,75 +28,6 @@ fn chordctl(args: &[&str]) -> Command {
     }
     cmd.env_remove("NO_COLOR").env_remove("RUST_LOG");
     cmd
-}
-
-/// A finished run of the binary, printed in full when an expectation fails.
-struct Run {
-    line: String,
-    output: Output,
-}
-
-impl Run {
-    fn of(mut cmd: Command) -> Run {
-        let line = format!("{cmd:?}");
-        let output = cmd
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {line}: {e}"));
-        Run { line, output }
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.line,
-            self.output.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-
-    /// Asserts the exit code and returns `self` for more checks.
-    fn code(&self, expected: i32) -> &Run {
-        assert_eq!(
-            self.output.status.code(),
-            Some(expected),
-            "wrong exit code\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    fn stdout_has(&self, part: &str) -> &Run {
-        assert!(
-            self.stdout().contains(part),
-            "stdout lacks {part:?}\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    fn stderr_has(&self, part: &str) -> &Run {
-        assert!(
-            self.stderr().contains(part),
-            "stderr lacks {part:?}\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.output.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.describe()))
-    }
 }
 
 fn run(args: &[&str]) -> Run {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -15,89 +15,10 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::support::procs::{bin, client, poll, AgentProc};
+use crate::support::run::Run;
 
 /// Generous: debug builds on a loaded two-core machine.
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// One finished client run, printed in full when an expectation fails.
-struct Run {
-    line: String,
-    output: Output,
-}
-
-impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
-
-    fn code_of(&self) -> Option<i32> {
-        self.output.status.code()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.line,
-            self.output.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-
-    /// Asserts the exit code.
-    fn code(&self, expected: i32) -> &Run {
-        assert_eq!(
-            self.code_of(),
-            Some(expected),
-            "wrong exit code\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    fn has(&self, part: &str) -> &Run {
-        assert!(
-            self.stdout().contains(part),
-            "stdout lacks {part:?}\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    fn lacks(&self, part: &str) -> &Run {
-        assert!(
-            !self.stdout().contains(part),
-            "stdout has {part:?}\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    fn err_has(&self, part: &str) -> &Run {
-        assert!(
-            self.stderr().contains(part),
-            "stderr lacks {part:?}\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    /// Exit 0 and stdout parsed as JSON.
-    fn json(&self) -> Value {
-        self.code(0);
-        serde_json::from_str(&self.stdout())
-            .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.describe()))
-    }
-
-    /// A failed assertion about the JSON, with the whole run.
-    fn check(&self, ok: bool, what: &str) {
-        assert!(ok, "{what}\n{}", self.describe());
-    }
-}
 
 /// `chordctl --agent URL ARGS...`.
 fn run(url: &str, args: &[&str]) -> Run {
@@ -167,7 +88,7 @@ fn tempdir() -> TempDir {
 /// The hex id of the owner of `key` as `locate -o json` answers it.
 fn owner_of(url: &str, key: &str) -> String {
     let r = run(url, &["locate", key, "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     v["owner"]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("no owner id\n{}", r.describe()))
@@ -213,14 +134,14 @@ fn ring_show_node_and_locate_on_two_nodes() {
     // ring show: table and JSON.
     let r = run(&url, &["ring", "show"]);
     r.code(0)
-        .has(&a.id[..8])
-        .has(&b.id[..8])
-        .has(&a.ring)
-        .has(&b.http)
-        .has("2 nodes")
-        .lacks("still settling");
+        .stdout_has(&a.id[..8])
+        .stdout_has(&b.id[..8])
+        .stdout_has(&a.ring)
+        .stdout_has(&b.http)
+        .stdout_has("2 nodes")
+        .stdout_lacks("still settling");
     let r = run(&url, &["ring", "show", "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     let nodes = v.as_array().cloned().unwrap_or_default();
     r.check(nodes.len() == 2, "two nodes");
     r.check(nodes[0]["id"] == a.id.as_str(), "starts at the node asked");
@@ -236,14 +157,14 @@ fn ring_show_node_and_locate_on_two_nodes() {
     // ring node: table and JSON.
     let r = run(&b.url(), &["ring", "node"]);
     r.code(0)
-        .has("self")
-        .has("predecessor")
-        .has("successor 1")
-        .has(&b.id[..8])
-        .has(&a.ring)
-        .has("FINGER");
+        .stdout_has("self")
+        .stdout_has("predecessor")
+        .stdout_has("successor 1")
+        .stdout_has(&b.id[..8])
+        .stdout_has(&a.ring)
+        .stdout_has("FINGER");
     let r = run(&b.url(), &["ring", "node", "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["id"] == b.id.as_str(), "id");
     r.check(v["addr"] == b.ring.as_str(), "addr");
     r.check(v["http"] == b.http.as_str(), "http");
@@ -257,12 +178,12 @@ fn ring_show_node_and_locate_on_two_nodes() {
     // locate: table and JSON; both agents agree on the owner.
     let r = run(&url, &["locate", "payments"]);
     r.code(0)
-        .has("key     payments")
-        .has("key id")
-        .has("hops")
-        .has("owner");
+        .stdout_has("key     payments")
+        .stdout_has("key id")
+        .stdout_has("hops")
+        .stdout_has("owner");
     let r = run(&url, &["locate", "payments", "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["key"] == "payments", "key");
     r.check(
         v["id"].as_str().is_some_and(|id| {
@@ -319,7 +240,7 @@ fn service_commands_on_two_nodes() {
         ],
     );
     r.code(0)
-        .has(&format!("registered {svc} instance 10.0.0.7:8080"));
+        .stdout_has(&format!("registered {svc} instance 10.0.0.7:8080"));
 
     // svc register, JSON: the INSTANCE.
     let r = run(
@@ -342,7 +263,7 @@ fn service_commands_on_two_nodes() {
             "json",
         ],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["service"] == svc, "service");
     r.check(v["id"] == "second", "--id");
     r.check(v["address"] == "10.0.0.8", "address");
@@ -359,16 +280,16 @@ fn service_commands_on_two_nodes() {
     // status query SERVICE ID, through the other agent: table and JSON.
     let r = run(&ub, &["status", "query", svc, "10.0.0.7:8080"]);
     r.code(0)
-        .has("10.0.0.7:8080")
-        .has("10.0.0.7")
-        .has("8080")
-        .has("passing")
-        .has("v2,eu");
+        .stdout_has("10.0.0.7:8080")
+        .stdout_has("10.0.0.7")
+        .stdout_has("8080")
+        .stdout_has("passing")
+        .stdout_has("v2,eu");
     let r = run(
         &ub,
         &["status", "query", svc, "10.0.0.7:8080", "-o", "json"],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["id"] == "10.0.0.7:8080", "default id ADDRESS:PORT");
     r.check(v["port"] == 8080, "port");
     r.check(v["tags"] == serde_json::json!(["v2", "eu"]), "tags");
@@ -400,7 +321,7 @@ fn service_commands_on_two_nodes() {
         ],
     );
     r.code(0)
-        .has(&format!("reported {svc} instance 10.0.0.7:8080: passing"));
+        .stdout_has(&format!("reported {svc} instance 10.0.0.7:8080: passing"));
     let r = run(
         &ua,
         &[
@@ -416,7 +337,7 @@ fn service_commands_on_two_nodes() {
             "json",
         ],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["id"] == "second", "id");
     r.check(v["status"]["state"] == "critical", "state");
     r.check(v["status"]["success_rate"] == 0.5, "success_rate");
@@ -425,7 +346,7 @@ fn service_commands_on_two_nodes() {
         &ua,
         &["status", "query", svc, "10.0.0.7:8080", "-o", "json"],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["status"]["success_rate"] == 0.99, "success_rate kept");
     r.check(v["status"]["latency_ms"] == 12.5, "latency_ms");
     r.check(v["status"]["load"] == 0.25, "load");
@@ -435,47 +356,47 @@ fn service_commands_on_two_nodes() {
     // svc discover: table and JSON, filters and picks.
     let r = run(&ua, &["svc", "discover", svc]);
     r.code(0)
-        .has("10.0.0.7:8080")
-        .has("second")
-        .has("critical")
-        .has("99.0%")
-        .has("12.5ms")
-        .has(&format!("2 instances of {svc}"));
+        .stdout_has("10.0.0.7:8080")
+        .stdout_has("second")
+        .stdout_has("critical")
+        .stdout_has("99.0%")
+        .stdout_has("12.5ms")
+        .stdout_has(&format!("2 instances of {svc}"));
     let r = run(&ub, &["svc", "discover", svc, "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["service"] == svc, "service");
     r.check(
         ids_of(&v) == strings(&["10.0.0.7:8080", "second"]),
         "both instances",
     );
     let r = run(&ua, &["svc", "discover", svc, "--healthy", "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(
         ids_of(&v) == strings(&["10.0.0.7:8080"]),
         "--healthy drops the critical one",
     );
     let r = run(&ua, &["svc", "discover", svc, "--healthy"]);
     r.code(0)
-        .has("10.0.0.7:8080")
-        .lacks("second")
-        .has("1 instance of");
+        .stdout_has("10.0.0.7:8080")
+        .stdout_lacks("second")
+        .stdout_has("1 instance of");
     let r = run(&ub, &["svc", "discover", svc, "--tag", "v1", "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(ids_of(&v) == strings(&["second"]), "--tag v1");
     let r = run(&ub, &["svc", "discover", svc, "--tag", "nosuchtag"]);
-    r.code(0).has(&format!("no instances of {svc}"));
+    r.code(0).stdout_has(&format!("no instances of {svc}"));
     let r = run(
         &ua,
         &["svc", "discover", svc, "--pick", "best", "-o", "json"],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(
         v["id"] == "10.0.0.7:8080",
         "best: the healthiest state, highest success rate",
     );
     r.check(v.get("instances").is_none(), "--pick answers one INSTANCE");
     let r = run(&ua, &["svc", "discover", svc, "--pick", "best"]);
-    r.code(0).has("10.0.0.7:8080").lacks("second");
+    r.code(0).stdout_has("10.0.0.7:8080").stdout_lacks("second");
     // Round-robin through one agent visits both instances within a few picks.
     let mut seen = BTreeSet::new();
     for _ in 0..4 {
@@ -491,7 +412,7 @@ fn service_commands_on_two_nodes() {
                 "json",
             ],
         );
-        let v = r.json();
+        let v = r.ok_json();
         seen.insert(v["id"].as_str().unwrap_or_default().to_string());
     }
     assert_eq!(
@@ -500,18 +421,18 @@ fn service_commands_on_two_nodes() {
         "round-robin picks"
     );
     let r = run(&ua, &["svc", "discover", svc, "--pick", "round-robin"]);
-    r.code(0).has("passing");
+    r.code(0).stdout_has("passing");
 
     // status query SERVICE: the same as discover.
     let r = run(&ub, &["status", "query", svc, "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["service"] == svc, "service");
     r.check(
         ids_of(&v) == strings(&["10.0.0.7:8080", "second"]),
         "as discover",
     );
     let r = run(&ub, &["status", "query", svc]);
-    r.code(0).has("second").has("2 instances");
+    r.code(0).stdout_has("second").stdout_has("2 instances");
 
     // A second service owned by A, then svc list from both agents.
     let other = service_owned_by(&ua, "orders", &a.id, &b.id);
@@ -530,7 +451,7 @@ fn service_commands_on_two_nodes() {
     .code(0);
     for url in [&ua, &ub] {
         let r = run(url, &["svc", "list", "-o", "json"]);
-        let v = r.json();
+        let v = r.ok_json();
         let list = v.as_array().cloned().unwrap_or_default();
         let count = |name: &str| {
             list.iter()
@@ -540,31 +461,34 @@ fn service_commands_on_two_nodes() {
         r.check(count(svc) == Some(2.into()), "svc list counts 2");
         r.check(count(&other) == Some(1.into()), "svc list counts 1");
         let r = run(url, &["svc", "list"]);
-        r.code(0).has(svc).has(&other).has("service");
+        r.code(0)
+            .stdout_has(svc)
+            .stdout_has(&other)
+            .stdout_has("service");
     }
 
     // svc deregister: table and JSON, then it is gone (exit 4).
     let r = run(&ub, &["svc", "deregister", svc, "second"]);
     r.code(0)
-        .has(&format!("deregistered {svc} instance second"));
+        .stdout_has(&format!("deregistered {svc} instance second"));
     let r = run(
         &ua,
         &["svc", "deregister", svc, "10.0.0.7:8080", "-o", "json"],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["id"] == "10.0.0.7:8080", "the removed INSTANCE");
     run(&ua, &["status", "query", svc, "second"])
         .code(4)
-        .err_has("error:");
+        .stderr_has("error:");
     run(&ub, &["svc", "deregister", svc, "second"])
         .code(4)
-        .err_has("error:");
+        .stderr_has("error:");
     let r = run(&ua, &["svc", "discover", svc, "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(ids_of(&v).is_empty(), "no instances left");
     run(&ua, &["svc", "discover", svc, "--pick", "best"])
         .code(4)
-        .err_has("error:");
+        .stderr_has("error:");
 }
 
 #[test]
@@ -591,7 +515,7 @@ fn ttl_turns_an_instance_critical() {
             &a.url(),
             &["status", "query", &svc, "10.0.2.1:1", "-o", "json"],
         );
-        let v = r.json();
+        let v = r.ok_json();
         match v["status"]["state"].as_str() {
             Some("critical") => Ok(()),
             other => Err(format!("state {other:?}")),
@@ -601,7 +525,7 @@ fn ttl_turns_an_instance_critical() {
         &b.url(),
         &["svc", "discover", &svc, "--healthy", "-o", "json"],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(ids_of(&v).is_empty(), "critical is not healthy");
     // A report is the heartbeat: passing again.
     let r = run(
@@ -617,7 +541,7 @@ fn ttl_turns_an_instance_critical() {
             "json",
         ],
     );
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v["status"]["state"] == "passing", "renewed");
 }
 
@@ -635,7 +559,7 @@ fn errors_and_exit_codes() {
         &["status", "report", "nosuch", "x", "--state", "passing"],
     ] {
         let r = run(&url, args);
-        r.code(4).err_has("error:");
+        r.code(4).stderr_has("error:");
         r.check(r.stdout().is_empty(), "nothing on stdout");
     }
 
@@ -710,7 +634,7 @@ fn errors_and_exit_codes() {
         &["svc", "discover", "bad!name"],
     ] {
         let r = run(&url, args);
-        r.code(1).err_has("error:");
+        r.code(1).stderr_has("error:");
         r.check(r.stdout().is_empty(), "nothing on stdout");
     }
 }
@@ -732,7 +656,7 @@ fn unreachable_agent_exits_3() {
         &["status", "query", "s"],
     ] {
         let r = run(&url, args);
-        r.code(3).err_has("error:");
+        r.code(3).stderr_has("error:");
         r.check(r.stdout().is_empty(), "nothing on stdout");
     }
     // A bad agent URL is a usage error, not unreachable.
@@ -758,7 +682,7 @@ fn ring_leave_stops_the_agent_and_hands_records_over() {
     .code(0);
 
     let r = run(&b.url(), &["ring", "leave"]);
-    r.code(0).has("is leaving the ring");
+    r.code(0).stdout_has("is leaving the ring");
     let status = poll(SETTLE, "the agent exits after ring leave", || {
         match b.child.try_wait() {
             Ok(Some(status)) => Ok(status),
@@ -779,7 +703,7 @@ fn ring_leave_stops_the_agent_and_hands_records_over() {
     assert_eq!(ids, vec![a.id.clone()]);
     assert_eq!(owner_of(&a.url(), &svc), a.id);
     let r = run(&a.url(), &["svc", "discover", &svc, "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(
         ids_of(&v) == strings(&["10.0.3.1:443"]),
         "the record moved to the remaining node",
@@ -795,14 +719,16 @@ fn locate_lists_the_other_node_as_replica_on_two_nodes() {
     let (_da, _db, a, b) = two_node_ring();
     for key in ["payments", "orders", "x"] {
         let r = run(&a.url(), &["locate", key, "-o", "json"]);
-        let v = r.json();
+        let v = r.ok_json();
         let owner = v["owner"]["id"].as_str().unwrap_or_default().to_string();
         let other = if owner == a.id { &b.id } else { &a.id };
         r.check(
             v["replicas"][0]["id"] == other.as_str(),
             "the other node is the replica",
         );
-        run(&a.url(), &["locate", key]).code(0).has("replica 1");
+        run(&a.url(), &["locate", key])
+            .code(0)
+            .stdout_has("replica 1");
     }
 }
 
@@ -870,7 +796,7 @@ fn agent_dev_runs_three_nodes_and_stops_on_sigterm() {
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 3);
     let r = run(&url, &["ring", "show", "-o", "json"]);
-    let v = r.json();
+    let v = r.ok_json();
     r.check(v.as_array().is_some_and(|a| a.len() == 3), "3 nodes");
     run(
         &url,
