@@ -12,6 +12,10 @@
 //!   now — and every [`RESCAN_EVERY`] as a safety net) only ever moves a deadline earlier
 //!   ([`Deadlines::scanned`]), so a scan that read a record just before a write cannot undo
 //!   what the write set.
+//!
+//! The sweep sleeps until the earliest deadline it knows of (or the next rescan) rather than
+//! waking on a fixed beat ([`Deadlines::plan`]); a deadline set earlier than that plan tells the
+//! caller to wake it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -29,27 +33,37 @@ pub struct Deadlines {
     due: HashMap<String, DateTime<Utc>>,
     /// When the last rescan started, and the predecessor this node had then.
     rescanned: Option<(Instant, Option<Id>)>,
+    /// When the sweep means to run next (`None`: not until woken, or not sleeping).
+    planned: Option<DateTime<Utc>>,
 }
 
 impl Deadlines {
     /// After a write of `service`'s record: its exact next deadline (`None`: nothing to sweep).
-    pub fn set(&mut self, service: &str, at: Option<DateTime<Utc>>) {
+    /// True when the sweep must be woken: the deadline comes before its plan.
+    #[must_use]
+    pub fn set(&mut self, service: &str, at: Option<DateTime<Utc>>) -> bool {
         match at {
             Some(at) => {
                 self.due.insert(service.to_string(), at);
+                self.before_plan(at)
             }
             None => {
                 self.due.remove(service);
+                false
             }
         }
     }
 
     /// A record was stored without this node knowing its deadline: check it at the next sweep.
-    pub fn check_soon(&mut self, service: &str, now: DateTime<Utc>) {
+    /// True when the sweep must be woken.
+    #[must_use]
+    pub fn check_soon(&mut self, service: &str, now: DateTime<Utc>) -> bool {
         self.due.insert(service.to_string(), now);
+        self.before_plan(now)
     }
 
     /// A rescan saw `service` with next deadline `at`: keep the earlier of what is known.
+    /// (The rescan runs inside the sweep, which plans afterwards: nothing to wake.)
     pub fn scanned(&mut self, service: &str, at: DateTime<Utc>) {
         match self.due.get_mut(service) {
             Some(known) => *known = (*known).min(at),
@@ -57,6 +71,31 @@ impl Deadlines {
                 self.due.insert(service.to_string(), at);
             }
         }
+    }
+
+    fn before_plan(&self, at: DateTime<Utc>) -> bool {
+        self.planned.is_some_and(|planned| at < planned)
+    }
+
+    /// The sweep is about to sleep: when it must run next — at the earliest deadline or the
+    /// next periodic rescan, whichever comes first. Later deadlines set meanwhile do not wake
+    /// it; earlier ones do (see [`Deadlines::set`]).
+    pub fn plan(&mut self, now: DateTime<Utc>, instant: Instant) -> DateTime<Utc> {
+        let rescan = match &self.rescanned {
+            None => now,
+            Some((at, _)) => {
+                let left = RESCAN_EVERY.saturating_sub(instant.duration_since(*at));
+                now + chrono::Duration::from_std(left).unwrap_or_default()
+            }
+        };
+        let next = self.due.values().copied().fold(rescan, DateTime::min);
+        self.planned = Some(next);
+        next
+    }
+
+    /// The sweep is running: nothing needs to wake it.
+    pub fn running(&mut self) {
+        self.planned = None;
     }
 
     /// Forget `service` (no longer owned, or gone).
@@ -99,9 +138,9 @@ mod tests {
     #[test]
     fn due_lists_only_what_is_not_after_now() {
         let mut d = Deadlines::default();
-        d.set("a", Some(t(10)));
-        d.set("b", Some(t(20)));
-        d.set("c", None);
+        let _ = d.set("a", Some(t(10)));
+        let _ = d.set("b", Some(t(20)));
+        let _ = d.set("c", None);
         assert!(d.due(t(9)).is_empty());
         assert_eq!(d.due(t(10)), vec!["a".to_string()]);
         let mut both = d.due(t(25));
@@ -112,25 +151,25 @@ mod tests {
     #[test]
     fn a_write_sets_the_exact_deadline_and_none_forgets_it() {
         let mut d = Deadlines::default();
-        d.set("a", Some(t(10)));
-        d.set("a", Some(t(50)));
+        let _ = d.set("a", Some(t(10)));
+        let _ = d.set("a", Some(t(50)));
         assert!(
             d.due(t(20)).is_empty(),
             "a heartbeat moved the deadline later"
         );
-        d.set("a", None);
+        let _ = d.set("a", None);
         assert!(d.due(t(100)).is_empty());
     }
 
     #[test]
     fn a_rescan_only_moves_deadlines_earlier() {
         let mut d = Deadlines::default();
-        d.set("a", Some(t(50)));
+        let _ = d.set("a", Some(t(50)));
         // A scan that finds an earlier deadline than the index knows: the earlier one wins.
         d.scanned("a", t(10));
         assert_eq!(d.due(t(10)), vec!["a".to_string()]);
         // A scan that read an older copy with a later deadline cannot postpone the sweep.
-        d.set("b", Some(t(10)));
+        let _ = d.set("b", Some(t(10)));
         d.scanned("b", t(90));
         assert!(d.due(t(10)).contains(&"b".to_string()));
         d.scanned("new", t(5));
@@ -140,11 +179,34 @@ mod tests {
     #[test]
     fn replicated_records_are_checked_at_the_next_sweep() {
         let mut d = Deadlines::default();
-        d.set("a", Some(t(100)));
-        d.check_soon("a", t(1));
+        let _ = d.set("a", Some(t(100)));
+        let _ = d.check_soon("a", t(1));
         assert_eq!(d.due(t(1)), vec!["a".to_string()]);
         d.remove("a");
         assert!(d.due(t(1000)).is_empty());
+    }
+
+    #[test]
+    fn the_plan_is_the_earliest_deadline_or_the_next_rescan() {
+        let mut d = Deadlines::default();
+        let now = Instant::now();
+        d.rescanning(now, None);
+        let rescan = t(0) + chrono::Duration::from_std(RESCAN_EVERY).unwrap();
+        assert_eq!(d.plan(t(0), now), rescan, "nothing due: the next rescan");
+        assert!(
+            d.set("a", Some(t(10))),
+            "a deadline before the plan wakes the sweep"
+        );
+        assert_eq!(d.plan(t(0), now), t(10));
+        assert!(!d.set("b", Some(t(20))), "a later deadline does not");
+        assert!(!d.set("b", None));
+        assert!(d.check_soon("c", t(1)));
+        assert_eq!(d.plan(t(0), now), t(1));
+        d.running();
+        assert!(!d.set("d", Some(t(0))), "a running sweep is not woken");
+        d.remove("c");
+        d.remove("d");
+        assert_eq!(d.plan(t(0), now), t(10));
     }
 
     #[test]

@@ -225,8 +225,8 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         secret,
         stop.clone(),
     ));
-    let tick = Duration::from_millis((stabilize_ms / 5).clamp(5, 100));
-    tasks.spawn(ring.clone().run_ticker(tick));
+    let slack = Duration::from_millis((stabilize_ms / 10).clamp(1, 50));
+    tasks.spawn(ring.clone().run_ticker(slack));
     let joined = match &config.start {
         Start::Create => {
             ring.with(|c| c.create());
@@ -250,7 +250,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         progress(progress::Step::Finished);
     }
     tasks.spawn(watch_ring(agent.clone()));
-    tasks.spawn(sweep_ttls(registry.clone(), stop.clone()));
+    tasks.spawn(sweep_ttls(registry.clone(), ring.clone(), stop.clone()));
     tasks.spawn(anti_entropy(agent.clone()));
     tasks.spawn(crate::http::serve(
         http_listener,
@@ -420,14 +420,29 @@ async fn anti_entropy(agent: Arc<Agent>) {
     }
 }
 
-async fn sweep_ttls(registry: Arc<Registry>, stop: CancellationToken) {
-    let mut interval = tokio::time::interval(registry::SWEEP_INTERVAL);
+async fn sweep_ttls(registry: Arc<Registry>, ring: Arc<RingDriver>, stop: CancellationToken) {
+    let mut events = ring.subscribe();
     loop {
+        let swept = registry.sweep().await;
+        if let Err(e) = &swept {
+            tracing::debug!("TTL sweep skipped: {e}");
+        }
+        // At most one sweep per interval, then sleep until something is due: an idle agent
+        // does not wake for nothing. A change of the ring (a new predecessor may hand this
+        // node records) sweeps at once.
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = interval.tick() => {
-                if let Err(e) = registry.sweep().await {
-                    tracing::debug!("TTL sweep skipped: {e}");
+            _ = tokio::time::sleep(registry::SWEEP_INTERVAL) => {}
+        }
+        if swept.is_err() {
+            continue;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = registry.sweep_due() => {}
+            e = events.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = e {
+                    return;
                 }
             }
         }

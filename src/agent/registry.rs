@@ -68,6 +68,8 @@ pub struct Registry {
     records: Mutex<HashMap<String, Arc<Record>>>,
     /// When each owned record next needs the TTL sweep, so an idle sweep reads no store.
     deadlines: Mutex<Deadlines>,
+    /// Wakes the sleeping sweep when a deadline comes before the one it planned for.
+    sweep_wake: tokio::sync::Notify,
     /// The unfiltered discover answer of recently discovered records, made once per version of
     /// a record rather than per request.
     discovered: Mutex<DiscoveredCache>,
@@ -143,6 +145,7 @@ impl Registry {
             routes: Mutex::new(HashMap::new()),
             records: Mutex::new(HashMap::new()),
             deadlines: Mutex::new(Deadlines::default()),
+            sweep_wake: tokio::sync::Notify::new(),
             discovered: Mutex::new(DiscoveredCache::default()),
         })
     }
@@ -762,7 +765,9 @@ impl Registry {
         match self.store.put(&key, value.clone()).await {
             Ok(()) => {
                 let next = rec.next_deadline(DEFAULT_GRACE_FACTOR);
-                guard(&self.deadlines).set(&rec.service, next);
+                if guard(&self.deadlines).set(&rec.service, next) {
+                    self.sweep_wake.notify_one();
+                }
                 self.cache_record(rec);
                 Ok(Entry { key, value })
             }
@@ -907,7 +912,9 @@ impl Registry {
             let _guard = lock.lock().await;
             self.uncache_key(&key);
             if let Some(service) = key.strip_prefix("svc/") {
-                guard(&self.deadlines).check_soon(service, now);
+                if guard(&self.deadlines).check_soon(service, now) {
+                    self.sweep_wake.notify_one();
+                }
             }
         }
         stored
@@ -1046,6 +1053,7 @@ impl Registry {
     /// Expire TTLs of owned records whose deadline has passed. Reads the store only for the
     /// records [`Deadlines`] says are due (and to rebuild it, see there).
     pub async fn sweep(self: &Arc<Self>) -> Result<()> {
+        guard(&self.deadlines).running();
         let predecessor = self.ring.read(|c| c.predecessor().map(|p| p.id));
         let rescan = guard(&self.deadlines).needs_rescan(Instant::now(), predecessor);
         if rescan {
@@ -1075,10 +1083,23 @@ impl Registry {
                 }
             } else {
                 let next = rec.next_deadline(DEFAULT_GRACE_FACTOR);
-                guard(&self.deadlines).set(&service, next);
+                // The sweep is running, so there is nothing to wake.
+                let _ = guard(&self.deadlines).set(&service, next);
             }
         }
         Ok(())
+    }
+
+    /// Wait until the sweep is next due: the earliest known deadline, the next periodic
+    /// rescan, or an earlier deadline set meanwhile (a write, a replicated record).
+    pub async fn sweep_due(&self) {
+        let now = Utc::now();
+        let at = guard(&self.deadlines).plan(now, Instant::now());
+        let left = (at - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = self.sweep_wake.notified() => {}
+        }
     }
 
     /// Rebuild the deadline index from the owned records in the store (from the record cache

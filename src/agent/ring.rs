@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
@@ -27,6 +29,12 @@ pub struct RingDriver {
     /// The first successor last logged, so that only a change of it is logged at info (the
     /// tail of the list moves often while a ring settles; that is debug).
     first_successor: Mutex<Option<Id>>,
+    /// When the ticker means to wake next (ms since `epoch`; `u64::MAX`: not until told),
+    /// read and written under the `chord` lock so that no change of state slips between the
+    /// ticker's plan and its sleep.
+    planned: AtomicU64,
+    /// Wakes the ticker when a change of state makes periodic work due before `planned`.
+    wake: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,6 +61,8 @@ impl RingDriver {
             stop,
             metrics,
             first_successor: Mutex::new(None),
+            planned: AtomicU64::new(0),
+            wake: Notify::new(),
         })
     }
 
@@ -66,6 +76,9 @@ impl RingDriver {
         let (out, events, value) = {
             let mut chord = lock(&self.chord);
             let value = f(&mut chord);
+            if chord.next_due().unwrap_or(u64::MAX) < self.planned.load(Ordering::Relaxed) {
+                self.wake.notify_one();
+            }
             let events = chord.take_events();
             // Logged under the lock, so that the lines come in the order the events happened.
             let me = chord.me().id.short();
@@ -159,17 +172,33 @@ impl RingDriver {
         }
     }
 
-    /// Tick the state machine until `stop`.
-    pub async fn run_ticker(self: Arc<Self>, every: Duration) {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Tick the state machine until `stop`: wake when its periodic work is next due (see
+    /// [`Chord::next_due`]) or when a change of state brings that earlier, not on a fixed
+    /// beat. Work due within `slack` of a wake-up is done with it, so that the timers of one
+    /// node share their wake-ups.
+    pub async fn run_ticker(self: Arc<Self>, slack: Duration) {
+        let slack = slack.as_millis() as u64;
         loop {
+            let now = self.now_ms();
+            let due = self.with(|c| {
+                c.tick(now + slack);
+                let due = c.next_due().unwrap_or(u64::MAX);
+                self.planned.store(due, Ordering::Relaxed);
+                due
+            });
+            let sleep = match due {
+                u64::MAX => None,
+                due => Some(self.epoch + Duration::from_millis(due)),
+            };
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = interval.tick() => {
-                    let now = self.now_ms();
-                    self.with(|c| c.tick(now));
-                }
+                _ = self.wake.notified() => {}
+                _ = async {
+                    match sleep {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     }

@@ -319,6 +319,35 @@ impl Chord {
         }
     }
 
+    /// When [`Chord::tick`] next has something to do (milliseconds), or `None` when nothing
+    /// periodic can do anything until the state changes: a node alone, with no predecessor
+    /// and nobody remembered, has nobody to stabilize with, check or probe. The driver sleeps
+    /// until then instead of waking on a fixed beat, so that an idle lone agent uses no CPU.
+    pub fn next_due(&self) -> Option<u64> {
+        if self.phase != Phase::Member {
+            return None;
+        }
+        let mut due: Option<u64> = None;
+        let mut at = |t: u64| due = Some(due.map_or(t, |d| d.min(t)));
+        if !self.succs.is_empty() || self.pred.is_some() {
+            at(self.next_stabilize);
+        }
+        if self.pred.is_some() {
+            at(self.next_check);
+        }
+        if self.successor().id != self.me.id {
+            at(self.next_fix);
+        }
+        let current = |n: &NodeRef| {
+            self.succs.iter().any(|s| s.id == n.id)
+                || self.pred.as_ref().is_some_and(|p| p.id == n.id)
+        };
+        if self.next_merge == 0 || self.remembered.iter().any(|n| !current(n)) {
+            at(self.next_merge);
+        }
+        due
+    }
+
     /// Partition healing (not in the papers; DESIGN.md rule 8): look up our own identifier
     /// through a remembered past member that is not among our current pointers. In our own
     /// ring the answer is ourselves; in another ring it names a node closer than our

@@ -340,8 +340,12 @@ impl Sim {
             if tick_at == next_tick {
                 let ids: Vec<Id> = self.nodes.keys().copied().collect();
                 for id in ids {
+                    // Ticked only when it says work is due, as the agent's driver does, so
+                    // that every convergence test here also checks `next_due`.
                     if let Some(c) = self.nodes.get_mut(&id) {
-                        c.tick(tick_at);
+                        if c.next_due().is_some_and(|due| due <= tick_at) {
+                            c.tick(tick_at);
+                        }
                     }
                     self.flush(id);
                 }
@@ -477,6 +481,21 @@ mod tests {
             }
         }
         (failures, hops as f64 / count as f64)
+    }
+
+    #[test]
+    fn a_lone_node_has_nothing_due_until_another_joins() {
+        let mut sim = Sim::new(3, cfg(4));
+        let first = sim.create();
+        sim.run_for(5_000);
+        let due = |sim: &Sim| sim.node(&first).and_then(|c| c.next_due());
+        assert_eq!(due(&sim), None, "alone: no timer to wake for");
+        sim.join();
+        sim.settle(60_000).expect("two nodes settle");
+        assert!(
+            due(&sim).is_some(),
+            "with a neighbour: stabilization is due"
+        );
     }
 
     #[test]
