@@ -84,6 +84,7 @@ where
 {
     let mut next = Some(first);
     let mut written = 0;
+    let mut yielded = false;
     while let Some(env) = next.take() {
         match encode_sealed(&env, sealer) {
             Ok(bytes) => sink.feed(bytes).await?,
@@ -92,6 +93,13 @@ where
         written += 1;
         if written < MAX_BATCH {
             next = queue.try_recv().ok();
+            if next.is_none() && !yielded {
+                // Let the tasks that are ready to run queue their frames first: under load
+                // they are the other calls of the same burst, which then share this write.
+                yielded = true;
+                tokio::task::yield_now().await;
+                next = queue.try_recv().ok();
+            }
         }
     }
     sink.flush().await

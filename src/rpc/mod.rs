@@ -5,7 +5,7 @@
 //! - [`frame`]: the one place that sees bytes: length-prefixed frames carrying a protocol
 //!   version, a request id and a bincode body, with hard limits on sizes;
 //! - [`server`]: `serve(listener, handler, shutdown)`, one task per connection, requests on a
-//!   connection handled concurrently;
+//!   connection handled concurrently (answered inline when the handler need not wait);
 //! - [`client`]: a pool of long-lived connections, one per peer, with many calls in flight on
 //!   each and a deadline on every call.
 

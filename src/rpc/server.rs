@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
@@ -89,53 +89,176 @@ async fn connection(
     let (mut sealer, mut opener) =
         handshake.map_err(|e| format!("refused: cluster authentication failed: {e}"))?;
     let (mut sink, mut source) = framed.split();
+    // Answers of requests that had to wait (a store write, a lookup) come back from their
+    // tasks on this channel; the others are answered inline.
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(256);
-    let writer = tokio::spawn(async move {
-        while let Some(env) = rx.recv().await {
-            if frame::write_queued(&mut sink, &mut rx, env, &mut sealer)
+    let mut first = true;
+    let idle = tokio::time::sleep(auth::HANDSHAKE_TIMEOUT);
+    tokio::pin!(idle);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            Some(env) = rx.recv() => {
+                frame::write_queued(&mut sink, &mut rx, env, &mut sealer)
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+                continue;
+            }
+            n = source.next() => n,
+            _ = &mut idle => {
+                // A peer must speak at once after connecting (the pool connects on demand):
+                // a silent one cannot hold a connection slot for the idle timeout.
+                if first {
+                    return Err(format!("no request within {:?}; dropped", auth::HANDSHAKE_TIMEOUT));
+                }
+                return Ok(());
+            }
+        };
+        // Every frame already received is handled before the answers are flushed, so that a
+        // burst of calls on this connection is answered with one write.
+        let mut next = frame;
+        let mut answered = false;
+        let end = loop {
+            let frame = match next {
+                None => break Some(Ok(())),
+                Some(Err(e)) => break Some(Err(format!("bad frame: {e}"))),
+                Some(Ok(f)) => f,
+            };
+            let env: Envelope<Request> = match frame::decode_opened(&frame, &mut opener) {
+                Ok(env) => env,
+                Err(_) if first && !opener.is_authenticated() && auth::is_handshake(&frame) => {
+                    break Some(Err(format!("refused: {}", auth::AuthError::PeerWithSecret)));
+                }
+                Err(e) => break Some(Err(format!("bad frame: {e}"))),
+            };
+            first = false;
+            if let Some(env) = answer(&handler, env, &tx) {
+                match frame::encode_sealed(&env, &mut sealer) {
+                    Ok(bytes) => {
+                        sink.feed(bytes)
+                            .await
+                            .map_err(|e| format!("write failed: {e}"))?;
+                        answered = true;
+                    }
+                    Err(e) => tracing::error!("cannot encode an RPC message: {e}"),
+                }
+            }
+            match source.next().now_or_never() {
+                Some(n) => next = n,
+                None => break None,
+            }
+        };
+        if answered {
+            sink.flush()
                 .await
-                .is_err()
-            {
-                break;
+                .map_err(|e| format!("write failed: {e}"))?;
+        }
+        if let Some(end) = end {
+            // The peer is gone or broke the protocol: still send what is being worked on
+            // (as far as the socket takes it), then close.
+            drop(tx);
+            while let Some(env) = rx.recv().await {
+                if frame::write_queued(&mut sink, &mut rx, env, &mut sealer)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            return end;
+        }
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
+}
+
+/// Answer `env` at once when the handler can (a ring step, a cached discover); otherwise run
+/// the handler on its own task, which sends the answer on `tx`, and return `None`.
+fn answer(
+    handler: &Arc<dyn Handler>,
+    env: Envelope<Request>,
+    tx: &mpsc::Sender<Envelope<Response>>,
+) -> Option<Envelope<Response>> {
+    let id = env.id;
+    let handler = handler.clone();
+    let mut work = Box::pin(async move { handler.handle(env.body).await });
+    if let Some(body) = (&mut work).now_or_never() {
+        return Some(Envelope { id, body });
+    }
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let body = work.await;
+        let _ = tx.send(Envelope { id, body }).await;
+    });
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{RingRequest, RingResponse};
+    use crate::rpc::Pool;
+
+    /// Answers a ring ping at once; a registry request waits until `release` is notified.
+    struct SlowAndFast {
+        waiting: std::sync::atomic::AtomicBool,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl Handler for SlowAndFast {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Registry(body) => {
+                    let released = self.release.notified();
+                    self.waiting
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    released.await;
+                    Response::Registry(body)
+                }
+                Request::Ring(_) => Response::Ring(RingResponse::Ack),
             }
         }
-    });
-    let mut first = true;
-    let result = loop {
-        // A peer must speak at once after connecting (the pool connects on demand): a silent
-        // one cannot hold a connection slot for the idle timeout.
-        let wait = if first {
-            auth::HANDSHAKE_TIMEOUT
-        } else {
-            IDLE_TIMEOUT
-        };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            n = tokio::time::timeout(wait, source.next()) => n,
-        };
-        let frame = match next {
-            Err(_) if first => break Err(format!("no request within {wait:?}; dropped")),
-            Err(_) => break Ok(()), // idle
-            Ok(None) => break Ok(()),
-            Ok(Some(Err(e))) => break Err(format!("bad frame: {e}")),
-            Ok(Some(Ok(f))) => f,
-        };
-        let env: Envelope<Request> = match frame::decode_opened(&frame, &mut opener) {
-            Ok(env) => env,
-            Err(_) if first && !opener.is_authenticated() && auth::is_handshake(&frame) => {
-                break Err(format!("refused: {}", auth::AuthError::PeerWithSecret))
-            }
-            Err(e) => break Err(format!("bad frame: {e}")),
-        };
-        first = false;
-        let handler = handler.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let body = handler.handle(env.body).await;
-            let _ = tx.send(Envelope { id: env.id, body }).await;
+    }
+
+    /// A request the handler answers at once is answered inline, one that must wait runs on
+    /// its own task: a waiting call does not hold up the calls behind it on the same
+    /// connection, and its answer still arrives when it is ready.
+    #[tokio::test]
+    async fn a_waiting_call_does_not_block_the_calls_behind_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let handler = Arc::new(SlowAndFast {
+            waiting: std::sync::atomic::AtomicBool::new(false),
+            release: tokio::sync::Notify::new(),
         });
-    };
-    drop(tx);
-    let _ = writer.await;
-    result
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, handler.clone(), stop.clone()));
+        let pool = Arc::new(Pool::new(Duration::from_secs(20)));
+        let slow = {
+            let (pool, addr) = (pool.clone(), addr.clone());
+            tokio::spawn(async move { pool.call(&addr, Request::Registry(b"slow".to_vec())).await })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !handler.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow call never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            let answer = pool.call(&addr, Request::Ring(RingRequest::Ping)).await;
+            assert_eq!(answer, Ok(Response::Ring(RingResponse::Ack)));
+        }
+        assert!(
+            !slow.is_finished(),
+            "the slow call was answered before its release"
+        );
+        handler.release.notify_waiters();
+        let answer = slow.await.expect("slow call task");
+        assert_eq!(answer, Ok(Response::Registry(b"slow".to_vec())));
+        stop.cancel();
+    }
 }
