@@ -1,42 +1,69 @@
-//! The embedded backend: a redb database file in the agent's data directory.
+//! The embedded backend: a redb database file in the agent's data directory, with a
+//! write-ahead log in front of it.
 //!
-//! Reads run on tokio's blocking pool, each in its own read transaction (redb lets them run
-//! alongside a write). Writes go through one writer thread that owns the write path: every
-//! `apply` sends its batch and a reply channel, and the writer takes everything queued at that
-//! moment, applies it in one write transaction, commits once (durably) and answers every caller
-//! with the same result. Under load many registrations share one disk sync ("group commit"),
-//! which is what lets a single agent sustain a high register rate; with no concurrency it costs
-//! nothing, since a lone batch is committed as soon as it arrives.
+//! Writes go through one writer thread that owns the write path: every `apply` sends its
+//! batch and a reply channel, and the writer takes everything queued at that moment ("group
+//! commit") and makes it durable as one record of the write-ahead log ([`super::wal`]): one
+//! sequential write and one `fdatasync`, then every caller of the group is answered. The
+//! group also goes into an in-memory table of what the log holds and redb does not yet (the
+//! memtable: key → latest value, or deleted). The writer moves the memtable into redb in one
+//! durable transaction — a checkpoint — when it passes [`MEMTABLE_LIMIT`], when the log is
+//! three quarters full, and at most [`CHECKPOINT_EVERY`] after the last one when the queue is
+//! idle; then the log starts over. A key written many times between checkpoints (a service's
+//! record, rewritten at every registration) reaches redb once. A group too large for the log
+//! is committed straight to redb, memtable included.
+//!
+//! Reads look at the memtable first, then redb (a read transaction on tokio's blocking pool;
+//! redb lets reads run alongside a write). A scan takes its memtable snapshot and opens its
+//! read transaction under the same lock, so a checkpoint cannot fall between the two.
+//!
+//! At open, the log's records after the last checkpoint (redb keeps the number of the last
+//! record it holds in the checkpoint's own transaction) are committed to redb before anything
+//! else: an acknowledged write survives a crash at any point.
 //!
 //! The writer is a dedicated thread rather than a task looping over `spawn_blocking` so that
 //! dropping the store can join it: when `drop` returns (and no cancelled read is still running),
-//! the database file is closed and its lock released, and the same directory can be reopened
-//! at once, e.g. by an agent restarted in the same process.
+//! the memtable is checkpointed, the database file closed and its lock released, and the same
+//! directory can be reopened at once, e.g. by an agent restarted in the same process.
 //!
-//! Failures (disk full, I/O errors) come back as `Error::Unavailable` naming the file. Note that
-//! after an I/O error during a commit redb refuses further writes on that handle
-//! (`PreviousIo`) until the database is reopened, i.e. until the agent restarts.
+//! Failures (disk full, I/O errors) come back as `Error::Unavailable` naming the file. After an
+//! I/O error on the log or during a checkpoint the writer refuses further writes (what reached
+//! the disk is unknown; redb itself answers `PreviousIo` after a failed commit) until the
+//! database is reopened, i.e. until the agent restarts, which recovers from the log.
 
 // The blocking closures below return redb's own error (160 bytes) so they can use `?` on every
 // redb call; it is mapped to our Error right after. Boxing it would buy nothing on these paths.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redb::{Database, DatabaseError, TableDefinition};
+use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::{Wal, WAL_FILE, WAL_SIZE};
 use super::{Op, Store};
 use crate::{Error, Result};
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "chordctl.redb";
 
-/// The one table: key → value.
+/// The data: key → value.
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+
+/// Bookkeeping: `wal_seq`, the number of the last write-ahead log record redb holds.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const WAL_SEQ: &str = "wal_seq";
+
+/// The memtable is checkpointed into redb once its keys and values pass this many bytes.
+pub const MEMTABLE_LIMIT: usize = 4 << 20;
+
+/// An idle writer checkpoints a memtable at most this long after the last checkpoint.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// How many batches may wait for the writer before `apply` callers wait for room (backpressure).
 const QUEUE_DEPTH: usize = 4096;
@@ -59,6 +86,35 @@ struct Done {
     _ops: Vec<Op>,
 }
 
+/// Key → latest value (`None`: deleted) of every write since the last checkpoint.
+#[derive(Debug, Default)]
+struct Memtable {
+    map: BTreeMap<String, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+impl Memtable {
+    fn apply(&mut self, op: &Op) {
+        let (key, value) = match op {
+            Op::Put(k, v) => (k, Some(v.clone())),
+            Op::Delete(k) => (k, None),
+        };
+        let added = key.len() + value.as_ref().map_or(0, Vec::len);
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.bytes -= key.len() + old.map_or(0, |v| v.len());
+        }
+        self.bytes += added;
+    }
+}
+
+fn read_mem(mem: &RwLock<Memtable>) -> RwLockReadGuard<'_, Memtable> {
+    mem.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_mem(mem: &RwLock<Memtable>) -> RwLockWriteGuard<'_, Memtable> {
+    mem.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The embedded store: a redb database at `DIR/chordctl.redb` with group-committed writes.
 ///
 /// Only one store (in this or any other process) can have a directory open at a time; a second
@@ -66,6 +122,10 @@ struct Done {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// What the log holds and redb does not yet; written only by the writer thread.
+    mem: Arc<RwLock<Memtable>>,
+    /// Why the writer refuses writes, once it does.
+    failed: Arc<OnceLock<String>>,
     /// Batches for the writer thread; `None` only while dropping.
     queue: Option<mpsc::Sender<Batch>>,
     /// The writer thread, joined on drop.
@@ -100,27 +160,54 @@ impl EmbeddedStore {
             )),
             e => unavailable(&path, e),
         })?;
-        // Create the table up front so that reads never meet a missing table.
-        let init = || -> std::result::Result<(), redb::Error> {
+        // Create the tables up front so that reads never meet a missing table, and learn how
+        // much of the log redb already holds.
+        let init = || -> std::result::Result<u64, redb::Error> {
             let txn = db.begin_write()?;
             txn.open_table(KV)?;
+            let applied = txn.open_table(META)?.get(WAL_SEQ)?.map_or(0, |v| v.value());
             txn.commit()?;
-            Ok(())
+            Ok(applied)
         };
-        init().map_err(|e| unavailable(&path, e))?;
+        let applied = init().map_err(|e| unavailable(&path, e))?;
+        let wal_path = dir.join(WAL_FILE);
+        let (wal, recovered) =
+            Wal::open(&wal_path, applied).map_err(|e| unavailable(&wal_path, e))?;
+        if recovered.last_seq > applied {
+            tracing::info!(
+                writes = recovered.ops.len(),
+                "embedded store: recovered writes from the write-ahead log"
+            );
+            let mut mem = Memtable::default();
+            for op in &recovered.ops {
+                mem.apply(op);
+            }
+            checkpoint(&db, &mem, &[], recovered.last_seq).map_err(|e| unavailable(&path, e))?;
+        }
 
         let db = Arc::new(db);
+        let mem = Arc::new(RwLock::new(Memtable::default()));
+        let failed = Arc::new(OnceLock::new());
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = {
-            let (db, file) = (db.clone(), path.clone());
+            let writer = Writer {
+                db: db.clone(),
+                path: path.clone(),
+                wal,
+                mem: mem.clone(),
+                failed: failed.clone(),
+                last_checkpoint: Instant::now(),
+            };
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer_loop(&db, &file, rx))
+                .spawn(move || writer.run(rx))
                 .map_err(|e| unavailable(&path, format!("cannot start the writer thread: {e}")))?
         };
         Ok(EmbeddedStore {
             db,
             path,
+            mem,
+            failed,
             queue: Some(queue),
             writer: Some(writer),
         })
@@ -139,19 +226,26 @@ impl EmbeddedStore {
             + Send
             + 'static,
     {
-        let (db, path) = (self.db.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(|e| unavailable(&path, e))?;
-            let table = txn.open_table(KV).map_err(|e| unavailable(&path, e))?;
-            f(&table).map_err(|e| unavailable(&path, e))
-        })
-        .await
-        .map_err(|e| {
-            Error::internal(format!(
-                "embedded store {}: read task failed: {e}",
-                self.path.display()
-            ))
-        })?
+        let db = self.db.clone();
+        self.blocking(move || f(&db.begin_read()?.open_table(KV)?))
+            .await
+    }
+
+    /// Run `f` on the blocking pool; its redb error becomes `Unavailable` naming the file.
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, redb::Error> + Send + 'static,
+    {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || f().map_err(|e| unavailable(&path, e)))
+            .await
+            .map_err(|e| {
+                Error::internal(format!(
+                    "embedded store {}: read task failed: {e}",
+                    self.path.display()
+                ))
+            })?
     }
 
     fn writer_gone(&self) -> Error {
@@ -169,6 +263,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(value) = read_mem(&self.mem).map.get(key) {
+            return Ok(value.clone());
+        }
         let key = key.to_string();
         self.read(move |table| Ok(table.get(key.as_str())?.map(|v| v.value().to_vec())))
             .await
@@ -189,8 +286,22 @@ impl Store for EmbeddedStore {
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let prefix = prefix.to_string();
-        self.read(move |table| {
-            let mut out = Vec::new();
+        let (db, mem) = (self.db.clone(), self.mem.clone());
+        let scan = move || -> std::result::Result<Vec<(String, Vec<u8>)>, redb::Error> {
+            // The memtable's part and the read transaction under one lock: a checkpoint moves
+            // entries from the one to the other only under the write lock.
+            let (overlay, txn) = {
+                let mem = read_mem(&mem);
+                let overlay: Vec<(String, Option<Vec<u8>>)> = mem
+                    .map
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (overlay, db.begin_read()?)
+            };
+            let table = txn.open_table(KV)?;
+            let mut out = BTreeMap::new();
             // Keys are ordered bytewise, so the matches are one contiguous run from `prefix`.
             for entry in table.range(prefix.as_str()..)? {
                 let (k, v) = entry?;
@@ -198,14 +309,23 @@ impl Store for EmbeddedStore {
                 if !k.starts_with(prefix.as_str()) {
                     break;
                 }
-                out.push((k.to_string(), v.value().to_vec()));
+                out.insert(k.to_string(), v.value().to_vec());
             }
-            Ok(out)
-        })
-        .await
+            for (k, v) in overlay {
+                match v {
+                    Some(v) => out.insert(k, v),
+                    None => out.remove(&k),
+                };
+            }
+            Ok(out.into_iter().collect())
+        };
+        self.blocking(scan).await
     }
 
     async fn check(&self) -> Result<()> {
+        if let Some(why) = self.failed.get() {
+            return Err(unavailable(&self.path, why));
+        }
         if self.queue.as_ref().is_none_or(|q| q.is_closed()) {
             return Err(self.writer_gone());
         }
@@ -227,47 +347,134 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// The writer thread: take every batch queued, commit them in one transaction, answer all.
-/// Returns the number of transactions committed or attempted (for tests).
-fn writer_loop(db: &Database, path: &Path, mut queue: mpsc::Receiver<Batch>) -> u64 {
-    let mut commits = 0;
-    while let Some(first) = queue.blocking_recv() {
-        let mut ops = first.ops.len();
-        let mut group = vec![first];
-        while ops < MAX_GROUP_OPS {
-            match queue.try_recv() {
-                Ok(batch) => {
-                    ops += batch.ops.len();
-                    group.push(batch);
-                }
-                Err(_) => break,
-            }
-        }
-        let result = commit(db, &group).map_err(|e| {
-            tracing::error!(path = %path.display(), error = %e, "embedded store commit failed");
-            unavailable(path, e)
-        });
-        commits += 1;
-        for batch in group {
-            // A caller that gave up waiting is no error: its batch is committed all the same.
-            let _ = batch.done.send(Done {
-                result: result.clone(),
-                _ops: batch.ops,
-            });
-        }
-    }
-    commits
+/// The writer thread's state: the log, the memtable it fills, and redb it checkpoints into.
+struct Writer {
+    db: Arc<Database>,
+    path: PathBuf,
+    wal: Wal,
+    mem: Arc<RwLock<Memtable>>,
+    failed: Arc<OnceLock<String>>,
+    last_checkpoint: Instant,
 }
 
-/// Apply the batches in order in one write transaction and commit it durably.
-///
-/// One transaction keeps each batch atomic (all of the group or none of it is visible after a
-/// crash); if it fails, every caller of the group gets the error and none of it is applied.
-fn commit(db: &Database, group: &[Batch]) -> std::result::Result<(), redb::Error> {
+impl Writer {
+    /// Take every batch queued, make them durable together, answer all; checkpoint when due.
+    /// Returns the number of groups written or attempted (for tests).
+    fn run(mut self, mut queue: mpsc::Receiver<Batch>) -> u64 {
+        let mut groups = 0;
+        while let Some(first) = queue.blocking_recv() {
+            let mut ops = first.ops.len();
+            let mut group = vec![first];
+            while ops < MAX_GROUP_OPS {
+                match queue.try_recv() {
+                    Ok(batch) => {
+                        ops += batch.ops.len();
+                        group.push(batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.write(&group);
+            groups += 1;
+            for batch in group {
+                // A caller that gave up waiting is no error: its batch is written all the same.
+                let _ = batch.done.send(Done {
+                    result: result.clone(),
+                    _ops: batch.ops,
+                });
+            }
+            let idle = queue.is_empty();
+            let mem_full = read_mem(&self.mem).bytes >= MEMTABLE_LIMIT;
+            let log_full = self.wal.used() >= WAL_SIZE / 4 * 3;
+            let stale = idle && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            if mem_full || log_full || stale {
+                self.checkpoint(&[]);
+            }
+        }
+        // Closing: leave redb whole, so that the next open has nothing to replay.
+        self.checkpoint(&[]);
+        groups
+    }
+
+    /// Make one group durable: a record of the log and the memtable, or, when it does not
+    /// fit in the log, a checkpoint that includes it.
+    fn write(&mut self, group: &[Batch]) -> Result<()> {
+        if let Some(why) = self.failed.get() {
+            return Err(unavailable(&self.path, why));
+        }
+        let ops = || group.iter().flat_map(|b| &b.ops);
+        if !self.wal.fits(ops()) {
+            return match self.checkpoint(group) {
+                true => Ok(()),
+                false => Err(unavailable(&self.path, self.failed.get().map_or("", |w| w))),
+            };
+        }
+        if let Err(e) = self.wal.append(ops()) {
+            let why = format!("write-ahead log {}: {e}", self.wal.path().display());
+            tracing::error!(path = %self.path.display(), error = %why, "embedded store write failed");
+            let _ = self.failed.set(why.clone());
+            return Err(unavailable(&self.path, why));
+        }
+        let mut mem = write_mem(&self.mem);
+        for op in ops() {
+            mem.apply(op);
+        }
+        Ok(())
+    }
+
+    /// Move the memtable (and `extra`, a group the log could not take) into redb in one
+    /// durable transaction, then empty it and start the log over. False (and the writer
+    /// refuses writes from now on) when the commit failed.
+    fn checkpoint(&mut self, extra: &[Batch]) -> bool {
+        if self.failed.get().is_some() {
+            return false;
+        }
+        if extra.is_empty() && read_mem(&self.mem).map.is_empty() {
+            self.last_checkpoint = Instant::now();
+            return true;
+        }
+        let committed = {
+            let mem = read_mem(&self.mem);
+            checkpoint(&self.db, &mem, extra, self.wal.last_seq())
+        };
+        match committed {
+            Ok(()) => {
+                *write_mem(&self.mem) = Memtable::default();
+                self.wal.reset();
+                self.last_checkpoint = Instant::now();
+                true
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "embedded store checkpoint failed");
+                let _ = self.failed.set(format!("checkpoint failed: {e}"));
+                false
+            }
+        }
+    }
+}
+
+/// Write `mem`, then the ops of `extra` in order, and `wal_seq = applied` in one redb
+/// transaction, committed durably.
+fn checkpoint(
+    db: &Database,
+    mem: &Memtable,
+    extra: &[Batch],
+    applied: u64,
+) -> std::result::Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(KV)?;
-        for op in group.iter().flat_map(|b| &b.ops) {
+        for (key, value) in &mem.map {
+            match value {
+                Some(v) => {
+                    table.insert(key.as_str(), v.as_slice())?;
+                }
+                None => {
+                    table.remove(key.as_str())?;
+                }
+            }
+        }
+        for op in extra.iter().flat_map(|b| &b.ops) {
             match op {
                 Op::Put(k, v) => {
                     table.insert(k.as_str(), v.as_slice())?;
@@ -277,6 +484,7 @@ fn commit(db: &Database, group: &[Batch]) -> std::result::Result<(), redb::Error
                 }
             }
         }
+        txn.open_table(META)?.insert(WAL_SEQ, applied)?;
     }
     txn.commit()?;
     Ok(())
@@ -295,46 +503,166 @@ mod tests {
     use super::*;
     use redb::ReadableTableMetadata;
 
-    /// Batches queued while the writer is busy are committed together, each caller answered.
-    #[test]
-    fn queued_batches_share_one_commit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(DB_FILE);
+    /// A writer over a fresh database in `dir`, as `open` would make it.
+    fn writer(dir: &Path) -> Writer {
+        let path = dir.join(DB_FILE);
         let db = Database::create(&path).expect("create db");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(KV).expect("kv");
+        txn.open_table(META).expect("meta");
+        txn.commit().expect("commit");
+        let (wal, _) = Wal::open(&dir.join(WAL_FILE), 0).expect("log");
+        Writer {
+            db: Arc::new(db),
+            path,
+            wal,
+            mem: Arc::new(RwLock::new(Memtable::default())),
+            failed: Arc::new(OnceLock::new()),
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    fn queue(
+        batches: impl IntoIterator<Item = Vec<Op>>,
+    ) -> (mpsc::Receiver<Batch>, Vec<oneshot::Receiver<Done>>) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let mut answers = Vec::new();
-        for i in 0..50 {
+        for ops in batches {
             let (done, answer) = oneshot::channel();
-            let ops = vec![Op::Put(format!("k/{i:02}"), vec![i as u8])];
             tx.try_send(Batch { ops, done }).expect("queue has room");
             answers.push(answer);
         }
-        drop(tx);
+        (rx, answers)
+    }
+
+    fn redb_len(db: &Database) -> u64 {
+        let txn = db.begin_read().expect("read");
+        let table = txn.open_table(KV).expect("table");
+        table.len().expect("len")
+    }
+
+    /// Batches queued while the writer is busy are written together, each caller answered;
+    /// closing the queue checkpoints everything into redb.
+    #[test]
+    fn queued_batches_share_one_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = writer(dir.path());
+        let db = w.db.clone();
+        let (rx, answers) =
+            queue((0..50).map(|i| vec![Op::Put(format!("k/{i:02}"), vec![i as u8])]));
         // Everything is queued before the writer starts, so it must take it all at once.
-        assert_eq!(writer_loop(&db, &path, rx), 1);
+        assert_eq!(w.run(rx), 1);
         for mut answer in answers {
             assert_eq!(answer.try_recv().expect("answered").result, Ok(()));
         }
-        let txn = db.begin_read().expect("read");
-        let table = txn.open_table(KV).expect("table");
-        assert_eq!(table.len().expect("len"), 50);
+        assert_eq!(redb_len(&db), 50);
     }
 
-    /// A group is cut at MAX_GROUP_OPS so one transaction stays bounded.
+    /// A group is cut at MAX_GROUP_OPS so one write stays bounded.
     #[test]
     fn groups_are_bounded() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(DB_FILE);
-        let db = Database::create(&path).expect("create db");
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        for b in 0..3 {
-            let (done, _answer) = oneshot::channel();
-            let ops = (0..MAX_GROUP_OPS / 2)
+        let w = writer(dir.path());
+        let (rx, _answers) = queue((0..3).map(|b| {
+            (0..MAX_GROUP_OPS / 2)
                 .map(|i| Op::Put(format!("{b}/{i}"), Vec::new()))
-                .collect();
-            tx.try_send(Batch { ops, done }).expect("queue has room");
+                .collect()
+        }));
+        assert_eq!(w.run(rx), 2);
+    }
+
+    /// An acknowledged write that only the log holds (the process died before any
+    /// checkpoint) is in the store after the next open; so is a later delete of another key.
+    #[test]
+    fn writes_only_in_the_log_are_recovered_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut w = writer(dir.path());
+            let (_rx, _answers) = queue([]);
+            let (done, _a) = oneshot::channel();
+            let first = [Batch {
+                ops: vec![
+                    Op::Put("svc/a".into(), b"1".to_vec()),
+                    Op::Put("svc/b".into(), b"2".to_vec()),
+                ],
+                done,
+            }];
+            assert_eq!(w.write(&first), Ok(()));
+            assert!(w.checkpoint(&[]), "a checkpoint: a and b are in redb");
+            let (done, _a) = oneshot::channel();
+            let second = [Batch {
+                ops: vec![
+                    Op::Put("svc/a".into(), b"3".to_vec()),
+                    Op::Delete("svc/b".into()),
+                ],
+                done,
+            }];
+            assert_eq!(w.write(&second), Ok(()));
+            // Dropped without a checkpoint: the second batch is only in the log.
+            assert_eq!(w.wal.last_seq(), 2);
         }
-        drop(tx);
-        assert_eq!(writer_loop(&db, &path, rx), 2);
+        let store = EmbeddedStore::open(dir.path()).expect("reopen");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            assert_eq!(store.get("svc/a").await, Ok(Some(b"3".to_vec())));
+            assert_eq!(store.get("svc/b").await, Ok(None));
+            let all = store.scan_prefix("svc/").await.expect("scan");
+            assert_eq!(all, vec![("svc/a".to_string(), b"3".to_vec())]);
+        });
+        // Recovery committed the log to redb: nothing is left only in memory.
+        assert!(read_mem(&store.mem).map.is_empty());
+    }
+
+    /// Reads see the memtable over redb: a newer value, a delete, and keys only in one of
+    /// the two, in order.
+    #[test]
+    fn reads_merge_the_memtable_over_redb() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let put = |k: &str, v: &str| Op::Put(k.to_string(), v.as_bytes().to_vec());
+            // A group too big for the log goes straight to redb.
+            let big = vec![
+                put("p/0", "redb"),
+                put("p/1", "redb"),
+                put("p/3", "redb"),
+                Op::Put("z/big".into(), vec![0u8; WAL_SIZE as usize]),
+            ];
+            store.apply(big).await.expect("big write");
+            store
+                .apply(vec![
+                    put("p/1", "mem"),
+                    Op::Delete("p/3".into()),
+                    put("p/2", "mem"),
+                ])
+                .await
+                .expect("small write");
+            assert!(
+                !read_mem(&store.mem).map.is_empty(),
+                "the small write is in the memtable"
+            );
+            assert_eq!(store.get("p/1").await, Ok(Some(b"mem".to_vec())));
+            assert_eq!(store.get("p/3").await, Ok(None));
+            let scan = store.scan_prefix("p/").await.expect("scan");
+            let keys: Vec<(&str, &[u8])> = scan
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            assert_eq!(
+                keys,
+                vec![
+                    ("p/0", &b"redb"[..]),
+                    ("p/1", &b"mem"[..]),
+                    ("p/2", &b"mem"[..])
+                ]
+            );
+        });
     }
 }

@@ -3,9 +3,10 @@
 //! Everything the agent keeps across restarts (records, versions, ring bookkeeping) goes through
 //! [`Store`], a small ordered key-value interface. Two backends implement it:
 //!
-//! - [`embedded::EmbeddedStore`] (the default): a redb database in the agent's `--data-dir`.
-//!   Concurrent writes are merged into one durable transaction ("group commit"), so many
-//!   registrations arriving at once cost one disk sync, not one each.
+//! - [`embedded::EmbeddedStore`] (the default): a redb database in the agent's `--data-dir`
+//!   behind a write-ahead log ([`wal`]). Concurrent writes are merged into one log record
+//!   ("group commit"), so many registrations arriving at once cost one disk sync, not one
+//!   each; redb takes them in periodic checkpoints.
 //! - [`redis::RedisStore`] (`--redis URL`): a Redis server with AOF on; every key is kept under a
 //!   per-node prefix so several agents can share one Redis database.
 //!
@@ -14,6 +15,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
