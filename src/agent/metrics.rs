@@ -89,10 +89,12 @@ impl Histogram {
     }
 }
 
-/// HTTP request series, by (method, route template, status) and by route.
+/// HTTP request series, by method → route template → status, and by route. Nested maps,
+/// so that counting a request looks keys up by reference and allocates nothing once its
+/// series exists.
 #[derive(Debug, Default)]
 struct HttpSeries {
-    requests: BTreeMap<(String, String, u16), u64>,
+    requests: BTreeMap<String, BTreeMap<String, BTreeMap<u16, u64>>>,
     latency: BTreeMap<String, Histogram>,
 }
 
@@ -153,14 +155,25 @@ impl Metrics {
     /// never the raw path, so that the number of series stays bounded.
     pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let mut http = lock(&self.http);
-        *http
-            .requests
-            .entry((method.to_string(), route.to_string(), status))
-            .or_insert(0) += 1;
-        http.latency
-            .entry(route.to_string())
-            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
-            .observe(elapsed.as_secs_f64());
+        let http = &mut *http;
+        if !http.requests.contains_key(method) {
+            http.requests.insert(method.to_string(), BTreeMap::new());
+        }
+        if let Some(by_route) = http.requests.get_mut(method) {
+            if !by_route.contains_key(route) {
+                by_route.insert(route.to_string(), BTreeMap::new());
+            }
+            if let Some(by_status) = by_route.get_mut(route) {
+                *by_status.entry(status).or_insert(0) += 1;
+            }
+        }
+        if !http.latency.contains_key(route) {
+            http.latency
+                .insert(route.to_string(), Histogram::new(LATENCY_BUCKETS));
+        }
+        if let Some(h) = http.latency.get_mut(route) {
+            h.observe(elapsed.as_secs_f64());
+        }
     }
 
     /// A lookup finished with the owner found after `hops` remote steps.
@@ -212,7 +225,14 @@ impl Metrics {
                 "counter",
                 "HTTP requests answered, by method, matched route template and status.",
             );
-            for ((method, route, status), n) in &http.requests {
+            let series = http.requests.iter().flat_map(|(method, by_route)| {
+                by_route.iter().flat_map(move |(route, by_status)| {
+                    by_status
+                        .iter()
+                        .map(move |(status, n)| (method, route, status, n))
+                })
+            });
+            for (method, route, status, n) in series {
                 let _ = writeln!(
                     out,
                     "chordctl_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",

@@ -191,6 +191,10 @@ impl Registry {
     ) -> Result<RegistryResponse> {
         // This node owns the key (its predecessor is known, or it is alone): no lookup.
         if self.surely_owns(&key_id) {
+            // A write needs no copy of the request: the record takes what it keeps.
+            if let RegistryRequest::Write { service, op } = req {
+                return self.apply(service, key_id, op).await;
+            }
             return self.handle_local(req.clone()).await;
         }
         // The owner found by a recent lookup: one RPC. A routing failure (the node no longer
@@ -549,7 +553,9 @@ impl Registry {
     /// Answer a registry request from a peer (or from this agent's own routing).
     pub async fn handle_local(self: &Arc<Self>, req: RegistryRequest) -> Result<RegistryResponse> {
         match req {
-            RegistryRequest::Write { service, op } => self.apply(&service, op).await,
+            RegistryRequest::Write { service, op } => {
+                self.apply(&service, Id::of_key(&service), &op).await
+            }
             RegistryRequest::Read { service } => {
                 self.check_owner(&Id::of_key(&service))?;
                 let rec = self.read_cached(&service).await?;
@@ -710,6 +716,9 @@ impl Registry {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
+        if let Some(lock) = locks.get(key) {
+            return lock.clone();
+        }
         locks.entry(key.to_string()).or_default().clone()
     }
 
@@ -797,13 +806,20 @@ impl Registry {
     }
 
     /// Apply a write at the owner: one writer per service at a time.
-    async fn apply(self: &Arc<Self>, service: &str, op: WriteOp) -> Result<RegistryResponse> {
+    /// Apply `op` to `service`'s record at its owner; `key_id` is `Id::of_key(service)`, which
+    /// the caller has already computed to route the request.
+    async fn apply(
+        self: &Arc<Self>,
+        service: &str,
+        key_id: Id,
+        op: &WriteOp,
+    ) -> Result<RegistryResponse> {
         crate::registry::validate_service(service)?;
-        self.check_owner(&Id::of_key(service))?;
+        self.check_owner(&key_id)?;
         let lock = self.lock_for(&record_key(service));
         let _guard = lock.lock().await;
         // Ownership may have moved while we waited for the lock.
-        self.check_owner(&Id::of_key(service))?;
+        self.check_owner(&key_id)?;
         let now = Utc::now();
         let existing = self.load(service).await?;
         let creates = matches!(op, WriteOp::Register { .. } | WriteOp::LsipRegister { .. });
@@ -826,32 +842,29 @@ impl Registry {
         }
         let (instance, text, changed) = match op {
             WriteOp::Register { id, body } => {
-                let inst = rec.register(&id, &body, now)?.clone();
-                (Some(inst), None, true)
+                rec.register(id, body, now)?;
+                (rec.instances.get(id.as_str()).cloned(), None, true)
             }
             WriteOp::Deregister { id } => {
-                let inst = rec.deregister(&id)?;
-                rec.tombstone(&id, now);
-                (Some(inst), None, true)
+                let inst = rec.deregister(id)?;
+                rec.tombstone(id, now);
+                (Some(Arc::new(inst)), None, true)
             }
             WriteOp::Report { id, body } => {
                 body.validate()?;
-                let inst = rec.report(&id, &body, now)?.clone();
-                (Some(inst), None, true)
+                rec.report(id, body, now)?;
+                (rec.instances.get(id.as_str()).cloned(), None, true)
             }
             WriteOp::LsipRegister { lsip } => {
-                let outcome = compat::register_lsip(&mut rec, &lsip, now)?;
-                let inst = rec
-                    .instances
-                    .get(&lsip)
-                    .map(|i| crate::registry::Instance::clone(i));
+                let outcome = compat::register_lsip(&mut rec, lsip, now)?;
+                let inst = rec.instances.get(lsip.as_str()).cloned();
                 (inst, Some(outcome.text().to_string()), true)
             }
             WriteOp::LsipCancel { lsip } => {
-                let outcome = compat::cancel_lsip(Some(&mut rec), &lsip);
+                let outcome = compat::cancel_lsip(Some(&mut rec), lsip);
                 let changed = outcome == CancelOutcome::Deleted;
                 if changed {
-                    rec.tombstone(&lsip, now);
+                    rec.tombstone(lsip, now);
                 }
                 (None, Some(outcome.text().to_string()), changed)
             }

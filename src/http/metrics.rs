@@ -2,31 +2,47 @@
 //! template (never the raw path, which would make one series per service name) and status.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::error::ApiError;
 use crate::agent::metrics::{Gauges, Metrics};
 use crate::agent::Agent;
 
 /// The route label of requests that matched no route (answered by the JSON 404 fallback).
 pub const UNMATCHED: &str = "unmatched";
 
-/// Middleware: time the request and count it under its route template and status.
-pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+/// Middleware: answer 503 when a request takes longer than `limit` (a slow body included),
+/// and time every answer and count it under its route template and status. One layer for
+/// both, since every layer costs each request a clone of the service and a boxed future.
+pub async fn track(
+    State((metrics, limit)): State<(Arc<Metrics>, Duration)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| UNMATCHED.to_string(), |p| p.as_str().to_string());
-    let response = next.run(req).await;
+    // Both without allocating: a standard method is an enum, a matched path an `Arc<str>`.
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let response = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "timeout",
+            message: format!(
+                "the request did not complete within {}s; retry",
+                limit.as_secs_f64()
+            ),
+        }
+        .into_response(),
+    };
     metrics.observe_http(
-        &method,
-        &route,
+        method.as_str(),
+        route.as_ref().map_or(UNMATCHED, |p| p.as_str()),
         response.status().as_u16(),
         started.elapsed(),
     );

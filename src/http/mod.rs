@@ -18,10 +18,8 @@ pub mod v1;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post, put};
 use axum::Router;
 use hyper::server::conn::http1;
@@ -110,35 +108,16 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
         .route("/service_status_storage", get(compat::status_storage))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(error::not_found_route)
-        // Outermost: counts every answer, including 413s and the fallback's 404s.
-        .layer(axum::middleware::from_fn_with_state(
-            agent.metrics.clone(),
+        // Outermost: the request deadline, and counting every answer, including 413s, the
+        // fallback's 404s and the deadline's 503s.
+        .layer(middleware::from_fn_with_state(
+            (agent.metrics.clone(), limits.request_timeout),
             metrics::track,
         ))
-        .with_state(agent)
-        .layer(middleware::from_fn_with_state(
-            limits.request_timeout,
-            request_deadline,
-        ));
+        .with_state(agent);
     match token {
         Some(token) => app.layer(middleware::from_fn_with_state(token, auth::require_token)),
         None => app,
-    }
-}
-
-/// Answer 503 when a request takes longer than its deadline (a slow body included).
-async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "timeout",
-            message: format!(
-                "the request did not complete within {}s; retry",
-                limit.as_secs_f64()
-            ),
-        }
-        .into_response(),
     }
 }
 

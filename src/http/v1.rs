@@ -30,7 +30,7 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     }
 }
 
-fn instance_of(answer: RegistryResponse) -> Result<Instance, ApiError> {
+fn instance_of(answer: RegistryResponse) -> Result<Arc<Instance>, ApiError> {
     match answer {
         RegistryResponse::Applied {
             instance: Some(i), ..
@@ -55,7 +55,7 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     let (service, id) = checked(service, id)?;
     let body = RegisterBody::from_json(&body(raw)?)?;
-    body.validate(false)?;
+    body.check(false)?;
     write_instance(&agent, &service, WriteOp::Register { id, body }).await
 }
 

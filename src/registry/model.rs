@@ -312,15 +312,20 @@ impl Record {
 
         let instance = match self.instances.remove(id) {
             Some(old) => {
-                let mut old = Arc::unwrap_or_clone(old);
+                // Only its registration time and status carry over: no copy of the rest (the
+                // old instance is usually shared with the cached copy of the record).
+                let (registered_at, mut status) = match Arc::try_unwrap(old) {
+                    Ok(old) => (old.registered_at, old.status),
+                    Err(shared) => (shared.registered_at, shared.status.clone()),
+                };
                 if let Some((state, note)) = restored {
-                    old.status.state = state;
-                    old.status.note = note;
-                    old.status.updated_at = now;
+                    status.state = state;
+                    status.note = note;
+                    status.updated_at = now;
                 }
                 Instance {
-                    registered_at: old.registered_at,
-                    status: old.status,
+                    registered_at,
+                    status,
                     ..valid.into_instance(&self.service, id, now)
                 }
             }
@@ -509,12 +514,7 @@ impl RegisterBody {
     /// Checks every field. Port 0 passes only with `allow_port_zero`, which only the
     /// prototype-compatible interface sets.
     pub fn validate(&self, allow_port_zero: bool) -> Result<ValidRegistration> {
-        validate_address(&self.address)?;
-        let port = validate_port(self.port, allow_port_zero)?;
-        validate_tags(&self.tags)?;
-        validate_metadata(&self.metadata)?;
-        let weight = validate_weight(self.weight)?;
-        let ttl_secs = self.ttl_secs.map(validate_ttl).transpose()?;
+        let (port, weight, ttl_secs) = self.checked(allow_port_zero)?;
         Ok(ValidRegistration {
             address: self.address.clone(),
             port,
@@ -523,6 +523,23 @@ impl RegisterBody {
             weight,
             ttl_secs,
         })
+    }
+
+    /// [`RegisterBody::validate`] without building the result: for an early answer to bad
+    /// input before the body travels to the record's owner.
+    pub fn check(&self, allow_port_zero: bool) -> Result<()> {
+        self.checked(allow_port_zero).map(|_| ())
+    }
+
+    /// Every field checked: the port, weight and TTL as stored.
+    fn checked(&self, allow_port_zero: bool) -> Result<(u16, u32, Option<u64>)> {
+        validate_address(&self.address)?;
+        let port = validate_port(self.port, allow_port_zero)?;
+        validate_tags(&self.tags)?;
+        validate_metadata(&self.metadata)?;
+        let weight = validate_weight(self.weight)?;
+        let ttl_secs = self.ttl_secs.map(validate_ttl).transpose()?;
+        Ok((port, weight, ttl_secs))
     }
 }
 

@@ -1,5 +1,7 @@
 //! Registry operations as they travel between agents (inside `rpc::Request::Registry`, as JSON).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -161,8 +163,9 @@ pub enum RegistryResponse {
     /// operation has one. (Not the whole record: a forwarded write would carry every instance
     /// of the service back over the ring for nothing.)
     Applied {
-        /// The instance registered, reported on, or removed.
-        instance: Option<Instance>,
+        /// The instance registered, reported on, or removed (shared with the stored record:
+        /// answering does not copy it).
+        instance: Option<Arc<Instance>>,
         /// The prototype's reply text.
         text: Option<String>,
     },
