@@ -278,7 +278,7 @@ printf '\nchordctl vs etcd %s vs redis %s, %ss per run, %s connections, wrk %s t
     "$(etcd --version | awk 'NR==1 {print $3}')" "$(redis-server --version | sed -E 's/.*v=([^ ]*).*/\1/')" \
     "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
 printf '%-44s %10s %9s %9s %7s %9s\n' WORKLOAD OPS/S P50_MS P99_MS ERRORS RATIO
-row "register   chordctl PUT (redb, fsync)"   c_reg e_put
+row "register   chordctl PUT (WAL+redb, fsync)" c_reg e_put
 row "           etcd /v3/kv/put"             e_put
 row "discover   chordctl GET 10 instances"    c_disc e_range
 row "           etcd /v3/kv/range 10 keys"   e_range
