@@ -98,6 +98,19 @@ struct HttpSeries {
     latency: BTreeMap<String, Histogram>,
 }
 
+/// `map[name]`, made with `new` the first time: looked up by reference, so counting into a
+/// series that exists allocates nothing. (Always `Some`; an `Option` rather than a panic.)
+fn by_name<'a, V>(
+    map: &'a mut BTreeMap<String, V>,
+    name: &str,
+    new: impl FnOnce() -> V,
+) -> Option<&'a mut V> {
+    if !map.contains_key(name) {
+        map.insert(name.to_string(), new());
+    }
+    map.get_mut(name)
+}
+
 /// Everything one agent counts. Shared (`Arc`) by the ring driver, the registry, the store
 /// wrapper and the HTTP layer; all methods take `&self` and are cheap.
 #[derive(Debug)]
@@ -156,22 +169,12 @@ impl Metrics {
     pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let mut http = lock(&self.http);
         let http = &mut *http;
-        if !http.requests.contains_key(method) {
-            http.requests.insert(method.to_string(), BTreeMap::new());
-        }
-        if let Some(by_route) = http.requests.get_mut(method) {
-            if !by_route.contains_key(route) {
-                by_route.insert(route.to_string(), BTreeMap::new());
-            }
-            if let Some(by_status) = by_route.get_mut(route) {
+        if let Some(by_route) = by_name(&mut http.requests, method, BTreeMap::new) {
+            if let Some(by_status) = by_name(by_route, route, BTreeMap::new) {
                 *by_status.entry(status).or_insert(0) += 1;
             }
         }
-        if !http.latency.contains_key(route) {
-            http.latency
-                .insert(route.to_string(), Histogram::new(LATENCY_BUCKETS));
-        }
-        if let Some(h) = http.latency.get_mut(route) {
+        if let Some(h) = by_name(&mut http.latency, route, || Histogram::new(LATENCY_BUCKETS)) {
             h.observe(elapsed.as_secs_f64());
         }
     }

@@ -250,7 +250,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         progress(progress::Step::Finished);
     }
     tasks.spawn(watch_ring(agent.clone()));
-    tasks.spawn(sweep_ttls(registry.clone(), ring.clone(), stop.clone()));
+    tasks.spawn(sweep_ttls(agent.clone()));
     tasks.spawn(anti_entropy(agent.clone()));
     tasks.spawn(crate::http::serve(
         http_listener,
@@ -420,8 +420,9 @@ async fn anti_entropy(agent: Arc<Agent>) {
     }
 }
 
-async fn sweep_ttls(registry: Arc<Registry>, ring: Arc<RingDriver>, stop: CancellationToken) {
-    let mut events = ring.subscribe();
+async fn sweep_ttls(agent: Arc<Agent>) {
+    let (registry, stop) = (&agent.registry, &agent.stop);
+    let mut events = agent.ring.subscribe();
     loop {
         let swept = registry.sweep().await;
         if let Err(e) = &swept {

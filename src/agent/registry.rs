@@ -805,9 +805,8 @@ impl Registry {
         Err(Error::unavailable("could not find a free gVip; retry"))
     }
 
-    /// Apply a write at the owner: one writer per service at a time.
-    /// Apply `op` to `service`'s record at its owner; `key_id` is `Id::of_key(service)`, which
-    /// the caller has already computed to route the request.
+    /// Apply a write at the owner: one writer per service at a time. `key_id` is
+    /// `Id::of_key(service)`, which the caller has already computed to route the request.
     async fn apply(
         self: &Arc<Self>,
         service: &str,

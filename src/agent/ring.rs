@@ -2,10 +2,9 @@
 //! outbound requests over the pooled client, feeds answers back, ticks it, and runs the
 //! iterative lookups the HTTP layer asks for.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;

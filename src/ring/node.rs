@@ -327,23 +327,22 @@ impl Chord {
         if self.phase != Phase::Member {
             return None;
         }
-        let mut due: Option<u64> = None;
-        let mut at = |t: u64| due = Some(due.map_or(t, |d| d.min(t)));
-        if !self.succs.is_empty() || self.pred.is_some() {
-            at(self.next_stabilize);
-        }
-        if self.pred.is_some() {
-            at(self.next_check);
-        }
-        if self.successor().id != self.me.id {
-            at(self.next_fix);
-        }
-        let current = |n: &NodeRef| {
-            self.succs.iter().any(|s| s.id == n.id)
-                || self.pred.as_ref().is_some_and(|p| p.id == n.id)
-        };
-        if self.next_merge == 0 || self.remembered.iter().any(|n| !current(n)) {
-            at(self.next_merge);
+        let timers = [
+            (!self.succs.is_empty() || self.pred.is_some()).then_some(self.next_stabilize),
+            self.pred.is_some().then_some(self.next_check),
+            (self.successor().id != self.me.id).then_some(self.next_fix),
+        ];
+        let due = timers.into_iter().flatten().min();
+        // The partition probe matters only when it comes first; only then is it worth
+        // scanning who is remembered (the driver asks after every change of state).
+        if due.is_none_or(|d| self.next_merge < d) {
+            let current = |n: &NodeRef| {
+                self.succs.iter().any(|s| s.id == n.id)
+                    || self.pred.as_ref().is_some_and(|p| p.id == n.id)
+            };
+            if self.next_merge == 0 || self.remembered.iter().any(|n| !current(n)) {
+                return Some(self.next_merge);
+            }
         }
         due
     }

@@ -86,10 +86,7 @@ where
     let mut written = 0;
     let mut yielded = false;
     while let Some(env) = next.take() {
-        match encode_sealed(&env, sealer) {
-            Ok(bytes) => sink.feed(bytes).await?,
-            Err(e) => tracing::error!("cannot encode an RPC message: {e}"),
-        }
+        feed(sink, &env, sealer).await?;
         written += 1;
         if written < MAX_BATCH {
             next = queue.try_recv().ok();
@@ -103,6 +100,26 @@ where
         }
     }
     sink.flush().await
+}
+
+/// Seal `env` and queue it on `sink` without flushing. An envelope that cannot be encoded is
+/// logged and skipped (only a write error is an error).
+pub async fn feed<T, S>(
+    sink: &mut S,
+    env: &Envelope<T>,
+    sealer: &mut Sealer,
+) -> Result<(), S::Error>
+where
+    T: Serialize,
+    S: Sink<Bytes> + Unpin,
+{
+    match encode_sealed(env, sealer) {
+        Ok(bytes) => sink.feed(bytes).await,
+        Err(e) => {
+            tracing::error!("cannot encode an RPC message: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// Encode one envelope as a frame body (version byte + bincode).

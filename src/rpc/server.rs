@@ -134,15 +134,10 @@ async fn connection(
             };
             first = false;
             if let Some(env) = answer(&handler, env, &tx) {
-                match frame::encode_sealed(&env, &mut sealer) {
-                    Ok(bytes) => {
-                        sink.feed(bytes)
-                            .await
-                            .map_err(|e| format!("write failed: {e}"))?;
-                        answered = true;
-                    }
-                    Err(e) => tracing::error!("cannot encode an RPC message: {e}"),
-                }
+                frame::feed(&mut sink, &env, &mut sealer)
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+                answered = true;
             }
             match source.next().now_or_never() {
                 Some(n) => next = n,

@@ -95,15 +95,28 @@ struct Memtable {
 
 impl Memtable {
     fn apply(&mut self, op: &Op) {
-        let (key, value) = match op {
-            Op::Put(k, v) => (k, Some(v.clone())),
-            Op::Delete(k) => (k, None),
-        };
-        let added = key.len() + value.as_ref().map_or(0, Vec::len);
-        if let Some(old) = self.map.insert(key.clone(), value) {
+        let (key, value) = op_write(op);
+        let added = key.len() + value.map_or(0, <[u8]>::len);
+        if let Some(old) = self.map.insert(key.to_string(), value.map(<[u8]>::to_vec)) {
             self.bytes -= key.len() + old.map_or(0, |v| v.len());
         }
         self.bytes += added;
+    }
+}
+
+/// One write as a checkpoint applies it: the key and its new value (`None`: delete).
+type KvWrite<'a> = (&'a str, Option<&'a [u8]>);
+
+fn op_write(op: &Op) -> KvWrite<'_> {
+    match op {
+        Op::Put(k, v) => (k, Some(v)),
+        Op::Delete(k) => (k, None),
+    }
+}
+
+impl Memtable {
+    fn writes(&self) -> impl Iterator<Item = KvWrite<'_>> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v.as_deref()))
     }
 }
 
@@ -160,16 +173,7 @@ impl EmbeddedStore {
             )),
             e => unavailable(&path, e),
         })?;
-        // Create the tables up front so that reads never meet a missing table, and learn how
-        // much of the log redb already holds.
-        let init = || -> std::result::Result<u64, redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(KV)?;
-            let applied = txn.open_table(META)?.get(WAL_SEQ)?.map_or(0, |v| v.value());
-            txn.commit()?;
-            Ok(applied)
-        };
-        let applied = init().map_err(|e| unavailable(&path, e))?;
+        let applied = prepare(&db).map_err(|e| unavailable(&path, e))?;
         let wal_path = dir.join(WAL_FILE);
         let (wal, recovered) =
             Wal::open(&wal_path, applied).map_err(|e| unavailable(&wal_path, e))?;
@@ -178,11 +182,8 @@ impl EmbeddedStore {
                 writes = recovered.ops.len(),
                 "embedded store: recovered writes from the write-ahead log"
             );
-            let mut mem = Memtable::default();
-            for op in &recovered.ops {
-                mem.apply(op);
-            }
-            checkpoint(&db, &mem, &[], recovered.last_seq).map_err(|e| unavailable(&path, e))?;
+            let writes = recovered.ops.iter().map(op_write);
+            checkpoint(&db, writes, recovered.last_seq).map_err(|e| unavailable(&path, e))?;
         }
 
         let db = Arc::new(db);
@@ -388,11 +389,12 @@ impl Writer {
             let log_full = self.wal.used() >= WAL_SIZE / 4 * 3;
             let stale = idle && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
             if mem_full || log_full || stale {
-                self.checkpoint(&[]);
+                // A failure is logged and refuses the writes that follow.
+                let _ = self.checkpoint(&[]);
             }
         }
         // Closing: leave redb whole, so that the next open has nothing to replay.
-        self.checkpoint(&[]);
+        let _ = self.checkpoint(&[]);
         groups
     }
 
@@ -404,10 +406,7 @@ impl Writer {
         }
         let ops = || group.iter().flat_map(|b| &b.ops);
         if !self.wal.fits(ops()) {
-            return match self.checkpoint(group) {
-                true => Ok(()),
-                false => Err(unavailable(&self.path, self.failed.get().map_or("", |w| w))),
-            };
+            return self.checkpoint(group);
         }
         if let Err(e) = self.wal.append(ops()) {
             let why = format!("write-ahead log {}: {e}", self.wal.path().display());
@@ -423,64 +422,67 @@ impl Writer {
     }
 
     /// Move the memtable (and `extra`, a group the log could not take) into redb in one
-    /// durable transaction, then empty it and start the log over. False (and the writer
-    /// refuses writes from now on) when the commit failed.
-    fn checkpoint(&mut self, extra: &[Batch]) -> bool {
-        if self.failed.get().is_some() {
-            return false;
+    /// durable transaction, then empty it and start the log over. When the commit fails the
+    /// writer refuses writes from now on.
+    fn checkpoint(&mut self, extra: &[Batch]) -> Result<()> {
+        if let Some(why) = self.failed.get() {
+            return Err(unavailable(&self.path, why));
         }
         if extra.is_empty() && read_mem(&self.mem).map.is_empty() {
             self.last_checkpoint = Instant::now();
-            return true;
+            return Ok(());
         }
         let committed = {
             let mem = read_mem(&self.mem);
-            checkpoint(&self.db, &mem, extra, self.wal.last_seq())
+            let writes = mem
+                .writes()
+                .chain(extra.iter().flat_map(|b| &b.ops).map(op_write));
+            checkpoint(&self.db, writes, self.wal.last_seq())
         };
         match committed {
             Ok(()) => {
                 *write_mem(&self.mem) = Memtable::default();
                 self.wal.reset();
                 self.last_checkpoint = Instant::now();
-                true
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "embedded store checkpoint failed");
-                let _ = self.failed.set(format!("checkpoint failed: {e}"));
-                false
+                let why = format!("checkpoint failed: {e}");
+                let _ = self.failed.set(why.clone());
+                Err(unavailable(&self.path, why))
             }
         }
     }
 }
 
-/// Write `mem`, then the ops of `extra` in order, and `wal_seq = applied` in one redb
-/// transaction, committed durably.
-fn checkpoint(
+/// Create the tables if missing, so that reads never meet a missing table, and return the
+/// number of the last log record redb holds.
+fn prepare(db: &Database) -> std::result::Result<u64, redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(KV)?;
+    let applied = txn.open_table(META)?.get(WAL_SEQ)?.map_or(0, |v| v.value());
+    txn.commit()?;
+    Ok(applied)
+}
+
+/// Apply `writes` in order and set `wal_seq = applied`, in one redb transaction committed
+/// durably: all of it is in redb after a crash, or none.
+fn checkpoint<'a>(
     db: &Database,
-    mem: &Memtable,
-    extra: &[Batch],
+    writes: impl Iterator<Item = KvWrite<'a>>,
     applied: u64,
 ) -> std::result::Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(KV)?;
-        for (key, value) in &mem.map {
+        for (key, value) in writes {
             match value {
                 Some(v) => {
-                    table.insert(key.as_str(), v.as_slice())?;
+                    table.insert(key, v)?;
                 }
                 None => {
-                    table.remove(key.as_str())?;
-                }
-            }
-        }
-        for op in extra.iter().flat_map(|b| &b.ops) {
-            match op {
-                Op::Put(k, v) => {
-                    table.insert(k.as_str(), v.as_slice())?;
-                }
-                Op::Delete(k) => {
-                    table.remove(k.as_str())?;
+                    table.remove(key)?;
                 }
             }
         }
@@ -507,10 +509,7 @@ mod tests {
     fn writer(dir: &Path) -> Writer {
         let path = dir.join(DB_FILE);
         let db = Database::create(&path).expect("create db");
-        let txn = db.begin_write().expect("write");
-        txn.open_table(KV).expect("kv");
-        txn.open_table(META).expect("meta");
-        txn.commit().expect("commit");
+        prepare(&db).expect("tables");
         let (wal, _) = Wal::open(&dir.join(WAL_FILE), 0).expect("log");
         Writer {
             db: Arc::new(db),
@@ -573,8 +572,8 @@ mod tests {
 
     /// An acknowledged write that only the log holds (the process died before any
     /// checkpoint) is in the store after the next open; so is a later delete of another key.
-    #[test]
-    fn writes_only_in_the_log_are_recovered_at_open() {
+    #[tokio::test]
+    async fn writes_only_in_the_log_are_recovered_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let mut w = writer(dir.path());
@@ -588,7 +587,11 @@ mod tests {
                 done,
             }];
             assert_eq!(w.write(&first), Ok(()));
-            assert!(w.checkpoint(&[]), "a checkpoint: a and b are in redb");
+            assert_eq!(
+                w.checkpoint(&[]),
+                Ok(()),
+                "a checkpoint: a and b are in redb"
+            );
             let (done, _a) = oneshot::channel();
             let second = [Batch {
                 ops: vec![
@@ -602,67 +605,55 @@ mod tests {
             assert_eq!(w.wal.last_seq(), 2);
         }
         let store = EmbeddedStore::open(dir.path()).expect("reopen");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            assert_eq!(store.get("svc/a").await, Ok(Some(b"3".to_vec())));
-            assert_eq!(store.get("svc/b").await, Ok(None));
-            let all = store.scan_prefix("svc/").await.expect("scan");
-            assert_eq!(all, vec![("svc/a".to_string(), b"3".to_vec())]);
-        });
+        assert_eq!(store.get("svc/a").await, Ok(Some(b"3".to_vec())));
+        assert_eq!(store.get("svc/b").await, Ok(None));
+        let all = store.scan_prefix("svc/").await.expect("scan");
+        assert_eq!(all, vec![("svc/a".to_string(), b"3".to_vec())]);
         // Recovery committed the log to redb: nothing is left only in memory.
         assert!(read_mem(&store.mem).map.is_empty());
     }
 
     /// Reads see the memtable over redb: a newer value, a delete, and keys only in one of
     /// the two, in order.
-    #[test]
-    fn reads_merge_the_memtable_over_redb() {
+    #[tokio::test]
+    async fn reads_merge_the_memtable_over_redb() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(dir.path()).expect("open");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let put = |k: &str, v: &str| Op::Put(k.to_string(), v.as_bytes().to_vec());
-            // A group too big for the log goes straight to redb.
-            let big = vec![
-                put("p/0", "redb"),
-                put("p/1", "redb"),
-                put("p/3", "redb"),
-                Op::Put("z/big".into(), vec![0u8; WAL_SIZE as usize]),
-            ];
-            store.apply(big).await.expect("big write");
-            store
-                .apply(vec![
-                    put("p/1", "mem"),
-                    Op::Delete("p/3".into()),
-                    put("p/2", "mem"),
-                ])
-                .await
-                .expect("small write");
-            assert!(
-                !read_mem(&store.mem).map.is_empty(),
-                "the small write is in the memtable"
-            );
-            assert_eq!(store.get("p/1").await, Ok(Some(b"mem".to_vec())));
-            assert_eq!(store.get("p/3").await, Ok(None));
-            let scan = store.scan_prefix("p/").await.expect("scan");
-            let keys: Vec<(&str, &[u8])> = scan
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
-            assert_eq!(
-                keys,
-                vec![
-                    ("p/0", &b"redb"[..]),
-                    ("p/1", &b"mem"[..]),
-                    ("p/2", &b"mem"[..])
-                ]
-            );
-        });
+        let put = |k: &str, v: &str| Op::Put(k.to_string(), v.as_bytes().to_vec());
+        // A group too big for the log goes straight to redb.
+        let big = vec![
+            put("p/0", "redb"),
+            put("p/1", "redb"),
+            put("p/3", "redb"),
+            Op::Put("z/big".into(), vec![0u8; WAL_SIZE as usize]),
+        ];
+        store.apply(big).await.expect("big write");
+        // What the log holds and redb not yet, put in the memtable as the writer would (the
+        // writer checkpoints only after a group, so nothing moves it while the test reads).
+        {
+            let mut mem = write_mem(&store.mem);
+            for op in [
+                put("p/1", "mem"),
+                Op::Delete("p/3".into()),
+                put("p/2", "mem"),
+            ] {
+                mem.apply(&op);
+            }
+        }
+        assert_eq!(store.get("p/1").await, Ok(Some(b"mem".to_vec())));
+        assert_eq!(store.get("p/3").await, Ok(None));
+        let scan = store.scan_prefix("p/").await.expect("scan");
+        let keys: Vec<(&str, &[u8])> = scan
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("p/0", &b"redb"[..]),
+                ("p/1", &b"mem"[..]),
+                ("p/2", &b"mem"[..])
+            ]
+        );
     }
 }

@@ -18,8 +18,9 @@
 //! number redb holds (`meta/wal_seq`, written in the checkpoint's own transaction), and every
 //! record's number is its predecessor's plus one. Recovery reads records from offset 0 while
 //! they check out — right length, right CRC, the next number — keeps those after `wal_seq`,
-//! and stops at the first that does not: the zeros of a fresh file, a write torn by a crash (never acknowledged: a group is
-//! acknowledged only after its sync), or older records left behind a reset. So a checkpoint
+//! and stops at the first that does not: the end of the file, a write torn by a crash (never
+//! acknowledged: a group is acknowledged only after its sync), or older records left behind a
+//! reset. So a checkpoint
 //! needs no write to the log at all: once redb has committed it durably, the log starts over
 //! at offset 0 and whatever lies beyond is ignored.
 
@@ -33,7 +34,7 @@ use super::Op;
 /// The log file's name inside the data directory.
 pub const WAL_FILE: &str = "chordctl.wal";
 
-/// The size the log file is created at; a group that does not fit where the log stands is
+/// The most the log file grows to; a group that does not fit where the log stands is
 /// committed straight to redb instead (with everything logged before it).
 pub const WAL_SIZE: u64 = 8 << 20;
 
