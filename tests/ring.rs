@@ -217,6 +217,28 @@ fn join_with_unreachable_seed_fails_within_seconds_naming_the_seed() {
     assert!(err.contains(&seed), "stderr names the seed: {err}");
 }
 
+/// A seed given as an agent's HTTP address (an easy slip: both are HOST:PORT) fails at once
+/// and says what is probably wrong, rather than only blaming a cluster secret.
+#[test]
+fn joining_through_an_http_address_says_it_is_not_a_ring_port() {
+    let seed_agent = AgentProc::start(None, &[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let started = Instant::now();
+    let out = Command::new(bin())
+        .args(["agent", "join", &seed_agent.http])
+        .args(["--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&seed_agent.http), "names the seed: {err}");
+    assert!(err.contains("not a ring RPC port"), "says why: {err}");
+}
+
 #[test]
 fn a_port_in_use_is_a_one_line_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

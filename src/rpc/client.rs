@@ -32,7 +32,7 @@ pub enum CallError {
     Auth(String, String),
     /// The peer closed a fresh connection without answering anything: what a node with
     /// `--cluster-secret` does to an agent without one.
-    #[error("{0} closed the connection without answering (a ring with --cluster-secret refuses agents without it)")]
+    #[error("{0} closed the connection without answering: not a ring RPC port (an agent's HTTP port?), or a ring with --cluster-secret refusing agents without it")]
     Refused(String),
 }
 
