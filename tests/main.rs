@@ -13,3 +13,4 @@ mod ring;
 mod security;
 mod store;
 mod support;
+mod units;

@@ -472,10 +472,12 @@ async fn the_prototype_routes_answer_as_recorded_from_any_agent() {
     );
 }
 
-/// The owner caches decoded records; a newer record arriving from another node (handoff,
-/// replication) must replace the cached copy, and an older one must not.
+/// The owner caches its records; a newer unit arriving from another node (hand-off,
+/// anti-entropy) must replace the instance in the cached copy, and an older one must not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_merged_from_peers_replace_the_owners_cached_copy() {
+async fn units_merged_from_peers_replace_the_owners_cached_copy() {
+    use chordctl::registry::unit::unit_key;
+    use chordctl::registry::{Hlc, Record, RegisterBody};
     let dir = tempfile::tempdir().expect("tmp");
     let h = agent::start(test_config(Start::Create, dir.path()))
         .await
@@ -484,41 +486,41 @@ async fn records_merged_from_peers_replace_the_owners_cached_copy() {
     register(&url, "cached", "a", 1).await;
     assert_eq!(instances(&url, "cached").await.len(), 1, "cached now");
     let registry = &h.agent().registry;
-    let key = "svc/cached".to_string();
-    let stored = h
-        .agent()
-        .registry
-        .store()
-        .get(&key)
-        .await
-        .expect("get")
-        .expect("stored");
-    let mut rec = chordctl::registry::Record::from_bytes(&stored).expect("record");
-    let older = rec.clone();
-    rec.register(
-        "b",
-        &chordctl::registry::RegisterBody::new("10.0.0.2", 2),
-        chrono::Utc::now(),
-    )
-    .expect("register b");
-    rec.bump_version("ffff");
-    let entry = |r: &chordctl::registry::Record| chordctl::registry::ops::Entry {
-        key: key.clone(),
-        value: r.to_bytes().expect("bytes"),
+    // A copy of instance b from another node, far in the future, and an older one of it.
+    let unit = |port: i64, wall_ms: u64| {
+        let mut rec = Record::new("cached", None).expect("record");
+        rec.register(
+            "b",
+            &RegisterBody::new("10.0.0.2", port),
+            chrono::Utc::now(),
+        )
+        .expect("register b");
+        rec.stamp(
+            "b",
+            Hlc {
+                wall_ms,
+                logical: 0,
+                node: 0xffff,
+            },
+        );
+        chordctl::registry::ops::Entry {
+            key: unit_key("cached", "b"),
+            value: rec.unit("b").expect("unit").to_bytes().expect("bytes"),
+        }
     };
+    let future = u64::MAX / 2;
     registry
-        .merge(vec![entry(&rec)])
+        .merge(vec![unit(2, future)])
         .await
         .expect("merge newer");
-    assert_eq!(
-        instances(&url, "cached").await.len(),
-        2,
-        "newer record not served"
-    );
+    let got = instances(&url, "cached").await;
+    assert_eq!(got.len(), 2, "newer unit not served");
     registry
-        .merge(vec![entry(&older)])
+        .merge(vec![unit(3, future - 1)])
         .await
         .expect("merge older");
-    assert_eq!(instances(&url, "cached").await.len(), 2, "older record won");
+    let got = instances(&url, "cached").await;
+    let b = got.iter().find(|i| i["id"] == "b").expect("b");
+    assert_eq!(b["port"], 2, "the older unit won");
     h.shutdown().await;
 }

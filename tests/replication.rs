@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::support::cluster::TestCluster;
 use crate::support::http::call;
-use crate::support::procs::AgentProc;
-use crate::support::{eventually, expect_ttl_expiry};
+use crate::support::procs::{ring_order, AgentProc};
+use crate::support::{eventually, expect_ttl_expiry, until_acknowledged};
 
 async fn count(url: &str, service: &str) -> usize {
     let (st, body) = call("GET", &format!("{url}/v1/services/{service}"), None).await;
@@ -345,24 +345,27 @@ async fn repair_time_after_a_crash_is_printed() {
     register_many(&urls, "rt", 30, 4).await;
     let k = c.node(0).agent().config.replicas;
     let copies = async |c: &TestCluster| -> Result<(), String> {
+        // Every instance is its own unit under its own key: count the copies of each.
         for s in 0..30 {
-            let key = format!("svc/rt-{s}");
-            let mut n = 0;
-            for h in c.live() {
-                if h.agent()
-                    .registry
-                    .store()
-                    .get(&key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-                {
-                    n += 1;
+            for i in 0..4 {
+                let key = chordctl::registry::unit::unit_key(&format!("rt-{s}"), &format!("i{i}"));
+                let mut n = 0;
+                for h in c.live() {
+                    if h.agent()
+                        .registry
+                        .store()
+                        .get(&key)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some()
+                    {
+                        n += 1;
+                    }
                 }
-            }
-            if n < k {
-                return Err(format!("{key}: {n} copies"));
+                if n < k {
+                    return Err(format!("{key}: {n} copies"));
+                }
             }
         }
         Ok(())
@@ -382,7 +385,7 @@ async fn repair_time_after_a_crash_is_printed() {
     )
     .await;
     println!(
-        "repair time after a crash (6 agents, 30 records, K={k}): {:?}",
+        "repair time after a crash (6 agents, 30 services of 4 instances, K={k}): {:?}",
         t.elapsed()
     );
 }
@@ -400,15 +403,7 @@ fn real_agents_a_write_acknowledged_then_its_owner_killed_9_at_once_survives() {
         let n = ring_size(&u0).await;
         (n == 5).then_some(()).ok_or(format!("{n} nodes"))
     }));
-    // The owner by SHA-1, computed here.
-    let mut ids: Vec<(String, usize)> = agents
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.id.clone(), i))
-        .collect();
-    ids.sort();
-    let kid = Id::of_key("precious-real").to_hex();
-    let owner = ids.iter().find(|(id, _)| *id >= kid).unwrap_or(&ids[0]).1;
+    let owner = ring_order(&agents, "precious-real")[0];
     let writer = (owner + 1) % 5;
     let reader = (owner + 2) % 5;
     let (st, body) = rt.block_on(call(
@@ -497,21 +492,7 @@ fn a_lone_agent_killed_9_under_load_keeps_every_acknowledged_registration() {
             })
         })
         .collect();
-    let total = || {
-        acked
-            .iter()
-            .map(|a| a.load(std::sync::atomic::Ordering::SeqCst))
-            .sum::<usize>()
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while total() < 2_000 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} registrations in 60 s",
-            total()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_acknowledged(&acked, 2_000);
     agent.kill9();
     rt.block_on(async {
         for c in clients {

@@ -506,7 +506,8 @@ fn parse_everything(bytes: &[u8]) {
     let _ = RegisterBody::from_json(bytes);
     let _ = StatusBody::from_json(bytes);
     let _ = PrototypeBody::from_bytes(bytes);
-    let _ = chordctl::registry::Record::from_bytes(bytes);
+    let _ = chordctl::registry::Record::from_legacy_bytes(bytes);
+    let _ = chordctl::registry::Unit::from_bytes("svc", bytes);
 }
 
 #[test]

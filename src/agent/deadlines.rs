@@ -54,6 +54,19 @@ impl Deadlines {
         }
     }
 
+    /// After a write of one instance of `service`: its deadline `at`, which moves the service's
+    /// deadline earlier, never later (other instances may be due before it). True when the
+    /// sweep must be woken.
+    #[must_use]
+    pub fn earlier(&mut self, service: &str, at: DateTime<Utc>) -> bool {
+        let e = self.due.entry(service.to_string()).or_insert(at);
+        if at < *e {
+            *e = at;
+        }
+        let at = *e;
+        self.before_plan(at)
+    }
+
     /// A record was stored without this node knowing its deadline: check it at the next sweep.
     /// True when the sweep must be woken.
     #[must_use]

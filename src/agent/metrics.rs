@@ -121,6 +121,9 @@ pub struct Metrics {
     hops: Mutex<Histogram>,
     replication_errors: AtomicU64,
     store_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Bytes of keys and values read from and written to the store.
+    store_read_bytes: AtomicU64,
+    store_written_bytes: AtomicU64,
     /// Nodes found by the last full walk of the ring; 0 until one ran.
     last_walk: AtomicU64,
 }
@@ -134,6 +137,8 @@ impl Default for Metrics {
             hops: Mutex::new(Histogram::new(HOP_BUCKETS)),
             replication_errors: AtomicU64::new(0),
             store_errors: Mutex::new(BTreeMap::new()),
+            store_read_bytes: AtomicU64::new(0),
+            store_written_bytes: AtomicU64::new(0),
             last_walk: AtomicU64::new(0),
         }
     }
@@ -198,6 +203,14 @@ impl Metrics {
     /// A store call (`get`, `apply`, `scan`, `check`) failed.
     pub fn store_error(&self, op: &'static str) {
         *lock(&self.store_errors).entry(op).or_insert(0) += 1;
+    }
+
+    /// (bytes read, bytes written) of the store so far: keys and values.
+    pub fn store_bytes(&self) -> (u64, u64) {
+        (
+            self.store_read_bytes.load(Ordering::Relaxed),
+            self.store_written_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// A full walk of the ring found `nodes` nodes.
@@ -328,6 +341,21 @@ impl Metrics {
             let n = errors.get(op).copied().unwrap_or(0);
             let _ = writeln!(out, "chordctl_store_errors_total{{op=\"{op}\"}} {n}");
         }
+        let (read, written) = self.store_bytes();
+        family(
+            &mut out,
+            "chordctl_store_read_bytes_total",
+            "counter",
+            "Bytes of keys and values this node read from its store.",
+        );
+        let _ = writeln!(out, "chordctl_store_read_bytes_total {read}");
+        family(
+            &mut out,
+            "chordctl_store_written_bytes_total",
+            "counter",
+            "Bytes of keys and values this node wrote to its store.",
+        );
+        let _ = writeln!(out, "chordctl_store_written_bytes_total {written}");
         out
     }
 }
@@ -355,6 +383,12 @@ impl MeteredStore {
         Arc::new(MeteredStore { inner, metrics })
     }
 
+    fn read(&self, bytes: u64) {
+        self.metrics
+            .store_read_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn count<T>(&self, op: &'static str, result: Result<T>) -> Result<T> {
         if result.is_err() {
             self.metrics.store_error(op);
@@ -370,14 +404,32 @@ impl Store for MeteredStore {
     }
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let r = self.inner.get(key).await;
+        if let Ok(Some(v)) = &r {
+            self.read((key.len() + v.len()) as u64);
+        }
         self.count("get", r)
     }
     async fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        let bytes: usize = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(k, v) => k.len() + v.len(),
+                Op::Delete(k) => k.len(),
+            })
+            .sum();
         let r = self.inner.apply(ops).await;
+        if r.is_ok() {
+            self.metrics
+                .store_written_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
         self.count("apply", r)
     }
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let r = self.inner.scan_prefix(prefix).await;
+        if let Ok(found) = &r {
+            self.read(found.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum());
+        }
         self.count("scan", r)
     }
     async fn check(&self) -> Result<()> {

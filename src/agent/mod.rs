@@ -79,7 +79,9 @@ impl rpc::Handler for RpcHandler {
                 };
                 match self.0.registry.handle_local(req).await {
                     // A discover answer goes back as its text, not re-encoded as JSON.
-                    Ok(RegistryResponse::Json(raw)) => Response::Registry(raw.to_rpc()),
+                    Ok(RegistryResponse::Json { json, index }) => {
+                        Response::Registry(json.to_rpc(index))
+                    }
                     Ok(answer) => match serde_json::to_vec(&answer) {
                         Ok(b) => Response::Registry(b),
                         Err(e) => Response::Error(Error::internal(e.to_string())),
@@ -208,6 +210,8 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         metrics.clone(),
     );
     let registry = Registry::new(ring.clone(), store, config.replicas);
+    // A store written by 0.1.0 (one record per service) is converted before anything is served.
+    registry.upgrade_store().await?;
     // A joining node answers for its keys only once it has taken them over.
     registry.set_ready(matches!(config.start, Start::Create));
     let agent = Arc::new(Agent {

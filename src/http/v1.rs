@@ -30,11 +30,16 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     }
 }
 
-fn instance_of(answer: RegistryResponse) -> Result<Arc<Instance>, ApiError> {
+/// The header that carries a service's change index (API.md, "Watching for changes").
+pub const INDEX_HEADER: &str = "x-chordctl-index";
+
+fn instance_of(answer: RegistryResponse) -> Result<(Arc<Instance>, u64), ApiError> {
     match answer {
         RegistryResponse::Applied {
-            instance: Some(i), ..
-        } => Ok(i),
+            instance: Some(i),
+            index,
+            ..
+        } => Ok((i, index)),
         other => Err(Error::internal(format!("unexpected answer {other:?}")).into()),
     }
 }
@@ -45,6 +50,14 @@ fn json_of<T: Serialize + ?Sized>(v: &T) -> Result<Response, ApiError> {
     let mut body = Vec::with_capacity(512);
     serde_json::to_writer(&mut body, v).map_err(|e| Error::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `response` with the service's change index in `X-Chordctl-Index`.
+fn with_index(mut response: Response, index: u64) -> Response {
+    response
+        .headers_mut()
+        .insert(INDEX_HEADER, header::HeaderValue::from(index));
+    response
 }
 
 /// PUT /v1/services/{service}/instances/{id}
@@ -69,7 +82,8 @@ fn checked(service: String, id: String) -> Result<(String, String), ApiError> {
 /// Apply `op` at the record's owner and answer the instance it touched.
 async fn write_instance(agent: &Agent, service: &str, op: WriteOp) -> Result<Response, ApiError> {
     let answer = agent.registry.write(service, op).await?;
-    json_of(&instance_of(answer)?)
+    let (instance, index) = instance_of(answer)?;
+    Ok(with_index(json_of(&instance)?, index))
 }
 
 /// DELETE /v1/services/{service}/instances/{id}
@@ -104,7 +118,7 @@ pub async fn query(
         .read(&service)
         .await?
         .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
-    json_of(rec.instance(&id)?)
+    Ok(with_index(json_of(rec.instance(&id)?)?, rec.index))
 }
 
 /// GET /v1/services/{service}?healthy=true&tag=T&pick=STRATEGY
@@ -132,24 +146,30 @@ pub async fn discover_service(
     match strategy {
         // The owner makes the answer; a non-owner passes its JSON on as it is.
         None => {
-            let json = agent.registry.discover_json(&service, healthy, tag).await?;
-            Ok((
+            let (json, index) = match agent.registry.discover_json(&service, healthy, tag).await {
+                Ok(found) => found,
+                Err(e @ Error::NotFound(_)) => {
+                    return Ok(with_index(ApiError::from(e).into_response(), 0))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let response = (
                 [(header::CONTENT_TYPE, "application/json")],
                 json.into_bytes(),
             )
-                .into_response())
+                .into_response();
+            Ok(with_index(response, index))
         }
         Some(s) => {
-            let rec = agent
-                .registry
-                .read(&service)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+            let Some(rec) = agent.registry.read(&service).await? else {
+                let e = Error::not_found(format!("service {service} not found"));
+                return Ok(with_index(ApiError::from(e).into_response(), 0));
+            };
             let found = discover(&rec, healthy, tag);
             let rr = agent.registry.next_rr();
             let chosen = pick(&found, s, rr, &mut rand::thread_rng())
                 .ok_or_else(|| Error::not_found(format!("no instance of {service} to pick")))?;
-            json_of(chosen)
+            Ok(with_index(json_of(chosen)?, rec.index))
         }
     }
 }

@@ -1,19 +1,19 @@
-//! How a [`Record`] is kept in the store and passed between nodes: a compact binary form.
+//! How records are kept in the store and passed between nodes.
 //!
-//! Every registration at an owner stores the service's whole record (all its instances), so the
-//! encoding is on the hot path of a write. JSON cost most of a register's CPU (timestamps
-//! formatted as text, strings escaped) and made a 10-instance record 4 KiB, two store pages.
-//! The binary form is a one-byte tag, a format number, then bincode (variable-length integers)
-//! of the mirror structs below: timestamps as seconds and nanoseconds, the service name once
-//! instead of once per instance, strings and maps borrowed while encoding. A 10-instance record
-//! takes about a quarter of the JSON's bytes.
+//! Since 0.2 every instance is its own unit under its own key (`u/SERVICE/ID`, see `unit.rs`),
+//! encoded here as a tag byte, a format number and postcard (variable-length integers, no
+//! field names) of [`StoredUnit`]: the version and index first, so that anti-entropy reads a
+//! unit's version without decoding the instance, then the instance with timestamps as seconds
+//! and nanoseconds. A service's own facts (its gVip, the floor of its change index) are kept
+//! under `s/SERVICE` as [`StoredMeta`].
 //!
-//! Decoding accepts both forms: records written as JSON by earlier versions of the agent (in a
-//! data directory, a Redis database, or sent by an older peer) still read, and are written back
-//! in the binary form the next time they change.
+//! 0.1.0 kept a whole service under one key (`svc/SERVICE`) as a [`StoredRecord`] (tag 0xB1,
+//! bincode) or, before that, as JSON. [`decode`] still reads both, for the upgrade of a data
+//! directory or Redis database at start (`Registry::upgrade_store`), which rewrites them as
+//! units.
 //!
 //! The mirror structs are the format: changing a field's type or order (or the order of
-//! [`State`]'s variants, which bincode writes as their index) needs a new format number.
+//! [`State`]'s variants, which both encodings write as their index) needs a new format number.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -21,12 +21,22 @@ use std::sync::Arc;
 
 use bincode::Options;
 use chrono::{DateTime, Utc};
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
-use super::model::{Instance, Liveness, Record, State, Status, Version};
+use super::hlc::{node_number, Hlc};
+use super::model::{Instance, Liveness, Record, Stamp, State, Status};
+use super::unit::{Unit, UnitBody};
 use crate::{Error, Result};
 
-/// First byte of a binary record. A JSON record starts with `{`, so the two never mix up.
+/// First byte of a unit (one instance). Neither JSON nor a 0.1.0 record starts with it.
+const UNIT_TAG: u8 = 0xB2;
+/// First byte of a service's meta entry.
+const META_TAG: u8 = 0xB3;
+/// The layout of [`StoredUnit`] and [`StoredMeta`].
+const UNIT_FORMAT: u8 = 1;
+
+/// First byte of a 0.1.0 binary record. A JSON record starts with `{`, so the two never mix up.
 const TAG: u8 = 0xB1;
 /// The layout of the mirror structs below.
 const FORMAT: u8 = 1;
@@ -82,139 +92,118 @@ struct StoredInstance<'a> {
     updated_at: Ts,
 }
 
-/// `rec` in the binary form.
-pub(super) fn encode(rec: &Record) -> Result<Vec<u8>> {
-    let stored = StoredRecord {
-        service: Cow::Borrowed(&rec.service),
-        counter: rec.version.counter,
-        node: Cow::Borrowed(&rec.version.node),
-        gvip: rec.gvip.as_deref().map(Cow::Borrowed),
-        instances: rec
-            .instances
-            .values()
-            .map(|i| StoredInstance {
-                id: Cow::Borrowed(&i.id),
-                address: Cow::Borrowed(&i.address),
-                port: i.port,
-                tags: Cow::Borrowed(&i.tags),
-                metadata: Cow::Borrowed(&i.metadata),
-                weight: i.weight,
-                ttl_secs: i.ttl_secs,
-                registered_at: ts(&i.registered_at),
-                state: i.status.state,
-                load: i.status.load,
-                success_rate: i.status.success_rate,
-                latency_ms: i.status.latency_ms,
-                frequency: i.status.frequency,
-                note: Cow::Borrowed(&i.status.note),
-                updated_at: ts(&i.status.updated_at),
-            })
-            .collect(),
-        liveness: rec
-            .liveness
-            .iter()
-            .map(|(id, l)| {
-                let expired = l
-                    .expired_from
-                    .as_ref()
-                    .map(|(state, note)| (*state, Cow::Borrowed(note.as_str())));
-                (Cow::Borrowed(id.as_str()), ts(&l.last_seen), expired)
-            })
-            .collect(),
-        removed: rec
-            .removed
-            .iter()
-            .map(|(id, at)| (Cow::Borrowed(id.as_str()), ts(at)))
-            .collect(),
-    };
-    // Room for a typical instance up front (growing the vector showed as realloc in the
-    // profile). No byte limit on the way out: with one, bincode measures the whole record in
-    // an extra pass before writing it; the limit guards decoding, where input may be corrupt.
-    let mut out = Vec::with_capacity(64 + 160 * rec.instances.len());
-    out.extend_from_slice(&[TAG, FORMAT]);
-    bincode::DefaultOptions::new()
-        .serialize_into(&mut out, &stored)
-        .map_err(|e| Error::internal(format!("cannot encode record {:?}: {e}", rec.service)))?;
-    // What decoding would refuse is never stored.
-    if out.len() as u64 > MAX_RECORD_BYTES {
-        return Err(Error::invalid(format!(
-            "service {:?} has grown past {} MiB; deregister instances or shorten their metadata",
-            rec.service,
-            MAX_RECORD_BYTES >> 20
-        )));
-    }
-    Ok(out)
-}
-
-/// A record from either form; `Internal` ("corrupt service record") when it is neither.
-pub(super) fn decode(bytes: &[u8]) -> Result<Record> {
-    match bytes {
-        [TAG, FORMAT, body @ ..] => decode_binary(body),
-        [TAG, format, ..] => Err(Error::internal(format!(
-            "corrupt service record: unknown format {format} (written by a newer agent?)"
-        ))),
-        _ => serde_json::from_slice(bytes)
-            .map_err(|e| Error::internal(format!("corrupt service record: {e}"))),
-    }
-}
-
-/// The first fields of [`StoredRecord`]: enough for a record's version.
+/// The JSON form of a record written before 0.1.0's binary form.
 #[derive(Deserialize)]
-struct StoredHead<'a> {
-    #[serde(borrow)]
-    _service: Cow<'a, str>,
-    counter: u64,
-    #[serde(borrow)]
-    node: Cow<'a, str>,
+struct JsonRecord {
+    service: String,
+    version: JsonVersion,
+    gvip: Option<String>,
+    instances: BTreeMap<String, Instance>,
+    #[serde(default)]
+    liveness: BTreeMap<String, Liveness>,
+    #[serde(default)]
+    removed: BTreeMap<String, DateTime<Utc>>,
 }
 
-/// A record's version without decoding its instances (anti-entropy compares versions of every
-/// record a node owns, every few seconds).
-pub(super) fn version(bytes: &[u8]) -> Result<Version> {
-    match bytes {
-        [TAG, FORMAT, body @ ..] => {
-            let head: StoredHead<'_> = options()
-                .allow_trailing_bytes()
-                .deserialize(body)
-                .map_err(|e| Error::internal(format!("corrupt service record: {e}")))?;
-            Ok(Version {
-                counter: head.counter,
-                node: head.node.into_owned(),
-            })
+#[derive(Deserialize)]
+struct JsonVersion {
+    counter: u64,
+    node: String,
+}
+
+/// What a 0.1.0 record held, whichever form it was in.
+struct Legacy {
+    service: String,
+    counter: u64,
+    node: u64,
+    gvip: Option<String>,
+    instances: Vec<Instance>,
+    liveness: BTreeMap<String, Liveness>,
+    removed: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Legacy {
+    /// The record as units: each instance (and tombstone) versioned at the time of its last
+    /// change by the node that last wrote the record, every one at the record's old counter as
+    /// the service's change index, so the index keeps growing from where 0.1.0 left it.
+    fn into_record(self) -> Record {
+        let stamp = |at: DateTime<Utc>| Stamp {
+            version: Hlc {
+                wall_ms: u64::try_from(at.timestamp_millis()).unwrap_or(0),
+                logical: 0,
+                node: self.node,
+            },
+            index: self.counter,
+        };
+        let mut rec = Record {
+            service: self.service.clone(),
+            gvip: self.gvip.clone(),
+            index: self.counter,
+            instances: OrdMap::new(),
+            liveness: OrdMap::new(),
+            removed: OrdMap::new(),
+            stamps: OrdMap::new(),
+        };
+        for (id, at) in &self.removed {
+            rec.removed.insert(id.clone(), *at);
+            rec.stamps.insert(id.clone(), stamp(*at));
         }
-        _ => decode(bytes).map(|r| r.version),
+        for inst in self.instances {
+            let live = self.liveness.get(&inst.id).cloned();
+            let mut changed = inst.registered_at.max(inst.status.updated_at);
+            if let Some(l) = &live {
+                changed = changed.max(l.last_seen);
+            }
+            // A tombstone later than the instance's last change means it was removed.
+            if self.removed.get(&inst.id).is_some_and(|r| *r > changed) {
+                continue;
+            }
+            rec.removed.remove(&inst.id);
+            rec.stamps.insert(inst.id.clone(), stamp(changed));
+            if let Some(l) = live {
+                rec.liveness.insert(inst.id.clone(), l);
+            }
+            rec.instances.insert(inst.id.clone(), Arc::new(inst));
+        }
+        rec
     }
 }
 
-fn decode_binary(body: &[u8]) -> Result<Record> {
+/// A 0.1.0 record (either form) as a record of units; `Internal` ("corrupt service record")
+/// when it is neither.
+pub(super) fn decode(bytes: &[u8]) -> Result<Record> {
+    let legacy = match bytes {
+        [TAG, FORMAT, body @ ..] => decode_binary(body)?,
+        [TAG, format, ..] => {
+            return Err(Error::internal(format!(
+                "corrupt service record: unknown format {format} (written by a newer agent?)"
+            )))
+        }
+        _ => {
+            let j: JsonRecord = serde_json::from_slice(bytes)
+                .map_err(|e| Error::internal(format!("corrupt service record: {e}")))?;
+            Legacy {
+                service: j.service,
+                counter: j.version.counter,
+                node: node_number(&j.version.node),
+                gvip: j.gvip,
+                instances: j.instances.into_values().collect(),
+                liveness: j.liveness,
+                removed: j.removed,
+            }
+        }
+    };
+    Ok(legacy.into_record())
+}
+
+fn decode_binary(body: &[u8]) -> Result<Legacy> {
     let s: StoredRecord<'_> = options()
         .deserialize(body)
         .map_err(|e| Error::internal(format!("corrupt service record: {e}")))?;
     let service = s.service.into_owned();
-    let mut instances = BTreeMap::new();
+    let mut instances = Vec::with_capacity(s.instances.len());
     for i in s.instances {
-        let id = i.id.into_owned();
-        let instance = Instance {
-            service: service.clone(),
-            id: id.clone(),
-            address: i.address.into_owned(),
-            port: i.port,
-            tags: i.tags.into_owned(),
-            metadata: i.metadata.into_owned(),
-            weight: i.weight,
-            ttl_secs: i.ttl_secs,
-            registered_at: from_ts(i.registered_at)?,
-            status: Status {
-                state: i.state,
-                load: i.load,
-                success_rate: i.success_rate,
-                latency_ms: i.latency_ms,
-                frequency: i.frequency,
-                note: i.note.into_owned(),
-                updated_at: from_ts(i.updated_at)?,
-            },
-        };
-        instances.insert(id, Arc::new(instance));
+        instances.push(i.into_instance(&service)?);
     }
     let mut liveness = BTreeMap::new();
     for (id, last_seen, expired) in s.liveness {
@@ -228,12 +217,10 @@ fn decode_binary(body: &[u8]) -> Result<Record> {
     for (id, at) in s.removed {
         removed.insert(id.into_owned(), from_ts(at)?);
     }
-    Ok(Record {
+    Ok(Legacy {
         service,
-        version: Version {
-            counter: s.counter,
-            node: s.node.into_owned(),
-        },
+        counter: s.counter,
+        node: node_number(&s.node),
         gvip: s.gvip.map(Cow::into_owned),
         instances,
         liveness,
@@ -241,103 +228,302 @@ fn decode_binary(body: &[u8]) -> Result<Record> {
     })
 }
 
+impl<'a> StoredInstance<'a> {
+    fn of(i: &'a Instance) -> Self {
+        StoredInstance {
+            id: Cow::Borrowed(&i.id),
+            address: Cow::Borrowed(&i.address),
+            port: i.port,
+            tags: Cow::Borrowed(&i.tags),
+            metadata: Cow::Borrowed(&i.metadata),
+            weight: i.weight,
+            ttl_secs: i.ttl_secs,
+            registered_at: ts(&i.registered_at),
+            state: i.status.state,
+            load: i.status.load,
+            success_rate: i.status.success_rate,
+            latency_ms: i.status.latency_ms,
+            frequency: i.status.frequency,
+            note: Cow::Borrowed(&i.status.note),
+            updated_at: ts(&i.status.updated_at),
+        }
+    }
+
+    fn into_instance(self, service: &str) -> Result<Instance> {
+        Ok(Instance {
+            service: service.to_string(),
+            id: self.id.into_owned(),
+            address: self.address.into_owned(),
+            port: self.port,
+            tags: self.tags.into_owned(),
+            metadata: self.metadata.into_owned(),
+            weight: self.weight,
+            ttl_secs: self.ttl_secs,
+            registered_at: from_ts(self.registered_at)?,
+            status: Status {
+                state: self.state,
+                load: self.load,
+                success_rate: self.success_rate,
+                latency_ms: self.latency_ms,
+                frequency: self.frequency,
+                note: self.note.into_owned(),
+                updated_at: from_ts(self.updated_at)?,
+            },
+        })
+    }
+}
+
+// ---- units (0.2) ---------------------------------------------------------------------------
+
+/// The head of a unit: its version and index, readable without the rest.
+#[derive(Serialize, Deserialize)]
+struct UnitHead {
+    wall_ms: u64,
+    logical: u32,
+    node: u64,
+    index: u64,
+}
+
+// Lives only while one unit is encoded or decoded: boxing the instance would only allocate.
+#[allow(clippy::large_enum_variant)]
+#[derive(Serialize, Deserialize)]
+enum StoredBody<'a> {
+    Present {
+        #[serde(borrow)]
+        instance: StoredInstance<'a>,
+        last_seen: Ts,
+        expired_from: Option<(State, Cow<'a, str>)>,
+    },
+    Removed {
+        at: Ts,
+    },
+}
+
+/// A service's own facts, under `s/SERVICE`.
+#[derive(Serialize, Deserialize)]
+struct StoredMeta<'a> {
+    gvip: Option<Cow<'a, str>>,
+    /// The service's change index is at least this (it survives forgotten tombstones).
+    index: u64,
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("corrupt {what}: {e}"))
+}
+
+/// `unit` in the stored form.
+pub(super) fn encode_unit(unit: &Unit) -> Result<Vec<u8>> {
+    let head = UnitHead {
+        wall_ms: unit.stamp.version.wall_ms,
+        logical: unit.stamp.version.logical,
+        node: unit.stamp.version.node,
+        index: unit.stamp.index,
+    };
+    let body = match &unit.body {
+        UnitBody::Present { instance, liveness } => StoredBody::Present {
+            instance: StoredInstance::of(instance),
+            last_seen: ts(&liveness.last_seen),
+            expired_from: liveness
+                .expired_from
+                .as_ref()
+                .map(|(s, n)| (*s, Cow::Borrowed(n.as_str()))),
+        },
+        UnitBody::Removed { at } => StoredBody::Removed { at: ts(at) },
+    };
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[UNIT_TAG, UNIT_FORMAT]);
+    let out = postcard::to_extend(&head, out).map_err(|e| corrupt("instance unit", e))?;
+    postcard::to_extend(&body, out).map_err(|e| corrupt("instance unit", e))
+}
+
+fn unit_parts(bytes: &[u8]) -> Result<(Stamp, &[u8])> {
+    let body = match bytes {
+        [UNIT_TAG, UNIT_FORMAT, body @ ..] => body,
+        [UNIT_TAG, format, ..] => {
+            return Err(Error::internal(format!(
+                "corrupt instance unit: unknown format {format} (written by a newer agent?)"
+            )))
+        }
+        _ => return Err(Error::internal("corrupt instance unit: bad tag")),
+    };
+    let (head, rest): (UnitHead, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| corrupt("instance unit", e))?;
+    let stamp = Stamp {
+        version: Hlc {
+            wall_ms: head.wall_ms,
+            logical: head.logical,
+            node: head.node,
+        },
+        index: head.index,
+    };
+    Ok((stamp, rest))
+}
+
+/// A unit's version and index, without decoding the instance.
+pub(super) fn unit_stamp(bytes: &[u8]) -> Result<Stamp> {
+    unit_parts(bytes).map(|(stamp, _)| stamp)
+}
+
+/// A unit of service `service` from its stored form.
+pub(super) fn decode_unit(service: &str, bytes: &[u8]) -> Result<Unit> {
+    let (stamp, rest) = unit_parts(bytes)?;
+    let body: StoredBody<'_> =
+        postcard::from_bytes(rest).map_err(|e| corrupt("instance unit", e))?;
+    let body = match body {
+        StoredBody::Present {
+            instance,
+            last_seen,
+            expired_from,
+        } => UnitBody::Present {
+            instance: Arc::new(instance.into_instance(service)?),
+            liveness: Liveness {
+                last_seen: from_ts(last_seen)?,
+                expired_from: expired_from.map(|(s, n)| (s, n.into_owned())),
+            },
+        },
+        StoredBody::Removed { at } => UnitBody::Removed { at: from_ts(at)? },
+    };
+    Ok(Unit { stamp, body })
+}
+
+/// A service's meta entry: its gVip and the floor of its change index.
+pub(super) fn encode_meta(gvip: Option<&str>, index: u64) -> Result<Vec<u8>> {
+    let meta = StoredMeta {
+        gvip: gvip.map(Cow::Borrowed),
+        index,
+    };
+    let mut out = vec![META_TAG, UNIT_FORMAT];
+    out = postcard::to_extend(&meta, out).map_err(|e| corrupt("service meta", e))?;
+    Ok(out)
+}
+
+/// (gVip, index floor) from a meta entry.
+pub(super) fn decode_meta(bytes: &[u8]) -> Result<(Option<String>, u64)> {
+    match bytes {
+        [META_TAG, UNIT_FORMAT, body @ ..] => {
+            let m: StoredMeta<'_> =
+                postcard::from_bytes(body).map_err(|e| corrupt("service meta", e))?;
+            Ok((m.gvip.map(Cow::into_owned), m.index))
+        }
+        _ => Err(Error::internal("corrupt service meta: bad tag or format")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::model::tests::{at, record};
     use crate::registry::{RegisterBody, StatusBody};
-    use chrono::TimeZone;
 
-    /// A record with every kind of field set: instances with tags, metadata, TTLs and reported
-    /// status, an expired instance (liveness with `expired_from`) and a tombstone.
-    fn full_record() -> Record {
-        let t0 = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap()
-            + chrono::Duration::nanoseconds(123_456_789);
-        let mut rec = Record::new("pay", Some("10.212.0.7".into())).unwrap();
-        for i in 0..4 {
-            let body: RegisterBody = serde_json::from_value(serde_json::json!({
-                "address": format!("10.0.0.{i}"),
-                "port": 8000 + i,
-                "tags": ["a", "b ü"],
-                "metadata": {"zone": "eu-1", "quote\"d": "v\n"},
-                "weight": 7,
-                "ttl_secs": 10,
-            }))
-            .unwrap();
-            rec.register(&format!("i{i}"), &body, t0).unwrap();
+    fn stamp(ms: u64, index: u64) -> Stamp {
+        Stamp {
+            version: Hlc {
+                wall_ms: ms,
+                logical: 3,
+                node: 0xab12,
+            },
+            index,
         }
+    }
+
+    /// A unit with every kind of field set: tags, metadata, TTL, reported status, and the state
+    /// TTL expiry overwrote.
+    fn full_unit() -> Unit {
+        let mut rec = record();
+        let body: RegisterBody = serde_json::from_value(serde_json::json!({
+            "address": "10.0.0.1", "port": 8001, "tags": ["a", "b ü"],
+            "metadata": {"zone": "eu-1", "quote\"d": "v\n"}, "weight": 7, "ttl_secs": 10,
+        }))
+        .unwrap();
+        rec.register("i1", &body, at(0)).unwrap();
         let report: StatusBody = serde_json::from_value(serde_json::json!({
             "state": "warning", "load": 0.25, "success_rate": 0.5, "latency_ms": 12.5,
             "frequency": 3.0, "note": "slow disk"
         }))
         .unwrap();
-        rec.report("i1", &report, t0).unwrap();
-        rec.deregister("i3").unwrap();
-        rec.tombstone("i3", t0);
-        // Past the TTL, within the grace: i0, i1 and i2 turn critical and remember their state.
-        rec.sweep(t0 + chrono::Duration::seconds(15), 100);
-        rec.bump_version("ab12");
-        rec
+        rec.report("i1", &report, at(1)).unwrap();
+        rec.sweep(at(15), 100);
+        rec.stamp("i1", stamp(7, 9).version);
+        rec.unit("i1").unwrap()
     }
 
     #[test]
-    fn binary_round_trip_keeps_every_field() {
-        let rec = full_record();
-        assert!(rec.liveness.values().any(|l| l.expired_from.is_some()));
-        assert!(!rec.removed.is_empty());
-        let bytes = encode(&rec).unwrap();
-        assert_eq!(bytes[..2], [TAG, FORMAT]);
-        assert_eq!(decode(&bytes).unwrap(), rec);
+    fn a_unit_round_trips_with_every_field() {
+        let unit = full_unit();
+        let UnitBody::Present { liveness, .. } = &unit.body else {
+            panic!("present")
+        };
+        assert!(liveness.expired_from.is_some());
+        let bytes = encode_unit(&unit).unwrap();
+        assert_eq!(bytes[..2], [UNIT_TAG, UNIT_FORMAT]);
+        assert_eq!(decode_unit("payments", &bytes).unwrap(), unit);
+        assert_eq!(unit_stamp(&bytes).unwrap(), unit.stamp);
+        let gone = Unit {
+            stamp: stamp(8, 10),
+            body: UnitBody::Removed { at: at(20) },
+        };
+        let bytes = encode_unit(&gone).unwrap();
+        assert_eq!(decode_unit("payments", &bytes).unwrap(), gone);
+        assert!(bytes.len() < 32, "a tombstone is tiny: {}", bytes.len());
     }
 
     #[test]
-    fn the_version_reads_without_the_instances() {
-        let rec = full_record();
-        assert_eq!(version(&encode(&rec).unwrap()).unwrap(), rec.version);
+    fn meta_round_trips() {
+        let m = encode_meta(Some("10.212.0.7"), 42).unwrap();
+        assert_eq!(decode_meta(&m).unwrap(), (Some("10.212.0.7".into()), 42));
         assert_eq!(
-            version(&serde_json::to_vec(&rec).unwrap()).unwrap(),
-            rec.version
+            decode_meta(&encode_meta(None, 0).unwrap()).unwrap(),
+            (None, 0)
         );
-        assert!(matches!(
-            version(&[TAG, FORMAT, 9]),
-            Err(Error::Internal(_))
-        ));
+        assert!(decode_meta(b"{}").is_err());
     }
 
     #[test]
-    fn json_records_of_earlier_versions_still_decode() {
-        let rec = full_record();
-        let json = serde_json::to_vec(&rec).unwrap();
-        assert_eq!(decode(&json).unwrap(), rec);
-    }
-
-    #[test]
-    fn binary_is_much_smaller_than_json() {
-        let rec = full_record();
-        let (bin, json) = (encode(&rec).unwrap(), serde_json::to_vec(&rec).unwrap());
-        assert!(
-            bin.len() * 2 < json.len(),
-            "{} vs {}",
-            bin.len(),
-            json.len()
-        );
-    }
-
-    #[test]
-    fn corrupt_bytes_are_an_internal_error_not_a_panic() {
-        let bytes = encode(&full_record()).unwrap();
+    fn corrupt_units_are_an_internal_error_not_a_panic() {
+        let bytes = encode_unit(&full_unit()).unwrap();
         for cut in [0, 1, 2, 3, bytes.len() / 2, bytes.len() - 1] {
             assert!(
-                matches!(decode(&bytes[..cut]), Err(Error::Internal(_))),
+                matches!(decode_unit("p", &bytes[..cut]), Err(Error::Internal(_))),
                 "cut {cut}"
             );
         }
         let mut unknown = bytes.clone();
-        unknown[1] = FORMAT + 1;
-        let err = decode(&unknown).unwrap_err().to_string();
+        unknown[1] = UNIT_FORMAT + 1;
+        let err = decode_unit("p", &unknown).unwrap_err().to_string();
         assert!(err.contains("unknown format"), "{err}");
-        // An instance count of 2^64 - 1 (varint 253 + u64) must not allocate its claim.
-        let mut huge = vec![TAG, FORMAT, 3, b'p', b'a', b'y', 0, 1, b'n', 0, 253];
-        huge.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(decode(&huge), Err(Error::Internal(_))));
+        // A tag count of 2^64 - 1 must not allocate its claim.
+        let mut huge = vec![UNIT_TAG, UNIT_FORMAT, 1, 1, 1, 1, 0, 1, b'i', 1, b'h', 1];
+        huge.extend_from_slice(&[0xff; 10]);
+        assert!(matches!(decode_unit("p", &huge), Err(Error::Internal(_))));
+    }
+
+    #[test]
+    fn json_records_of_early_versions_convert_to_units() {
+        let json = serde_json::json!({
+            "service": "pay", "version": {"counter": 12, "node": "00000000000000ff00"},
+            "gvip": "10.212.0.7",
+            "instances": {"a": {
+                "service": "pay", "id": "a", "address": "10.0.0.1", "port": 80, "tags": [],
+                "metadata": {}, "weight": 1, "ttl_secs": null,
+                "registered_at": "2026-11-25T14:00:00Z",
+                "status": {"state": "passing", "load": 0.0, "success_rate": 0.0,
+                           "latency_ms": 0.0, "frequency": 0.0, "note": "",
+                           "updated_at": "2026-11-25T14:00:05Z"}}},
+            "removed": {"b": "2026-11-25T14:00:09Z"}
+        });
+        let rec = decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(rec.index, 12, "the index continues from the old counter");
+        assert_eq!(rec.gvip.as_deref(), Some("10.212.0.7"));
+        assert_eq!(rec.instances.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            rec.version_of("a").unwrap().wall_ms,
+            at(5).timestamp_millis() as u64
+        );
+        assert_eq!(rec.version_of("a").unwrap().node, 0xff);
+        assert!(matches!(
+            rec.unit("b").unwrap().body,
+            UnitBody::Removed { .. }
+        ));
+        assert!(matches!(decode(b"NULL"), Err(Error::Internal(_))));
     }
 }

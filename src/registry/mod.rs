@@ -1,35 +1,43 @@
 //! The service model, without I/O: instances and their status, the per-service [`Record`] a node
 //! stores, validation, TTL health, discovery and picking, and the prototype's model.
 //!
-//! - [`model`]: [`State`], [`Status`], [`Instance`], [`Version`], [`Record`] and the request
-//!   bodies [`RegisterBody`] and [`StatusBody`]; register, deregister and report.
+//! - [`model`]: [`State`], [`Status`], [`Instance`], [`Record`] and the request bodies
+//!   [`RegisterBody`] and [`StatusBody`]; register, deregister and report.
+//! - [`unit`]: the replication rules: every instance a unit with its own key and version, how
+//!   copies merge ([`Record::apply_unit`]), store keys.
+//! - [`hlc`]: hybrid logical clocks, the versions of units.
 //! - [`validate`]: the limits of API.md, with messages that say exactly what was wrong.
 //! - [`ttl`]: TTL expiry (`Record::sweep`, `Record::next_deadline`).
 //! - [`pick`](mod@pick): [`discover`], [`Strategy`] and [`pick`](fn@pick).
 //! - [`duration`]: the CLI's DURATION syntax.
 //! - [`compat`]: the prototype's gVips, texts and JSON documents.
-//! - [`codec`]: the compact binary form records are stored and replicated in.
+//! - [`codec`]: the stored form of units and meta entries, and 0.1.0's records (for the upgrade).
+//! - [`ops`]: the registry's requests and answers between agents.
 //!
 //! Everything takes the current time (`now`) and randomness (`rng`) as arguments, so the agent,
-//! the simulator and tests drive it alike. A record's owner serializes writes to it: it loads the
-//! record, applies operations, calls [`Record::bump_version`] with its node id, stores and
-//! replicates. Replicas keep a copy only if [`Record::is_newer_than`] the one they hold.
+//! the simulator and tests drive it alike. A service's owner serializes writes to it: it applies
+//! an operation to its in-memory record, calls [`Record::stamp`] with a version from its
+//! [`Clock`] for the instance it changed, stores and replicates that one unit. Copies keep a
+//! unit only if it is newer than the one they hold.
 
 pub mod codec;
 pub mod compat;
 pub mod duration;
-pub mod merge;
+pub mod hlc;
 pub mod model;
 pub mod ops;
 pub mod pick;
 pub mod ttl;
+pub mod unit;
 pub mod validate;
 
 pub use duration::parse_duration;
+pub use hlc::{Clock, Hlc};
 pub use model::{
-    Discovery, Instance, Record, RegisterBody, ServiceSummary, State, Status, StatusBody,
-    ValidRegistration, Version,
+    Discovery, Instance, Record, RegisterBody, ServiceSummary, Stamp, State, Status, StatusBody,
+    ValidRegistration,
 };
 pub use pick::{discover, pick, Strategy};
 pub use ttl::DEFAULT_GRACE_FACTOR;
+pub use unit::{Unit, UnitBody};
 pub use validate::{validate_instance_id, validate_service};

@@ -1,6 +1,8 @@
 //! The data model: instances, their status, and the per-service record a node stores.
 
 use std::collections::BTreeMap;
+
+use imbl::OrdMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::hlc::Hlc;
 use super::validate::{
     validate_address, validate_instance_id, validate_metadata, validate_non_negative,
     validate_note, validate_port, validate_rate, validate_service, validate_tags, validate_ttl,
@@ -157,22 +160,13 @@ pub struct Instance {
     pub status: Status,
 }
 
-/// A record's version: replicas never replace a newer version by an older one.
-///
-/// Ordered by `counter`, then by `node` so that two owners that both wrote counter N (during an
-/// ownership change) still order deterministically on every replica.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Version {
-    /// Incremented by the owner on every write.
-    pub counter: u64,
-    /// Identifier (40 hex digits) of the node that wrote this version.
-    pub node: String,
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.counter, self.node)
-    }
+/// The version of one instance's last change, and the service's change index it was made at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// The change's version (see `hlc.rs`): the larger one wins on every copy.
+    pub version: Hlc,
+    /// The service's change index after this change.
+    pub index: u64,
 }
 
 /// When an instance last showed a sign of life, and what TTL expiry overwrote.
@@ -180,7 +174,7 @@ impl fmt::Display for Version {
 /// Kept beside the instances rather than inside them so that `Instance` serializes exactly as the
 /// public INSTANCE; replicated with the record so a new owner continues the same TTL clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct Liveness {
+pub struct Liveness {
     /// Last registration or status report.
     pub(super) last_seen: DateTime<Utc>,
     /// Set when TTL expiry made the instance critical: the state and note it had before, restored
@@ -198,59 +192,76 @@ impl Liveness {
     }
 }
 
-/// Everything stored about one service: what a node keeps under the service's key.
+/// Everything a node holds about one service, in memory: its instances, their bookkeeping, and
+/// tombstones of removed ones.
 ///
-/// A record whose instances are all gone stays as an empty record: it keeps its gVip (gVips never
-/// change) and, with its version, acts as the tombstone that replication and anti-entropy need.
+/// Every instance is its own unit (its own store key, its own version, see `unit.rs`): a write
+/// changes one instance and is stored and replicated as that instance alone. The maps are
+/// persistent (`imbl`), so copying a record for a write costs O(1) and changing one instance
+/// O(log n), whatever the service's size.
 ///
-/// The operations (`register`, `deregister`, `report`, `sweep`) do not touch the version: the
-/// owner applies one or more of them and then calls [`Record::bump_version`] once before it
-/// stores and replicates the record.
+/// The operations (`register`, `deregister`, `report`, `sweep`) leave versions alone: the owner
+/// applies one and then calls [`Record::stamp`] for the instance it changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// The service name (the record's key on the ring).
     pub service: String,
-    /// Version of this copy.
-    pub version: Version,
     /// The prototype-compatible virtual IP, assigned at the first registration, never changed.
     pub gvip: Option<String>,
+    /// The service's change index: grows with every change, on every owner (`X-Chordctl-Index`).
+    pub index: u64,
     /// Instances by id. Shared (`Arc`) so that copying a record for a write copies no
     /// instance: the write replaces or changes (`Arc::make_mut`) only the one it touches.
-    pub instances: BTreeMap<String, Arc<Instance>>,
+    pub instances: OrdMap<String, Arc<Instance>>,
     /// Heartbeat bookkeeping by instance id (see [`Liveness`]).
     #[serde(default)]
-    pub(super) liveness: BTreeMap<String, Liveness>,
-    /// Tombstones: when each removed instance was deregistered or expired, so that merging
-    /// with a stale copy does not bring it back (see `merge.rs`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(super) removed: BTreeMap<String, DateTime<Utc>>,
+    pub(super) liveness: OrdMap<String, Liveness>,
+    /// Tombstones: when each removed instance was deregistered or expired, so that a stale
+    /// copy does not bring it back.
+    #[serde(default)]
+    pub(super) removed: OrdMap<String, DateTime<Utc>>,
+    /// The version of every instance's last change, present or removed.
+    #[serde(default)]
+    pub(super) stamps: OrdMap<String, Stamp>,
 }
 
 impl Record {
-    /// An empty record for `service` at version 0, after checking the service name.
+    /// An empty record for `service` at index 0, after checking the service name.
     pub fn new(service: &str, gvip: Option<String>) -> Result<Self> {
         validate_service(service)?;
         Ok(Record {
             service: service.to_string(),
-            version: Version::default(),
             gvip,
-            instances: BTreeMap::new(),
-            liveness: BTreeMap::new(),
-            removed: BTreeMap::new(),
+            index: 0,
+            instances: OrdMap::new(),
+            liveness: OrdMap::new(),
+            removed: OrdMap::new(),
+            stamps: OrdMap::new(),
         })
     }
 
-    /// Whether this copy is newer than `other` and so should replace it.
-    pub fn is_newer_than(&self, other: &Record) -> bool {
-        self.version > other.version
+    /// The version of instance `id`'s last change (registration, report or removal), if any.
+    pub fn version_of(&self, id: &str) -> Option<Hlc> {
+        self.stamps.get(id).map(|s| s.version)
     }
 
-    /// Advances the version for a write by `node_id` (the owner's identifier).
-    pub fn bump_version(&mut self, node_id: &str) {
-        self.version = Version {
-            counter: self.version.counter.saturating_add(1),
-            node: node_id.to_string(),
-        };
+    /// Record that instance `id` just changed with `version`: the service's index grows by one.
+    /// Returns the new index.
+    pub fn stamp(&mut self, id: &str, version: Hlc) -> u64 {
+        self.index = self.index.saturating_add(1);
+        self.stamps.insert(
+            id.to_string(),
+            Stamp {
+                version,
+                index: self.index,
+            },
+        );
+        self.index
+    }
+
+    /// The ids of every instance this record knows of, present or removed.
+    pub fn unit_ids(&self) -> impl Iterator<Item = &String> {
+        self.stamps.keys()
     }
 
     /// Whether the service has no instances (the record is a tombstone).
@@ -309,6 +320,7 @@ impl Record {
             .or_insert_with(|| Liveness::new(now));
         let restored = liveness.expired_from.take();
         liveness.last_seen = now;
+        self.removed.remove(id);
 
         let instance = match self.instances.remove(id) {
             Some(old) => {
@@ -373,20 +385,8 @@ impl Record {
         Ok(instance)
     }
 
-    /// The record as bytes for the store and ring RPC, in the compact binary form of
-    /// [`super::codec`].
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        super::codec::encode(self)
-    }
-
-    /// The version of the record in `bytes`, without decoding its instances.
-    pub fn version_of(bytes: &[u8]) -> Result<Version> {
-        super::codec::version(bytes)
-    }
-
-    /// A record from the bytes [`Record::to_bytes`] wrote (or the JSON earlier versions wrote);
-    /// `Internal` when they are corrupt.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+    /// A record of the 0.1.0 layout (one stored value per service), for the upgrade.
+    pub fn from_legacy_bytes(bytes: &[u8]) -> Result<Self> {
         super::codec::decode(bytes)
     }
 }
@@ -683,36 +683,19 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn versions_order_by_counter_then_node() {
-        let v = |counter, node: &str| Version {
-            counter,
-            node: node.into(),
+    fn stamp_moves_the_index_and_keeps_the_version_per_instance() {
+        let mut r = record();
+        let v = |ms| Hlc {
+            wall_ms: ms,
+            logical: 0,
+            node: 1,
         };
-        assert!(v(2, "aa") > v(1, "ff"));
-        assert!(v(1, "bb") > v(1, "aa"));
-        assert_eq!(v(1, "aa"), v(1, "aa"));
-        assert!(Version::default() < v(1, ""));
-        assert_eq!(v(3, "ab").to_string(), "3@ab");
-    }
-
-    #[test]
-    fn is_newer_than_compares_versions_not_contents() {
-        let mut a = record();
-        let mut b = record();
-        assert!(!a.is_newer_than(&b) && !b.is_newer_than(&a));
-        a.bump_version("node-b");
-        assert!(a.is_newer_than(&b));
-        b.bump_version("node-a");
-        assert!(a.is_newer_than(&b), "same counter: higher node id wins");
-        b.bump_version("node-a");
-        assert!(b.is_newer_than(&a));
-        assert_eq!(
-            b.version,
-            Version {
-                counter: 2,
-                node: "node-a".into()
-            }
-        );
+        assert_eq!(r.stamp("a", v(5)), 1);
+        assert_eq!(r.stamp("b", v(3)), 2);
+        assert_eq!(r.version_of("a"), Some(v(5)));
+        assert_eq!(r.version_of("b"), Some(v(3)));
+        assert_eq!(r.version_of("c"), None);
+        assert_eq!(r.index, 2);
     }
 
     #[test]
@@ -720,7 +703,7 @@ pub(super) mod tests {
         assert!(Record::new("bad/name", None).is_err());
         let r = Record::new("ok", None).unwrap();
         assert!(r.is_empty());
-        assert_eq!(r.version, Version::default());
+        assert_eq!(r.index, 0);
     }
 
     #[test]
@@ -736,11 +719,8 @@ pub(super) mod tests {
         assert_eq!(inst.ttl_secs, None);
         assert_eq!(inst.registered_at, at(0));
         assert_eq!(inst.status, Status::new(at(0)));
-        assert_eq!(
-            r.version,
-            Version::default(),
-            "register leaves the version alone"
-        );
+        assert_eq!(r.index, 0, "register leaves the index alone");
+        assert_eq!(r.version_of("a"), None, "and the version");
     }
 
     #[test]
@@ -924,18 +904,5 @@ pub(super) mod tests {
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["service"], "payments");
         assert_eq!(json["instances"][0]["id"], "a");
-    }
-
-    #[test]
-    fn record_round_trips_through_bytes_and_rejects_garbage() {
-        let mut r = record();
-        r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
-        r.bump_version("n1");
-        let bytes = r.to_bytes().unwrap();
-        assert_eq!(Record::from_bytes(&bytes).unwrap(), r);
-        assert!(matches!(
-            Record::from_bytes(b"NULL"),
-            Err(Error::Internal(_))
-        ));
     }
 }

@@ -5,14 +5,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::hlc::Hlc;
 use super::model::{Instance, Record, RegisterBody, ServiceSummary, StatusBody};
 use crate::ring::Id;
 use crate::Result;
-
-/// The store key of a service's record.
-pub fn record_key(service: &str) -> String {
-    format!("svc/{service}")
-}
 
 /// The store key of a gVip claim.
 pub fn gvip_key(gvip: &str) -> String {
@@ -20,14 +16,17 @@ pub fn gvip_key(gvip: &str) -> String {
 }
 
 /// The ring identifier that decides which node owns a stored entry: SHA-1 of the service name
-/// for records, of `gvip:ADDRESS` for gVip claims (`:` never occurs in a service name).
+/// for a service's units and meta entry (and a 0.1.0 record), of `gvip:ADDRESS` for gVip claims
+/// (`:` never occurs in a service name).
 pub fn routing_id(store_key: &str) -> Option<Id> {
-    if let Some(service) = store_key.strip_prefix("svc/") {
-        Some(Id::of_key(service))
-    } else {
-        store_key.strip_prefix("gvip/").map(gvip_id)
+    match super::unit::service_id_of_key(store_key) {
+        Some(id) => Some(id),
+        None => store_key.strip_prefix("gvip/").map(gvip_id),
     }
 }
+
+/// The prefixes of every key the registry stores: units, service meta entries, gVip claims.
+pub const STORED_PREFIXES: [&str; 3] = ["u/", "s/", "gvip/"];
 
 /// The ring identifier of a gVip claim: SHA-1 of `gvip:ADDRESS`.
 pub fn gvip_id(gvip: &str) -> Id {
@@ -37,9 +36,9 @@ pub fn gvip_id(gvip: &str) -> Id {
 /// A stored entry as it moves between nodes (join, leave, replication).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The store key (`svc/NAME` or `gvip/ADDRESS`).
+    /// The store key (`u/SERVICE/ID`, `s/SERVICE` or `gvip/ADDRESS`).
     pub key: String,
-    /// The stored bytes (a JSON `Record`, or the claiming service's name).
+    /// The stored bytes (a unit, a meta entry, or the claiming service's name).
     pub value: Vec<u8>,
 }
 
@@ -147,8 +146,8 @@ pub enum RegistryRequest {
     /// holds older, and, when a range is given, the entries of that range the owner lacks or
     /// holds older (the owner may have just inherited the range from a crashed node).
     Digest {
-        /// (store key, version counter, version node); gVip claims carry no version.
-        items: Vec<(String, u64, String)>,
+        /// (store key, version); meta entries and gVip claims carry version zero.
+        items: Vec<(String, Hlc)>,
         /// The owner's key range `(from, to]`, when it knows its predecessor.
         range: Option<(Id, Id)>,
     },
@@ -168,6 +167,8 @@ pub enum RegistryResponse {
         instance: Option<Arc<Instance>>,
         /// The prototype's reply text.
         text: Option<String>,
+        /// The service's change index after the write.
+        index: u64,
     },
     /// A record, if it exists.
     Record(Option<Record>),
@@ -188,8 +189,14 @@ pub enum RegistryResponse {
     Same(bool),
     /// The service holding a gVip.
     Service(Option<String>),
-    /// A JSON answer to pass on as it is (see [`RegistryRequest::Discover`]).
-    Json(RawJson),
+    /// A JSON answer to pass on as it is (see [`RegistryRequest::Discover`]), with the
+    /// service's change index.
+    Json {
+        /// The answer.
+        json: RawJson,
+        /// The service's change index (`X-Chordctl-Index`).
+        index: u64,
+    },
     /// Done.
     Done,
 }
@@ -225,23 +232,30 @@ impl RawJson {
         self.0
     }
 
-    /// The RPC answer carrying this text: the tag byte, then the text.
-    pub fn to_rpc(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.0.len() + 1);
+    /// The RPC answer carrying this text and the service's change index: the tag byte, the
+    /// index (8 bytes, little-endian), then the text.
+    pub fn to_rpc(&self, index: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() + 9);
         out.push(RAW_JSON_TAG);
+        out.extend_from_slice(&index.to_le_bytes());
         out.extend_from_slice(&self.0);
         out
     }
 
-    /// The text of an RPC answer made by [`RawJson::to_rpc`], if `answer` is one. The peer is a
-    /// ring member; its text is only checked to be UTF-8 before it is passed on.
-    pub fn from_rpc(answer: &Bytes) -> Option<crate::Result<RawJson>> {
+    /// The text and index of an RPC answer made by [`RawJson::to_rpc`], if `answer` is one.
+    /// The peer is a ring member; its text is only checked to be UTF-8 before it is passed on.
+    pub fn from_rpc(answer: &Bytes) -> Option<crate::Result<(RawJson, u64)>> {
         if answer.first() != Some(&RAW_JSON_TAG) {
             return None;
         }
-        let text = answer.slice(1..);
+        let Some(index) = answer.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            return Some(Err(crate::Error::internal(
+                "bad registry answer: a discover answer too short for its index",
+            )));
+        };
+        let text = answer.slice(9..);
         Some(match std::str::from_utf8(&text) {
-            Ok(_) => Ok(RawJson(text)),
+            Ok(_) => Ok((RawJson(text), u64::from_le_bytes(index))),
             Err(e) => Err(crate::Error::internal(format!(
                 "bad registry answer: not UTF-8 JSON text: {e}"
             ))),
@@ -283,15 +297,15 @@ pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> Res
         .map_err(|e| crate::Error::internal(format!("cannot encode a discover answer: {e}")))
 }
 
-/// The anti-entropy digest of a range: SHA-1 over `key counter node` lines, sorted by key.
+/// The anti-entropy digest of a range: SHA-1 over `key version` lines, sorted by key.
 /// Two nodes holding the same versions of the same entries compute the same hash.
-pub fn range_hash(items: &[(String, u64, String)]) -> String {
+pub fn range_hash(items: &[(String, Hlc)]) -> String {
     use sha1::{Digest, Sha1};
-    let mut sorted: Vec<&(String, u64, String)> = items.iter().collect();
+    let mut sorted: Vec<&(String, Hlc)> = items.iter().collect();
     sorted.sort();
     let mut h = Sha1::new();
-    for (k, c, n) in sorted {
-        h.update(format!("{k} {c} {n}\n").as_bytes());
+    for (k, v) in sorted {
+        h.update(format!("{k} {v}\n").as_bytes());
     }
     hex::encode(h.finalize())
 }
@@ -304,13 +318,18 @@ mod tests {
     fn raw_json_travels_over_rpc_as_its_text() {
         let json =
             RawJson::from_trusted(Bytes::from_static(br#"{"service":"pay","instances":[]}"#));
-        let wire = Bytes::from(json.to_rpc());
+        let wire = Bytes::from(json.to_rpc(42));
         assert_eq!(wire[0], RAW_JSON_TAG);
-        assert_eq!(RawJson::from_rpc(&wire), Some(Ok(json.clone())));
+        assert_eq!(RawJson::from_rpc(&wire), Some(Ok((json.clone(), 42))));
         // A JSON-encoded answer is not mistaken for one.
         let encoded = serde_json::to_vec(&RegistryResponse::Claimed(true)).unwrap();
         assert_eq!(RawJson::from_rpc(&Bytes::from(encoded)), None);
-        let bad = Bytes::from_static(&[RAW_JSON_TAG, 0xff, 0xfe]);
+        let short = Bytes::from_static(&[RAW_JSON_TAG, 1, 2]);
+        assert!(matches!(
+            RawJson::from_rpc(&short),
+            Some(Err(crate::Error::Internal(_)))
+        ));
+        let bad = Bytes::from_static(&[RAW_JSON_TAG, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe]);
         assert!(matches!(
             RawJson::from_rpc(&bad),
             Some(Err(crate::Error::Internal(_)))
@@ -320,9 +339,9 @@ mod tests {
     #[test]
     fn raw_json_embeds_as_it_is_in_a_json_answer() {
         let json = RawJson::from_trusted(Bytes::from_static(br#"{"a":[1,2]}"#));
-        let answer = RegistryResponse::Json(json);
+        let answer = RegistryResponse::Json { json, index: 3 };
         let text = serde_json::to_string(&answer).unwrap();
-        assert_eq!(text, r#"{"Json":{"a":[1,2]}}"#);
+        assert_eq!(text, r#"{"Json":{"json":{"a":[1,2]},"index":3}}"#);
         assert_eq!(
             serde_json::from_str::<RegistryResponse>(&text).unwrap(),
             answer
@@ -331,15 +350,20 @@ mod tests {
 
     #[test]
     fn range_hash_ignores_order_and_sees_any_version_change() {
+        let v = |wall_ms, node| Hlc {
+            wall_ms,
+            logical: 0,
+            node,
+        };
         let a = vec![
-            ("svc/a".to_string(), 3, "n1".to_string()),
-            ("svc/b".to_string(), 1, "n2".to_string()),
+            ("u/a/x".to_string(), v(3, 1)),
+            ("u/b/y".to_string(), v(1, 2)),
         ];
         let mut b = a.clone();
         b.reverse();
         assert_eq!(range_hash(&a), range_hash(&b));
         let mut c = a.clone();
-        c[1].1 = 2;
+        c[1].1.logical = 2;
         assert_ne!(range_hash(&a), range_hash(&c));
         assert_ne!(range_hash(&a), range_hash(&a[..1]));
     }
@@ -347,6 +371,8 @@ mod tests {
     #[test]
     fn routing_ids_of_records_and_gvip_claims_differ() {
         assert_eq!(routing_id("svc/pay"), Some(Id::of_key("pay")));
+        assert_eq!(routing_id("u/pay/10.0.0.1:80"), Some(Id::of_key("pay")));
+        assert_eq!(routing_id("s/pay"), Some(Id::of_key("pay")));
         assert_eq!(
             routing_id("gvip/10.212.0.2"),
             Some(Id::of_key("gvip:10.212.0.2"))

@@ -8,7 +8,7 @@
 //! - at `last_seen + T + grace_factor × T` exactly it is removed.
 //!
 //! The owner calls [`Record::sweep`] at [`Record::next_deadline`] (and whenever it likes; a sweep
-//! before any deadline changes nothing), then bumps the version and replicates if it changed.
+//! before any deadline changes nothing), then stamps and replicates each instance it changed.
 
 use std::sync::Arc;
 
@@ -51,10 +51,10 @@ impl Record {
     }
 
     /// Applies TTL expiry as of `now`: instances silent for one TTL become critical, those silent
-    /// for a further `grace_factor` TTLs are removed. Returns whether anything changed (then the
-    /// owner bumps the version and replicates). Leaves the version alone.
-    pub fn sweep(&mut self, now: DateTime<Utc>, grace_factor: u32) -> bool {
-        let mut changed = false;
+    /// for a further `grace_factor` TTLs are removed. Returns the ids of the instances that changed (the
+    /// owner stamps and replicates). Leaves the versions alone.
+    pub fn sweep(&mut self, now: DateTime<Utc>, grace_factor: u32) -> Vec<String> {
+        let mut changed = Vec::new();
         let mut removed = Vec::new();
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in ids {
@@ -77,7 +77,7 @@ impl Record {
             };
             let liveness = self
                 .liveness
-                .entry(id)
+                .entry(id.clone())
                 .or_insert_with(|| Liveness::new(last_seen));
             if liveness.expired_from.is_none() {
                 let status = &mut Arc::make_mut(instance).status;
@@ -85,14 +85,14 @@ impl Record {
                 status.state = State::Critical;
                 status.note = format!("TTL expired: no status report for {ttl}s");
                 status.updated_at = expiry;
-                changed = true;
+                changed.push(id);
             }
         }
         for (id, at) in removed {
             self.instances.remove(&id);
             self.liveness.remove(&id);
             self.tombstone(&id, at);
-            changed = true;
+            changed.push(id);
         }
         changed
     }
@@ -101,22 +101,26 @@ impl Record {
     /// or removal. `None` when no instance has a TTL.
     pub fn next_deadline(&self, grace_factor: u32) -> Option<DateTime<Utc>> {
         self.instances
-            .values()
-            .filter_map(|inst| {
-                let ttl = inst.ttl_secs?;
-                let last_seen = self.last_seen(&inst.id)?;
-                let (expiry, removal) = deadlines(last_seen, ttl, grace_factor);
-                let expired = self
-                    .liveness
-                    .get(&inst.id)
-                    .is_some_and(|l| l.expired_from.is_some());
-                if expired {
-                    removal
-                } else {
-                    expiry
-                }
-            })
+            .keys()
+            .filter_map(|id| self.deadline_of(id, grace_factor))
             .min()
+    }
+
+    /// The earliest instant at which [`Record::sweep`] would change instance `id`: its expiry,
+    /// or its removal once expired. `None` without a TTL (or without the instance).
+    pub fn deadline_of(&self, id: &str, grace_factor: u32) -> Option<DateTime<Utc>> {
+        let ttl = self.instances.get(id)?.ttl_secs?;
+        let last_seen = self.last_seen(id)?;
+        let (expiry, removal) = deadlines(last_seen, ttl, grace_factor);
+        let expired = self
+            .liveness
+            .get(id)
+            .is_some_and(|l| l.expired_from.is_some());
+        if expired {
+            removal
+        } else {
+            expiry
+        }
     }
 }
 
@@ -140,17 +144,17 @@ mod tests {
         r.register("a", &with_ttl(30), at(0)).unwrap();
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(30)));
 
-        assert!(!r.sweep(at(30) - MS, DEFAULT_GRACE_FACTOR));
+        assert!(r.sweep(at(30) - MS, DEFAULT_GRACE_FACTOR).is_empty());
         assert_eq!(r.instances["a"].status.state, State::Passing);
 
-        assert!(r.sweep(at(30), DEFAULT_GRACE_FACTOR));
+        assert!(!r.sweep(at(30), DEFAULT_GRACE_FACTOR).is_empty());
         let s = &r.instances["a"].status;
         assert_eq!(s.state, State::Critical);
         assert_eq!(s.note, "TTL expired: no status report for 30s");
         assert_eq!(s.updated_at, at(30));
 
         assert!(
-            !r.sweep(at(31), DEFAULT_GRACE_FACTOR),
+            r.sweep(at(31), DEFAULT_GRACE_FACTOR).is_empty(),
             "expiry applies once"
         );
     }
@@ -159,12 +163,12 @@ mod tests {
     fn instance_is_removed_exactly_after_the_grace_period() {
         let mut r = record();
         r.register("a", &with_ttl(30), at(0)).unwrap();
-        assert!(r.sweep(at(30), DEFAULT_GRACE_FACTOR));
+        assert!(!r.sweep(at(30), DEFAULT_GRACE_FACTOR).is_empty());
         // 30 s TTL + 10 × 30 s grace.
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(330)));
-        assert!(!r.sweep(at(330) - MS, DEFAULT_GRACE_FACTOR));
+        assert!(r.sweep(at(330) - MS, DEFAULT_GRACE_FACTOR).is_empty());
         assert!(r.instances.contains_key("a"));
-        assert!(r.sweep(at(330), DEFAULT_GRACE_FACTOR));
+        assert!(!r.sweep(at(330), DEFAULT_GRACE_FACTOR).is_empty());
         assert!(r.is_empty());
         assert!(r.gvip.is_some(), "the emptied record keeps its gVip");
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), None);
@@ -174,7 +178,7 @@ mod tests {
     fn a_late_sweep_removes_directly() {
         let mut r = record();
         r.register("a", &with_ttl(1), at(0)).unwrap();
-        assert!(r.sweep(at(1000), DEFAULT_GRACE_FACTOR));
+        assert!(!r.sweep(at(1000), DEFAULT_GRACE_FACTOR).is_empty());
         assert!(r.is_empty());
     }
 
@@ -183,7 +187,7 @@ mod tests {
         let mut r = record();
         r.register("a", &with_ttl(10), at(0)).unwrap();
         assert_eq!(r.next_deadline(0), Some(at(10)));
-        assert!(r.sweep(at(10), 0));
+        assert!(!r.sweep(at(10), 0).is_empty());
         assert!(r.is_empty());
     }
 
@@ -198,8 +202,8 @@ mod tests {
         };
         r.report("a", &warn, at(20)).unwrap();
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(50)));
-        assert!(!r.sweep(at(49), DEFAULT_GRACE_FACTOR));
-        assert!(r.sweep(at(50), DEFAULT_GRACE_FACTOR));
+        assert!(r.sweep(at(49), DEFAULT_GRACE_FACTOR).is_empty());
+        assert!(!r.sweep(at(50), DEFAULT_GRACE_FACTOR).is_empty());
         assert_eq!(r.instances["a"].status.state, State::Critical);
 
         // A bare heartbeat brings back what TTL expiry overwrote.
@@ -236,7 +240,7 @@ mod tests {
         let mut r = record();
         r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), None);
-        assert!(!r.sweep(at(1_000_000_000), DEFAULT_GRACE_FACTOR));
+        assert!(r.sweep(at(1_000_000_000), DEFAULT_GRACE_FACTOR).is_empty());
         assert_eq!(r.instances["a"].status.state, State::Passing);
     }
 
@@ -250,9 +254,9 @@ mod tests {
         };
         r.report("a", &crit, at(1)).unwrap();
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(6)));
-        assert!(r.sweep(at(6), DEFAULT_GRACE_FACTOR));
+        assert!(!r.sweep(at(6), DEFAULT_GRACE_FACTOR).is_empty());
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(56)));
-        assert!(r.sweep(at(56), DEFAULT_GRACE_FACTOR));
+        assert!(!r.sweep(at(56), DEFAULT_GRACE_FACTOR).is_empty());
         assert!(r.is_empty());
     }
 
@@ -271,7 +275,13 @@ mod tests {
         let mut r = record();
         r.register("a", &with_ttl(30), at(0)).unwrap();
         r.sweep(at(30), DEFAULT_GRACE_FACTOR);
-        let mut copy = Record::from_bytes(&r.to_bytes().unwrap()).unwrap();
+        r.stamp("a", crate::registry::Hlc::default());
+        let bytes = r.unit("a").unwrap().to_bytes().unwrap();
+        let mut copy = record();
+        assert!(copy.apply_unit(
+            "a",
+            crate::registry::Unit::from_bytes("payments", &bytes).unwrap()
+        ));
         assert_eq!(copy.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(330)));
         let s = &copy
             .report("a", &StatusBody::default(), at(40))
@@ -286,7 +296,7 @@ mod tests {
         r.register("a", &with_ttl(30), at(0)).unwrap();
         r.liveness.clear();
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(30)));
-        assert!(r.sweep(at(30), DEFAULT_GRACE_FACTOR));
+        assert!(!r.sweep(at(30), DEFAULT_GRACE_FACTOR).is_empty());
         assert_eq!(r.next_deadline(DEFAULT_GRACE_FACTOR), Some(at(330)));
     }
 
@@ -297,6 +307,6 @@ mod tests {
         r.sweep(at(365 * 24 * 3600), u32::MAX);
         assert_eq!(r.instances["a"].status.state, State::Critical);
         assert_eq!(r.next_deadline(u32::MAX), None);
-        assert!(!r.sweep(DateTime::<Utc>::MAX_UTC, u32::MAX));
+        assert!(r.sweep(DateTime::<Utc>::MAX_UTC, u32::MAX).is_empty());
     }
 }

@@ -23,6 +23,26 @@ pub async fn eventually(
     }
 }
 
+/// Block (polling every 20 ms, for up to 60 s) until the per-client counts of acknowledged
+/// writes in `acked` add up to at least `at_least`; returns the total then.
+pub fn until_acknowledged(acked: &[std::sync::atomic::AtomicUsize], at_least: usize) -> usize {
+    let total = || {
+        acked
+            .iter()
+            .map(|a| a.load(std::sync::atomic::Ordering::SeqCst))
+            .sum::<usize>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = total();
+        if n >= at_least {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "only {n} registrations in 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait for instance `id` of `service` (registered with a 1 s TTL at `registered`, asked
 /// through the agent at `url`) to expire as the TTL rules say: critical after one TTL, not
 /// earlier; removed after the grace period (ten more TTLs), not earlier — and not never.

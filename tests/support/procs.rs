@@ -169,3 +169,19 @@ pub fn poll<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Result<T, 
         }
     }
 }
+
+/// Indexes into `agents` in ring order starting at the owner of `key` (by SHA-1, computed here):
+/// the owner, then its successors.
+pub fn ring_order(agents: &[AgentProc], key: &str) -> Vec<usize> {
+    let mut ids: Vec<(String, usize)> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.id.clone(), i))
+        .collect();
+    ids.sort();
+    let kid = chordctl::ring::Id::of_key(key).to_hex();
+    let first = ids.iter().position(|(id, _)| *id >= kid).unwrap_or(0);
+    (0..ids.len())
+        .map(|k| ids[(first + k) % ids.len()].1)
+        .collect()
+}

@@ -1,0 +1,549 @@
+//! The registry side of an agent, one file per mechanism:
+//!
+//! - `routing.rs`: every operation goes to its service's owner through the ring (lookups, a
+//!   route cache, retries while ownership settles, reads falling back to replicas);
+//! - `writes.rs`: at the owner, writes to one service are applied in groups (group commit):
+//!   one store batch and one replication message per group, every instance its own unit;
+//! - `replication.rs`: sending a group's units to the replicas, and merging units received
+//!   from other nodes (replication, hand-off, anti-entropy);
+//! - `handoff.rs`: records moving with ownership (join, leave), anti-entropy with the
+//!   replicas, and the upgrade of a 0.1.0 store;
+//! - `sweep.rs`: TTL expiry at the owner.
+//!
+//! This file holds the state they share: the per-service slots (lock and queue of pending
+//! writes), the owner's record cache, the node's hybrid logical clock, and the answers to
+//! requests from peers ([`Registry::handle_local`]).
+
+mod handoff;
+mod replication;
+mod routing;
+mod sweep;
+mod writes;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use super::deadlines::Deadlines;
+use super::ring::RingDriver;
+use crate::registry::hlc::{node_number, Clock, Hlc};
+use crate::registry::ops::{
+    discovered_json, gvip_id, gvip_key, range_hash, routing_id, Entry, RawJson, RegistryRequest,
+    RegistryResponse, WriteOp,
+};
+use crate::registry::unit::{meta_key, unit_prefix, Unit};
+use crate::registry::{Record, ServiceSummary};
+use crate::ring::{Id, LookupResult};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// How long a routed operation keeps retrying while ownership settles (joins, leaves,
+/// failures) before answering 503.
+pub const ROUTE_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Entries per message (and per progress step) when records move on a join or a leave: small
+/// enough to keep frames far below the RPC limit, large enough to cost few round trips.
+pub const TRANSFER_CHUNK: usize = 1024;
+
+/// How often the owner looks for expired TTLs.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a key's looked-up owner is reused before the next lookup. A stale entry costs
+/// nothing but a retry: the owner checks ownership on every request and answers "not the
+/// owner" (retryable), and then the key is looked up afresh at once.
+pub const ROUTE_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Keys whose route is cached at most; past it new routes are not cached (each expires soon).
+const ROUTE_CACHE_MAX: usize = 4096;
+
+/// Decoded records kept at the owner at most; past it new records are not cached.
+const RECORD_CACHE_MAX: usize = 16 * 1024;
+
+/// Environment variable (tests only) that shifts this agent's clock by a number of
+/// milliseconds, to prove that versions do not trust wall clocks.
+pub const CLOCK_OFFSET_ENV: &str = "CHORDCTL_TEST_CLOCK_OFFSET_MS";
+
+/// A write waiting for its group.
+struct Pending {
+    op: WriteOp,
+    reply: tokio::sync::oneshot::Sender<Result<RegistryResponse>>,
+}
+
+/// One service's (or gVip claim's) serialization point: whoever holds `lock` applies every
+/// write queued in `pending` as one group.
+#[derive(Default)]
+struct Slot {
+    lock: tokio::sync::Mutex<()>,
+    pending: Mutex<Vec<Pending>>,
+}
+
+/// The registry of one agent.
+pub struct Registry {
+    ring: Arc<RingDriver>,
+    replicas: usize,
+    store: Arc<dyn Store>,
+    /// This node's hybrid logical clock: every version it writes comes from here.
+    clock: Mutex<Clock>,
+    /// Test-only shift of this agent's clock ([`CLOCK_OFFSET_ENV`]).
+    offset_ms: i64,
+    /// Per-service slots, dropped again once nobody uses them.
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    leaving: AtomicBool,
+    /// False between joining the ring and having taken the owned range from the successor:
+    /// until then this node must not answer for its keys (it would say "not found").
+    ready: AtomicBool,
+    rr: AtomicU64,
+    /// Recently looked-up owners by key, so that a request through a non-owner costs one
+    /// RPC to the owner rather than a lookup (log N RPCs) and then one.
+    routes: Mutex<HashMap<Id, (Instant, LookupResult)>>,
+    /// Service records, by name, as last written to or read from the store (write-through):
+    /// a write or discover at the owner reads nothing from the store. Filled and changed only
+    /// under the service's slot lock (see [`Registry::load`]).
+    records: Mutex<HashMap<String, Arc<Record>>>,
+    /// When each owned record next needs the TTL sweep, so an idle sweep reads no store.
+    deadlines: Mutex<Deadlines>,
+    /// Wakes the sleeping sweep when a deadline comes before the one it planned for.
+    sweep_wake: tokio::sync::Notify,
+    /// The unfiltered discover answer of recently discovered records, made once per version of
+    /// a record rather than per request.
+    discovered: Mutex<DiscoveredCache>,
+}
+
+/// Most bytes of discover answers kept by [`DiscoveredCache`].
+const DISCOVERED_CACHE_BYTES: usize = 4 << 20;
+
+/// Unfiltered discover answers by service, each with the record it was made from. An answer
+/// is served only for that very record (`Arc::ptr_eq`): every write stores a new `Arc`, so a
+/// changed record never meets an old answer, and no invalidation is needed. (Holding the
+/// `Arc` also keeps its address from being reused by another record.)
+#[derive(Default)]
+struct DiscoveredCache {
+    by_service: HashMap<String, (Arc<Record>, RawJson)>,
+    bytes: usize,
+}
+
+impl DiscoveredCache {
+    fn get(&self, rec: &Arc<Record>) -> Option<RawJson> {
+        match self.by_service.get(&rec.service) {
+            Some((made_from, json)) if Arc::ptr_eq(made_from, rec) => Some(json.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keep `json` as `rec`'s answer, replacing an older one; skipped when the cache is full.
+    fn put(&mut self, rec: &Arc<Record>, json: &RawJson) {
+        if let Some((_, old)) = self.by_service.remove(&rec.service) {
+            self.bytes -= old.len();
+        }
+        if self.bytes + json.len() <= DISCOVERED_CACHE_BYTES {
+            self.bytes += json.len();
+            self.by_service
+                .insert(rec.service.clone(), (rec.clone(), json.clone()));
+        }
+    }
+}
+
+/// Locks a std mutex, taking the data of a poisoned one (no invariant spans a panic here).
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// (store key, version) of an entry: a unit's version; zero for meta entries and claims.
+fn version_item(e: &Entry) -> (String, Hlc) {
+    let v = if e.key.starts_with("u/") {
+        Unit::stamp_of(&e.value)
+            .map(|s| s.version)
+            .unwrap_or_default()
+    } else {
+        Hlc::default()
+    };
+    (e.key.clone(), v)
+}
+
+fn not_owner() -> Error {
+    Error::routing("this node does not own the record (ring ownership is settling); retry")
+}
+
+impl Registry {
+    /// A registry over `store`, owning what `ring` says this node owns.
+    pub fn new(ring: Arc<RingDriver>, store: Arc<dyn Store>, replicas: usize) -> Arc<Registry> {
+        let node = ring.me().id.to_hex();
+        let offset_ms = std::env::var(CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        if offset_ms != 0 {
+            tracing::warn!(offset_ms, "this agent's clock is shifted for a test");
+        }
+        Arc::new(Registry {
+            ring,
+            replicas: replicas.max(1),
+            store,
+            clock: Mutex::new(Clock::new(node_number(&node))),
+            offset_ms,
+            slots: Mutex::new(HashMap::new()),
+            leaving: AtomicBool::new(false),
+            ready: AtomicBool::new(true),
+            rr: AtomicU64::new(0),
+            routes: Mutex::new(HashMap::new()),
+            records: Mutex::new(HashMap::new()),
+            deadlines: Mutex::new(Deadlines::default()),
+            sweep_wake: tokio::sync::Notify::new(),
+            discovered: Mutex::new(DiscoveredCache::default()),
+        })
+    }
+
+    /// Mark whether this node has its records and may answer for the keys it owns.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The store (for health checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A counter for round-robin picks made through this agent.
+    pub fn next_rr(&self) -> u64 {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// This agent's idea of the time (its wall clock, shifted in clock-skew tests).
+    fn now(&self) -> DateTime<Utc> {
+        let now = Utc::now();
+        if self.offset_ms == 0 {
+            return now;
+        }
+        now.checked_add_signed(chrono::TimeDelta::milliseconds(self.offset_ms))
+            .unwrap_or(now)
+    }
+
+    /// A new version for a change of instance `id` of `rec`, above its current one, and the
+    /// record's index moved on.
+    fn stamp(&self, rec: &mut Record, id: &str, now: DateTime<Utc>) {
+        let ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        let v = guard(&self.clock).after(ms, rec.version_of(id));
+        rec.stamp(id, v);
+    }
+
+    /// Let the clock move past versions this node now holds.
+    fn observe(&self, seen: Option<Hlc>) {
+        if let Some(v) = seen {
+            guard(&self.clock).observe(v);
+        }
+    }
+
+    /// The nodes that hold copies of what this node owns: the next K−1 successors.
+    pub fn replica_set(&self) -> Vec<crate::ring::NodeRef> {
+        self.ring.read(|c| {
+            c.successors()
+                .iter()
+                .take(self.replicas - 1)
+                .cloned()
+                .collect()
+        })
+    }
+
+    // ---- slots and the record cache ----------------------------------------------------
+
+    /// The slot of `key` (a service name, or `gvip/ADDRESS` for a claim).
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        let mut slots = guard(&self.slots);
+        if let Some(slot) = slots.get(key) {
+            return slot.clone();
+        }
+        slots.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Done with `slot`: drop it from the map when nobody else holds it, so that the map does
+    /// not grow with every name ever asked for.
+    fn release(&self, key: &str, slot: Arc<Slot>) {
+        let mut slots = guard(&self.slots);
+        // Ours and the map's: nobody else can reach it (taking one needs this lock).
+        if Arc::strong_count(&slot) == 2 {
+            slots.remove(key);
+        }
+    }
+
+    /// `service`'s record: from the cache, else from the store (and then cached). `None` when
+    /// this node holds nothing of it.
+    ///
+    /// The caller must hold the service's slot lock so that the cache is only ever filled
+    /// with what the store holds; [`Registry::read_cached`] is the way in without it.
+    async fn load(&self, service: &str) -> Result<Option<Arc<Record>>> {
+        if let Some(rec) = guard(&self.records).get(service) {
+            return Ok(Some(rec.clone()));
+        }
+        let meta = self.store.get(&meta_key(service)).await?;
+        let prefix = unit_prefix(service);
+        let units = self.store.scan_prefix(&prefix).await?;
+        if meta.is_none() && units.is_empty() {
+            return Ok(None);
+        }
+        let rec = Record::from_stored(
+            service,
+            meta.as_deref(),
+            units
+                .iter()
+                .map(|(k, v)| (&k[prefix.len()..], v.as_slice())),
+        )?;
+        self.observe(rec.max_version());
+        Ok(Some(self.cache_record(rec)))
+    }
+
+    /// A read (at the owner, or at a replica standing in for it): from the cache without
+    /// waiting for writers, else from the store under the service's slot lock.
+    async fn read_cached(&self, service: &str) -> Result<Option<Arc<Record>>> {
+        if let Some(rec) = guard(&self.records).get(service) {
+            return Ok(Some(rec.clone()));
+        }
+        let slot = self.slot(service);
+        let loaded = {
+            let _guard = slot.lock.lock().await;
+            self.load(service).await
+        };
+        self.release(service, slot);
+        loaded
+    }
+
+    /// Remembers `rec` as what the store holds (call under the service's slot lock).
+    fn cache_record(&self, rec: Record) -> Arc<Record> {
+        let rec = Arc::new(rec);
+        let mut records = guard(&self.records);
+        if records.len() < RECORD_CACHE_MAX || records.contains_key(&rec.service) {
+            records.insert(rec.service.clone(), rec.clone());
+        }
+        rec
+    }
+
+    /// Forgets the cached record of `service`: the store may or may not hold what was last
+    /// written, so it is read again.
+    fn uncache(&self, service: &str) {
+        guard(&self.records).remove(service);
+    }
+
+    // ---- ownership ---------------------------------------------------------------------
+
+    fn owns(&self, id: &Id) -> bool {
+        self.ring.read(|c| c.is_member() && c.owns(id))
+    }
+
+    fn check_owner(&self, id: &Id) -> Result<()> {
+        if self.leaving.load(Ordering::Relaxed) {
+            return Err(Error::routing(
+                "this node is leaving the ring; retry through another agent",
+            ));
+        }
+        if !self.owns(id) {
+            return Err(not_owner());
+        }
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err(Error::routing(
+                "this node joined moments ago and is still taking over its records; retry",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The services this node holds anything of (a meta entry), with whether it owns them.
+    async fn held_services(&self) -> Result<Vec<(String, bool)>> {
+        Ok(self
+            .store
+            .scan_prefix("s/")
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| {
+                let service = key.strip_prefix("s/")?.to_string();
+                let owned = self.owns(&Id::of_key(&service));
+                Some((service, owned))
+            })
+            .collect())
+    }
+
+    /// Service records in this node's store: (owned by this node, held as a replica of
+    /// another node's), for the metrics.
+    pub async fn record_counts(&self) -> Result<(usize, usize)> {
+        let held = self.held_services().await?;
+        let owned = held.iter().filter(|(_, owned)| *owned).count();
+        Ok((owned, held.len() - owned))
+    }
+
+    // ---- answers to peers --------------------------------------------------------------
+
+    /// Answer a registry request from a peer (or from this agent's own routing).
+    pub async fn handle_local(self: &Arc<Self>, req: RegistryRequest) -> Result<RegistryResponse> {
+        match req {
+            RegistryRequest::Write { service, op } => {
+                self.apply(&service, Id::of_key(&service), op).await
+            }
+            RegistryRequest::Read { service } => {
+                self.check_owner(&Id::of_key(&service))?;
+                let rec = self.read_cached(&service).await?;
+                Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
+            }
+            RegistryRequest::ListOwned => {
+                let mut out: Vec<ServiceSummary> = Vec::new();
+                for (service, owned) in self.held_services().await? {
+                    if !owned {
+                        continue;
+                    }
+                    if let Some(rec) = self.read_cached(&service).await? {
+                        if !rec.is_empty() {
+                            out.push(rec.summary());
+                        }
+                    }
+                }
+                Ok(RegistryResponse::Summaries(out))
+            }
+            RegistryRequest::TakeRange { joiner } => {
+                let me = self.ring.me().id;
+                let out = self
+                    .entries_where(|id| !id.in_half_open(&joiner, &me))
+                    .await?;
+                Ok(RegistryResponse::Entries(out))
+            }
+            RegistryRequest::Handoff { entries } => {
+                self.merge(entries).await?;
+                Ok(RegistryResponse::Done)
+            }
+            RegistryRequest::ClaimGvip { gvip, service } => self.claim_gvip(gvip, service).await,
+            RegistryRequest::Discover {
+                service,
+                healthy,
+                tag,
+            } => {
+                self.check_owner(&Id::of_key(&service))?;
+                let rec = self
+                    .read_cached(&service)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+                let index = rec.index;
+                if healthy || tag.is_some() {
+                    let json = discovered_json(&rec, healthy, tag.as_deref())?;
+                    return Ok(RegistryResponse::Json { json, index });
+                }
+                let cached = guard(&self.discovered).get(&rec);
+                let json = match cached {
+                    Some(json) => json,
+                    None => {
+                        let json = discovered_json(&rec, false, None)?;
+                        guard(&self.discovered).put(&rec, &json);
+                        json
+                    }
+                };
+                Ok(RegistryResponse::Json { json, index })
+            }
+            RegistryRequest::ReadReplica { service } => {
+                let rec = self.read_cached(&service).await?;
+                Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
+            }
+            RegistryRequest::RangeHash { from, to, hash } => {
+                let mine: Vec<_> = self
+                    .entries_where(|id| id.in_half_open(&from, &to))
+                    .await?
+                    .iter()
+                    .map(version_item)
+                    .collect();
+                Ok(RegistryResponse::Same(range_hash(&mine) == hash))
+            }
+            RegistryRequest::Digest { items, range } => self.diff(items, range).await,
+            RegistryRequest::ResolveGvip { gvip } => {
+                let id = gvip_id(&gvip);
+                self.check_owner(&id)?;
+                let holder = self.store.get(&gvip_key(&gvip)).await?;
+                Ok(RegistryResponse::Service(
+                    holder.map(|b| String::from_utf8_lossy(&b).to_string()),
+                ))
+            }
+        }
+    }
+
+    /// Grant `gvip` to `service` at the claim's owner if it is free or already that service's.
+    async fn claim_gvip(
+        self: &Arc<Self>,
+        gvip: String,
+        service: String,
+    ) -> Result<RegistryResponse> {
+        let id = gvip_id(&gvip);
+        self.check_owner(&id)?;
+        let key = gvip_key(&gvip);
+        let slot = self.slot(&key);
+        let answer = async {
+            let _guard = slot.lock.lock().await;
+            match self.store.get(&key).await? {
+                Some(holder) => Ok(RegistryResponse::Claimed(holder == service.as_bytes())),
+                None => {
+                    let value = service.into_bytes();
+                    self.store.put(&key, value.clone()).await?;
+                    self.replicate(vec![Entry {
+                        key: key.clone(),
+                        value,
+                    }])
+                    .await?;
+                    Ok(RegistryResponse::Claimed(true))
+                }
+            }
+        }
+        .await;
+        self.release(&key, slot);
+        answer
+    }
+
+    /// Every stored entry (units, service meta entries and gVip claims) whose routing
+    /// identifier passes `keep`.
+    async fn entries_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for prefix in crate::registry::ops::STORED_PREFIXES {
+            for (key, value) in self.store.scan_prefix(prefix).await? {
+                if routing_id(&key).is_some_and(|id| keep(&id)) {
+                    entries.push(Entry { key, value });
+                }
+            }
+        }
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_discover_answer_is_served_only_for_the_record_it_was_made_from() {
+        let mut cache = DiscoveredCache::default();
+        let v1 = Arc::new(Record::new("pay", None).unwrap());
+        let json = discovered_json(&v1, false, None).unwrap();
+        cache.put(&v1, &json);
+        assert_eq!(cache.get(&v1), Some(json.clone()));
+        // The same content in another Arc (a write stored a new record) is not served.
+        let v2 = Arc::new(Record::clone(&v1));
+        assert_eq!(cache.get(&v2), None);
+        cache.put(&v2, &json);
+        assert_eq!(cache.get(&v1), None);
+        assert_eq!(
+            cache.bytes,
+            json.len(),
+            "the replaced answer no longer counts"
+        );
+    }
+
+    #[test]
+    fn the_discover_cache_stays_within_its_byte_budget() {
+        let mut cache = DiscoveredCache::default();
+        let big = RawJson::from_trusted(Bytes::from(vec![b' '; DISCOVERED_CACHE_BYTES / 2 + 1]));
+        let a = Arc::new(Record::new("a", None).unwrap());
+        let b = Arc::new(Record::new("b", None).unwrap());
+        cache.put(&a, &big);
+        cache.put(&b, &big);
+        assert!(cache.get(&a).is_some());
+        assert!(cache.get(&b).is_none(), "over the budget: not kept");
+        assert!(cache.bytes <= DISCOVERED_CACHE_BYTES);
+    }
+}

@@ -1,0 +1,213 @@
+//! Replication: the owner sends each group's units to its replicas; every node merges units
+//! it receives (replication, hand-off, anti-entropy) by the rules of `registry/unit.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::{guard, Registry};
+use crate::registry::ops::{Entry, RegistryRequest};
+use crate::registry::unit::{
+    decode_meta_value, meta_key, meta_value, service_of_key, split_unit_key, unit_key, Unit,
+};
+use crate::registry::Record;
+use crate::store::Op;
+use crate::{Error, Result};
+
+impl Registry {
+    /// Store `entries` at every replica; succeed once at least one has them (when there are
+    /// replicas). The other copies complete in the background.
+    pub(super) async fn replicate(self: &Arc<Self>, entries: Vec<Entry>) -> Result<()> {
+        let replicas = self.replica_set();
+        if replicas.is_empty() || entries.is_empty() {
+            return Ok(());
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(replicas.len());
+        let entries = Arc::new(entries);
+        for node in replicas {
+            let me = self.clone();
+            let tx = tx.clone();
+            let entries = entries.clone();
+            tokio::spawn(async move {
+                let req = RegistryRequest::Handoff {
+                    entries: Vec::clone(&entries),
+                };
+                let r = me.call(&node, req).await;
+                let _ = tx.send(r).await;
+            });
+        }
+        drop(tx);
+        let mut last = None;
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    self.ring.metrics().replication_error();
+                    last = Some(e);
+                }
+            }
+        }
+        Err(Error::unavailable(format!(
+            "the write is stored at its owner but no replica confirmed it: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    /// Store entries received from another node: each unit only if it is newer than the one
+    /// held ([`Record::apply_unit`]), a meta entry's gVip only into a gap, a gVip claim only if
+    /// none is held. Records of a 0.1.0 peer (`svc/NAME`) are taken apart into units first.
+    pub async fn merge(&self, entries: Vec<Entry>) -> Result<()> {
+        let mut by_service: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        let mut claims = Vec::new();
+        for e in entries {
+            if let Some(service) = e.key.strip_prefix("svc/") {
+                match Record::from_legacy_bytes(&e.value) {
+                    Ok(rec) => {
+                        let converted = super::handoff::entries_of(&rec)?;
+                        by_service
+                            .entry(service.to_string())
+                            .or_default()
+                            .extend(converted);
+                    }
+                    Err(err) => tracing::warn!(key = e.key, "skipping a received record: {err}"),
+                }
+            } else if let Some(service) = service_of_key(&e.key) {
+                by_service.entry(service.to_string()).or_default().push(e);
+            } else if e.key.starts_with("gvip/") {
+                claims.push(e);
+            }
+        }
+        let mut result = Ok(());
+        for (service, entries) in by_service {
+            if let Err(e) = self.merge_service(&service, entries).await {
+                result = Err(e);
+            }
+        }
+        for claim in claims {
+            let slot = self.slot(&claim.key);
+            let stored = async {
+                let _guard = slot.lock.lock().await;
+                if self.store.get(&claim.key).await?.is_none() {
+                    self.store.put(&claim.key, claim.value).await?;
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            self.release(&claim.key, slot);
+            if let Err(e) = stored {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Merge one service's entries under its slot lock (so no owner's write interleaves
+    /// between the comparison and the store write).
+    async fn merge_service(&self, service: &str, entries: Vec<Entry>) -> Result<()> {
+        // Newest version of each key first: two versions of one unit in one batch store once.
+        let mut units: BTreeMap<String, (Unit, Vec<u8>)> = BTreeMap::new();
+        let mut metas = Vec::new();
+        for e in entries {
+            if let Some((_, id)) = split_unit_key(&e.key) {
+                let unit = match Unit::from_bytes(service, &e.value) {
+                    Ok(u) => u,
+                    Err(err) => {
+                        tracing::warn!(key = e.key, "skipping a received instance: {err}");
+                        continue;
+                    }
+                };
+                match units.get(id) {
+                    Some((held, _)) if held.stamp.version >= unit.stamp.version => {}
+                    _ => {
+                        units.insert(id.to_string(), (unit, e.value));
+                    }
+                }
+            } else if e.key == meta_key(service) {
+                metas.push(e.value);
+            }
+        }
+        self.observe(units.values().map(|(u, _)| u.stamp.version).max());
+        let slot = self.slot(service);
+        let merged = async {
+            let _guard = slot.lock.lock().await;
+            let cached = guard(&self.records).get(service).cloned();
+            let mut ops = Vec::new();
+            match cached {
+                // The owner (or a replica that served a read) has the record in memory:
+                // apply to it and store what changed.
+                Some(rec) => {
+                    let mut rec = Arc::unwrap_or_clone(rec);
+                    for (id, (unit, bytes)) in units {
+                        let key = unit_key(service, &id);
+                        if rec.apply_unit(&id, unit) {
+                            ops.push(Op::Put(key, bytes));
+                        }
+                    }
+                    let mut meta_changed = false;
+                    for m in metas {
+                        if let Ok((gvip, index)) = decode_meta_value(&m) {
+                            meta_changed |= rec.apply_meta(gvip, index);
+                        }
+                    }
+                    if meta_changed {
+                        ops.push(Op::Put(meta_key(service), meta_value(&rec)?));
+                    }
+                    if ops.is_empty() {
+                        return Ok(());
+                    }
+                    if let Err(e) = self.store.apply(ops).await {
+                        self.uncache(service);
+                        return Err(e);
+                    }
+                    self.cache_record(rec);
+                }
+                // Compare with what the store holds, one key at a time: a replica does not
+                // load (or keep in memory) whole services it only copies.
+                None => {
+                    for (id, (unit, bytes)) in units {
+                        let key = unit_key(service, &id);
+                        let newer = match self.store.get(&key).await? {
+                            None => true,
+                            Some(held) => match Unit::stamp_of(&held) {
+                                Ok(held) => unit.stamp.version > held.version,
+                                Err(_) => true,
+                            },
+                        };
+                        if newer {
+                            ops.push(Op::Put(key, bytes));
+                        }
+                    }
+                    // Every service a node holds has a meta entry (how it finds them).
+                    let key = meta_key(service);
+                    let held = self.store.get(&key).await?;
+                    let mut rec = Record::new(service, None)?;
+                    if let Some(Ok((gvip, index))) = held.as_deref().map(decode_meta_value) {
+                        rec.apply_meta(gvip, index);
+                    }
+                    let mut changed = held.is_none();
+                    for m in metas {
+                        if let Ok((gvip, index)) = decode_meta_value(&m) {
+                            changed |= rec.apply_meta(gvip, index);
+                        }
+                    }
+                    if changed {
+                        ops.push(Op::Put(key, meta_value(&rec)?));
+                    }
+                    if ops.is_empty() {
+                        return Ok(());
+                    }
+                    self.store.apply(ops).await?;
+                }
+            }
+            // The next TTL sweep looks at what arrived (it may own the service now).
+            if guard(&self.deadlines).check_soon(service, Utc::now()) {
+                self.sweep_wake.notify_one();
+            }
+            Ok(())
+        }
+        .await;
+        self.release(service, slot);
+        merged
+    }
+}

@@ -1,0 +1,257 @@
+//! Routing: every registry operation goes to its service's owner, found by a ring lookup (or
+//! a recent one), retried while ownership settles; reads fall back to replicas when the owner
+//! does not answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{guard, Registry, ROUTE_CACHE_MAX, ROUTE_CACHE_TTL, ROUTE_DEADLINE};
+use crate::registry::ops::{
+    discovered_json, gvip_id, RawJson, RegistryRequest, RegistryResponse, WriteOp,
+};
+use crate::registry::{Record, ServiceSummary};
+use crate::ring::{Id, LookupResult, NodeRef};
+use crate::rpc::{Request, Response};
+use crate::{Error, Result};
+
+impl Registry {
+    /// Send `req` to the owner of `key_id`, retrying while ownership settles.
+    pub(super) async fn route(
+        self: &Arc<Self>,
+        key_id: Id,
+        req: RegistryRequest,
+    ) -> Result<RegistryResponse> {
+        let started = Instant::now();
+        let mut last = Error::routing("no owner found");
+        while started.elapsed() < ROUTE_DEADLINE {
+            match self.try_route(key_id, &req).await {
+                Ok(r) => return Ok(r),
+                // Only routing problems (ownership settling, an unreachable owner) are worth
+                // retrying; anything else (bad input, a store outage at the owner) is the answer.
+                Err(e @ Error::Routing(_)) => last = e,
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last)
+    }
+
+    async fn try_route(
+        self: &Arc<Self>,
+        key_id: Id,
+        req: &RegistryRequest,
+    ) -> Result<RegistryResponse> {
+        // This node owns the key (its predecessor is known, or it is alone): no lookup.
+        if self.surely_owns(&key_id) {
+            // A write needs no copy of the request: the record takes what it keeps.
+            if let RegistryRequest::Write { service, op } = req {
+                return self.apply(service, key_id, op.clone()).await;
+            }
+            return self.handle_local(req.clone()).await;
+        }
+        // The owner found by a recent lookup: one RPC. A routing failure (the node no longer
+        // owns the key, or does not answer) drops the entry and falls through to a lookup.
+        if let Some(owner) = self.cached_owner(&key_id) {
+            match self.call(&owner, req.clone()).await {
+                Err(Error::Routing(_)) => {
+                    guard(&self.routes).remove(&key_id);
+                }
+                answer => return answer,
+            }
+        }
+        let found = self.ring.lookup(key_id).await?;
+        let owner = found.owner().clone();
+        if owner.id == self.ring.me().id {
+            return self.handle_local(req.clone()).await;
+        }
+        self.cache_route(key_id, &found);
+        match self.call(&owner, req.clone()).await {
+            // The owner does not answer: a read is served by the next replica that does.
+            Err(Error::Routing(why))
+                if matches!(
+                    req,
+                    RegistryRequest::Read { .. } | RegistryRequest::Discover { .. }
+                ) =>
+            {
+                let (RegistryRequest::Read { service } | RegistryRequest::Discover { service, .. }) =
+                    req
+                else {
+                    return Err(Error::Routing(why));
+                };
+                let chain = found.replica_chain(self.replicas);
+                for node in chain.iter().skip(1) {
+                    let r = RegistryRequest::ReadReplica {
+                        service: service.clone(),
+                    };
+                    let answer = if node.id == self.ring.me().id {
+                        self.handle_local(r).await
+                    } else {
+                        self.call(node, r).await
+                    };
+                    if let Ok(answer) = answer {
+                        return match (req, answer) {
+                            (
+                                RegistryRequest::Discover { healthy, tag, .. },
+                                RegistryResponse::Record(Some(rec)),
+                            ) => Ok(RegistryResponse::Json {
+                                json: discovered_json(&rec, *healthy, tag.as_deref())?,
+                                index: rec.index,
+                            }),
+                            (RegistryRequest::Discover { .. }, _) => {
+                                Err(Error::not_found(format!("service {service} not found")))
+                            }
+                            (_, answer) => Ok(answer),
+                        };
+                    }
+                }
+                Err(Error::Routing(why))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this node owns `id` beyond doubt: it is a member, and either alone on the ring
+    /// or `id` lies between its known predecessor and itself. (Without a predecessor a node
+    /// counts itself the owner of everything, which is only safe to act on after a lookup.)
+    fn surely_owns(&self, id: &Id) -> bool {
+        self.ring.read(|c| {
+            c.is_member()
+                && (c.successor().id == c.me().id || (c.predecessor().is_some() && c.owns(id)))
+        })
+    }
+
+    /// The owner of `key` from a lookup made less than [`ROUTE_CACHE_TTL`] ago.
+    fn cached_owner(&self, key: &Id) -> Option<NodeRef> {
+        let mut routes = guard(&self.routes);
+        match routes.get(key) {
+            Some((at, found)) if at.elapsed() < ROUTE_CACHE_TTL => Some(found.owner().clone()),
+            Some(_) => {
+                routes.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn cache_route(&self, key: Id, found: &LookupResult) {
+        let mut routes = guard(&self.routes);
+        if routes.len() >= ROUTE_CACHE_MAX {
+            routes.retain(|_, (at, _)| at.elapsed() < ROUTE_CACHE_TTL);
+        }
+        if routes.len() < ROUTE_CACHE_MAX {
+            routes.insert(key, (Instant::now(), found.clone()));
+        }
+    }
+
+    /// Call `node` with a registry request.
+    pub async fn call(&self, node: &NodeRef, req: RegistryRequest) -> Result<RegistryResponse> {
+        let body = serde_json::to_vec(&req).map_err(|e| Error::internal(e.to_string()))?;
+        match self
+            .ring
+            .pool()
+            .call(&node.addr, Request::Registry(body))
+            .await
+        {
+            Ok(Response::Registry(bytes)) => {
+                let bytes = Bytes::from(bytes);
+                if let Some(raw) = RawJson::from_rpc(&bytes) {
+                    return raw.map(|(json, index)| RegistryResponse::Json { json, index });
+                }
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::internal(format!("bad registry answer: {e}")))
+            }
+            Ok(Response::Error(e)) => Err(e),
+            Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
+            Err(e) => {
+                self.ring.with(|c| c.suspect(&node.id));
+                Err(Error::routing(e.to_string()))
+            }
+        }
+    }
+
+    /// Apply a write to `service` at its owner.
+    pub async fn write(self: &Arc<Self>, service: &str, op: WriteOp) -> Result<RegistryResponse> {
+        let req = RegistryRequest::Write {
+            service: service.to_string(),
+            op,
+        };
+        self.route(Id::of_key(service), req).await
+    }
+
+    /// Read `service`'s record from its owner.
+    pub async fn read(self: &Arc<Self>, service: &str) -> Result<Option<Record>> {
+        let req = RegistryRequest::Read {
+            service: service.to_string(),
+        };
+        match self.route(Id::of_key(service), req).await? {
+            RegistryResponse::Record(r) => Ok(r),
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The discover answer for `service` (`{"service", "instances"}`, filtered) and the
+    /// service's change index, made at the owner and passed on as JSON text: through a
+    /// non-owner this costs one RPC and no record decoding. An owner that predates this
+    /// request is asked for the record instead.
+    pub async fn discover_json(
+        self: &Arc<Self>,
+        service: &str,
+        healthy: bool,
+        tag: Option<&str>,
+    ) -> Result<(RawJson, u64)> {
+        let req = RegistryRequest::Discover {
+            service: service.to_string(),
+            healthy,
+            tag: tag.map(str::to_string),
+        };
+        match self.route(Id::of_key(service), req).await {
+            Ok(RegistryResponse::Json { json, index }) => Ok((json, index)),
+            Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
+            Err(Error::InvalidInput(m)) if m.starts_with("undecodable registry request") => {
+                let rec = self
+                    .read(service)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+                Ok((discovered_json(&rec, healthy, tag)?, rec.index))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The service holding `gvip`, from the claim's owner.
+    pub async fn resolve_gvip(self: &Arc<Self>, gvip: &str) -> Result<Option<String>> {
+        let id = gvip_id(gvip);
+        let req = RegistryRequest::ResolveGvip {
+            gvip: gvip.to_string(),
+        };
+        match self.route(id, req).await? {
+            RegistryResponse::Service(s) => Ok(s),
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Every service on the ring with its instance count: ask every node for what it owns.
+    pub async fn list(self: &Arc<Self>) -> Result<Vec<ServiceSummary>> {
+        let nodes = self.ring.walk(100_000).await?;
+        let mut all: BTreeMap<String, usize> = BTreeMap::new();
+        for (node, _, _) in nodes {
+            let got = if node.id == self.ring.me().id {
+                self.handle_local(RegistryRequest::ListOwned).await?
+            } else {
+                self.call(&node, RegistryRequest::ListOwned).await?
+            };
+            if let RegistryResponse::Summaries(list) = got {
+                for s in list {
+                    all.insert(s.service, s.instances);
+                }
+            }
+        }
+        Ok(all
+            .into_iter()
+            .map(|(service, instances)| ServiceSummary { service, instances })
+            .collect())
+    }
+}

@@ -1,0 +1,267 @@
+//! Writes at the owner, in groups.
+//!
+//! A write to a service joins the service's queue ([`Slot::pending`](super::Slot)) and waits
+//! for the slot's lock. Whoever holds the lock takes every write queued at that moment and
+//! applies them as one group: each to the in-memory record (O(log n) whatever the service's
+//! size, the maps are persistent), each changed instance stamped with a new version, then one
+//! store batch of the changed units (the embedded store makes it one log append and one
+//! fsync), one replication message per replica, and every writer answered. Writes that arrive
+//! meanwhile queue up for the next group, so a hot service is not limited to one write per
+//! fsync and replication round trip.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{guard, Pending, Registry};
+use crate::registry::compat::{self, CancelOutcome};
+use crate::registry::ops::{gvip_id, Entry, RegistryRequest, RegistryResponse, WriteOp};
+use crate::registry::unit::{meta_key, meta_value, unit_key};
+use crate::registry::{Record, DEFAULT_GRACE_FACTOR};
+use crate::ring::Id;
+use crate::store::Op;
+use crate::{Error, Result};
+
+/// What applying a group changed.
+#[derive(Default)]
+pub(super) struct Changes {
+    /// Instances changed (stamped), in order, possibly repeated.
+    pub(super) ids: Vec<String>,
+    /// The record was created (its meta entry must be stored too).
+    pub(super) created: bool,
+}
+
+impl Registry {
+    /// Apply a write at the owner of `service` (`key_id` is `Id::of_key(service)`), as part of
+    /// the next group.
+    pub(super) async fn apply(
+        self: &Arc<Self>,
+        service: &str,
+        key_id: Id,
+        op: WriteOp,
+    ) -> Result<RegistryResponse> {
+        crate::registry::validate_service(service)?;
+        self.check_owner(&key_id)?;
+        let slot = self.slot(service);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        guard(&slot.pending).push(Pending { op, reply });
+        {
+            let _lock = slot.lock.lock().await;
+            // Our write, unless the previous holder took it into its group; and every write
+            // queued since.
+            let group = std::mem::take(&mut *guard(&slot.pending));
+            if !group.is_empty() {
+                self.commit_group(service, &key_id, group).await;
+            }
+        }
+        self.release(service, slot);
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Error::internal("a write was dropped without an answer")))
+    }
+
+    /// Apply `group` and answer each of its writers.
+    async fn commit_group(self: &Arc<Self>, service: &str, key_id: &Id, group: Vec<Pending>) {
+        let ops: Vec<&WriteOp> = group.iter().map(|p| &p.op).collect();
+        match self.commit(service, key_id, &ops).await {
+            Ok(answers) => {
+                for (p, a) in group.into_iter().zip(answers) {
+                    let _ = p.reply.send(a);
+                }
+            }
+            Err(e) => {
+                for p in group {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Apply `ops` in order to `service`'s record, store the changed units in one batch and
+    /// replicate them in one message. Each op gets its own answer (a bad one fails alone); an
+    /// error of the store or of replication fails the whole group.
+    async fn commit(
+        self: &Arc<Self>,
+        service: &str,
+        key_id: &Id,
+        ops: &[&WriteOp],
+    ) -> Result<Vec<Result<RegistryResponse>>> {
+        // Ownership may have moved while the group waited for the lock.
+        self.check_owner(key_id)?;
+        let mut rec = self.load(service).await?.map(Arc::unwrap_or_clone);
+        let now = self.now();
+        let mut changes = Changes::default();
+        let mut answers = Vec::with_capacity(ops.len());
+        for op in ops {
+            answers.push(
+                self.apply_op(service, &mut rec, op, now, &mut changes)
+                    .await,
+            );
+        }
+        let Some(rec) = rec else {
+            return Ok(answers);
+        };
+        if changes.ids.is_empty() && !changes.created {
+            return Ok(answers);
+        }
+        self.save(rec, changes).await?;
+        Ok(answers)
+    }
+
+    /// Store the changed units of `rec` (and its meta entry when it was created), cache it,
+    /// note its TTL deadlines, and replicate the same entries. Call under the slot's lock.
+    pub(super) async fn save(self: &Arc<Self>, rec: Record, changes: Changes) -> Result<()> {
+        let service = rec.service.clone();
+        let mut ids = changes.ids;
+        ids.sort_unstable();
+        ids.dedup();
+        let mut entries = Vec::with_capacity(ids.len() + 1);
+        let mut deletes = Vec::new();
+        for id in &ids {
+            match rec.unit(id) {
+                Some(unit) => entries.push(Entry {
+                    key: unit_key(&service, id),
+                    value: unit.to_bytes()?,
+                }),
+                // A forgotten tombstone: its key goes.
+                None => deletes.push(unit_key(&service, id)),
+            }
+        }
+        if changes.created || !deletes.is_empty() {
+            entries.push(Entry {
+                key: meta_key(&service),
+                value: meta_value(&rec)?,
+            });
+        }
+        let mut batch: Vec<Op> = entries
+            .iter()
+            .map(|e| Op::Put(e.key.clone(), e.value.clone()))
+            .collect();
+        batch.extend(deletes.into_iter().map(Op::Delete));
+        if let Err(e) = self.store.apply(batch).await {
+            self.uncache(&service);
+            return Err(e);
+        }
+        let wake = {
+            let mut deadlines = guard(&self.deadlines);
+            let mut wake = false;
+            for id in &ids {
+                if let Some(at) = rec.deadline_of(id, DEFAULT_GRACE_FACTOR) {
+                    wake |= deadlines.earlier(&service, at);
+                }
+            }
+            wake
+        };
+        if wake {
+            self.sweep_wake.notify_one();
+        }
+        self.cache_record(rec);
+        self.replicate(entries).await
+    }
+
+    /// Apply one write to `rec` (created by a registration when missing), stamping what it
+    /// changes.
+    async fn apply_op(
+        self: &Arc<Self>,
+        service: &str,
+        rec: &mut Option<Record>,
+        op: &WriteOp,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<RegistryResponse> {
+        let creates = matches!(op, WriteOp::Register { .. } | WriteOp::LsipRegister { .. });
+        let r = match rec {
+            Some(r) => r,
+            None if creates => rec.insert(Record::new(service, None)?),
+            None => {
+                return match op {
+                    WriteOp::LsipCancel { .. } => Ok(RegistryResponse::Applied {
+                        instance: None,
+                        text: Some(CancelOutcome::NoService.text().to_string()),
+                        index: 0,
+                    }),
+                    _ => Err(Error::not_found(format!("service {service} not found"))),
+                };
+            }
+        };
+        if creates && r.gvip.is_none() {
+            r.gvip = Some(self.assign_gvip(service).await?);
+            changes.created = true;
+        }
+        let (instance, text) = match op {
+            WriteOp::Register { id, body } => {
+                r.register(id, body, now)?;
+                self.stamp(r, id, now);
+                changes.ids.push(id.clone());
+                (r.instances.get(id.as_str()).cloned(), None)
+            }
+            WriteOp::Deregister { id } => {
+                let inst = r.deregister(id)?;
+                r.tombstone(id, now);
+                self.stamp(r, id, now);
+                changes.ids.push(id.clone());
+                (Some(Arc::new(inst)), None)
+            }
+            WriteOp::Report { id, body } => {
+                body.validate()?;
+                r.report(id, body, now)?;
+                self.stamp(r, id, now);
+                changes.ids.push(id.clone());
+                (r.instances.get(id.as_str()).cloned(), None)
+            }
+            WriteOp::LsipRegister { lsip } => {
+                let outcome = compat::register_lsip(r, lsip, now)?;
+                if outcome == compat::RegisterOutcome::Registered {
+                    self.stamp(r, lsip, now);
+                    changes.ids.push(lsip.clone());
+                }
+                let inst = r.instances.get(lsip.as_str()).cloned();
+                (inst, Some(outcome.text().to_string()))
+            }
+            WriteOp::LsipCancel { lsip } => {
+                let outcome = compat::cancel_lsip(Some(r), lsip);
+                if outcome == CancelOutcome::Deleted {
+                    r.tombstone(lsip, now);
+                    self.stamp(r, lsip, now);
+                    changes.ids.push(lsip.clone());
+                }
+                (None, Some(outcome.text().to_string()))
+            }
+        };
+        Ok(RegistryResponse::Applied {
+            instance,
+            text,
+            index: r.index,
+        })
+    }
+
+    /// A gVip claimed ring-wide for `service`.
+    async fn assign_gvip(self: &Arc<Self>, service: &str) -> Result<String> {
+        for _ in 0..16 {
+            let candidate = compat::random_gvip(&mut rand::thread_rng());
+            let id = gvip_id(&candidate);
+            let req = RegistryRequest::ClaimGvip {
+                gvip: candidate.clone(),
+                service: service.to_string(),
+            };
+            // Boxed: routing a claim may come back to this node's own `handle_local`.
+            let answer = Box::pin(self.route(id, req)).await?;
+            if let RegistryResponse::Claimed(true) = answer {
+                return Ok(candidate);
+            }
+        }
+        Err(Error::unavailable("could not find a free gVip; retry"))
+    }
+}
+
+impl Changes {
+    /// The changes of a TTL sweep: `ids` expired or removed, `forgotten` tombstones dropped.
+    pub(super) fn of(ids: Vec<String>, forgotten: Vec<String>) -> Self {
+        let mut all = ids;
+        all.extend(forgotten);
+        Changes {
+            ids: all,
+            created: false,
+        }
+    }
+}

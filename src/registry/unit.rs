@@ -1,0 +1,403 @@
+//! The replication rules, without I/O: instances as units, their versions, how copies merge.
+//!
+//! Inside a service (the ring key) every instance is its own unit: one store key
+//! (`u/SERVICE/ID`), one version ([`Hlc`]), and the service's change index at which it last
+//! changed. A write at the owner changes one unit, stores and replicates that unit alone. A
+//! copy keeps a unit only when its version is newer than the one it holds
+//! ([`Record::apply_unit`]), so replicas, hand-offs and anti-entropy converge whatever order
+//! the units arrive in (the rule is commutative, associative and idempotent), and a removal is
+//! a unit too (a tombstone) that an older registration cannot undo.
+//!
+//! The agent (src/agent/registry.rs) drives these rules with real stores and sockets; the
+//! tests below drive them with copies that diverge and meet again.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::hlc::Hlc;
+use super::model::{Instance, Liveness, Record, Stamp};
+use crate::ring::Id;
+use crate::Result;
+
+/// How long a deregistration is remembered so a stale copy cannot bring the instance back.
+pub const TOMBSTONE_TTL_SECS: i64 = 7 * 24 * 3600;
+
+/// One instance's state as it is stored and replicated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    /// Version and change index of the instance's last change.
+    pub stamp: Stamp,
+    /// What the change left.
+    pub body: UnitBody,
+}
+
+/// A unit's content: the instance, or the time it was removed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UnitBody {
+    /// Registered.
+    Present {
+        /// The instance.
+        instance: Arc<Instance>,
+        /// Its heartbeat bookkeeping.
+        liveness: Liveness,
+    },
+    /// Deregistered or expired at `at` (a tombstone).
+    Removed {
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+impl Unit {
+    /// The stored form.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        super::codec::encode_unit(self)
+    }
+
+    /// A unit of `service` from its stored form.
+    pub fn from_bytes(service: &str, bytes: &[u8]) -> Result<Unit> {
+        super::codec::decode_unit(service, bytes)
+    }
+
+    /// The version and index of a stored unit, without decoding the instance.
+    pub fn stamp_of(bytes: &[u8]) -> Result<Stamp> {
+        super::codec::unit_stamp(bytes)
+    }
+}
+
+// ---- store keys -----------------------------------------------------------------------------
+
+/// The store key of instance `id` of `service`. Service names never contain `/`.
+pub fn unit_key(service: &str, id: &str) -> String {
+    format!("u/{service}/{id}")
+}
+
+/// The prefix of every unit key of `service`.
+pub fn unit_prefix(service: &str) -> String {
+    format!("u/{service}/")
+}
+
+/// The store key of `service`'s meta entry (gVip, index floor).
+pub fn meta_key(service: &str) -> String {
+    format!("s/{service}")
+}
+
+/// (service, instance id) of a unit key.
+pub fn split_unit_key(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("u/")?.split_once('/')
+}
+
+/// The service a store key belongs to: a unit, a meta entry, or a 0.1.0 record.
+pub fn service_of_key(key: &str) -> Option<&str> {
+    if let Some((service, _)) = split_unit_key(key) {
+        return Some(service);
+    }
+    key.strip_prefix("s/").or_else(|| key.strip_prefix("svc/"))
+}
+
+/// The ring identifier of the service a store key belongs to.
+pub fn service_id_of_key(key: &str) -> Option<Id> {
+    service_of_key(key).map(Id::of_key)
+}
+
+/// The meta entry's value for `rec`.
+pub fn meta_value(rec: &Record) -> Result<Vec<u8>> {
+    super::codec::encode_meta(rec.gvip.as_deref(), rec.index)
+}
+
+/// (gVip, index floor) from a meta entry's value.
+pub fn decode_meta_value(bytes: &[u8]) -> Result<(Option<String>, u64)> {
+    super::codec::decode_meta(bytes)
+}
+
+// ---- the rules ------------------------------------------------------------------------------
+
+impl Record {
+    /// Instance `id` as a unit, if this record has a version of it.
+    pub fn unit(&self, id: &str) -> Option<Unit> {
+        let stamp = *self.stamps.get(id)?;
+        let body = if let Some(instance) = self.instances.get(id) {
+            let liveness = self.liveness.get(id).cloned().unwrap_or_else(|| {
+                Liveness::new(instance.registered_at.max(instance.status.updated_at))
+            });
+            UnitBody::Present {
+                instance: instance.clone(),
+                liveness,
+            }
+        } else {
+            UnitBody::Removed {
+                at: *self.removed.get(id)?,
+            }
+        };
+        Some(Unit { stamp, body })
+    }
+
+    /// Keep `unit` as instance `id`'s state if it is newer than what this copy holds. Returns
+    /// whether anything changed. The service's index never goes down.
+    pub fn apply_unit(&mut self, id: &str, unit: Unit) -> bool {
+        self.index = self.index.max(unit.stamp.index);
+        if let Some(cur) = self.stamps.get(id) {
+            if unit.stamp.version <= cur.version {
+                return false;
+            }
+        }
+        match unit.body {
+            UnitBody::Present { instance, liveness } => {
+                self.removed.remove(id);
+                self.liveness.insert(id.to_string(), liveness);
+                self.instances.insert(id.to_string(), instance);
+            }
+            UnitBody::Removed { at } => {
+                self.instances.remove(id);
+                self.liveness.remove(id);
+                self.removed.insert(id.to_string(), at);
+            }
+        }
+        self.stamps.insert(id.to_string(), unit.stamp);
+        true
+    }
+
+    /// Apply a service's meta entry: a gVip only fills a gap; the index never goes down.
+    pub fn apply_meta(&mut self, gvip: Option<String>, index: u64) -> bool {
+        let mut changed = false;
+        if self.gvip.is_none() && gvip.is_some() {
+            self.gvip = gvip;
+            changed = true;
+        }
+        if index > self.index {
+            self.index = index;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Merge every unit of `other` into this copy; returns the ids that changed.
+    pub fn merge_from(&mut self, other: &Record) -> Vec<String> {
+        let mut changed = Vec::new();
+        for id in other.stamps.keys() {
+            if let Some(unit) = other.unit(id) {
+                if self.apply_unit(id, unit) {
+                    changed.push(id.clone());
+                }
+            }
+        }
+        self.apply_meta(other.gvip.clone(), other.index);
+        changed
+    }
+
+    /// Remember that instance `id` was removed at `at` (the caller stamps the change).
+    pub fn tombstone(&mut self, id: &str, at: DateTime<Utc>) {
+        self.removed.insert(id.to_string(), at);
+    }
+
+    /// Forget tombstones older than [`TOMBSTONE_TTL_SECS`] at `now`; returns the ids forgotten
+    /// (whose store keys the owner deletes).
+    pub fn forget_tombstones(&mut self, now: DateTime<Utc>) -> Vec<String> {
+        let old: Vec<String> = self
+            .removed
+            .iter()
+            .filter(|(_, at)| (now - **at).num_seconds() >= TOMBSTONE_TTL_SECS)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &old {
+            self.removed.remove(id);
+            self.stamps.remove(id);
+        }
+        old
+    }
+
+    /// A record built from its stored entries: the meta entry (if any) and every unit.
+    /// Undecodable units are skipped with a log line (they are repaired from other copies).
+    pub fn from_stored<'a>(
+        service: &str,
+        meta: Option<&[u8]>,
+        units: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Record> {
+        let mut rec = Record::new(service, None)?;
+        if let Some(meta) = meta {
+            let (gvip, index) = super::codec::decode_meta(meta)?;
+            rec.apply_meta(gvip, index);
+        }
+        for (id, bytes) in units {
+            match Unit::from_bytes(service, bytes) {
+                Ok(unit) => {
+                    rec.apply_unit(id, unit);
+                }
+                Err(e) => tracing::warn!(service, id, "skipping a stored instance: {e}"),
+            }
+        }
+        Ok(rec)
+    }
+
+    /// The highest version this copy holds (the owner's clock moves past it).
+    pub fn max_version(&self) -> Option<Hlc> {
+        self.stamps.values().map(|s| s.version).max()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::hlc::Clock;
+    use crate::registry::model::tests::at;
+    use crate::registry::{RegisterBody, StatusBody};
+    use chrono::Duration;
+
+    fn rec() -> Record {
+        Record::new("svc", None).expect("record")
+    }
+
+    /// An owner: a record and a clock whose wall time is `skew_ms` off.
+    struct Owner {
+        rec: Record,
+        clock: Clock,
+        skew_ms: i64,
+    }
+
+    impl Owner {
+        fn new(node: u64, skew_ms: i64) -> Self {
+            Owner {
+                rec: rec(),
+                clock: Clock::new(node),
+                skew_ms,
+            }
+        }
+
+        fn ms(&self, t: DateTime<Utc>) -> u64 {
+            (t.timestamp_millis() + self.skew_ms) as u64
+        }
+
+        fn register(&mut self, id: &str, port: i64, t: DateTime<Utc>) {
+            self.rec
+                .register(id, &RegisterBody::new("h", port), t)
+                .expect("reg");
+            let v = self.clock.after(self.ms(t), self.rec.version_of(id));
+            self.rec.stamp(id, v);
+        }
+
+        fn deregister(&mut self, id: &str, t: DateTime<Utc>) {
+            self.rec.deregister(id).expect("dereg");
+            self.rec.tombstone(id, t);
+            let v = self.clock.after(self.ms(t), self.rec.version_of(id));
+            self.rec.stamp(id, v);
+        }
+
+        /// Take over another copy (a new owner after a crash): its clock moves past it.
+        fn inherit(&mut self, other: &Record) {
+            self.rec.merge_from(other);
+            if let Some(v) = self.rec.max_version() {
+                self.clock.observe(v);
+            }
+        }
+    }
+
+    #[test]
+    fn instances_registered_on_either_side_are_all_kept() {
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        let mut b = Owner::new(2, 0);
+        b.inherit(&a.rec);
+        a.register("from-a", 2, at(5));
+        b.register("from-b", 3, at(6));
+        let mut ab = a.rec.clone();
+        assert!(!ab.merge_from(&b.rec).is_empty());
+        let mut ba = b.rec.clone();
+        ba.merge_from(&a.rec);
+        let ids: Vec<&String> = ab.instances.keys().collect();
+        assert_eq!(ids, vec!["from-a", "from-b", "x"]);
+        assert_eq!(ab.instances, ba.instances, "commutative");
+        assert_eq!(ab.stamps, ba.stamps);
+        assert!(ab.clone().merge_from(&ab).is_empty(), "idempotent");
+    }
+
+    #[test]
+    fn the_newest_status_of_each_instance_wins() {
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        let mut b = Owner::new(2, 0);
+        b.inherit(&a.rec);
+        let report = |o: &mut Owner, ms: f64, t| {
+            let body = StatusBody {
+                latency_ms: Some(ms),
+                ..StatusBody::default()
+            };
+            o.rec.report("x", &body, t).expect("report");
+            let v = o.clock.after(o.ms(t), o.rec.version_of("x"));
+            o.rec.stamp("x", v);
+        };
+        report(&mut b, 9.0, at(20));
+        report(&mut a, 1.0, at(10));
+        a.rec.merge_from(&b.rec);
+        assert_eq!(a.rec.instances["x"].status.latency_ms, 9.0);
+        b.rec.merge_from(&a.rec);
+        assert_eq!(b.rec.instances["x"].status.latency_ms, 9.0);
+    }
+
+    #[test]
+    fn a_deregistration_by_an_owner_ten_minutes_behind_stays_done() {
+        // The old owner registered x with a correct clock; the new owner's clock is 10 minutes
+        // behind, so by wall clocks its removal would be older than the registration.
+        let mut old = Owner::new(1, 0);
+        old.register("x", 1, at(600));
+        let stale_copy = old.rec.clone();
+        let mut new = Owner::new(2, -600_000);
+        new.inherit(&old.rec);
+        new.deregister("x", at(601));
+        // Anti-entropy with a replica still holding the registration does not undo it.
+        let mut replica = stale_copy.clone();
+        replica.merge_from(&new.rec);
+        assert!(
+            replica.instances.is_empty(),
+            "the replica applies the removal"
+        );
+        new.rec.merge_from(&stale_copy);
+        assert!(
+            new.rec.instances.is_empty(),
+            "a stale copy does not bring it back"
+        );
+        assert!(new.rec.index > stale_copy.index, "the index kept growing");
+    }
+
+    #[test]
+    fn after_a_clock_ten_minutes_ahead_a_registration_still_works() {
+        let mut fast = Owner::new(1, 600_000);
+        fast.register("x", 1, at(0));
+        fast.deregister("x", at(1));
+        let mut normal = Owner::new(2, 0);
+        normal.inherit(&fast.rec);
+        normal.register("x", 2, at(2));
+        assert_eq!(normal.rec.instances["x"].port, 2);
+        let mut back = fast.rec.clone();
+        back.merge_from(&normal.rec);
+        assert_eq!(
+            back.instances["x"].port, 2,
+            "the re-registration wins everywhere"
+        );
+    }
+
+    #[test]
+    fn tombstones_are_forgotten_after_their_ttl() {
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        a.deregister("x", at(5));
+        assert!(a.rec.forget_tombstones(at(6)).is_empty());
+        let gone = a.rec.forget_tombstones(at(5) + Duration::days(8));
+        assert_eq!(gone, ["x"]);
+        assert!(a.rec.unit("x").is_none());
+    }
+
+    #[test]
+    fn keys_name_their_service() {
+        assert_eq!(
+            split_unit_key(&unit_key("pay", "10.0.0.1:80")),
+            Some(("pay", "10.0.0.1:80"))
+        );
+        assert_eq!(split_unit_key("u/pay/a/b"), Some(("pay", "a/b")));
+        assert_eq!(service_of_key(&meta_key("pay")), Some("pay"));
+        assert_eq!(service_of_key("svc/pay"), Some("pay"));
+        assert_eq!(service_id_of_key("gvip/10.0.0.1"), None);
+        assert!(unit_key("pay", "x").starts_with(&unit_prefix("pay")));
+        assert!(!unit_key("pay", "x").starts_with(&unit_prefix("pa")));
+    }
+}

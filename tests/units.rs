@@ -1,0 +1,436 @@
+//! Every instance its own unit: a write costs the same in a big service as in a small one (on
+//! both stores), writes to one service are committed in groups and survive SIGKILL of the
+//! owner and then of a replica, the change index (`X-Chordctl-Index`) only grows, and a data
+//! directory written by 0.1.0 is converted at start.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chordctl::agent::{self, AgentHandle, Start};
+use chordctl::ring::Id;
+use serde_json::{json, Value};
+
+use crate::support::cluster::{test_config, TestCluster};
+use crate::support::http::call;
+use crate::support::procs::{ring_order, AgentProc};
+use crate::support::redis::RedisServer;
+use crate::support::{eventually, until_acknowledged};
+
+async fn put(url: &str, service: &str, id: &str, body: Value) -> (u16, Value) {
+    call(
+        "PUT",
+        &format!("{url}/v1/services/{service}/instances/{id}"),
+        Some(body),
+    )
+    .await
+}
+
+/// Register `n` instances `i0..` into `service`, 16 at a time.
+async fn fill(url: &str, service: &str, n: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (url, service, next) = (url.to_string(), service.to_string(), next.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let r = client
+                        .put(format!("{url}/v1/services/{service}/instances/i{i}"))
+                        .json(&json!({"address": "10.0.0.1", "port": 1 + (i % 60000)}))
+                        .send()
+                        .await
+                        .expect("register");
+                    assert_eq!(r.status().as_u16(), 200, "register {service}/i{i}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("filler");
+    }
+}
+
+/// Store bytes (read, written) that `f` cost the agent.
+async fn cost<F: std::future::Future<Output = ()>>(h: &AgentHandle, f: F) -> (u64, u64) {
+    let (r0, w0) = h.agent().metrics.store_bytes();
+    f.await;
+    let (r1, w1) = h.agent().metrics.store_bytes();
+    (r1 - r0, w1 - w0)
+}
+
+/// Register a new instance, report on it, deregister it: each one's store cost in `service`.
+async fn three_writes(h: &AgentHandle, service: &str) -> [(u64, u64); 3] {
+    let url = format!("http://{}", h.http_addr());
+    let reg = cost(h, async {
+        let (st, body) = put(&url, service, "new-one", json!({"address": "h", "port": 7})).await;
+        assert_eq!(st, 200, "{body}");
+    })
+    .await;
+    let report = cost(h, async {
+        let (st, body) = call(
+            "PUT",
+            &format!("{url}/v1/services/{service}/instances/new-one/status"),
+            Some(json!({"state": "warning", "latency_ms": 3.5})),
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+    })
+    .await;
+    let dereg = cost(h, async {
+        let (st, body) = call(
+            "DELETE",
+            &format!("{url}/v1/services/{service}/instances/new-one"),
+            None,
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+    })
+    .await;
+    [reg, report, dereg]
+}
+
+/// The store cost of writes into a 2,000-instance service equals that into a 10-instance one.
+async fn writes_cost_the_same_whatever_the_size(cfg: agent::AgentConfig) {
+    let h = agent::start(cfg).await.expect("start");
+    let url = format!("http://{}", h.http_addr());
+    fill(&url, "small", 10).await;
+    fill(&url, "big", 2_000).await;
+    let small = three_writes(&h, "small").await;
+    let big = three_writes(&h, "big").await;
+    for (what, (s, b)) in ["register", "status report", "deregister"]
+        .iter()
+        .zip(small.iter().zip(big.iter()))
+    {
+        // Same bytes but for the service name's length ("big" is shorter than "small").
+        assert!(
+            b.1 <= s.1 + 16 && b.1 < 1024,
+            "{what}: {} bytes written in the big service, {} in the small one",
+            b.1,
+            s.1
+        );
+        assert!(
+            b.0 <= s.0 + 16 && b.0 < 1024,
+            "{what}: {} bytes read in the big service, {} in the small one",
+            b.0,
+            s.0
+        );
+    }
+    // TTL expiry of one instance among 2,000: one unit too.
+    let (st, body) = put(
+        &url,
+        "big",
+        "beat",
+        json!({"address": "h", "port": 9, "ttl_secs": 1}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (r0, w0) = h.agent().metrics.store_bytes();
+    let u = url.clone();
+    eventually(
+        "the TTL instance turns critical",
+        Duration::from_secs(30),
+        async || {
+            let (_, v) = call("GET", &format!("{u}/v1/services/big/instances/beat"), None).await;
+            (v["status"]["state"] == "critical")
+                .then_some(())
+                .ok_or(format!("{v}"))
+        },
+    )
+    .await;
+    let (r1, w1) = h.agent().metrics.store_bytes();
+    assert!(
+        w1 - w0 < 1024 && r1 - r0 < 1024,
+        "expiry of one instance among 2,000: {} bytes written, {} read",
+        w1 - w0,
+        r1 - r0
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_costs_the_same_in_big_and_small_services_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("tmp");
+    writes_cost_the_same_whatever_the_size(test_config(Start::Create, dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_costs_the_same_in_big_and_small_services_on_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = agent::AgentConfig {
+        redis: Some(redis.url()),
+        ..test_config(Start::Create, dir.path())
+    };
+    writes_cost_the_same_whatever_the_size(cfg).await;
+}
+
+fn index_of(headers: &reqwest::header::HeaderMap) -> u64 {
+    headers
+        .get("x-chordctl-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("an X-Chordctl-Index header")
+}
+
+async fn discover_index(url: &str, service: &str) -> (u16, u64) {
+    let r = reqwest::get(format!("{url}/v1/services/{service}"))
+        .await
+        .expect("discover");
+    (r.status().as_u16(), index_of(r.headers()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_index_grows_with_every_change_and_across_an_owner_change() {
+    let mut c = TestCluster::start(3).await;
+    c.settle().await;
+    let url = c.url(0);
+    assert_eq!(
+        discover_index(&url, "indexed").await,
+        (404, 0),
+        "never existed"
+    );
+    let client = reqwest::Client::new();
+    let mut last = 0;
+    for (i, (method, path, body)) in [
+        (
+            "PUT",
+            "instances/a",
+            Some(json!({"address": "h", "port": 1})),
+        ),
+        (
+            "PUT",
+            "instances/b",
+            Some(json!({"address": "h", "port": 2})),
+        ),
+        (
+            "PUT",
+            "instances/a/status",
+            Some(json!({"state": "warning"})),
+        ),
+        ("DELETE", "instances/b", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = client.request(
+            method.parse().expect("method"),
+            format!("{}/v1/services/indexed/{path}", c.url(i % 3)),
+        );
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("write");
+        assert_eq!(r.status().as_u16(), 200);
+        let index = index_of(r.headers());
+        assert!(index > last, "{method} {path}: index {index} after {last}");
+        last = index;
+        for n in 0..3 {
+            let (st, seen) = discover_index(&c.url(n), "indexed").await;
+            assert_eq!((st, seen), (200, last), "discover through agent {n}");
+        }
+    }
+    // The owner leaves: the new owner continues above the index.
+    let owner = c.true_owner(&Id::of_key("indexed"));
+    let owner_ix = (0..c.nodes.len())
+        .find(|i| c.nodes[*i].as_ref().is_some_and(|h| h.node().id == owner))
+        .expect("owner index");
+    c.leave(owner_ix).await;
+    let other = c.url((owner_ix + 1) % 3);
+    let (st, seen) = discover_index(&other, "indexed").await;
+    assert_eq!(st, 200);
+    assert!(seen >= last, "index went back from {last} to {seen}");
+    let r = client
+        .put(format!("{other}/v1/services/indexed/instances/c"))
+        .json(&json!({"address": "h", "port": 3}))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        index_of(r.headers()) > seen,
+        "the new owner continues above"
+    );
+}
+
+/// 32 clients write to one service through one agent of three (K=3) as fast as they can; the
+/// owner is killed with SIGKILL, then one of the two remaining copies: every acknowledged
+/// registration is still served.
+#[test]
+fn group_commit_under_32_writers_survives_sigkill_of_the_owner_then_of_a_replica() {
+    let mut agents = vec![AgentProc::start(None, &["--replicas", "3"])];
+    for _ in 0..3 {
+        let seed = agents[0].ring.clone();
+        agents.push(AgentProc::start(Some(&seed), &["--replicas", "3"]));
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let u0 = agents[0].url();
+    rt.block_on(eventually("4 nodes", Duration::from_secs(60), async || {
+        let (_, v) = call("GET", &format!("{u0}/v1/ring/nodes"), None).await;
+        let n = v.as_array().map(Vec::len).unwrap_or(0);
+        (n == 4).then_some(()).ok_or(format!("{n} nodes"))
+    }));
+    let order = ring_order(&agents, "hot");
+    let (owner, replica) = (order[0], order[1]);
+    let writer = order[3]; // the owner's predecessor: not a holder of a copy
+    let url = agents[writer].url();
+    const CLIENTS: usize = 32;
+    let acked: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..CLIENTS).map(|_| AtomicUsize::new(0)).collect());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
+            rt.spawn(async move {
+                let client = reqwest::Client::new();
+                for i in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let sent = client
+                        .put(format!("{url}/v1/services/hot/instances/c{c}-{i}"))
+                        .json(&json!({"address": "10.4.0.1", "port": 1 + c}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().as_u16() == 200 => {
+                            acked[c].store(i + 1, Ordering::SeqCst)
+                        }
+                        // Not acknowledged (the owner died under it): this client stops here.
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    until_acknowledged(&acked, 1_500);
+    agents[owner].kill9();
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for c in clients {
+            c.await.expect("client task");
+        }
+    });
+    let expected: usize = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    let check = |url: String, what: &'static str| {
+        let acked = acked.clone();
+        rt.block_on(eventually(what, Duration::from_secs(90), async || {
+            let (st, v) = call("GET", &format!("{url}/v1/services/hot"), None).await;
+            if st != 200 {
+                return Err(format!("{st}: {v}"));
+            }
+            let have: std::collections::HashSet<String> = v["instances"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["id"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (c, n) in acked.iter().enumerate() {
+                for i in 0..n.load(Ordering::SeqCst) {
+                    if !have.contains(&format!("c{c}-{i}")) {
+                        return Err(format!("c{c}-{i} missing of {expected} acknowledged"));
+                    }
+                }
+            }
+            Ok(())
+        }));
+    };
+    check(
+        url.clone(),
+        "every acknowledged write after SIGKILL of the owner",
+    );
+    agents[replica].kill9();
+    check(
+        url,
+        "every acknowledged write after SIGKILL of a replica too",
+    );
+    println!("{expected} registrations acknowledged into one service by 32 writers");
+}
+
+/// A data directory written by chordctl 0.1.0 (tests/fixtures/v0.1.0-data.tar.gz: services
+/// `payments` (two instances, a third deregistered), `search`, and the prototype's `legacy`)
+/// is converted at start: everything served as before, and the old layout is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_converts_a_data_directory_written_by_0_1_0() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/v0.1.0-data.tar.gz"
+    );
+    let out = std::process::Command::new("tar")
+        .args(["xzf", fixture, "-C"])
+        .arg(dir.path())
+        .output()
+        .expect("tar");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = dir.path().join("data");
+    let cfg = test_config(Start::Create, &data);
+    let h = agent::start(cfg.clone())
+        .await
+        .expect("start on a 0.1.0 data directory");
+    let url = format!("http://{}", h.http_addr());
+    let (st, v) = call("GET", &format!("{url}/v1/services/payments"), None).await;
+    assert_eq!(st, 200, "{v}");
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["10.0.0.7:8080", "10.0.0.8:8080"],
+        "the deregistered one stays gone"
+    );
+    let a = &v["instances"][0];
+    assert_eq!(a["tags"], json!(["v2"]));
+    assert_eq!(a["metadata"], json!({"zone": "a"}));
+    assert_eq!(a["status"]["state"], "warning");
+    assert_eq!(a["status"]["latency_ms"], 12.0);
+    assert_eq!(v["instances"][1]["ttl_secs"], 3600);
+    let (st, v) = call("GET", &format!("{url}/v1/services/search"), None).await;
+    assert_eq!(
+        (st, v["instances"][0]["id"].clone()),
+        (200, json!("10.0.1.1:9000"))
+    );
+    let (st, v) = call("GET", &format!("{url}/v1/services/legacy"), None).await;
+    assert_eq!((st, v["instances"][0]["port"].clone()), (200, json!(0)));
+    // The index continues from 0.1.0's record version (payments had 5 writes).
+    let (_, index) = discover_index(&url, "payments").await;
+    assert!(index >= 5, "index {index}");
+    let old = h.agent().registry.store().scan_prefix("svc/").await;
+    assert_eq!(old.expect("scan"), Vec::new(), "old layout gone");
+    // A deregistered instance registers again; everything survives a restart.
+    let (st, body) = put(
+        &url,
+        "payments",
+        "10.0.0.9:8080",
+        json!({"address": "10.0.0.9", "port": 8080}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    // The same identity, new ports (see the restart test in registry.rs).
+    let advertise = Some(h.node().addr);
+    h.shutdown().await;
+    let h = agent::start(agent::AgentConfig { advertise, ..cfg })
+        .await
+        .expect("restart");
+    let url = format!("http://{}", h.http_addr());
+    let (_, v) = call("GET", &format!("{url}/v1/services/payments"), None).await;
+    assert_eq!(v["instances"].as_array().map(Vec::len), Some(3), "{v}");
+    let (_, after) = discover_index(&url, "payments").await;
+    assert!(after > index, "index {after} after {index}");
+    h.shutdown().await;
+}
