@@ -442,6 +442,8 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::hlc::{node_number, Clock, Hlc};
+    use crate::registry::{Record, RegisterBody};
 
     fn cfg(r: usize) -> Config {
         Config {
@@ -600,15 +602,22 @@ mod tests {
         assert_eq!(failures, 0);
     }
 
-    /// Records on top of the simulated ring, moved by the agent's rules (src/agent/registry.rs):
-    /// the owner stores and replicates to its first K−1 successors and acknowledges once one
-    /// replica has it; a joiner takes what it owns from its successor; a leaver hands what it
-    /// owns to its successor; a crash loses the node's copies; repair (anti-entropy) pushes an
-    /// owner's range to its replicas and pulls what they hold newer in that range.
+    /// Records on top of the simulated ring: every copy is a real `registry::Record`, changed
+    /// by the real model (`register`, `deregister`, `stamp` with a real hybrid logical
+    /// clock) and merged by the real replication rules (`registry/unit.rs`: `apply_unit`,
+    /// `merge_from`) — the simulator has no rules of its own. Moved as the agent moves them
+    /// (src/agent/registry/): the owner stores a change and sends the unit to its first K−1
+    /// successors and acknowledges once one replica has it (the first always receives it,
+    /// the others only with some probability, as a background copy may be lost in a crash); a
+    /// joiner takes what it owns from its successor; a leaver hands everything it holds to its
+    /// first K successors; a crash loses the node's copies; repair (anti-entropy) pulls what
+    /// the replicas hold into the owner and pushes the owner's copy to them.
     struct Data {
         k: usize,
-        held: std::collections::HashMap<Id, std::collections::HashMap<Id, u64>>,
-        acked: std::collections::HashMap<Id, u64>,
+        held: std::collections::HashMap<Id, std::collections::HashMap<String, Record>>,
+        clocks: std::collections::HashMap<Id, Clock>,
+        /// The version of every acknowledged change, by (service, instance).
+        acked: std::collections::HashMap<(String, String), Hlc>,
     }
 
     impl Data {
@@ -616,6 +625,7 @@ mod tests {
             Data {
                 k,
                 held: Default::default(),
+                clocks: Default::default(),
                 acked: Default::default(),
             }
         }
@@ -632,29 +642,40 @@ mod tests {
                 .unwrap_or_default()
         }
 
-        fn merge(&mut self, to: Id, key: Id, v: u64) {
-            let e = self.held.entry(to).or_default().entry(key).or_insert(0);
-            *e = (*e).max(v);
+        fn copy(&mut self, n: Id, service: &str) -> &mut Record {
+            self.held
+                .entry(n)
+                .or_default()
+                .entry(service.to_string())
+                .or_insert_with(|| Record::new(service, None).expect("service name"))
         }
 
-        fn owned(&self, sim: &Sim, n: &Id) -> Vec<(Id, u64)> {
-            let Some(c) = sim.node(n) else { return vec![] };
-            let Some(p) = c.predecessor() else {
-                return vec![];
-            };
+        /// Merge `rec` into `to`'s copy by the real rules.
+        fn merge(&mut self, to: Id, rec: &Record) {
+            self.copy(to, &rec.service).merge_from(rec);
+        }
+
+        fn copies(&self, n: &Id) -> Vec<Record> {
             self.held
                 .get(n)
-                .map(|m| {
-                    m.iter()
-                        .filter(|(k, _)| k.in_half_open(&p.id, n))
-                        .map(|(k, v)| (*k, *v))
-                        .collect()
-                })
+                .map(|m| m.values().cloned().collect())
                 .unwrap_or_default()
         }
 
-        /// A client write through a random member; true when acknowledged.
-        fn write(&mut self, sim: &mut Sim, key: Id) -> bool {
+        fn owned(&self, sim: &Sim, n: &Id) -> Vec<Record> {
+            let Some(p) = sim.node(n).and_then(|c| c.predecessor().map(|p| p.id)) else {
+                return vec![];
+            };
+            self.copies(n)
+                .into_iter()
+                .filter(|r| Id::of_key(&r.service).in_half_open(&p, n))
+                .collect()
+        }
+
+        /// A client change through a random member: register (or, sometimes, deregister)
+        /// instance `id` of `service`. True when acknowledged.
+        fn write(&mut self, sim: &mut Sim, service: &str, id: &str) -> bool {
+            let key = Id::of_key(service);
             let Some(from) = sim.random_member() else {
                 return false;
             };
@@ -668,27 +689,49 @@ mod tests {
             {
                 return false;
             }
-            let v = self
-                .held
-                .get(&owner)
-                .and_then(|m| m.get(&key))
-                .copied()
-                .unwrap_or(0)
-                + 1;
-            self.merge(owner, key, v);
+            let now = chrono::DateTime::from_timestamp_millis(1_800_000_000_000 + sim.now as i64)
+                .expect("time");
+            let deregister = sim.rng.gen_bool(0.2);
+            let port = sim.rng.gen_range(1..60_000);
+            let mut clock = self
+                .clocks
+                .remove(&owner)
+                .unwrap_or_else(|| Clock::new(node_number(&owner.to_hex())));
+            let rec = self.copy(owner, service);
+            let changed = if deregister && rec.instances.contains_key(id) {
+                rec.deregister(id).is_ok() && {
+                    rec.tombstone(id, now);
+                    true
+                }
+            } else {
+                rec.register(id, &RegisterBody::new("10.0.0.1", port), now)
+                    .is_ok()
+            };
+            let unit = changed.then(|| {
+                let v = clock.after(now.timestamp_millis() as u64, rec.version_of(id));
+                rec.stamp(id, v);
+                rec.unit(id).expect("a stamped unit")
+            });
+            self.clocks.insert(owner, clock);
+            let Some(unit) = unit else {
+                return false;
+            };
             let replicas: Vec<Id> = self
                 .replica_set(sim, &owner)
                 .into_iter()
                 .filter(|r| sim.node(r).is_some())
                 .collect();
             let ring_of_one = sim.members().len() == 1;
-            for rep in &replicas {
-                self.merge(*rep, key, v);
+            for (i, rep) in replicas.iter().enumerate() {
+                if i == 0 || sim.rng.gen_bool(0.7) {
+                    self.copy(*rep, service).apply_unit(id, unit.clone());
+                }
             }
             if replicas.is_empty() && !ring_of_one {
                 return false;
             }
-            self.acked.insert(key, v);
+            self.acked
+                .insert((service.to_string(), id.to_string()), unit.stamp.version);
             true
         }
 
@@ -696,14 +739,9 @@ mod tests {
             let Some(succ) = sim.node(&j).map(|c| c.successor().id) else {
                 return;
             };
-            let from: Vec<(Id, u64)> = self
-                .held
-                .get(&succ)
-                .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-                .unwrap_or_default();
-            for (k, v) in from {
-                if !k.in_half_open(&j, &succ) {
-                    self.merge(j, k, v);
+            for rec in self.copies(&succ) {
+                if !Id::of_key(&rec.service).in_half_open(&j, &succ) {
+                    self.merge(j, &rec);
                 }
             }
         }
@@ -715,14 +753,10 @@ mod tests {
                 .node(&n)
                 .map(|c| c.successors().iter().take(self.k).map(|s| s.id).collect())
                 .unwrap_or_default();
-            let all: Vec<(Id, u64)> = self
-                .held
-                .get(&n)
-                .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-                .unwrap_or_default();
+            let all = self.copies(&n);
             for t in targets {
-                for (k, v) in &all {
-                    self.merge(t, *k, *v);
+                for rec in &all {
+                    self.merge(t, rec);
                 }
             }
             sim.leave(n);
@@ -732,6 +766,7 @@ mod tests {
         fn crash(&mut self, sim: &mut Sim, n: Id) {
             sim.crash(n);
             self.held.remove(&n);
+            self.clocks.remove(&n);
         }
 
         fn repair(&mut self, sim: &Sim) {
@@ -739,41 +774,54 @@ mod tests {
                 let Some(p) = sim.node(&n).and_then(|c| c.predecessor().map(|p| p.id)) else {
                     continue;
                 };
-                for rep in self.replica_set(sim, &n) {
-                    for (k, v) in self.owned(sim, &n) {
-                        self.merge(rep, k, v);
+                let replicas = self.replica_set(sim, &n);
+                // Pull what the replicas hold newer in this node's range, then push.
+                for rep in &replicas {
+                    for rec in self.copies(rep) {
+                        if Id::of_key(&rec.service).in_half_open(&p, &n) {
+                            self.merge(n, &rec);
+                        }
                     }
-                    let pulled: Vec<(Id, u64)> = self
-                        .held
-                        .get(&rep)
-                        .map(|m| {
-                            m.iter()
-                                .filter(|(k, _)| k.in_half_open(&p, &n))
-                                .map(|(k, v)| (*k, *v))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    for (k, v) in pulled {
-                        self.merge(n, k, v);
+                }
+                for rep in &replicas {
+                    for rec in self.owned(sim, &n) {
+                        self.merge(*rep, &rec);
                     }
                 }
             }
         }
 
-        /// Acknowledged writes whose true owner does not hold the acknowledged version.
-        fn lost(&self, sim: &Sim) -> usize {
+        /// Acknowledged changes whose true owner does not hold that version or a newer one.
+        fn lost(&self, sim: &Sim) -> Vec<String> {
             self.acked
                 .iter()
-                .filter(|(k, v)| {
-                    let owner = sim.true_owner(k);
-                    self.held
+                .filter(|((service, id), v)| {
+                    let owner = sim.true_owner(&Id::of_key(service));
+                    let held = self
+                        .held
                         .get(&owner)
-                        .and_then(|m| m.get(k))
-                        .copied()
-                        .unwrap_or(0)
-                        < **v
+                        .and_then(|m| m.get(service))
+                        .and_then(|r| r.version_of(id));
+                    held.is_none_or(|h| h < **v)
                 })
-                .count()
+                .map(|((s, i), v)| format!("{s}/{i}@{v}"))
+                .collect()
+        }
+
+        /// Services whose copies at the owner's replicas differ from the owner's.
+        fn diverged(&self, sim: &Sim) -> Vec<String> {
+            let mut out = Vec::new();
+            for n in sim.members() {
+                for rec in self.owned(sim, &n) {
+                    for rep in self.replica_set(sim, &n) {
+                        let copy = self.held.get(&rep).and_then(|m| m.get(&rec.service));
+                        if copy != Some(&rec) {
+                            out.push(format!("{} at {}", rec.service, rep.short()));
+                        }
+                    }
+                }
+            }
+            out
         }
     }
 
@@ -783,18 +831,22 @@ mod tests {
         let mut sim = Sim::new(31, cfg(8));
         grow(&mut sim, 40);
         let mut data = Data::new(k);
-        let keys: Vec<Id> = (0..400)
-            .map(|i| Id::of_key(&format!("record-{i}")))
-            .collect();
-        for key in &keys {
-            assert!(data.write(&mut sim, *key), "initial write acknowledged");
+        let services: Vec<String> = (0..100).map(|i| format!("record-{i}")).collect();
+        for service in &services {
+            assert!(
+                data.write(&mut sim, service, "i0"),
+                "initial write acknowledged"
+            );
         }
         data.repair(&sim);
         let mut acked_writes = 0;
         for round in 0..25 {
-            // Churn: joins, graceful leaves, and crashes of at most K−1 nodes (possibly
-            // neighbours) before the next repair.
+            // Churn: joins, graceful leaves, and crashes before the next repair: of at most
+            // K−1 nodes (possibly neighbours) while every change has its K copies (right after
+            // a repair), and of at most W−1 = 1 once changes were acknowledged with only the
+            // owner and one replica (the acknowledgement rule, docs/CONSISTENCY.md).
             let mut crashes = 0;
+            let mut changed_since_repair = false;
             for _ in 0..6 {
                 match sim.rng.gen_range(0..4) {
                     0 => {
@@ -804,22 +856,28 @@ mod tests {
                         let id = sim.random_member().expect("member");
                         data.leave(&mut sim, id);
                     }
-                    2 if sim.members().len() > 12 && crashes < k - 1 => {
+                    2 if sim.members().len() > 12
+                        && crashes < if changed_since_repair { 1 } else { k - 1 } =>
+                    {
                         let id = sim.random_member().expect("member");
                         // Sometimes the crashed node's successor too: adjacent crashes.
                         let next = sim.node(&id).map(|c| c.successor().id);
                         data.crash(&mut sim, id);
                         crashes += 1;
-                        if let (Some(next), true) = (next, crashes < k - 1 && sim.rng.gen_bool(0.5))
-                        {
+                        let room = !changed_since_repair && crashes < k - 1;
+                        if let (Some(next), true) = (next, room && sim.rng.gen_bool(0.5)) {
                             data.crash(&mut sim, next);
                             crashes += 1;
                         }
                     }
                     _ => {
-                        let key = keys[sim.rng.gen_range(0..keys.len())];
-                        if data.write(&mut sim, key) {
-                            acked_writes += 1;
+                        for _ in 0..20 {
+                            let service = services[sim.rng.gen_range(0..services.len())].clone();
+                            let id = format!("i{}", sim.rng.gen_range(0..8));
+                            if data.write(&mut sim, &service, &id) {
+                                acked_writes += 1;
+                                changed_since_repair = true;
+                            }
                         }
                     }
                 }
@@ -837,11 +895,16 @@ mod tests {
             data.repair(&sim);
             assert_eq!(
                 data.lost(&sim),
-                0,
-                "round {round}: acknowledged writes lost"
+                Vec::<String>::new(),
+                "round {round}: acknowledged changes lost"
+            );
+            assert_eq!(
+                data.diverged(&sim),
+                Vec::<String>::new(),
+                "round {round}: copies differ after repair"
             );
         }
-        println!("churn with records: 25 rounds, {acked_writes} acknowledged updates, 0 lost");
+        println!("churn with records: 25 rounds, {acked_writes} acknowledged changes, 0 lost");
     }
 
     #[test]
