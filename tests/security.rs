@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chordctl::agent::{self, AgentConfig, Start};
 use chordctl::http::Limits;
 use chordctl::registry::compat::PrototypeBody;
+use chordctl::registry::ops::{Entry, RegistryRequest, WriteOp};
 use chordctl::registry::{RegisterBody, StatusBody};
 use chordctl::ring::{Id, NodeRef, RingRequest};
 use chordctl::rpc::frame::{self, Envelope};
@@ -539,7 +540,32 @@ fn request() -> impl Strategy<Value = Request> {
         any::<[u8; 20]>().prop_map(|b| Request::Ring(RingRequest::FindStep { key: Id::hash(&b) })),
         ("[a-z0-9.:]{0,40}", "[a-z0-9.:]{0,40}")
             .prop_map(|(a, h)| Request::Ring(RingRequest::Notify(NodeRef::new(a, h)))),
-        proptest::collection::vec(any::<u8>(), 0..512).prop_map(Request::Registry),
+        (
+            "[a-z0-9./]{1,40}",
+            proptest::collection::vec(any::<u8>(), 0..512)
+        )
+            .prop_map(|(key, value)| Request::Registry(RegistryRequest::Handoff {
+                entries: vec![Entry { key, value }]
+            })),
+        "[a-z0-9.]{0,40}".prop_map(|service| Request::Registry(RegistryRequest::Read { service })),
+        (
+            "[a-z0-9.]{1,40}",
+            proptest::option::of(0.0f64..1e9),
+            proptest::option::of("[ -~]{0,40}")
+        )
+            .prop_map(|(id, latency_ms, note)| {
+                Request::Registry(RegistryRequest::Write {
+                    service: "svc".into(),
+                    op: WriteOp::Report {
+                        id,
+                        body: StatusBody {
+                            latency_ms,
+                            note,
+                            ..StatusBody::default()
+                        },
+                    },
+                })
+            }),
     ]
 }
 
@@ -549,7 +575,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_parsers(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         parse_everything(&bytes);
-        // Behind a valid version byte too, where bincode actually runs.
+        // Behind a valid version byte too, where postcard actually runs.
         let mut framed = vec![frame::PROTOCOL_VERSION];
         framed.extend_from_slice(&bytes);
         parse_everything(&framed);

@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::ops::RegistryResponse;
 use crate::ring::{Chord, Config as RingConfig, NodeRef};
 use crate::rpc::{self, Pool, Request, Response};
 use crate::{Error, Result};
@@ -68,27 +67,10 @@ impl rpc::Handler for RpcHandler {
     async fn handle(&self, req: Request) -> Response {
         match req {
             Request::Ring(r) => Response::Ring(self.0.ring.handle(r)),
-            Request::Registry(bytes) => {
-                let req = match serde_json::from_slice(&bytes) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Response::Error(Error::invalid(format!(
-                            "undecodable registry request: {e}"
-                        )))
-                    }
-                };
-                match self.0.registry.handle_local(req).await {
-                    // A discover answer goes back as its text, not re-encoded as JSON.
-                    Ok(RegistryResponse::Json { json, index }) => {
-                        Response::Registry(json.to_rpc(index))
-                    }
-                    Ok(answer) => match serde_json::to_vec(&answer) {
-                        Ok(b) => Response::Registry(b),
-                        Err(e) => Response::Error(Error::internal(e.to_string())),
-                    },
-                    Err(e) => Response::Error(e),
-                }
-            }
+            Request::Registry(req) => match self.0.registry.handle_local(req).await {
+                Ok(answer) => Response::Registry(answer),
+                Err(e) => Response::Error(e),
+            },
         }
     }
 }

@@ -179,7 +179,7 @@ pub struct Liveness {
     pub(super) last_seen: DateTime<Utc>,
     /// Set when TTL expiry made the instance critical: the state and note it had before, restored
     /// by the next heartbeat unless that heartbeat sets its own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub(super) expired_from: Option<(State, String)>,
 }
 

@@ -39,6 +39,7 @@ pub struct Entry {
     /// The store key (`u/SERVICE/ID`, `s/SERVICE` or `gvip/ADDRESS`).
     pub key: String,
     /// The stored bytes (a unit, a meta entry, or the claiming service's name).
+    #[serde(with = "crate::rpc::messages::blob")]
     pub value: Vec<u8>,
 }
 
@@ -61,7 +62,9 @@ pub enum WriteOp {
     Report {
         /// Instance id.
         id: String,
-        /// The reported fields.
+        /// The reported fields (every field written, present or not: the wire format is not
+        /// self-describing).
+        #[serde(with = "status_wire")]
         body: StatusBody,
     },
     /// The prototype's register: the `lSip` instance, port 0.
@@ -74,6 +77,47 @@ pub enum WriteOp {
         /// The instance address and id.
         lsip: String,
     },
+}
+
+/// [`StatusBody`] between agents: all six fields in order, `None` included.
+mod status_wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::registry::{State, StatusBody};
+
+    type Fields = (
+        Option<State>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<String>,
+    );
+
+    pub fn serialize<S: Serializer>(b: &StatusBody, s: S) -> Result<S::Ok, S::Error> {
+        (
+            b.state,
+            b.load,
+            b.success_rate,
+            b.latency_ms,
+            b.frequency,
+            &b.note,
+        )
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StatusBody, D::Error> {
+        let (state, load, success_rate, latency_ms, frequency, note): Fields =
+            Deserialize::deserialize(d)?;
+        Ok(StatusBody {
+            state,
+            load,
+            success_rate,
+            latency_ms,
+            frequency,
+            note,
+        })
+    }
 }
 
 /// A request between agents about records.
@@ -201,15 +245,11 @@ pub enum RegistryResponse {
     Done,
 }
 
-/// JSON text made by one agent and passed through another untouched. Over ring RPC it travels
-/// as raw bytes after [`RAW_JSON_TAG`] (see [`RawJson::to_rpc`]), neither escaped, nor parsed,
-/// nor copied into values on the way; in a JSON-encoded answer it is embedded as it is.
+/// JSON text made by one agent and passed through another untouched: over ring RPC it travels
+/// as a byte string, neither escaped, nor parsed, nor copied into values on the way; in a
+/// JSON-encoded answer it is embedded as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawJson(Bytes);
-
-/// First byte of an RPC registry answer that is a [`RawJson`] rather than a JSON-encoded
-/// [`RegistryResponse`] (which always starts with `{` or `"`).
-pub const RAW_JSON_TAG: u8 = 0;
 
 impl RawJson {
     /// JSON text this agent made (trusted to be JSON).
@@ -231,40 +271,15 @@ impl RawJson {
     pub fn into_bytes(self) -> Bytes {
         self.0
     }
-
-    /// The RPC answer carrying this text and the service's change index: the tag byte, the
-    /// index (8 bytes, little-endian), then the text.
-    pub fn to_rpc(&self, index: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.0.len() + 9);
-        out.push(RAW_JSON_TAG);
-        out.extend_from_slice(&index.to_le_bytes());
-        out.extend_from_slice(&self.0);
-        out
-    }
-
-    /// The text and index of an RPC answer made by [`RawJson::to_rpc`], if `answer` is one.
-    /// The peer is a ring member; its text is only checked to be UTF-8 before it is passed on.
-    pub fn from_rpc(answer: &Bytes) -> Option<crate::Result<(RawJson, u64)>> {
-        if answer.first() != Some(&RAW_JSON_TAG) {
-            return None;
-        }
-        let Some(index) = answer.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
-            return Some(Err(crate::Error::internal(
-                "bad registry answer: a discover answer too short for its index",
-            )));
-        };
-        let text = answer.slice(9..);
-        Some(match std::str::from_utf8(&text) {
-            Ok(_) => Ok((RawJson(text), u64::from_le_bytes(index))),
-            Err(e) => Err(crate::Error::internal(format!(
-                "bad registry answer: not UTF-8 JSON text: {e}"
-            ))),
-        })
-    }
 }
 
+/// In JSON the text is embedded as it is; in the RPC frame (postcard) it is a byte string,
+/// passed on without being parsed (checked to be UTF-8 when received).
 impl Serialize for RawJson {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_bytes(&self.0);
+        }
         let text = std::str::from_utf8(&self.0).map_err(serde::ser::Error::custom)?;
         let raw = serde_json::value::RawValue::from_string(text.to_string())
             .map_err(serde::ser::Error::custom)?;
@@ -274,6 +289,13 @@ impl Serialize for RawJson {
 
 impl<'de> Deserialize<'de> for RawJson {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            let bytes = crate::rpc::messages::blob::deserialize(d)?;
+            std::str::from_utf8(&bytes).map_err(|e| {
+                serde::de::Error::custom(format!("a discover answer that is not UTF-8: {e}"))
+            })?;
+            return Ok(RawJson(Bytes::from(bytes)));
+        }
         let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
         Ok(RawJson(Bytes::from(Box::<str>::from(raw).into_string())))
     }
@@ -318,22 +340,41 @@ mod tests {
     fn raw_json_travels_over_rpc_as_its_text() {
         let json =
             RawJson::from_trusted(Bytes::from_static(br#"{"service":"pay","instances":[]}"#));
-        let wire = Bytes::from(json.to_rpc(42));
-        assert_eq!(wire[0], RAW_JSON_TAG);
-        assert_eq!(RawJson::from_rpc(&wire), Some(Ok((json.clone(), 42))));
-        // A JSON-encoded answer is not mistaken for one.
-        let encoded = serde_json::to_vec(&RegistryResponse::Claimed(true)).unwrap();
-        assert_eq!(RawJson::from_rpc(&Bytes::from(encoded)), None);
-        let short = Bytes::from_static(&[RAW_JSON_TAG, 1, 2]);
-        assert!(matches!(
-            RawJson::from_rpc(&short),
-            Some(Err(crate::Error::Internal(_)))
-        ));
-        let bad = Bytes::from_static(&[RAW_JSON_TAG, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe]);
-        assert!(matches!(
-            RawJson::from_rpc(&bad),
-            Some(Err(crate::Error::Internal(_)))
-        ));
+        let answer = RegistryResponse::Json {
+            json: json.clone(),
+            index: 42,
+        };
+        let wire = postcard::to_allocvec(&answer).unwrap();
+        let text = br#"{"service":"pay","instances":[]}"#;
+        assert!(
+            wire.windows(text.len()).any(|w| w == text),
+            "the text itself is on the wire"
+        );
+        assert_eq!(
+            postcard::from_bytes::<RegistryResponse>(&wire).unwrap(),
+            answer
+        );
+        // Bytes that are not UTF-8 are refused when received.
+        let bad = RegistryResponse::Json {
+            json: RawJson::from_trusted(Bytes::from_static(&[0xff, 0xfe])),
+            index: 1,
+        };
+        let wire = postcard::to_allocvec(&bad).unwrap();
+        assert!(postcard::from_bytes::<RegistryResponse>(&wire).is_err());
+    }
+
+    #[test]
+    fn a_status_report_travels_with_every_field() {
+        let op = WriteOp::Report {
+            id: "a".into(),
+            body: StatusBody {
+                latency_ms: Some(3.5),
+                note: Some("slow".into()),
+                ..StatusBody::default()
+            },
+        };
+        let wire = postcard::to_allocvec(&op).unwrap();
+        assert_eq!(postcard::from_bytes::<WriteOp>(&wire).unwrap(), op);
     }
 
     #[test]

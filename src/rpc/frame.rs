@@ -1,14 +1,15 @@
-//! Framing: every message travels as `u32 length | u8 version | bincode(Envelope)`.
+//! Framing: every message travels as `u32 length | u8 version | postcard(Envelope)`.
 //!
 //! The length prefix is checked against [`MAX_FRAME`] before anything is allocated (the codec
-//! refuses longer frames), and bincode decodes with the frame's own length as its allocation
-//! limit, so a peer cannot make us allocate more than it actually sent.
+//! refuses longer frames), and postcard decodes from the frame's bytes: a length inside the
+//! body is checked against the bytes that are actually there before anything of that length is
+//! allocated (sequences grow as their elements arrive), so a peer cannot make us allocate more
+//! than it sent.
 //!
 //! With `--cluster-secret`, a connection starts with the handshake of [`super::auth`] and every
-//! frame then ends with a 32-byte HMAC tag: `u32 length | u8 version | bincode(Envelope) | tag`
+//! frame then ends with a 32-byte HMAC tag: `u32 length | u8 version | postcard(Envelope) | tag`
 //! ([`encode_sealed`], [`decode_opened`]). Both sides must agree on having a secret.
 
-use bincode::Options;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{Sink, SinkExt};
 use serde::de::DeserializeOwned;
@@ -19,7 +20,8 @@ use tokio_util::codec::LengthDelimitedCodec;
 use super::auth::{AuthError, Opener, Sealer};
 
 /// The protocol version this build speaks; a frame with another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// (1: 0.1.0, bincode with JSON registry messages; 2: postcard, typed registry messages.)
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The largest frame accepted or sent (16 MiB: a whole key range of records in a transfer).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -56,10 +58,6 @@ pub fn codec() -> LengthDelimitedCodec {
         .length_field_length(4)
         .max_frame_length(MAX_FRAME)
         .new_codec()
-}
-
-fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(MAX_FRAME as u64)
 }
 
 /// Most frames written with one flush.
@@ -122,15 +120,41 @@ where
     }
 }
 
-/// Encode one envelope as a frame body (version byte + bincode).
+/// Encode one envelope as a frame body (version byte + postcard).
 pub fn encode<T: Serialize>(env: &Envelope<T>) -> Result<Bytes, FrameError> {
-    let body = options()
-        .serialize(env)
-        .map_err(|e| FrameError::Decode(e.to_string()))?;
-    let mut buf = BytesMut::with_capacity(body.len() + 1);
+    let mut buf = BytesMut::with_capacity(256);
     buf.put_u8(PROTOCOL_VERSION);
-    buf.extend_from_slice(&body);
+    let buf = postcard::serialize_with_flavor(env, BytesFlavor(buf))
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if buf.len() > MAX_FRAME {
+        return Err(FrameError::Decode(format!(
+            "a message of {} bytes is over the {} MiB frame limit",
+            buf.len(),
+            MAX_FRAME >> 20
+        )));
+    }
     Ok(buf.freeze())
+}
+
+/// `BytesMut` as postcard's output: byte strings are copied in one piece.
+struct BytesFlavor(BytesMut);
+
+impl postcard::ser_flavors::Flavor for BytesFlavor {
+    type Output = BytesMut;
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<BytesMut> {
+        Ok(self.0)
+    }
 }
 
 /// Decode one frame body into an envelope.
@@ -139,10 +163,14 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, FrameErr
     if version != PROTOCOL_VERSION {
         return Err(FrameError::Version(version));
     }
-    bincode::DefaultOptions::new()
-        .with_limit(body.len() as u64 + 64)
-        .deserialize(body)
-        .map_err(|e| FrameError::Decode(e.to_string()))
+    match postcard::take_from_bytes(body) {
+        Ok((env, [])) => Ok(env),
+        Ok((_, rest)) => Err(FrameError::Decode(format!(
+            "{} bytes after the message",
+            rest.len()
+        ))),
+        Err(e) => Err(FrameError::Decode(e.to_string())),
+    }
 }
 
 /// Encode one envelope and authenticate it for this connection (see [`super::auth`]).
@@ -192,8 +220,23 @@ mod tests {
     fn a_huge_length_inside_the_body_does_not_allocate_it() {
         // A vector claiming 2^60 elements in a 12-byte frame must fail fast.
         let mut frame = vec![PROTOCOL_VERSION, 1];
-        frame.push(0xff); // varint marker for u64
-        frame.extend_from_slice(&(1u64 << 60).to_le_bytes());
-        assert!(decode::<Envelope<Vec<u8>>>(&frame).is_err());
+        frame.extend_from_slice(&postcard::to_allocvec(&(1u64 << 60)).expect("varint"));
+        frame.extend_from_slice(&[1, 2, 3]);
+        assert!(decode::<Vec<u8>>(&frame).is_err());
+        assert!(decode::<Vec<String>>(&frame).is_err());
+    }
+
+    #[test]
+    fn bytes_after_the_message_are_refused() {
+        let env = Envelope {
+            id: 7,
+            body: Request::Ring(RingRequest::Ping),
+        };
+        let mut bytes = encode(&env).expect("encode").to_vec();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Request>(&bytes),
+            Err(FrameError::Decode(_))
+        ));
     }
 }

@@ -3,7 +3,7 @@
 //! - [`messages`]: the typed requests and responses (serde enums);
 //! - [`auth`]: the `--cluster-secret` handshake and per-frame authentication tags;
 //! - [`frame`]: the one place that sees bytes: length-prefixed frames carrying a protocol
-//!   version, a request id and a bincode body, with hard limits on sizes;
+//!   version, a request id and a postcard body, with hard limits on sizes;
 //! - [`server`]: `serve(listener, handler, shutdown)`, one task per connection, requests on a
 //!   connection handled concurrently (answered inline when the handler need not wait);
 //! - [`client`]: a pool of long-lived connections, one per peer, with many calls in flight on

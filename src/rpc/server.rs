@@ -192,6 +192,7 @@ fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::ops::{RegistryRequest, RegistryResponse};
     use crate::ring::{RingRequest, RingResponse};
     use crate::rpc::Pool;
 
@@ -205,12 +206,12 @@ mod tests {
     impl Handler for SlowAndFast {
         async fn handle(&self, req: Request) -> Response {
             match req {
-                Request::Registry(body) => {
+                Request::Registry(_) => {
                     let released = self.release.notified();
                     self.waiting
                         .store(true, std::sync::atomic::Ordering::SeqCst);
                     released.await;
-                    Response::Registry(body)
+                    Response::Registry(RegistryResponse::Done)
                 }
                 Request::Ring(_) => Response::Ring(RingResponse::Ack),
             }
@@ -233,7 +234,10 @@ mod tests {
         let pool = Arc::new(Pool::new(Duration::from_secs(20)));
         let slow = {
             let (pool, addr) = (pool.clone(), addr.clone());
-            tokio::spawn(async move { pool.call(&addr, Request::Registry(b"slow".to_vec())).await })
+            tokio::spawn(async move {
+                let slow = Request::Registry(RegistryRequest::ListOwned);
+                pool.call(&addr, slow).await
+            })
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !handler.waiting.load(std::sync::atomic::Ordering::SeqCst) {
@@ -253,7 +257,7 @@ mod tests {
         );
         handler.release.notify_waiters();
         let answer = slow.await.expect("slow call task");
-        assert_eq!(answer, Ok(Response::Registry(b"slow".to_vec())));
+        assert_eq!(answer, Ok(Response::Registry(RegistryResponse::Done)));
         stop.cancel();
     }
 }

@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::{guard, Registry, ROUTE_CACHE_MAX, ROUTE_CACHE_TTL, ROUTE_DEADLINE};
 use crate::registry::ops::{
     discovered_json, gvip_id, RawJson, RegistryRequest, RegistryResponse, WriteOp,
@@ -148,21 +146,13 @@ impl Registry {
 
     /// Call `node` with a registry request.
     pub async fn call(&self, node: &NodeRef, req: RegistryRequest) -> Result<RegistryResponse> {
-        let body = serde_json::to_vec(&req).map_err(|e| Error::internal(e.to_string()))?;
         match self
             .ring
             .pool()
-            .call(&node.addr, Request::Registry(body))
+            .call(&node.addr, Request::Registry(req))
             .await
         {
-            Ok(Response::Registry(bytes)) => {
-                let bytes = Bytes::from(bytes);
-                if let Some(raw) = RawJson::from_rpc(&bytes) {
-                    return raw.map(|(json, index)| RegistryResponse::Json { json, index });
-                }
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::internal(format!("bad registry answer: {e}")))
-            }
+            Ok(Response::Registry(answer)) => Ok(answer),
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
             Err(e) => {
@@ -194,8 +184,7 @@ impl Registry {
 
     /// The discover answer for `service` (`{"service", "instances"}`, filtered) and the
     /// service's change index, made at the owner and passed on as JSON text: through a
-    /// non-owner this costs one RPC and no record decoding. An owner that predates this
-    /// request is asked for the record instead.
+    /// non-owner this costs one RPC and no record decoding.
     pub async fn discover_json(
         self: &Arc<Self>,
         service: &str,
@@ -210,13 +199,6 @@ impl Registry {
         match self.route(Id::of_key(service), req).await {
             Ok(RegistryResponse::Json { json, index }) => Ok((json, index)),
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
-            Err(Error::InvalidInput(m)) if m.starts_with("undecodable registry request") => {
-                let rec = self
-                    .read(service)
-                    .await?
-                    .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
-                Ok((discovered_json(&rec, healthy, tag)?, rec.index))
-            }
             Err(e) => Err(e),
         }
     }
