@@ -76,7 +76,7 @@ struct Pending {
 /// write queued in `pending` as one group.
 #[derive(Default)]
 struct Slot {
-    lock: tokio::sync::Mutex<()>,
+    lock: Arc<tokio::sync::Mutex<()>>,
     pending: Mutex<Vec<Pending>>,
 }
 

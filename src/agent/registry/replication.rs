@@ -78,11 +78,52 @@ impl Registry {
                 claims.push(e);
             }
         }
+        // Every service's slot lock (in name order, so two merges cannot wait on each other),
+        // then one store batch for all of them: a transfer of many services costs one fsync.
         let mut result = Ok(());
+        let mut held = Vec::with_capacity(by_service.len());
+        let mut ops = Vec::new();
+        let mut planned = Vec::new();
         for (service, entries) in by_service {
-            if let Err(e) = self.merge_service(&service, entries).await {
-                result = Err(e);
+            let slot = self.slot(&service);
+            let lock = slot.lock.clone().lock_owned().await;
+            match self.plan_service(&service, entries).await {
+                Ok((service_ops, rec)) if !service_ops.is_empty() => {
+                    ops.extend(service_ops);
+                    planned.push((service.clone(), rec));
+                }
+                Ok(_) => {}
+                Err(e) => result = Err(e),
             }
+            held.push((service, slot, lock));
+        }
+        if !ops.is_empty() {
+            match self.store.apply(ops).await {
+                Ok(()) => {
+                    let now = Utc::now();
+                    let mut wake = false;
+                    for (service, rec) in planned {
+                        if let Some(rec) = rec {
+                            self.cache_record(rec);
+                        }
+                        // The next TTL sweep looks at what arrived (it may own it now).
+                        wake |= guard(&self.deadlines).check_soon(&service, now);
+                    }
+                    if wake {
+                        self.sweep_wake.notify_one();
+                    }
+                }
+                Err(e) => {
+                    for (service, _) in planned {
+                        self.uncache(&service);
+                    }
+                    result = Err(e);
+                }
+            }
+        }
+        for (service, slot, lock) in held {
+            drop(lock);
+            self.release(&service, slot);
         }
         for claim in claims {
             let slot = self.slot(&claim.key);
@@ -102,9 +143,14 @@ impl Registry {
         result
     }
 
-    /// Merge one service's entries under its slot lock (so no owner's write interleaves
-    /// between the comparison and the store write).
-    async fn merge_service(&self, service: &str, entries: Vec<Entry>) -> Result<()> {
+    /// What merging one service's entries changes: the store ops, and the record to cache
+    /// (when the service was cached). Call under the service's slot lock, so that no owner's
+    /// write interleaves between the comparison and the store write.
+    async fn plan_service(
+        &self,
+        service: &str,
+        entries: Vec<Entry>,
+    ) -> Result<(Vec<Op>, Option<Record>)> {
         // Newest version of each key first: two versions of one unit in one batch store once.
         let mut units: BTreeMap<String, (Unit, Vec<u8>)> = BTreeMap::new();
         let mut metas = Vec::new();
@@ -128,86 +174,60 @@ impl Registry {
             }
         }
         self.observe(units.values().map(|(u, _)| u.stamp.version).max());
-        let slot = self.slot(service);
-        let merged = async {
-            let _guard = slot.lock.lock().await;
-            let cached = guard(&self.records).get(service).cloned();
-            let mut ops = Vec::new();
-            match cached {
-                // The owner (or a replica that served a read) has the record in memory:
-                // apply to it and store what changed.
-                Some(rec) => {
-                    let mut rec = Arc::unwrap_or_clone(rec);
-                    for (id, (unit, bytes)) in units {
-                        let key = unit_key(service, &id);
-                        if rec.apply_unit(&id, unit) {
-                            ops.push(Op::Put(key, bytes));
-                        }
-                    }
-                    let mut meta_changed = false;
-                    for m in metas {
-                        if let Ok((gvip, index)) = decode_meta_value(&m) {
-                            meta_changed |= rec.apply_meta(gvip, index);
-                        }
-                    }
-                    if meta_changed {
-                        ops.push(Op::Put(meta_key(service), meta_value(&rec)?));
-                    }
-                    if ops.is_empty() {
-                        return Ok(());
-                    }
-                    if let Err(e) = self.store.apply(ops).await {
-                        self.uncache(service);
-                        return Err(e);
-                    }
-                    self.cache_record(rec);
-                }
-                // Compare with what the store holds, one key at a time: a replica does not
-                // load (or keep in memory) whole services it only copies.
-                None => {
-                    for (id, (unit, bytes)) in units {
-                        let key = unit_key(service, &id);
-                        let newer = match self.store.get(&key).await? {
-                            None => true,
-                            Some(held) => match Unit::stamp_of(&held) {
-                                Ok(held) => unit.stamp.version > held.version,
-                                Err(_) => true,
-                            },
-                        };
-                        if newer {
-                            ops.push(Op::Put(key, bytes));
-                        }
-                    }
-                    // Every service a node holds has a meta entry (how it finds them).
-                    let key = meta_key(service);
-                    let held = self.store.get(&key).await?;
-                    let mut rec = Record::new(service, None)?;
-                    if let Some(Ok((gvip, index))) = held.as_deref().map(decode_meta_value) {
-                        rec.apply_meta(gvip, index);
-                    }
-                    let mut changed = held.is_none();
-                    for m in metas {
-                        if let Ok((gvip, index)) = decode_meta_value(&m) {
-                            changed |= rec.apply_meta(gvip, index);
-                        }
-                    }
-                    if changed {
-                        ops.push(Op::Put(key, meta_value(&rec)?));
-                    }
-                    if ops.is_empty() {
-                        return Ok(());
-                    }
-                    self.store.apply(ops).await?;
+        let mut ops = Vec::new();
+        let cached = guard(&self.records).get(service).cloned();
+        if let Some(rec) = cached {
+            // The owner (or a replica that served a read) has the record in memory: apply to
+            // it and store what changed.
+            let mut rec = Arc::unwrap_or_clone(rec);
+            for (id, (unit, bytes)) in units {
+                let key = unit_key(service, &id);
+                if rec.apply_unit(&id, unit) {
+                    ops.push(Op::Put(key, bytes));
                 }
             }
-            // The next TTL sweep looks at what arrived (it may own the service now).
-            if guard(&self.deadlines).check_soon(service, Utc::now()) {
-                self.sweep_wake.notify_one();
+            let mut meta_changed = false;
+            for m in metas {
+                if let Ok((gvip, index)) = decode_meta_value(&m) {
+                    meta_changed |= rec.apply_meta(gvip, index);
+                }
             }
-            Ok(())
+            if meta_changed {
+                ops.push(Op::Put(meta_key(service), meta_value(&rec)?));
+            }
+            return Ok((ops, Some(rec)));
         }
-        .await;
-        self.release(service, slot);
-        merged
+        // Compare with what the store holds, one key at a time: a replica does not load (or
+        // keep in memory) whole services it only copies.
+        for (id, (unit, bytes)) in units {
+            let key = unit_key(service, &id);
+            let newer = match self.store.get(&key).await? {
+                None => true,
+                Some(held) => match Unit::stamp_of(&held) {
+                    Ok(held) => unit.stamp.version > held.version,
+                    Err(_) => true,
+                },
+            };
+            if newer {
+                ops.push(Op::Put(key, bytes));
+            }
+        }
+        // Every service a node holds has a meta entry (how it finds them).
+        let key = meta_key(service);
+        let held = self.store.get(&key).await?;
+        let mut rec = Record::new(service, None)?;
+        if let Some(Ok((gvip, index))) = held.as_deref().map(decode_meta_value) {
+            rec.apply_meta(gvip, index);
+        }
+        let mut changed = held.is_none();
+        for m in metas {
+            if let Ok((gvip, index)) = decode_meta_value(&m) {
+                changed |= rec.apply_meta(gvip, index);
+            }
+        }
+        if changed {
+            ops.push(Op::Put(key, meta_value(&rec)?));
+        }
+        Ok((ops, None))
     }
 }
