@@ -43,21 +43,31 @@ impl Registry {
         crate::registry::validate_service(service)?;
         self.check_owner(&key_id)?;
         let slot = self.slot(service);
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
         guard(&slot.pending).push(Pending { op, reply });
-        {
-            let _lock = slot.lock.lock().await;
-            // Our write, unless the previous holder took it into its group; and every write
-            // queued since.
-            let group = std::mem::take(&mut *guard(&slot.pending));
-            if !group.is_empty() {
-                self.commit_group(service, &key_id, group).await;
+        // Either a group that took our write answers it, or we get the lock and lead the next
+        // group ourselves. Waiting for the lock alone would hold an answered writer back until
+        // every group before it had committed: one fsync per writer again.
+        let lock = slot.lock.clone();
+        let answered = tokio::select! {
+            biased;
+            got = &mut answer => Some(got),
+            _held = lock.lock() => {
+                // Our write, unless the previous holder took it into its group; and every
+                // write queued since.
+                let group = std::mem::take(&mut *guard(&slot.pending));
+                if !group.is_empty() {
+                    self.commit_group(service, &key_id, group).await;
+                }
+                None
             }
-        }
+        };
         self.release(service, slot);
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::internal("a write was dropped without an answer")))
+        let got = match answered {
+            Some(got) => got,
+            None => answer.await,
+        };
+        got.unwrap_or_else(|_| Err(Error::internal("a write was dropped without an answer")))
     }
 
     /// Apply `group` and answer each of its writers.
