@@ -3,7 +3,9 @@
 #
 #   bench/run.sh                      # everything, 10 s per load, 32 connections
 #   DURATION=5 CONNS=16 bench/run.sh  # shorter
-#   SKIP_RINGS=1 bench/run.sh         # only the single-agent comparison
+#   SKIP_RINGS=1 bench/run.sh         # no 8- and 32-agent rings
+#   ONLY_SHAPES=1 bench/run.sh        # only the shapes users deploy (big services, 3 agents
+#                                     # with --replicas 3 beside a 3-member etcd cluster)
 #   CHORDCTL=path/to/chordctl bench/run.sh   # an already built binary (no cargo build)
 #
 # It installs what is missing (Debian packages etcd-server, wrk, redis-server, redis-tools,
@@ -20,6 +22,10 @@ CONNS=${CONNS:-32}             # connections (concurrency) for wrk and redis-ben
 THREADS=${THREADS:-2}          # wrk threads
 LOOKUPS=${LOOKUPS:-2000}       # locate calls for the mean hop count at N=32
 SKIP_RINGS=${SKIP_RINGS:-0}
+SKIP_SHAPES=${SKIP_SHAPES:-0}  # the shapes users deploy (issue 12): big services, rings of 3
+ONLY_SHAPES=${ONLY_SHAPES:-0}  # only those
+BIG=${BIG:-9999}               # instances in the big service (a service holds at most 10,000;
+                               # the one-client row adds and removes one more)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export BENCH_DIR="$ROOT/bench"
@@ -81,14 +87,16 @@ free_port() {
 
 # ---- processes -----------------------------------------------------------------------------
 
-# start_agent NAME [join SEED]: starts an agent on port 0; sets AGENT_HTTP, AGENT_RING, AGENT_PID.
+# start_agent NAME [join SEED]: starts an agent on port 0 (with the flags in AGENT_FLAGS);
+# sets AGENT_HTTP, AGENT_RING, AGENT_PID.
+AGENT_FLAGS=()
 start_agent() {
     local name=$1; shift
     local out="$WORK/$name.out"
     local how=(create)
     [[ ${1:-} == join ]] && how=(join "$2")
     RUST_LOG=warn "$CHORDCTL" agent "${how[@]}" --bind 127.0.0.1:0 --http 127.0.0.1:0 \
-        --data-dir "$WORK/$name" >"$out" 2>"$WORK/$name.err" &
+        --data-dir "$WORK/$name" "${AGENT_FLAGS[@]}" >"$out" 2>"$WORK/$name.err" &
     AGENT_PID=$!
     PIDS+=("$AGENT_PID")
     for _ in $(seq 300); do
@@ -120,6 +128,32 @@ start_etcd() {
     die "etcd did not become healthy: $(tail -5 "$WORK/etcd.log")"
 }
 
+# start_etcd_cluster N: N etcd members on loopback, one cluster; sets ETCDS (client addresses).
+start_etcd_cluster() {
+    local n=$1 i initial="" clients=() peers=()
+    for i in $(seq 0 $((n - 1))); do
+        clients+=("$(free_port)"); peers+=("$(free_port)")
+        initial+="${initial:+,}m$i=http://127.0.0.1:${peers[$i]}"
+    done
+    ETCDS=()
+    for i in $(seq 0 $((n - 1))); do
+        etcd --name "m$i" --data-dir "$WORK/etcd-m$i" \
+            --listen-client-urls "http://127.0.0.1:${clients[$i]}" \
+            --advertise-client-urls "http://127.0.0.1:${clients[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${peers[$i]}" \
+            --initial-advertise-peer-urls "http://127.0.0.1:${peers[$i]}" \
+            --initial-cluster "$initial" --initial-cluster-state new --log-level error \
+            >"$WORK/etcd-m$i.log" 2>&1 &
+        PIDS+=($!)
+        ETCDS+=("127.0.0.1:${clients[$i]}")
+    done
+    for _ in $(seq 200); do
+        curl -fsS "http://${ETCDS[0]}/health" 2>/dev/null | grep -q '"true"' && return
+        sleep 0.2
+    done
+    die "the etcd cluster did not become healthy: $(tail -5 "$WORK/etcd-m0.log")"
+}
+
 start_redis() {
     REDIS_PORT=$(free_port)
     mkdir -p "$WORK/redis"
@@ -139,12 +173,13 @@ start_redis() {
 # WARMUP seconds of the same load first, not measured (caches filled, files grown).
 wrk_run() {
     local script=$1 url=$2 conns=${3:-$CONNS}
-    local out
+    local out threads=$THREADS
+    ((conns < threads)) && threads=$conns
     if ((WARMUP > 0)); then
-        wrk -t"$THREADS" -c"$conns" -d"${WARMUP}s" --timeout 10s -s "$BENCH_DIR/$script" "$url" \
+        wrk -t"$threads" -c"$conns" -d"${WARMUP}s" --timeout 10s -s "$BENCH_DIR/$script" "$url" \
             >/dev/null 2>&1 || die "wrk warm-up against $url failed"
     fi
-    out=$(wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 10s -s "$BENCH_DIR/$script" "$url" 2>&1) ||
+    out=$(wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 10s -s "$BENCH_DIR/$script" "$url" 2>&1) ||
         die "wrk failed: $out"
     local line
     line=$(grep '^WRKRESULT' <<<"$out") || die "wrk printed no result: $out"
@@ -172,7 +207,7 @@ row() { # row LABEL KEY [COMPARE_KEY]
         read -r crps _ <<<"${R[$cmp]}"
         r=$(ratio "$rps" "$crps")
     fi
-    printf '%-44s %10.0f %9.2f %9.2f %7s %9s\n' "$label" "$rps" "$p50" "$p99" "$err" "$r"
+    printf "%-${LABEL_W:-44}s %10.0f %9.2f %9.2f %7s %9s\n" "$label" "$rps" "$p50" "$p99" "$err" "$r"
 }
 
 # ---- the run -------------------------------------------------------------------------------
@@ -181,6 +216,7 @@ need_packages
 build_chordctl
 say "work directory $WORK; $(nproc) cores; load generators share them with the servers"
 
+if [[ $ONLY_SHAPES != 1 ]]; then
 say "single agent (embedded store), etcd, redis"
 start_agent a0
 SINGLE_HTTP=$AGENT_HTTP SINGLE_PID=$AGENT_PID
@@ -271,28 +307,136 @@ if [[ $SKIP_RINGS != 1 ]]; then
     RSS32_MEAN=$(awk '{ s += $1; n++ } END { printf "%.1f", s / n }' <<<"$rss_all")
     RSS32_MAX=$(sort -n <<<"$rss_all" | tail -1)
 fi
+fi
+
+# ---- the shapes users deploy ---------------------------------------------------------------
+
+# fill_service HTTP SERVICE N: registers f-1 .. f-N into SERVICE; a handful by curl, many with
+# wrk (which cycles through the ids until every one is there).
+fill_service() {
+    local http=$1 service=$2 n=$3 have=0 secs=2 i
+    if ((n <= 50)); then
+        for i in $(seq 1 "$n"); do
+            curl -fsS -X PUT -H 'Content-Type: application/json' \
+                -d '{"address":"10.99.0.1","port":8000,"tags":["bench"]}' \
+                "http://$http/v1/services/$service/instances/f-$i" >/dev/null
+        done
+        return
+    fi
+    while ((have < n)); do
+        (export SERVICE=$service LIMIT=$n
+         wrk -t1 -c16 -d"${secs}s" --timeout 10s -s "$BENCH_DIR/chordctl_fill.lua" "http://$http" \
+            >/dev/null 2>&1) || die "filling $service failed"
+        have=$(curl -fsS "http://$http/v1/services/$service" | jq '.instances | length')
+        secs=$((secs * 2))
+        ((secs <= 256)) || die "$service has only $have instances"
+    done
+}
+
+# size HTTP SERVICE: its instance count.
+size() { curl -fsS "http://$1/v1/services/$2" | jq '.instances | length'; }
+
+# ring_of HTTP N: wait until the agent at HTTP sees N nodes.
+ring_of() {
+    for _ in $(seq 200); do
+        [[ $(curl -fsS "http://$1/v1/ring/nodes" | jq length) == "$2" ]] && return
+        sleep 0.5
+    done
+    die "the ring did not reach $2 nodes"
+}
+
+if [[ $SKIP_SHAPES != 1 ]]; then
+    say "shapes: one agent; a service of $BIG instances beside one of 10"
+    start_agent s0
+    S_HTTP=$AGENT_HTTP
+    [[ -n ${ETCD:-} ]] || start_etcd
+    fill_service "$S_HTTP" shape-big "$BIG"
+    fill_service "$S_HTTP" shape-small 10
+    BIG_SIZE=$(size "$S_HTTP" shape-big)
+    say "one client: a new instance registered and deregistered, a status report ($BIG_SIZE vs 10)"
+    R[big_churn]=$(export SERVICE=shape-big; wrk_run chordctl_churn.lua "http://$S_HTTP" 1)
+    R[small_churn]=$(export SERVICE=shape-small; wrk_run chordctl_churn.lua "http://$S_HTTP" 1)
+    R[big_rep1]=$(export SERVICE=shape-big COUNT=$BIG; wrk_run chordctl_report.lua "http://$S_HTTP" 1)
+    R[small_rep1]=$(export SERVICE=shape-small COUNT=10; wrk_run chordctl_report.lua "http://$S_HTTP" 1)
+    say "heartbeats: status reports into the $BIG_SIZE-instance service, $CONNS connections"
+    R[big_rep]=$(export SERVICE=shape-big COUNT=$BIG; wrk_run chordctl_report.lua "http://$S_HTTP")
+    say "new ids into 32 growing services, $CONNS connections, vs etcd put of new keys"
+    R[grow]=$(export SVC_PREFIX=grow SERVICES=32; wrk_run chordctl_register_new.lua "http://$S_HTTP")
+    R[e_grow]=$(export SVC_PREFIX=grow SERVICES=32; wrk_run etcd_put_new.lua "http://$ETCD")
+    kill -TERM "$AGENT_PID" 2>/dev/null || true
+
+    say "three agents with --replicas 3 beside a three-member etcd cluster"
+    AGENT_FLAGS=(--replicas 3)
+    start_agent k0
+    K_HTTP=("$AGENT_HTTP")
+    seed=$AGENT_RING
+    for i in 1 2; do
+        start_agent "k$i" join "$seed"
+        K_HTTP+=("$AGENT_HTTP")
+    done
+    AGENT_FLAGS=()
+    for h in "${K_HTTP[@]}"; do ring_of "$h" 3; done
+    start_etcd_cluster 3
+    fill_service "${K_HTTP[0]}" bench-disc 10
+    for i in $(seq 1 10); do
+        key=$(printf '/services/bench-disc/f-%d' "$i" | base64 -w0)
+        val=$(printf '{"address":"10.99.0.1","port":8000,"tags":["bench"]}' | base64 -w0)
+        curl -fsS -X POST -d "{\"key\":\"$key\",\"value\":\"$val\"}" "http://${ETCDS[0]}/v3/kv/put" >/dev/null
+    done
+    R[k_grow]=$(export SVC_PREFIX=kgrow SERVICES=32; wrk_run chordctl_register_new.lua "http://${K_HTTP[0]}")
+    R[ke_grow]=$(export SVC_PREFIX=kgrow SERVICES=32; wrk_run etcd_put_new.lua "http://${ETCDS[0]}")
+    for i in 0 1 2; do
+        R[k_disc$i]=$(wrk_run chordctl_discover.lua "http://${K_HTTP[$i]}")
+    done
+    R[ke_range]=$(wrk_run etcd_range.lua "http://${ETCDS[0]}")
+fi
 
 # ---- the report ----------------------------------------------------------------------------
 
-printf '\nchordctl vs etcd %s vs redis %s, %ss per run, %s connections, wrk %s threads, %s cores (shared)\n\n' \
-    "$(etcd --version | awk 'NR==1 {print $3}')" "$(redis-server --version | sed -E 's/.*v=([^ ]*).*/\1/')" \
-    "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
-printf '%-44s %10s %9s %9s %7s %9s\n' WORKLOAD OPS/S P50_MS P99_MS ERRORS RATIO
-row "register   chordctl PUT (WAL+redb, fsync)" c_reg e_put
-row "           etcd /v3/kv/put"             e_put
-row "discover   chordctl GET 10 instances"    c_disc e_range
-row "           etcd /v3/kv/range 10 keys"   e_range
-row "ceiling    redis SET (AOF everysec)"     r_set
-row "           redis GET"                    r_get
-if [[ $SKIP_RINGS != 1 ]]; then
-    row "8 agents   discover via the owner"       o_disc
-    row "           discover via a non-owner"     n_disc o_disc
-    row "32 agents  locate (random keys)"         locate
+if [[ $ONLY_SHAPES != 1 ]]; then
+    printf '\nchordctl vs etcd %s vs redis %s, %ss per run, %s connections, wrk %s threads, %s cores (shared)\n\n' \
+        "$(etcd --version | awk 'NR==1 {print $3}')" "$(redis-server --version | sed -E 's/.*v=([^ ]*).*/\1/')" \
+        "$DURATION" "$CONNS" "$THREADS" "$(nproc)"
+    printf '%-44s %10s %9s %9s %7s %9s\n' WORKLOAD OPS/S P50_MS P99_MS ERRORS RATIO
+    row "register   chordctl PUT (WAL+redb, fsync)" c_reg e_put
+    row "           etcd /v3/kv/put"             e_put
+    row "discover   chordctl GET 10 instances"    c_disc e_range
+    row "           etcd /v3/kv/range 10 keys"   e_range
+    row "ceiling    redis SET (AOF everysec)"     r_set
+    row "           redis GET"                    r_get
+    if [[ $SKIP_RINGS != 1 ]]; then
+        row "8 agents   discover via the owner"       o_disc
+        row "           discover via a non-owner"     n_disc o_disc
+        row "32 agents  locate (random keys)"         locate
+    fi
+    printf '\nRATIO: chordctl/etcd on the same workload; non-owner/owner for the 8-agent rows.\n'
+    printf '\nsingle agent RSS: %s MiB idle after start, %s MiB idle after the load; idle CPU %s%% of a core\n' \
+        "$IDLE_RSS_FRESH" "$IDLE_RSS_AFTER" "$IDLE_CPU"
+    if [[ $SKIP_RINGS != 1 ]]; then
+        printf '32 agents: mean lookup hops %s over %s lookups (target <= %s); RSS per agent mean %s MiB, max %s MiB\n' \
+            "$hops" "$LOOKUPS" "$HOPS_MAX" "$RSS32_MEAN" "$RSS32_MAX"
+    fi
 fi
-printf '\nRATIO: chordctl/etcd on the same workload; non-owner/owner for the 8-agent rows.\n'
-printf '\nsingle agent RSS: %s MiB idle after start, %s MiB idle after the load; idle CPU %s%% of a core\n' \
-    "$IDLE_RSS_FRESH" "$IDLE_RSS_AFTER" "$IDLE_CPU"
-if [[ $SKIP_RINGS != 1 ]]; then
-    printf '32 agents: mean lookup hops %s over %s lookups (target <= %s); RSS per agent mean %s MiB, max %s MiB\n' \
-        "$hops" "$LOOKUPS" "$HOPS_MAX" "$RSS32_MEAN" "$RSS32_MAX"
+
+if [[ $SKIP_SHAPES != 1 ]]; then
+    printf '\nthe shapes users deploy: %ss per run, %s connections unless said, etcd %s\n\n' \
+        "$DURATION" "$CONNS" "$(etcd --version | awk 'NR==1 {print $3}')"
+    LABEL_W=52
+    printf '%-52s %10s %9s %9s %7s %9s\n' WORKLOAD OPS/S P50_MS P99_MS ERRORS RATIO
+    row "1 client   new id in+out of $BIG_SIZE instances"      big_churn small_churn
+    row "           new id in+out of 10 instances"             small_churn
+    row "1 client   status report, $BIG_SIZE instances"        big_rep1 small_rep1
+    row "           status report, 10 instances"               small_rep1
+    row "heartbeats status reports into $BIG_SIZE (>=10000/s)"  big_rep
+    row "1 agent    new ids into 32 growing services"          grow e_grow
+    row "           etcd put of new keys"                      e_grow
+    row "3 agents   K=3, new ids, sent to the first"           k_grow ke_grow
+    row "           3-member etcd put, sent to the first"      ke_grow
+    row "           discover via agent 1"                      k_disc0 ke_range
+    row "           discover via agent 2"                      k_disc1 ke_range
+    row "           discover via agent 3"                      k_disc2 ke_range
+    row "           3-member etcd range 10 keys"               ke_range
+    printf '\nGoals (issue 12): big/small ratio of the 1-client rows >= 0.67x (a write into the big\n'
+    printf 'service at most 1.5x slower); growing services >= 3x etcd; 3 agents >= 3x the etcd\n'
+    printf 'cluster for writes and >= 2x for discover; heartbeats >= 10000/s.\n'
 fi

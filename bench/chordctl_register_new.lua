@@ -1,0 +1,21 @@
+-- wrk: register a NEW instance id with every request (pods come and go), over SERVICES services
+-- named SVC_PREFIX-0 .. SVC_PREFIX-(SERVICES-1), which grow during the run. Ids are unique per
+-- wrk thread (thread number, a random run tag, a counter), so no request replaces an instance.
+package.path = package.path .. ';' .. (os.getenv('BENCH_DIR') or 'bench') .. '/?.lua'
+require('lib')
+
+local prefix = os.getenv('SVC_PREFIX') or 'grow'
+local services = tonumber(os.getenv('SERVICES') or '32')
+local n = 0
+local tag = 0
+function init(args)
+  seed()
+  tag = math.random(0, 1e9)
+end
+
+function request()
+  n = n + 1
+  return wrk.format('PUT',
+    string.format('/v1/services/%s-%d/instances/t%d-%d-%d', prefix, n % services, tid or 0, tag, n),
+    { ['Content-Type'] = 'application/json' }, instance_json(n % 200))
+end

@@ -1,0 +1,20 @@
+-- wrk: etcd's equivalent of chordctl_register_new.lua: a put of a NEW key with every request,
+-- /services/SVC_PREFIX-S/ID over SERVICES prefixes, the same JSON instance as the value.
+package.path = package.path .. ';' .. (os.getenv('BENCH_DIR') or 'bench') .. '/?.lua'
+require('lib')
+
+local prefix = os.getenv('SVC_PREFIX') or 'grow'
+local services = tonumber(os.getenv('SERVICES') or '32')
+local n = 0
+local tag = 0
+function init(args)
+  seed()
+  tag = math.random(0, 1e9)
+end
+
+function request()
+  n = n + 1
+  local key = string.format('/services/%s-%d/t%d-%d-%d', prefix, n % services, tid or 0, tag, n)
+  return wrk.format('POST', '/v3/kv/put', { ['Content-Type'] = 'application/json' },
+    string.format('{"key":"%s","value":"%s"}', base64(key), base64(instance_json(n % 200))))
+end
