@@ -6,15 +6,11 @@ require('lib')
 
 local service = os.getenv('SERVICE') or 'shape-big'
 local n = 0
-local tag = 0
-function init(args)
-  seed()
-  tag = math.random(0, 1e9)
-end
+init = new_run_tag
 
 function request()
   n = n + 1
-  local id = string.format('c%d-%d-%d', tid or 0, tag, math.floor((n + 1) / 2))
+  local id = new_id(math.floor((n + 1) / 2))
   local path = string.format('/v1/services/%s/instances/%s', service, id)
   if n % 2 == 1 then
     return wrk.format('PUT', path, { ['Content-Type'] = 'application/json' }, instance_json(7))

@@ -7,15 +7,11 @@ require('lib')
 local prefix = os.getenv('SVC_PREFIX') or 'grow'
 local services = tonumber(os.getenv('SERVICES') or '32')
 local n = 0
-local tag = 0
-function init(args)
-  seed()
-  tag = math.random(0, 1e9)
-end
+init = new_run_tag
 
 function request()
   n = n + 1
   return wrk.format('PUT',
-    string.format('/v1/services/%s-%d/instances/t%d-%d-%d', prefix, n % services, tid or 0, tag, n),
+    string.format('/v1/services/%s-%d/instances/%s', prefix, n % services, new_id(n)),
     { ['Content-Type'] = 'application/json' }, instance_json(n % 200))
 end

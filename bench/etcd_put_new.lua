@@ -6,15 +6,11 @@ require('lib')
 local prefix = os.getenv('SVC_PREFIX') or 'grow'
 local services = tonumber(os.getenv('SERVICES') or '32')
 local n = 0
-local tag = 0
-function init(args)
-  seed()
-  tag = math.random(0, 1e9)
-end
+init = new_run_tag
 
 function request()
   n = n + 1
-  local key = string.format('/services/%s-%d/t%d-%d-%d', prefix, n % services, tid or 0, tag, n)
+  local key = string.format('/services/%s-%d/%s', prefix, n % services, new_id(n))
   return wrk.format('POST', '/v3/kv/put', { ['Content-Type'] = 'application/json' },
     string.format('{"key":"%s","value":"%s"}', base64(key), base64(instance_json(n % 200))))
 end

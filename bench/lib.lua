@@ -45,3 +45,15 @@ end
 function seed()
   math.randomseed(os.time() + 7919 * (tid or 0))
 end
+
+-- A random tag for this wrk run, so the ids of two runs never meet (call from init).
+run_tag = 0
+function new_run_tag()
+  seed()
+  run_tag = math.random(0, 1e9)
+end
+
+-- The n-th new instance id of this thread in this run.
+function new_id(n)
+  return string.format('t%d-%d-%d', tid or 0, run_tag, n)
+end
