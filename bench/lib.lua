@@ -49,11 +49,19 @@ function seed()
   math.randomseed(os.time() + 7919 * (tid or 0))
 end
 
--- A random tag for this wrk run, so the ids of two runs never meet (call from init).
+-- A random tag for this wrk run, so the ids of two runs never meet (call from init). Four bytes
+-- from the kernel, not only the clock: two runs started in the same second (WARMUP=0, or two
+-- wrk processes at once) must not draw the same tag.
 run_tag = 0
 function new_run_tag()
   seed()
   run_tag = math.random(0, 1e9)
+  local f = io.open('/dev/urandom', 'rb')
+  if f then
+    local a, b, c, d = f:read(4):byte(1, 4)
+    f:close()
+    run_tag = ((a * 256 + b) * 256 + c) * 256 + d
+  end
 end
 
 -- The n-th new instance id of this thread in this run.
