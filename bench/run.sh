@@ -46,6 +46,18 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# stop_pid PID [SIGNAL]: stops one process this script started, waits for it and drops it from
+# PIDS (once reaped its pid may be reused by someone else's process, which cleanup must not hit).
+stop_pid() {
+    local pid=$1 sig=${2:-TERM} p keep=()
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
 trap 'exit 130' INT TERM
 
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -312,9 +324,12 @@ fi
 # ---- the shapes users deploy ---------------------------------------------------------------
 
 # fill_service HTTP SERVICE N: registers f-1 .. f-N into SERVICE; a handful by curl, many with
-# wrk (which cycles through the ids until every one is there).
+# one wrk run of FILL_CONNS connections that sends each id once (chordctl_fill.lua), stopped as
+# soon as the catalog counts N. A pass that stops growing for 30 s (some registers failed) is
+# stopped and the fill sent again (ids already there are replaced); after 3 passes it gives up.
+FILL_CONNS=${FILL_CONNS:-64}
 fill_service() {
-    local http=$1 service=$2 n=$3 have=0 secs=2 i
+    local http=$1 service=$2 n=$3 have=0 i pass last stalled pid
     if ((n <= 50)); then
         for i in $(seq 1 "$n"); do
             curl -fsS -X PUT -H 'Content-Type: application/json' \
@@ -323,14 +338,35 @@ fill_service() {
         done
         return
     fi
-    while ((have < n)); do
-        (export SERVICE=$service LIMIT=$n
-         wrk -t1 -c16 -d"${secs}s" --timeout 10s -s "$BENCH_DIR/chordctl_fill.lua" "http://$http" \
-            >/dev/null 2>&1) || die "filling $service failed"
-        have=$(curl -fsS "http://$http/v1/services/$service" | jq '.instances | length')
-        secs=$((secs * 2))
-        ((secs <= 256)) || die "$service has only $have instances"
+    local t0=$SECONDS
+    for pass in 1 2 3; do
+        SERVICE=$service LIMIT=$n THREADS=$THREADS \
+            wrk -t"$THREADS" -c"$FILL_CONNS" -d3600s --timeout 10s -s "$BENCH_DIR/chordctl_fill.lua" \
+            "http://$http" >"$WORK/fill-$service.out" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        last=-1 stalled=0
+        while kill -0 "$pid" 2>/dev/null; do
+            sleep 0.5
+            have=$(catalog_count "$http" "$service")
+            ((have >= n)) && break
+            if ((have > last)); then last=$have stalled=0; else stalled=$((stalled + 1)); fi
+            ((stalled < 60)) || break
+        done
+        stop_pid "$pid" INT
+        have=$(catalog_count "$http" "$service")
+        if ((have >= n)); then
+            say "filled $service with $have instances in $((SECONDS - t0)) s"
+            return
+        fi
+        say "filling $service: $have of $n after pass $pass ($(grep -E 'Non-2xx|Socket errors' "$WORK/fill-$service.out" | tr '\n' ' '))"
     done
+    die "$service has only $have of $n instances"
+}
+
+# catalog_count HTTP SERVICE: the instance count the catalog (GET /v1/services) gives SERVICE.
+catalog_count() {
+    curl -fsS "http://$1/v1/services" | jq --arg s "$2" '[.[] | select(.service == $s) | .instances] | add // 0'
 }
 
 # size HTTP SERVICE: its instance count.
