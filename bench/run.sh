@@ -211,15 +211,20 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 declare -A R   # results: R[name]="rps p50 p99 errors"
 
-row() { # row LABEL KEY [COMPARE_KEY]
-    local label=$1 key=$2 cmp=${3:-}
+# row LABEL KEY [COMPARE_KEY [inverse]]: RATIO is KEY's ops/s over COMPARE_KEY's, or with
+# "inverse" COMPARE_KEY's over KEY's (at one connection: KEY's time per request over the other's).
+# The label is padded by characters, not bytes, so labels may hold "≤", "≥" and "×".
+row() {
+    local label=$1 key=$2 cmp=${3:-} how=${4:-}
     read -r rps p50 p99 err <<<"${R[$key]}"
     local r="-"
     if [[ -n $cmp ]]; then
         read -r crps _ <<<"${R[$cmp]}"
-        r=$(ratio "$rps" "$crps")
+        if [[ $how == inverse ]]; then r=$(ratio "$crps" "$rps"); else r=$(ratio "$rps" "$crps"); fi
     fi
-    printf "%-${LABEL_W:-44}s %10.0f %9.2f %9.2f %7s %9s\n" "$label" "$rps" "$p50" "$p99" "$err" "$r"
+    local pad=$((${LABEL_W:-44} - ${#label}))
+    ((pad > 0)) || pad=0
+    printf "%s%*s %10.0f %9.2f %9.2f %7s %9s\n" "$label" "$pad" "" "$rps" "$p50" "$p99" "$err" "$r"
 }
 
 # ---- the run -------------------------------------------------------------------------------
