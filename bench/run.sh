@@ -6,6 +6,8 @@
 #   SKIP_RINGS=1 bench/run.sh         # no 8- and 32-agent rings
 #   ONLY_SHAPES=1 bench/run.sh        # only the shapes users deploy (big services, 3 agents
 #                                     # with --replicas 3 beside a 3-member etcd cluster)
+#   ONLY_SHAPES=1 SKIP_SHAPES=1 SKIP_RING3=0 bench/run.sh   # only the ring of three (also
+#                                     # SKIP_BIGSMALL, SKIP_HEARTBEATS, SKIP_GROW)
 #   CHORDCTL=path/to/chordctl bench/run.sh   # an already built binary (no cargo build)
 #
 # It installs what is missing (Debian packages etcd-server, wrk, redis-server, redis-tools,
@@ -513,13 +515,18 @@ if ((ONE_AGENT_SHAPES)) || [[ $SKIP_RING3 != 1 ]]; then
         row "           discover via agent 3 (goal ≥ 2×)"                k_disc2 ke_range
         row "           3-member etcd range 10 keys, first member"       ke_range
     fi
-    printf "\nRATIO: 1-client rows: the big service's time per request over the small one's (one\n"
-    printf 'connection, so small/big ops/s; new id in+out = a new id registered, then deregistered);\n'
-    printf 'heartbeats: ops/s over the goal of %s/s; the others: chordctl/etcd ops/s.\n' "$HEARTBEAT_GOAL"
+    printf '\nRATIO:\n'
     if [[ $SKIP_BIGSMALL != 1 ]]; then
-        printf 'Sizes after the 1-client rows: big %s, small %s instances.\n' "$BIG_AFTER" "$SMALL_AFTER"
+        printf "  1 client: the big service's time per request over the small one's (small/big ops/s at\n"
+        printf '  one connection); new id in+out: a new id registered, then deregistered. Sizes after\n'
+        printf '  these rows: big %s, small %s instances.\n' "$BIG_AFTER" "$SMALL_AFTER"
     fi
-    if [[ $SKIP_GROW != 1 ]]; then
-        printf 'The 32 growing services held %s instances after their run.\n' "$GROWN"
+    if [[ $SKIP_HEARTBEATS != 1 ]]; then
+        printf '  heartbeats: reports/s over the goal of %s/s.\n' "$HEARTBEAT_GOAL"
+    fi
+    if [[ $SKIP_GROW != 1 || $SKIP_RING3 != 1 ]]; then
+        printf '  1 agent, 3 agents: chordctl/etcd ops/s.'
+        [[ $SKIP_GROW != 1 ]] && printf ' The 32 growing services reached %s instances.' "$GROWN"
+        printf '\n'
     fi
 fi
