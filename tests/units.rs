@@ -12,7 +12,7 @@ use chordctl::ring::Id;
 use serde_json::{json, Value};
 
 use crate::support::cluster::{test_config, TestCluster};
-use crate::support::http::call;
+use crate::support::http::{call, call_ok};
 use crate::support::procs::{ring_order, AgentProc};
 use crate::support::redis::RedisServer;
 use crate::support::{eventually, until_acknowledged};
@@ -56,7 +56,7 @@ async fn fill(url: &str, service: &str, n: usize) {
 }
 
 /// Store bytes (read, written) that `f` cost the agent.
-async fn cost<F: std::future::Future<Output = ()>>(h: &AgentHandle, f: F) -> (u64, u64) {
+async fn cost<T>(h: &AgentHandle, f: impl std::future::Future<Output = T>) -> (u64, u64) {
     let (r0, w0) = h.agent().metrics.store_bytes();
     f.await;
     let (r1, w1) = h.agent().metrics.store_bytes();
@@ -65,33 +65,18 @@ async fn cost<F: std::future::Future<Output = ()>>(h: &AgentHandle, f: F) -> (u6
 
 /// Register a new instance, report on it, deregister it: each one's store cost in `service`.
 async fn three_writes(h: &AgentHandle, service: &str) -> [(u64, u64); 3] {
-    let url = format!("http://{}", h.http_addr());
-    let reg = cost(h, async {
-        let (st, body) = put(&url, service, "new-one", json!({"address": "h", "port": 7})).await;
-        assert_eq!(st, 200, "{body}");
-    })
-    .await;
-    let report = cost(h, async {
-        let (st, body) = call(
-            "PUT",
-            &format!("{url}/v1/services/{service}/instances/new-one/status"),
-            Some(json!({"state": "warning", "latency_ms": 3.5})),
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
-    })
-    .await;
-    let dereg = cost(h, async {
-        let (st, body) = call(
-            "DELETE",
-            &format!("{url}/v1/services/{service}/instances/new-one"),
-            None,
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
-    })
-    .await;
-    [reg, report, dereg]
+    let instance = format!(
+        "http://{}/v1/services/{service}/instances/new-one",
+        h.http_addr()
+    );
+    let status = format!("{instance}/status");
+    let register = json!({"address": "h", "port": 7});
+    let report = json!({"state": "warning", "latency_ms": 3.5});
+    [
+        cost(h, call_ok("PUT", &instance, Some(register))).await,
+        cost(h, call_ok("PUT", &status, Some(report))).await,
+        cost(h, call_ok("DELETE", &instance, None)).await,
+    ]
 }
 
 /// The store cost of writes into a 2,000-instance service equals that into a 10-instance one.

@@ -59,11 +59,16 @@ impl Deadlines {
     /// sweep must be woken.
     #[must_use]
     pub fn earlier(&mut self, service: &str, at: DateTime<Utc>) -> bool {
-        let e = self.due.entry(service.to_string()).or_insert(at);
-        if at < *e {
-            *e = at;
-        }
-        let at = *e;
+        let at = match self.due.get_mut(service) {
+            Some(known) => {
+                *known = (*known).min(at);
+                *known
+            }
+            None => {
+                self.due.insert(service.to_string(), at);
+                at
+            }
+        };
         self.before_plan(at)
     }
 
@@ -78,12 +83,7 @@ impl Deadlines {
     /// A rescan saw `service` with next deadline `at`: keep the earlier of what is known.
     /// (The rescan runs inside the sweep, which plans afterwards: nothing to wake.)
     pub fn scanned(&mut self, service: &str, at: DateTime<Utc>) {
-        match self.due.get_mut(service) {
-            Some(known) => *known = (*known).min(at),
-            None => {
-                self.due.insert(service.to_string(), at);
-            }
-        }
+        let _ = self.earlier(service, at);
     }
 
     fn before_plan(&self, at: DateTime<Utc>) -> bool {

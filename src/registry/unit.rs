@@ -272,6 +272,11 @@ mod tests {
             self.rec
                 .register(id, &RegisterBody::new("h", port), t)
                 .expect("reg");
+            self.stamp(id, t);
+        }
+
+        /// Stamp a change of `id` made at `t`, as the agent's owner does.
+        fn stamp(&mut self, id: &str, t: DateTime<Utc>) {
             let v = self.clock.after(self.ms(t), self.rec.version_of(id));
             self.rec.stamp(id, v);
         }
@@ -279,8 +284,7 @@ mod tests {
         fn deregister(&mut self, id: &str, t: DateTime<Utc>) {
             self.rec.deregister(id).expect("dereg");
             self.rec.tombstone(id, t);
-            let v = self.clock.after(self.ms(t), self.rec.version_of(id));
-            self.rec.stamp(id, v);
+            self.stamp(id, t);
         }
 
         /// Take over another copy (a new owner after a crash): its clock moves past it.
@@ -323,8 +327,7 @@ mod tests {
                 ..StatusBody::default()
             };
             o.rec.report("x", &body, t).expect("report");
-            let v = o.clock.after(o.ms(t), o.rec.version_of("x"));
-            o.rec.stamp("x", v);
+            o.stamp("x", t);
         };
         report(&mut b, 9.0, at(20));
         report(&mut a, 1.0, at(10));

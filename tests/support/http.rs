@@ -17,6 +17,13 @@ pub async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) 
     (status, value)
 }
 
+/// [`call`] that must answer 200; returns the body.
+pub async fn call_ok(method: &str, url: &str, body: Option<Value>) -> Value {
+    let (status, answer) = call(method, url, body).await;
+    assert_eq!(status, 200, "{method} {url}: {answer}");
+    answer
+}
+
 /// Send a raw body (any content type).
 pub async fn raw(method: &str, url: &str, body: Vec<u8>) -> (u16, String) {
     let client = reqwest::Client::new();

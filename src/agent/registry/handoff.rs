@@ -45,7 +45,7 @@ pub(super) fn chunks(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
 }
 
 /// Every entry of `rec` as stored: its units and its meta entry.
-pub(super) fn entries_of(rec: &Record) -> Result<Vec<Entry>> {
+fn entries_of(rec: &Record) -> Result<Vec<Entry>> {
     let mut out = Vec::with_capacity(rec.unit_ids().count() + 1);
     for id in rec.unit_ids() {
         if let Some(unit) = rec.unit(id) {

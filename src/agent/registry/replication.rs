@@ -56,23 +56,12 @@ impl Registry {
 
     /// Store entries received from another node: each unit only if it is newer than the one
     /// held ([`Record::apply_unit`]), a meta entry's gVip only into a gap, a gVip claim only if
-    /// none is held. Records of a 0.1.0 peer (`svc/NAME`) are taken apart into units first.
+    /// none is held. (A 0.1.0 peer cannot send anything: its protocol version is refused.)
     pub async fn merge(&self, entries: Vec<Entry>) -> Result<()> {
         let mut by_service: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
         let mut claims = Vec::new();
         for e in entries {
-            if let Some(service) = e.key.strip_prefix("svc/") {
-                match Record::from_legacy_bytes(&e.value) {
-                    Ok(rec) => {
-                        let converted = super::handoff::entries_of(&rec)?;
-                        by_service
-                            .entry(service.to_string())
-                            .or_default()
-                            .extend(converted);
-                    }
-                    Err(err) => tracing::warn!(key = e.key, "skipping a received record: {err}"),
-                }
-            } else if let Some(service) = service_of_key(&e.key) {
+            if let Some(service) = service_of_key(&e.key) {
                 by_service.entry(service.to_string()).or_default().push(e);
             } else if e.key.starts_with("gvip/") {
                 claims.push(e);
@@ -186,13 +175,7 @@ impl Registry {
                     ops.push(Op::Put(key, bytes));
                 }
             }
-            let mut meta_changed = false;
-            for m in metas {
-                if let Ok((gvip, index)) = decode_meta_value(&m) {
-                    meta_changed |= rec.apply_meta(gvip, index);
-                }
-            }
-            if meta_changed {
+            if apply_metas(&mut rec, &metas) {
                 ops.push(Op::Put(meta_key(service), meta_value(&rec)?));
             }
             return Ok((ops, Some(rec)));
@@ -219,15 +202,20 @@ impl Registry {
         if let Some(Ok((gvip, index))) = held.as_deref().map(decode_meta_value) {
             rec.apply_meta(gvip, index);
         }
-        let mut changed = held.is_none();
-        for m in metas {
-            if let Ok((gvip, index)) = decode_meta_value(&m) {
-                changed |= rec.apply_meta(gvip, index);
-            }
-        }
-        if changed {
+        if apply_metas(&mut rec, &metas) || held.is_none() {
             ops.push(Op::Put(key, meta_value(&rec)?));
         }
         Ok((ops, None))
     }
+}
+
+/// Apply received meta entries to `rec`; whether anything changed. Undecodable ones are skipped.
+fn apply_metas(rec: &mut Record, metas: &[Vec<u8>]) -> bool {
+    let mut changed = false;
+    for m in metas {
+        if let Ok((gvip, index)) = decode_meta_value(m) {
+            changed |= rec.apply_meta(gvip, index);
+        }
+    }
+    changed
 }

@@ -11,7 +11,7 @@ use super::writes::Changes;
 use super::{guard, Registry};
 use crate::registry::DEFAULT_GRACE_FACTOR;
 use crate::ring::Id;
-use crate::{Error, Result};
+use crate::Result;
 
 impl Registry {
     /// Expire TTLs of owned records whose deadline has passed. Reads the store only for the
@@ -89,13 +89,10 @@ impl Registry {
         }
         let next = rec.next_deadline(DEFAULT_GRACE_FACTOR);
         if !changed.is_empty() || !forgotten.is_empty() {
-            if let Err(e) = self.save(rec, Changes::of(changed, forgotten)).await {
-                if matches!(e, Error::Unavailable(_)) && e.to_string().contains("replica") {
-                    // Stored here; the replicas catch up through anti-entropy.
-                    tracing::debug!("replicating a TTL change: {e}");
-                } else {
-                    return Err(e);
-                }
+            let entries = self.save(rec, Changes::of(changed, forgotten)).await?;
+            if let Err(e) = self.replicate(entries).await {
+                // Stored here; the replicas catch up through anti-entropy.
+                tracing::debug!("replicating a TTL change: {e}");
             }
         }
         // The sweep is running, so there is nothing to wake.

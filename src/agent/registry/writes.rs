@@ -114,13 +114,15 @@ impl Registry {
         if changes.ids.is_empty() && !changes.created {
             return Ok(answers);
         }
-        self.save(rec, changes).await?;
+        let entries = self.save(rec, changes).await?;
+        self.replicate(entries).await?;
         Ok(answers)
     }
 
-    /// Store the changed units of `rec` (and its meta entry when it was created), cache it,
-    /// note its TTL deadlines, and replicate the same entries. Call under the slot's lock.
-    pub(super) async fn save(self: &Arc<Self>, rec: Record, changes: Changes) -> Result<()> {
+    /// Store the changed units of `rec` (and its meta entry when it was created), cache it and
+    /// note its TTL deadlines; returns the stored entries, for the caller to replicate. Call
+    /// under the slot's lock.
+    pub(super) async fn save(&self, rec: Record, changes: Changes) -> Result<Vec<Entry>> {
         let service = rec.service.clone();
         let mut ids = changes.ids;
         ids.sort_unstable();
@@ -166,7 +168,7 @@ impl Registry {
             self.sweep_wake.notify_one();
         }
         self.cache_record(rec);
-        self.replicate(entries).await
+        Ok(entries)
     }
 
     /// Apply one write to `rec` (created by a registration when missing), stamping what it
