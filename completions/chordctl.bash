@@ -269,7 +269,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__agent__subcmd__create)
-            opts="-o -h -V --bind --advertise --http --data-dir --redis --config --replicas --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --print-config --agent --output --token --help --version"
+            opts="-o -h -V --bind --advertise --http --data-dir --redis --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --print-config --agent --output --token --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -300,6 +300,10 @@ _chordctl() {
                     return 0
                     ;;
                 --replicas)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --write-quorum)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -347,7 +351,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__agent__subcmd__dev)
-            opts="-o -h -V --nodes --config --replicas --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --print-config --agent --output --token --help --version"
+            opts="-o -h -V --nodes --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --print-config --agent --output --token --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -362,6 +366,10 @@ _chordctl() {
                     return 0
                     ;;
                 --replicas)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --write-quorum)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -479,7 +487,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__agent__subcmd__join)
-            opts="-o -h -V --bind --advertise --http --data-dir --redis --config --replicas --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --print-config --agent --output --token --help --version"
+            opts="-o -h -V --bind --advertise --http --data-dir --redis --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --print-config --agent --output --token --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -510,6 +518,10 @@ _chordctl() {
                     return 0
                     ;;
                 --replicas)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --write-quorum)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

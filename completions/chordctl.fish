@@ -56,6 +56,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l redis -d 'Use Redis instead of the embedded store, e.g. redis://:secret@127.0.0.1:6379/0' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l replicas -d 'Copies of every record, owner included' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l write-quorum -d 'Copies (owner included) that must be durable before a write is acknowledged; default: a majority of K' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l successors -d 'Successor-list length' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l cluster-secret -d 'Shared secret every ring member must prove' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
@@ -75,6 +76,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l redis -d 'Use Redis instead of the embedded store, e.g. redis://:secret@127.0.0.1:6379/0' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l replicas -d 'Copies of every record, owner included' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l write-quorum -d 'Copies (owner included) that must be durable before a write is acknowledged; default: a majority of K' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l successors -d 'Successor-list length' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l cluster-secret -d 'Shared secret every ring member must prove' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
@@ -90,6 +92,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l nodes -d 'How many nodes' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l replicas -d 'Copies of every record, owner included' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l write-quorum -d 'Copies (owner included) that must be durable before a write is acknowledged; default: a majority of K' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l successors -d 'Successor-list length' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l cluster-secret -d 'Shared secret every ring member must prove' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r

@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module tests one part of chordctl from outside.
 
 mod bench_cmd;
+mod bulk;
 mod cli;
 mod e2e;
 mod install;
@@ -11,6 +12,7 @@ mod registry;
 mod replication;
 mod ring;
 mod security;
+mod skew;
 mod store;
 mod support;
 mod units;

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::cluster::TestCluster;
 use crate::support::http::call;
-use crate::support::procs::{ring_order, AgentProc};
+use crate::support::procs::{free_addr, ring_order, AgentProc};
 use crate::support::{eventually, expect_ttl_expiry, until_acknowledged};
 
 async fn count(url: &str, service: &str) -> usize {
@@ -153,43 +153,6 @@ async fn all_there(url: &str, prefix: &str, services: usize, per: usize) -> Resu
 async fn ring_size(url: &str) -> usize {
     let (_, v) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
     v.as_array().map(Vec::len).unwrap_or(0)
-}
-
-/// A free loopback address for an agent that must come back on the same address (its
-/// identity). Picked below the kernel's ephemeral range: a port handed out by bind(0) could be
-/// taken, while the agent is down, by another test's outgoing connection.
-fn free_addr() -> String {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|p| p.parse::<u16>().ok())
-        })
-        .unwrap_or(32768);
-    let floor = 10_000u16.min(low.saturating_sub(1000));
-    let span = u32::from(low.saturating_sub(floor)).max(1);
-    let seed = std::process::id()
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-    // Never hand out the same port twice in this process (the listener is dropped at once).
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    for i in 0..1000u32 {
-        let port = floor + (seed.wrapping_add(i.wrapping_mul(7919)) % span) as u16;
-        if given.contains(&port) {
-            continue;
-        }
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            given.push(port);
-            if let Ok(addr) = l.local_addr() {
-                return addr.to_string();
-            }
-        }
-    }
-    panic!("no free port below the ephemeral range");
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub redis: Option<String>,
     /// Copies of every record, owner included.
     pub replicas: usize,
+    /// Copies (owner included) durable before a write is acknowledged; `None`: a majority
+    /// of `replicas` (see [`AgentConfig::quorum`]).
+    pub write_quorum: Option<usize>,
     /// Successor-list length.
     pub successors: usize,
     /// Shared secret every ring member must prove.
@@ -56,12 +59,23 @@ impl std::fmt::Debug for AgentConfig {
             .field("data_dir", &self.data_dir)
             .field("redis", &masked(&self.redis))
             .field("replicas", &self.replicas)
+            .field("write_quorum", &self.write_quorum)
             .field("successors", &self.successors)
             .field("cluster_secret", &masked(&self.cluster_secret))
             .field("api_token", &masked(&self.api_token))
             .field("stabilize_interval", &self.stabilize_interval)
             .field("rpc_timeout", &self.rpc_timeout)
             .finish()
+    }
+}
+
+impl AgentConfig {
+    /// The write quorum W: copies, owner included, durable before a write is acknowledged.
+    /// `--write-quorum` when given, else a majority of K (K = 1 → 1, 2 → 2, 3 → 2, 5 → 3).
+    pub fn quorum(&self) -> usize {
+        self.write_quorum
+            .unwrap_or_else(|| crate::registry::unit::majority(self.replicas))
+            .clamp(1, self.replicas.max(1))
     }
 }
 
@@ -75,6 +89,7 @@ impl Default for AgentConfig {
             data_dir: None,
             redis: None,
             replicas: 3,
+            write_quorum: None,
             successors: 8,
             cluster_secret: None,
             api_token: None,

@@ -120,6 +120,7 @@ pub struct Metrics {
     lookups_failed: AtomicU64,
     hops: Mutex<Histogram>,
     replication_errors: AtomicU64,
+    quorum_failures: AtomicU64,
     store_errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Bytes of keys and values read from and written to the store.
     store_read_bytes: AtomicU64,
@@ -136,6 +137,7 @@ impl Default for Metrics {
             lookups_failed: AtomicU64::new(0),
             hops: Mutex::new(Histogram::new(HOP_BUCKETS)),
             replication_errors: AtomicU64::new(0),
+            quorum_failures: AtomicU64::new(0),
             store_errors: Mutex::new(BTreeMap::new()),
             store_read_bytes: AtomicU64::new(0),
             store_written_bytes: AtomicU64::new(0),
@@ -200,6 +202,11 @@ impl Metrics {
         self.replication_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A write was refused (503) because fewer copies than the write quorum confirmed it.
+    pub fn quorum_lost(&self) {
+        self.quorum_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A store call (`get`, `apply`, `scan`, `check`) failed.
     pub fn store_error(&self, op: &'static str) {
         *lock(&self.store_errors).entry(op).or_insert(0) += 1;
@@ -232,6 +239,11 @@ impl Metrics {
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        // A counter with one sample and no labels.
+        let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
+            family(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         };
         {
             let http = lock(&self.http);
@@ -319,16 +331,17 @@ impl Metrics {
             let _ = writeln!(out, "chordctl_records{{role=\"owned\"}} {owned}");
             let _ = writeln!(out, "chordctl_records{{role=\"replica\"}} {replica}");
         }
-        family(
+        counter(
             &mut out,
             "chordctl_replication_errors_total",
-            "counter",
             "Copies sent to a replica (writes, repairs, hand-offs) that it did not confirm.",
+            &self.replication_errors,
         );
-        let _ = writeln!(
-            out,
-            "chordctl_replication_errors_total {}",
-            self.replication_errors.load(Ordering::Relaxed)
+        counter(
+            &mut out,
+            "chordctl_write_quorum_failures_total",
+            "Writes answered 503 because fewer copies than the write quorum confirmed them.",
+            &self.quorum_failures,
         );
         family(
             &mut out,

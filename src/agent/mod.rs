@@ -191,7 +191,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         stop.clone(),
         metrics.clone(),
     );
-    let registry = Registry::new(ring.clone(), store, config.replicas);
+    let registry = Registry::new(ring.clone(), store, config.replicas, config.quorum());
     // A store written by 0.1.0 (one record per service) is converted before anything is served.
     registry.upgrade_store().await?;
     // A joining node answers for its keys only once it has taken them over.
@@ -213,6 +213,9 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     ));
     let slack = Duration::from_millis((stabilize_ms / 10).clamp(1, 50));
     tasks.spawn(ring.clone().run_ticker(slack));
+    if let Ok(path) = std::env::var(CUT_FILE_ENV) {
+        tasks.spawn(follow_cut_file(ring.clone(), path.into(), stop.clone()));
+    }
     let joined = match &config.start {
         Start::Create => {
             ring.with(|c| c.create());
@@ -231,7 +234,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     }
     if matches!(config.start, Start::Join(_)) {
         progress(progress::Step::Joined);
-        take_records(&registry, &progress).await;
+        take_records(&registry, &progress, &stop).await;
         registry.set_ready(true);
         progress(progress::Step::Finished);
     }
@@ -331,17 +334,27 @@ pub fn default_data_dir(advertise: &str) -> std::path::PathBuf {
     base.join("chordctl").join(name)
 }
 
-/// Take the records this node now owns from its successor; retried briefly, since the
-/// successor may still be settling.
-async fn take_records(registry: &Arc<Registry>, progress: &Progress) {
-    for attempt in 0..20 {
+/// Take the records this node now owns from its successor (whoever that is at each attempt:
+/// if it dies, its successor holds the copies), until it succeeds or the agent stops. Until
+/// then the node answers "still taking over; retry" for its keys, never "not found": serving
+/// its range without its records would hide acknowledged registrations.
+async fn take_records(registry: &Arc<Registry>, progress: &Progress, stop: &CancellationToken) {
+    let mut delay = Duration::from_millis(100);
+    for attempt in 1u64.. {
         match registry.take_from_successor(progress).await {
             Ok(_) => return,
             Err(e) => {
-                if attempt == 19 {
-                    tracing::error!("could not take records from the successor: {e}");
+                if attempt % 10 == 0 {
+                    tracing::error!(
+                        attempt,
+                        "could not take records from the successor yet (retrying): {e}"
+                    );
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }
@@ -374,6 +387,34 @@ async fn watch_ring(agent: Arc<Agent>) {
     }
 }
 
+/// Environment variable (tests only) naming a file of ring addresses, one per line, that this
+/// agent must not call: how a fault campaign cuts real agent processes apart. Reread every
+/// 100 ms; a missing or empty file cuts nothing.
+pub const CUT_FILE_ENV: &str = "CHORDCTL_TEST_CUT_FILE";
+
+async fn follow_cut_file(ring: Arc<RingDriver>, path: std::path::PathBuf, stop: CancellationToken) {
+    tracing::warn!(file = %path.display(), "ring traffic follows a test's cut file");
+    let mut applied: Option<String> = None;
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if applied.as_deref() != Some(text.as_str()) {
+            let addrs: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+            tracing::warn!(?addrs, "test cut changed");
+            ring.pool().set_blocked(addrs);
+            applied = Some(text);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
 /// How often each node compares what it owns with its replicas.
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(3);
 
@@ -402,6 +443,10 @@ async fn anti_entropy(agent: Arc<Agent>) {
             Ok(n) if n > 0 => tracing::info!(count = n, "replicas repaired"),
             Ok(_) => {}
             Err(e) => tracing::debug!("anti-entropy round skipped: {e}"),
+        }
+        // Copies this node no longer keeps go back to their owners, then away.
+        if let Err(e) = agent.registry.hand_back().await {
+            tracing::debug!("hand-back round skipped: {e}");
         }
     }
 }

@@ -212,6 +212,12 @@ pub struct TuningOpts {
           value_parser = parse_positive_usize)]
     pub replicas: usize,
 
+    /// Copies (owner included) that must be durable before a write is acknowledged;
+    /// default: a majority of K
+    #[arg(long, env = "CHORDCTL_WRITE_QUORUM", value_name = "W",
+          value_parser = parse_positive_usize)]
+    pub write_quorum: Option<usize>,
+
     /// Successor-list length
     #[arg(long, env = "CHORDCTL_SUCCESSORS", value_name = "R", default_value = "8",
           value_parser = parse_positive_usize)]

@@ -25,6 +25,7 @@ pub(crate) struct Partial {
     pub data_dir: Option<PathBuf>,
     pub redis: Option<String>,
     pub replicas: Option<usize>,
+    pub write_quorum: Option<usize>,
     pub successors: Option<usize>,
     pub cluster_secret: Option<String>,
     pub api_token: Option<String>,
@@ -45,6 +46,7 @@ impl Partial {
         let take = |id: &str, value: &Option<String>| value.clone().filter(|_| from(id));
         let mut p = Partial {
             replicas: Some(tuning.replicas).filter(|_| from("replicas")),
+            write_quorum: tuning.write_quorum.filter(|_| from("write_quorum")),
             successors: Some(tuning.successors).filter(|_| from("successors")),
             cluster_secret: take("cluster_secret", &tuning.cluster_secret),
             api_token: take("api_token", &tuning.api_token),
@@ -104,6 +106,7 @@ impl Partial {
             data_dir: file.data_dir,
             redis: file.redis,
             replicas: positive(file.replicas).map_err(key("replicas"))?,
+            write_quorum: positive(file.write_quorum).map_err(key("write_quorum"))?,
             successors: positive(file.successors).map_err(key("successors"))?,
             cluster_secret: file.cluster_secret,
             api_token: file.api_token,
@@ -123,6 +126,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     redis: Option<String>,
     replicas: Option<usize>,
+    write_quorum: Option<usize>,
     successors: Option<usize>,
     cluster_secret: Option<String>,
     api_token: Option<String>,
@@ -154,6 +158,7 @@ pub(crate) fn merge(start: Start, layers: &[&Partial]) -> Result<AgentConfig, St
         data_dir: first!(data_dir),
         redis: first!(redis),
         replicas: first!(replicas).unwrap_or(defaults.replicas),
+        write_quorum: first!(write_quorum),
         successors: first!(successors).unwrap_or(defaults.successors),
         cluster_secret: first!(cluster_secret).filter(|s| !s.is_empty()),
         api_token: first!(api_token).filter(|s| !s.is_empty()),
@@ -169,6 +174,14 @@ pub(crate) fn merge(start: Start, layers: &[&Partial]) -> Result<AgentConfig, St
     }
     if config.data_dir.is_some() && config.redis.is_some() {
         return Err("--data-dir and --redis are mutually exclusive: choose one store".into());
+    }
+    if let Some(w) = config.write_quorum {
+        if w > config.replicas {
+            return Err(format!(
+                "--write-quorum {w} cannot exceed --replicas {} (a write has only K copies)",
+                config.replicas
+            ));
+        }
     }
     if config.replicas > config.successors + 1 {
         return Err(format!(
@@ -202,6 +215,7 @@ pub(crate) fn describe(config: &AgentConfig) -> String {
     );
     let _ = writeln!(out, "redis = {}", secret(&config.redis));
     let _ = writeln!(out, "replicas = {}", config.replicas);
+    let _ = writeln!(out, "write_quorum = {}", config.quorum());
     let _ = writeln!(out, "successors = {}", config.successors);
     let _ = writeln!(out, "cluster_secret = {}", secret(&config.cluster_secret));
     let _ = writeln!(out, "api_token = {}", secret(&config.api_token));
@@ -292,6 +306,30 @@ mod tests {
             ..Partial::default()
         };
         assert!(merge(Start::Create, &[&too_many]).is_err());
+        let quorum_above_k = Partial {
+            replicas: Some(3),
+            write_quorum: Some(4),
+            ..Partial::default()
+        };
+        let err = merge(Start::Create, &[&quorum_above_k])
+            .err()
+            .unwrap_or_default();
+        assert!(err.starts_with("--write-quorum 4"), "{err}");
+        let quorum = |replicas, write_quorum| {
+            merge(
+                Start::Create,
+                &[&Partial {
+                    replicas: Some(replicas),
+                    write_quorum,
+                    ..Partial::default()
+                }],
+            )
+            .map(|c| c.quorum())
+        };
+        assert_eq!(quorum(3, None), Ok(2), "default: a majority of K");
+        assert_eq!(quorum(5, None), Ok(3));
+        assert_eq!(quorum(1, None), Ok(1));
+        assert_eq!(quorum(3, Some(3)), Ok(3));
         let bad_redis = Partial {
             redis: Some("http://:hunter2@127.0.0.1/".into()),
             ..Partial::default()

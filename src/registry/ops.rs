@@ -137,10 +137,21 @@ pub enum RegistryRequest {
     },
     /// The summaries of the records this node owns.
     ListOwned,
-    /// A joining node takes, from its successor, the entries it now owns.
+    /// A joining node takes, from its successor, the entries it now owns, one page at a time:
+    /// the successor snapshots the range when `from` is 0 and answers a [`RegistryResponse::Page`]
+    /// of at most `TRANSFER_CHUNK` entries and `TRANSFER_BYTES` bytes from entry `from` on.
     TakeRange {
         /// The joining node's identifier.
         joiner: Id,
+        /// The first entry wanted (0 starts a new snapshot).
+        from: u64,
+    },
+    /// The entries stored under these keys (anti-entropy pulling what a replica holds
+    /// newer). The answer holds a prefix of them that fits one transfer message; the caller
+    /// asks again for the rest.
+    Fetch {
+        /// Store keys.
+        keys: Vec<String>,
     },
     /// Store these entries (leave hand-off, pushes after a range change); newer versions win.
     Handoff {
@@ -194,6 +205,9 @@ pub enum RegistryRequest {
         items: Vec<(String, Hlc)>,
         /// The owner's key range `(from, to]`, when it knows its predecessor.
         range: Option<(Id, Id)>,
+        /// The store keys this digest covers, `[lo, hi)` (`hi` `None`: no upper bound): a
+        /// big range is compared in several digests, each of a bounded size.
+        span: (String, Option<String>),
     },
 }
 
@@ -226,8 +240,18 @@ pub enum RegistryResponse {
     Diff {
         /// Keys the replica needs (missing, or older than the owner's).
         need: Vec<String>,
-        /// Entries of the owner's range that the replica holds newer or the owner lacks.
-        newer: Vec<Entry>,
+        /// Keys of the owner's range that the replica holds newer or the owner lacks (the
+        /// owner fetches them with `Fetch`).
+        newer: Vec<String>,
+    },
+    /// One page of a `TakeRange` transfer.
+    Page {
+        /// The entries.
+        entries: Vec<Entry>,
+        /// Entries in the whole transfer.
+        total: u64,
+        /// Where the next page starts; `None` after the last.
+        next: Option<u64>,
     },
     /// Whether the replica's range hash matched.
     Same(bool),

@@ -69,6 +69,21 @@ impl Unit {
 // ---- store keys -----------------------------------------------------------------------------
 
 /// The store key of instance `id` of `service`. Service names never contain `/`.
+/// The default write quorum for K copies: a majority, owner included (1 → 1, 2 → 2, 3 → 2,
+/// 5 → 3).
+pub fn majority(replicas: usize) -> usize {
+    replicas / 2 + 1
+}
+
+/// The acknowledgement rule: how many replicas must confirm a change before the owner
+/// acknowledges it, for a write quorum `quorum` (copies, owner included) and a ring that the
+/// owner knows to have `known_members` members, itself included (members lost to failure
+/// count; see `Chord::known_members`). A ring smaller than the quorum needs all its members;
+/// a node alone acknowledges alone only when it knows no other member.
+pub fn confirmations_needed(quorum: usize, known_members: usize) -> usize {
+    quorum.min(known_members.max(1)).saturating_sub(1)
+}
+
 pub fn unit_key(service: &str, id: &str) -> String {
     format!("u/{service}/{id}")
 }
@@ -246,6 +261,19 @@ mod tests {
 
     fn rec() -> Record {
         Record::new("svc", None).expect("record")
+    }
+
+    #[test]
+    fn the_acknowledgement_rule_needs_w_minus_one_replicas_but_never_more_than_the_ring_has() {
+        // K = 3, W = 2: one replica, in any ring of two or more members.
+        assert_eq!(confirmations_needed(majority(3), 6), 1);
+        assert_eq!(confirmations_needed(majority(3), 2), 1);
+        // A ring of one acknowledges alone; W = 3 in a ring of two needs the one other.
+        assert_eq!(confirmations_needed(majority(3), 1), 0);
+        assert_eq!(confirmations_needed(3, 2), 1);
+        assert_eq!(confirmations_needed(1, 8), 0, "W = 1: the owner alone");
+        assert_eq!(confirmations_needed(majority(5), 8), 2);
+        assert_eq!(confirmations_needed(2, 0), 0, "nonsense input stays sane");
     }
 
     /// An owner: a record and a clock whose wall time is `skew_ms` off.

@@ -94,6 +94,9 @@ enum Purpose {
 /// Past members remembered for partition healing.
 const REMEMBERED: usize = 32;
 
+/// Members lost to failure (and not seen since) remembered at most, for the write quorum.
+const LOST: usize = 64;
+
 #[derive(Debug)]
 enum Pending {
     Lookup {
@@ -148,6 +151,14 @@ pub struct Chord {
     checking: bool,
     rectifying: bool,
     remembered: Vec<NodeRef>,
+    /// Members this node dropped because they failed to answer, and has not seen since: the
+    /// ring may be bigger than this node can reach (a crash, or a partition), so a write
+    /// quorum does not shrink with them. Members that leave gracefully are not counted.
+    lost: Vec<Id>,
+    /// Members that told this node they were leaving (most recent [`LOST`]): a call to one
+    /// that fails afterwards does not count it as lost, even when a stale successor list
+    /// brought it back for a moment.
+    left: Vec<Id>,
     next_merge: u64,
     merge_cursor: usize,
     probing: bool,
@@ -176,6 +187,8 @@ impl Chord {
             checking: false,
             rectifying: false,
             remembered: Vec::new(),
+            lost: Vec::new(),
+            left: Vec::new(),
             next_merge: 0,
             merge_cursor: 0,
             probing: false,
@@ -210,6 +223,20 @@ impl Chord {
     /// The successor list, nearest first; empty when alone.
     pub fn successors(&self) -> &[NodeRef] {
         &self.succs
+    }
+
+    /// How many members this node knows the ring to have, itself included: the distinct
+    /// members it points at now, plus those it lost to failure and has not seen since. A
+    /// node cut off from every peer still counts them; a ring that shrank by graceful leaves
+    /// does not.
+    pub fn known_members(&self) -> usize {
+        let mut ids: Vec<Id> = self.succs.iter().map(|n| n.id).collect();
+        ids.extend(self.pred.as_ref().map(|p| p.id));
+        ids.extend(self.lost.iter().copied());
+        ids.retain(|id| *id != self.me.id);
+        ids.sort();
+        ids.dedup();
+        ids.len() + 1
     }
 
     /// The successor: the first entry of the list, or this node when alone.
@@ -400,6 +427,7 @@ impl Chord {
     }
 
     fn remember(&mut self, n: &NodeRef) {
+        self.lost.retain(|id| *id != n.id);
         if n.id == self.me.id || self.remembered.iter().any(|r| r.id == n.id) {
             return;
         }
@@ -800,7 +828,19 @@ impl Chord {
         );
     }
 
+    /// `leaver` said it is leaving gracefully: it no longer counts as a member.
+    fn forget_leaver(&mut self, leaver: &Id) {
+        self.lost.retain(|id| id != leaver);
+        if !self.left.contains(leaver) {
+            if self.left.len() == LOST {
+                self.left.remove(0);
+            }
+            self.left.push(*leaver);
+        }
+    }
+
     fn splice_out(&mut self, leaver: &NodeRef, their_succs: &[NodeRef]) {
+        self.forget_leaver(&leaver.id);
         self.clear_fingers(&leaver.id);
         if let Some(pos) = self.succs.iter().position(|n| n.id == leaver.id) {
             let mut list: Vec<NodeRef> = self.succs[..pos].to_vec();
@@ -812,6 +852,7 @@ impl Chord {
     }
 
     fn adopt_leavers_predecessor(&mut self, leaver: &NodeRef, predecessor: Option<NodeRef>) {
+        self.forget_leaver(&leaver.id);
         self.clear_fingers(&leaver.id);
         if self.succs.iter().any(|n| n.id == leaver.id) {
             let list = self
@@ -933,6 +974,12 @@ impl Chord {
             self.set_predecessor(None);
         }
         if let Some(node) = failed {
+            if !self.lost.contains(&node.id) && !self.left.contains(&node.id) {
+                if self.lost.len() == LOST {
+                    self.lost.remove(0);
+                }
+                self.lost.push(node.id);
+            }
             self.events.push(Event::PeerFailed(node));
         }
     }

@@ -443,6 +443,7 @@ impl Sim {
 mod tests {
     use super::*;
     use crate::registry::hlc::{node_number, Clock, Hlc};
+    use crate::registry::unit::{confirmations_needed, majority};
     use crate::registry::{Record, RegisterBody};
 
     fn cfg(r: usize) -> Config {
@@ -512,6 +513,37 @@ mod tests {
             let (failures, _) = lookups(&mut sim, 200);
             assert_eq!(failures, 0, "{n} nodes");
         }
+    }
+
+    /// The write quorum's view of the ring (`Chord::known_members`): members lost to a crash
+    /// still count, members that left gracefully do not.
+    #[test]
+    fn crashed_members_still_count_for_the_quorum_but_leavers_do_not() {
+        let mut sim = Sim::new(5, cfg(4));
+        grow(&mut sim, 3);
+        sim.settle(60_000).expect("3 nodes settle");
+        let ids = sim.members();
+        sim.crash(ids[1]);
+        sim.crash(ids[2]);
+        sim.settle(60_000).expect("the survivor settles");
+        let survivor = sim.node(&ids[0]).expect("survivor");
+        assert_eq!(survivor.successor().id, ids[0], "alone on its ring");
+        assert_eq!(survivor.known_members(), 3, "the crashed two still count");
+
+        let mut sim = Sim::new(6, cfg(4));
+        grow(&mut sim, 3);
+        sim.settle(60_000).expect("3 nodes settle");
+        let ids = sim.members();
+        sim.leave(ids[1]);
+        sim.settle(60_000).expect("2 nodes settle");
+        sim.leave(ids[2]);
+        sim.settle(60_000).expect("1 node settles");
+        let last = sim.node(&ids[0]).expect("last");
+        assert_eq!(
+            last.known_members(),
+            1,
+            "a ring shrunk by leaves is a ring of one: {last:?}"
+        );
     }
 
     #[test]
@@ -607,8 +639,9 @@ mod tests {
     /// clock) and merged by the real replication rules (`registry/unit.rs`: `apply_unit`,
     /// `merge_from`) — the simulator has no rules of its own. Moved as the agent moves them
     /// (src/agent/registry/): the owner stores a change and sends the unit to its first K−1
-    /// successors and acknowledges once one replica has it (the first always receives it,
-    /// the others only with some probability, as a background copy may be lost in a crash); a
+    /// successors and acknowledges once W−1 replicas have it by the agent's own rule
+    /// (`unit::confirmations_needed`, W a majority of K; the others receive it only with some
+    /// probability, as a background copy may be lost in a crash); a
     /// joiner takes what it owns from its successor; a leaver hands everything it holds to its
     /// first K successors; a crash loses the node's copies; repair (anti-entropy) pulls what
     /// the replicas hold into the owner and pushes the owner's copy to them.
@@ -721,13 +754,17 @@ mod tests {
                 .into_iter()
                 .filter(|r| sim.node(r).is_some())
                 .collect();
-            let ring_of_one = sim.members().len() == 1;
+            // The agent's rule (`unit::confirmations_needed`): the first W−1 replicas confirm
+            // before the answer; the others receive the unit in the background, which a crash
+            // may cut short.
+            let members = sim.node(&owner).map_or(1, |c| c.known_members());
+            let needed = confirmations_needed(majority(self.k), members);
             for (i, rep) in replicas.iter().enumerate() {
-                if i == 0 || sim.rng.gen_bool(0.7) {
+                if i < needed || sim.rng.gen_bool(0.7) {
                     self.copy(*rep, service).apply_unit(id, unit.clone());
                 }
             }
-            if replicas.is_empty() && !ring_of_one {
+            if replicas.len() < needed {
                 return false;
             }
             self.acked

@@ -33,7 +33,19 @@ impl AgentProc {
 
     /// Start on given ring and HTTP addresses (a restart keeps its ring address, hence its id).
     pub fn start_at(seed: Option<&str>, bind: &str, http: &str, extra: &[&str]) -> AgentProc {
+        AgentProc::start_env(seed, bind, http, extra, &[])
+    }
+
+    /// [`AgentProc::start_at`] with extra environment variables (a test clock offset, say).
+    pub fn start_env(
+        seed: Option<&str>,
+        bind: &str,
+        http: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProc {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("agent");
         match seed {
             None => cmd.arg("create"),
@@ -82,12 +94,13 @@ impl AgentProc {
                 let _ = tx.send(line);
             }
         });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        // Generous: a joiner prints its line only after taking its range.
+        let line = match rx.recv_timeout(Duration::from_secs(90)) {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("agent printed no address line within 30s");
+                panic!("agent printed no address line within 90s");
             }
         };
         let field = |name: &str| {
@@ -184,4 +197,41 @@ pub fn ring_order(agents: &[AgentProc], key: &str) -> Vec<usize> {
     (0..ids.len())
         .map(|k| ids[(first + k) % ids.len()].1)
         .collect()
+}
+
+/// A free loopback address for an agent that must come back on the same address (its
+/// identity). Picked below the kernel's ephemeral range: a port handed out by bind(0) could be
+/// taken, while the agent is down, by another test's outgoing connection.
+pub fn free_addr() -> String {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let floor = 10_000u16.min(low.saturating_sub(1000));
+    let span = u32::from(low.saturating_sub(floor)).max(1);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    // Never hand out the same port twice in this process (the listener is dropped at once).
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..1000u32 {
+        let port = floor + (seed.wrapping_add(i.wrapping_mul(7919)) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.push(port);
+            if let Ok(addr) = l.local_addr() {
+                return addr.to_string();
+            }
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }

@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{guard, version_item, Registry, TRANSFER_CHUNK};
 use crate::agent::progress::{Progress, Step};
 use crate::registry::hlc::Hlc;
 use crate::registry::ops::{range_hash, Entry, RegistryRequest, RegistryResponse};
-use crate::registry::unit::{meta_key, meta_value, unit_key};
+use crate::registry::unit::{meta_key, meta_value, unit_key, unit_prefix};
 use crate::registry::Record;
 use crate::ring::{Id, NodeRef};
 use crate::store::Op;
@@ -19,6 +20,54 @@ use crate::{Error, Result};
 
 /// Most bytes of entries in one transfer message (the RPC frame limit is 16 MiB).
 pub const TRANSFER_BYTES: usize = 4 << 20;
+
+/// Most (key, version) items in one anti-entropy digest: a bigger range is compared in
+/// several digests, each over its own span of store keys.
+pub const DIGEST_ITEMS: usize = 8192;
+
+/// How long a joiner's transfer snapshot is kept after the last page it asked for.
+const TRANSFER_IDLE: Duration = Duration::from_secs(60);
+
+/// Joiners' transfers kept at once (each holds its range's entries in memory).
+const TRANSFERS_MAX: usize = 8;
+
+/// A snapshot of the range a joiner takes, served page by page.
+pub(super) struct Transfer {
+    touched: Instant,
+    entries: Arc<Vec<Entry>>,
+}
+
+/// `items` sorted by key and cut into digests of at most [`DIGEST_ITEMS`], each with the span
+/// of store keys it covers: together the spans cover every key, without overlap.
+fn digest_spans(mut items: Vec<(String, Hlc)>) -> Vec<(Vec<(String, Hlc)>, Span)> {
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut parts: Vec<Vec<(String, Hlc)>> = Vec::new();
+    let mut rest = items.into_iter().peekable();
+    while rest.peek().is_some() {
+        parts.push(rest.by_ref().take(DIGEST_ITEMS).collect());
+    }
+    if parts.is_empty() {
+        // Nothing held: one empty digest still asks the replica what it holds in the range.
+        parts.push(Vec::new());
+    }
+    let starts: Vec<String> = parts.iter().skip(1).map(|p| p[0].0.clone()).collect();
+    let mut out = Vec::with_capacity(parts.len());
+    let mut lo = String::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        let hi = starts.get(i).cloned();
+        out.push((part, (std::mem::take(&mut lo), hi.clone())));
+        lo = hi.unwrap_or_default();
+    }
+    out
+}
+
+/// The store keys one digest covers: `[lo, hi)`, `hi` `None` for no upper bound.
+type Span = (String, Option<String>);
+
+/// Whether `key` lies in the span `[lo, hi)`.
+fn in_span(key: &str, (lo, hi): &Span) -> bool {
+    key >= lo.as_str() && hi.as_deref().is_none_or(|hi| key < hi)
+}
 
 /// `entries` cut into runs of at most [`TRANSFER_CHUNK`] entries and [`TRANSFER_BYTES`] bytes
 /// (an entry larger than that travels alone).
@@ -103,13 +152,13 @@ impl Registry {
             return Ok(0);
         }
         let owned = self.owned_entries().await?;
-        if owned.is_empty() {
-            return Ok(0);
-        }
-        let items: Vec<(String, Hlc)> = owned.iter().map(version_item).collect();
         let range = self
             .ring
             .read(|c| c.predecessor().map(|p| (p.id, c.me().id)));
+        if owned.is_empty() && range.is_none() {
+            return Ok(0);
+        }
+        let items: Vec<(String, Hlc)> = owned.iter().map(version_item).collect();
         let hash = range_hash(&items);
         let mut sent = 0;
         for node in replicas {
@@ -125,26 +174,27 @@ impl Registry {
                     continue;
                 }
             }
-            let req = RegistryRequest::Digest {
-                items: items.clone(),
-                range,
-            };
-            let need = match self.call(&node, req).await {
-                Ok(RegistryResponse::Diff { need, newer }) => {
-                    // What the replica holds newer in our range (we may have inherited the
-                    // range from a crashed node it was a replica of) comes to us first.
-                    if !newer.is_empty() {
-                        sent += newer.len();
-                        self.merge(newer).await?;
+            let mut need = Vec::new();
+            let mut answered = true;
+            for (items, span) in digest_spans(items.clone()) {
+                let req = RegistryRequest::Digest { items, range, span };
+                match self.call(&node, req).await {
+                    Ok(RegistryResponse::Diff { need: more, newer }) => {
+                        // What the replica holds newer in our range (we may have inherited
+                        // the range from a crashed node it was a replica of) comes to us first.
+                        if !newer.is_empty() {
+                            sent += self.pull(&node, newer).await?;
+                        }
+                        need.extend(more);
                     }
-                    need
+                    _ => {
+                        self.ring.metrics().replication_error();
+                        answered = false;
+                        break;
+                    }
                 }
-                _ => {
-                    self.ring.metrics().replication_error();
-                    continue;
-                }
-            };
-            if need.is_empty() {
+            }
+            if !answered || need.is_empty() {
                 continue;
             }
             let want: std::collections::HashSet<String> = need.into_iter().collect();
@@ -174,6 +224,229 @@ impl Registry {
         Ok(())
     }
 
+    /// The start of the arc whose copies this node keeps: `(start, me]` covers its own range
+    /// and the ranges of the K−1 predecessors it replicates. Found by walking K predecessor
+    /// links back; `None` when not sure (a predecessor unknown or unreachable on the way, or
+    /// a ring so small that the walk comes back here: then every copy is kept).
+    async fn kept_arc(&self) -> Option<Id> {
+        let me = self.ring.me();
+        let mut cur = self.ring.read(|c| c.predecessor().cloned())?;
+        for _ in 1..self.replicas {
+            if cur.id == me.id {
+                return None;
+            }
+            let (_, pred, _) = self.ring.neighbors(&cur).await.ok()?;
+            cur = pred?;
+        }
+        (cur.id != me.id).then_some(cur.id)
+    }
+
+    /// Copies this node neither owns nor replicates (left by a partition, a join, or a
+    /// replica set that moved on) go back to their owner, and are then deleted here.
+    ///
+    /// For each such service the owner is asked which of its units it lacks or holds older;
+    /// those are sent to it. Only when the owner already had everything (so its own
+    /// anti-entropy has had a round to copy it to its replicas) is the local copy deleted,
+    /// entry by entry and only where it is unchanged. Returns how many entries were sent.
+    pub async fn hand_back(self: &Arc<Self>) -> Result<usize> {
+        if self.leaving.load(Ordering::Relaxed) || !self.ready.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        let Some(start) = self.kept_arc().await else {
+            return Ok(0);
+        };
+        let me = self.ring.me().id;
+        let orphans: Vec<String> = self
+            .held_services()
+            .await?
+            .into_iter()
+            .map(|(service, _)| service)
+            .filter(|s| !Id::of_key(s).in_half_open(&start, &me))
+            .collect();
+        let mut sent = 0;
+        for service in orphans {
+            let key = Id::of_key(&service);
+            let owner = self.ring.lookup(key).await?.owner().clone();
+            // Re-check after the lookup: the ring may have moved meanwhile.
+            if owner.id == me || key.in_half_open(&start, &me) {
+                continue;
+            }
+            let mut entries = self.store.scan_prefix(&unit_prefix(&service)).await?;
+            entries.extend(
+                self.store
+                    .get(&meta_key(&service))
+                    .await?
+                    .map(|v| (meta_key(&service), v)),
+            );
+            let entries: Vec<Entry> = entries
+                .into_iter()
+                .map(|(key, value)| Entry { key, value })
+                .collect();
+            let items: Vec<(String, Hlc)> = entries.iter().map(version_item).collect();
+            let mut need = Vec::new();
+            for (items, span) in digest_spans(items) {
+                let req = RegistryRequest::Digest {
+                    items,
+                    range: None,
+                    span,
+                };
+                match self.call(&owner, req).await? {
+                    RegistryResponse::Diff { need: more, .. } => need.extend(more),
+                    other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
+                }
+            }
+            // The meta entry carries version zero: the owner "needs" it only if it has none.
+            if need.is_empty() {
+                self.drop_copy(&service, &entries).await?;
+                continue;
+            }
+            let want: std::collections::HashSet<String> = need.into_iter().collect();
+            let missing: Vec<Entry> = entries
+                .into_iter()
+                .filter(|e| want.contains(&e.key))
+                .collect();
+            sent += missing.len();
+            self.send_entries(&owner, &missing).await?;
+            tracing::info!(
+                service,
+                count = missing.len(),
+                owner = ?owner,
+                "handed copies this node does not keep back to their owner"
+            );
+        }
+        Ok(sent)
+    }
+
+    /// Delete the copy of `service` this node no longer keeps, in one batch, if it is still
+    /// exactly `entries` (under the service's slot lock); otherwise something arrived
+    /// meanwhile and the next round looks again.
+    async fn drop_copy(&self, service: &str, entries: &[Entry]) -> Result<()> {
+        let slot = self.slot(service);
+        let dropped = async {
+            let _guard = slot.lock.lock().await;
+            let held = self.store.scan_prefix(&unit_prefix(service)).await?;
+            let units = entries.iter().filter(|e| e.key.starts_with("u/")).count();
+            if held.len() != units {
+                return Ok(());
+            }
+            let mut ops = Vec::with_capacity(entries.len());
+            for e in entries {
+                if self.store.get(&e.key).await?.as_deref() != Some(e.value.as_slice()) {
+                    return Ok(());
+                }
+                ops.push(Op::Delete(e.key.clone()));
+            }
+            self.uncache(service);
+            self.store.apply(ops).await?;
+            tracing::debug!(service, "dropped a copy this node no longer keeps");
+            Ok::<(), Error>(())
+        }
+        .await;
+        self.release(service, slot);
+        dropped
+    }
+
+    /// Fetch the entries under `keys` from `node` (a page at a time) and merge them.
+    async fn pull(&self, node: &NodeRef, keys: Vec<String>) -> Result<usize> {
+        let mut rest = &keys[..];
+        let mut got = 0;
+        while !rest.is_empty() {
+            let ask = &rest[..rest.len().min(TRANSFER_CHUNK)];
+            let req = RegistryRequest::Fetch { keys: ask.to_vec() };
+            match self.call(node, req).await? {
+                RegistryResponse::Page { entries, next, .. } => {
+                    got += entries.len();
+                    self.merge(entries).await?;
+                    // `next`: how many of the keys asked for were answered.
+                    let done = next.map_or(ask.len(), |n| {
+                        usize::try_from(n).unwrap_or(ask.len()).clamp(1, ask.len())
+                    });
+                    rest = &rest[done..];
+                }
+                other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
+            }
+        }
+        Ok(got)
+    }
+
+    /// The entries under `keys` this node holds, as many as fit one transfer message; `next`
+    /// counts the keys answered (`None`: all of them).
+    pub(super) async fn fetch(&self, keys: Vec<String>) -> Result<RegistryResponse> {
+        let total = keys.len() as u64;
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut next = None;
+        for (i, key) in keys.into_iter().enumerate() {
+            if let Some(value) = self.store.get(&key).await? {
+                let size = key.len() + value.len();
+                if !entries.is_empty() && bytes + size > TRANSFER_BYTES {
+                    next = Some(i as u64);
+                    break;
+                }
+                bytes += size;
+                entries.push(Entry { key, value });
+            }
+        }
+        Ok(RegistryResponse::Page {
+            entries,
+            total,
+            next,
+        })
+    }
+
+    /// One page of the range `joiner` takes over: a snapshot of the range made when `from`
+    /// is 0, served from entry `from` on in at most one transfer message.
+    pub(super) async fn range_page(&self, joiner: Id, from: u64) -> Result<RegistryResponse> {
+        let entries = if from == 0 {
+            let me = self.ring.me().id;
+            let entries = Arc::new(
+                self.entries_where(|id| !id.in_half_open(&joiner, &me))
+                    .await?,
+            );
+            let mut transfers = guard(&self.transfers);
+            transfers.retain(|_, t| t.touched.elapsed() < TRANSFER_IDLE);
+            if transfers.len() >= TRANSFERS_MAX && !transfers.contains_key(&joiner) {
+                return Err(Error::routing(
+                    "too many joiners are taking records from this node at once; retry",
+                ));
+            }
+            transfers.insert(
+                joiner,
+                Transfer {
+                    touched: Instant::now(),
+                    entries: entries.clone(),
+                },
+            );
+            entries
+        } else {
+            match guard(&self.transfers).get_mut(&joiner) {
+                Some(t) => {
+                    t.touched = Instant::now();
+                    t.entries.clone()
+                }
+                None => {
+                    return Err(Error::routing(
+                        "this transfer is no longer held (it expired); start it again",
+                    ))
+                }
+            }
+        };
+        let start = usize::try_from(from)
+            .unwrap_or(usize::MAX)
+            .min(entries.len());
+        let page = chunks(&entries[start..]).next().unwrap_or(&[]);
+        let end = start + page.len();
+        let next = (end < entries.len()).then_some(end as u64);
+        if next.is_none() {
+            guard(&self.transfers).remove(&joiner);
+        }
+        Ok(RegistryResponse::Page {
+            entries: page.to_vec(),
+            total: entries.len() as u64,
+            next,
+        })
+    }
+
     async fn owned_entries(&self) -> Result<Vec<Entry>> {
         self.entries_where(|id| self.owns(id)).await
     }
@@ -185,24 +458,47 @@ impl Registry {
         if succ.id == me.id {
             return Ok(0);
         }
-        match self
-            .call(&succ, RegistryRequest::TakeRange { joiner: me.id })
-            .await?
-        {
-            RegistryResponse::Entries(entries) => {
-                let n = entries.len();
-                progress(Step::Receiving { total: n });
-                for chunk in entries.chunks(TRANSFER_CHUNK) {
-                    self.merge(chunk.to_vec()).await?;
-                    progress(Step::Received { count: chunk.len() });
+        // Page by page, each stored before the next is asked for; a failure part way makes
+        // the caller start again from a new snapshot (merging is idempotent).
+        let mut from = 0;
+        let mut n = 0;
+        loop {
+            let req = RegistryRequest::TakeRange {
+                joiner: me.id,
+                from,
+            };
+            match self.call(&succ, req).await? {
+                RegistryResponse::Page {
+                    entries,
+                    total,
+                    next,
+                } => {
+                    if from == 0 {
+                        progress(Step::Receiving {
+                            total: usize::try_from(total).unwrap_or(usize::MAX),
+                        });
+                    }
+                    let count = entries.len();
+                    if count > 0 {
+                        self.merge(entries).await?;
+                    }
+                    progress(Step::Received { count });
+                    n += count;
+                    match next {
+                        Some(next) if next > from => from = next,
+                        Some(_) => {
+                            return Err(Error::internal("a transfer page did not move on"));
+                        }
+                        None => break,
+                    }
                 }
-                if n > 0 {
-                    tracing::info!(count = n, from = ?succ, "records transferred to this node");
-                }
-                Ok(n)
+                other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
             }
-            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
         }
+        if n > 0 {
+            tracing::info!(count = n, from = ?succ, "records transferred to this node");
+        }
+        Ok(n)
     }
 
     /// Our predecessor moved closer (a node joined between): push the entries it now owns,
@@ -281,34 +577,33 @@ impl Registry {
         &self,
         items: Vec<(String, Hlc)>,
         range: Option<(Id, Id)>,
+        span: Span,
     ) -> Result<RegistryResponse> {
-        // One scan of the owner's range (everything when it knows no predecessor):
-        // what we hold there, by key, with its version.
+        // One scan of the owner's range (everything when it knows no predecessor): what we
+        // hold there, within the digest's span of keys, by key, with its version.
         let held = match range {
             Some((from, to)) => self.entries_where(|id| id.in_half_open(&from, &to)).await?,
             None => self.entries_where(|_| true).await?,
         };
-        let mut mine: HashMap<String, (Hlc, Entry)> = held
-            .into_iter()
-            .map(|e| {
-                let (key, v) = version_item(&e);
-                (key, (v, e))
-            })
+        let mut mine: HashMap<String, Hlc> = held
+            .iter()
+            .filter(|e| in_span(&e.key, &span))
+            .map(version_item)
             .collect();
         let mut need = Vec::new();
         for (key, theirs) in items {
             match mine.remove(&key) {
                 None => need.push(key),
-                Some((v, _)) if v < theirs => need.push(key),
-                Some((v, e)) if v > theirs && range.is_some() => {
-                    mine.insert(key, (v, e));
+                Some(v) if v < theirs => need.push(key),
+                Some(v) if v > theirs && range.is_some() => {
+                    mine.insert(key, v);
                 }
                 Some(_) => {}
             }
         }
-        // Left in `mine`: entries of the range the owner lacks or holds older.
+        // Left in `mine`: keys of the range the owner lacks or holds older.
         let newer = if range.is_some() {
-            mine.into_values().map(|(_, e)| e).collect()
+            mine.into_keys().collect()
         } else {
             Vec::new()
         };
@@ -339,5 +634,36 @@ mod tests {
         let sizes: Vec<usize> = chunks(&huge).map(<[Entry]>::len).collect();
         assert_eq!(sizes, [1, 1], "an oversized entry travels alone");
         assert_eq!(chunks(&[]).count(), 0);
+    }
+
+    #[test]
+    fn digests_cover_every_key_once_in_spans_of_bounded_size() {
+        let items: Vec<(String, Hlc)> = (0..DIGEST_ITEMS * 2 + 5)
+            .rev()
+            .map(|i| (format!("u/s/{i:08}"), Hlc::default()))
+            .collect();
+        let spans = digest_spans(items.clone());
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0].1 .0, "", "the first span starts at the beginning");
+        assert_eq!(spans[2].1 .1, None, "the last span has no end");
+        for w in spans.windows(2) {
+            assert_eq!(w[0].1 .1.as_deref(), Some(w[1].1 .0.as_str()), "spans meet");
+        }
+        for (part, span) in &spans {
+            assert!(part.len() <= DIGEST_ITEMS);
+            assert!(part.iter().all(|(k, _)| in_span(k, span)));
+        }
+        // Every key falls in exactly one span, also keys no digest lists.
+        for key in items
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .chain(["", "a", "zzz"])
+        {
+            let n = spans.iter().filter(|(_, span)| in_span(key, span)).count();
+            assert_eq!(n, 1, "{key}");
+        }
+        let empty = digest_spans(Vec::new());
+        assert_eq!(empty.len(), 1, "an owner holding nothing still asks");
+        assert_eq!(empty[0].1, (String::new(), None));
     }
 }

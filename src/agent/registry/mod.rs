@@ -84,6 +84,8 @@ struct Slot {
 pub struct Registry {
     ring: Arc<RingDriver>,
     replicas: usize,
+    /// Copies (owner included) durable before a write is acknowledged.
+    quorum: usize,
     store: Arc<dyn Store>,
     /// This node's hybrid logical clock: every version it writes comes from here.
     clock: Mutex<Clock>,
@@ -110,6 +112,8 @@ pub struct Registry {
     /// The unfiltered discover answer of recently discovered records, made once per version of
     /// a record rather than per request.
     discovered: Mutex<DiscoveredCache>,
+    /// Snapshots of the ranges joiners are taking, by joiner, served page by page.
+    transfers: Mutex<HashMap<Id, handoff::Transfer>>,
 }
 
 /// Most bytes of discover answers kept by [`DiscoveredCache`].
@@ -171,8 +175,14 @@ fn not_owner() -> Error {
 }
 
 impl Registry {
-    /// A registry over `store`, owning what `ring` says this node owns.
-    pub fn new(ring: Arc<RingDriver>, store: Arc<dyn Store>, replicas: usize) -> Arc<Registry> {
+    /// A registry over `store`, owning what `ring` says this node owns, keeping `replicas`
+    /// copies of everything and acknowledging a write once `quorum` of them are durable.
+    pub fn new(
+        ring: Arc<RingDriver>,
+        store: Arc<dyn Store>,
+        replicas: usize,
+        quorum: usize,
+    ) -> Arc<Registry> {
         let node = ring.me().id.to_hex();
         let offset_ms = std::env::var(CLOCK_OFFSET_ENV)
             .ok()
@@ -184,6 +194,7 @@ impl Registry {
         Arc::new(Registry {
             ring,
             replicas: replicas.max(1),
+            quorum: quorum.clamp(1, replicas.max(1)),
             store,
             clock: Mutex::new(Clock::new(node_number(&node))),
             offset_ms,
@@ -196,6 +207,7 @@ impl Registry {
             deadlines: Mutex::new(Deadlines::default()),
             sweep_wake: tokio::sync::Notify::new(),
             discovered: Mutex::new(DiscoveredCache::default()),
+            transfers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -237,6 +249,15 @@ impl Registry {
         if let Some(v) = seen {
             guard(&self.clock).observe(v);
         }
+    }
+
+    /// How many replicas must confirm a write before it is acknowledged: W − 1, where W is
+    /// the write quorum, but never more than the ring has members beside this node. The
+    /// members a node lost to failure still count, so a node cut off from its peers cannot
+    /// acknowledge alone; a ring of one (created alone, or shrunk by graceful leaves) can.
+    fn confirmations_needed(&self) -> usize {
+        let members = self.ring.read(|c| c.known_members());
+        crate::registry::unit::confirmations_needed(self.quorum, members)
     }
 
     /// The nodes that hold copies of what this node owns: the next K−1 successors.
@@ -401,14 +422,17 @@ impl Registry {
                 }
                 Ok(RegistryResponse::Summaries(out))
             }
-            RegistryRequest::TakeRange { joiner } => {
-                let me = self.ring.me().id;
-                let out = self
-                    .entries_where(|id| !id.in_half_open(&joiner, &me))
-                    .await?;
-                Ok(RegistryResponse::Entries(out))
-            }
+            RegistryRequest::TakeRange { joiner, from } => self.range_page(joiner, from).await,
+            RegistryRequest::Fetch { keys } => self.fetch(keys).await,
             RegistryRequest::Handoff { entries } => {
+                // A leaving node has taken (or is taking) the snapshot it hands over: what
+                // it accepted now would leave with it. Refused, the sender counts one
+                // confirmation less and its anti-entropy finds the node's successor.
+                if self.leaving.load(Ordering::Relaxed) {
+                    return Err(Error::routing(
+                        "this node is leaving the ring and takes no more copies",
+                    ));
+                }
                 self.merge(entries).await?;
                 Ok(RegistryResponse::Done)
             }
@@ -452,7 +476,7 @@ impl Registry {
                     .collect();
                 Ok(RegistryResponse::Same(range_hash(&mine) == hash))
             }
-            RegistryRequest::Digest { items, range } => self.diff(items, range).await,
+            RegistryRequest::Digest { items, range, span } => self.diff(items, range, span).await,
             RegistryRequest::ResolveGvip { gvip } => {
                 let id = gvip_id(&gvip);
                 self.check_owner(&id)?;

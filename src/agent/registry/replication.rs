@@ -16,14 +16,27 @@ use crate::store::Op;
 use crate::{Error, Result};
 
 impl Registry {
-    /// Store `entries` at every replica; succeed once at least one has them (when there are
-    /// replicas). The other copies complete in the background.
+    /// Store `entries` at every replica; succeed once enough of them confirmed for the write
+    /// quorum ([`Registry::confirmations_needed`]). The other copies complete in the background.
+    /// Fails at once (503) when fewer replicas are reachable than the quorum needs: an
+    /// isolated node does not acknowledge alone.
     pub(super) async fn replicate(self: &Arc<Self>, entries: Vec<Entry>) -> Result<()> {
+        let needed = self.confirmations_needed();
         let replicas = self.replica_set();
-        if replicas.is_empty() || entries.is_empty() {
+        if entries.is_empty() {
             return Ok(());
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel(replicas.len());
+        if replicas.len() < needed {
+            self.ring.metrics().quorum_lost();
+            return Err(Error::unavailable(format!(
+                "the write is stored at its owner but cannot reach its write quorum: {} of {} \
+                 copies are reachable (the ring knows {} members); retry once the ring heals",
+                replicas.len() + 1,
+                needed + 1,
+                self.ring.read(|c| c.known_members()),
+            )));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(replicas.len().max(1));
         let entries = Arc::new(entries);
         for node in replicas {
             let me = self.clone();
@@ -38,18 +51,26 @@ impl Registry {
             });
         }
         drop(tx);
+        let mut confirmed = 0;
         let mut last = None;
-        while let Some(r) = rx.recv().await {
-            match r {
-                Ok(_) => return Ok(()),
-                Err(e) => {
+        while confirmed < needed {
+            match rx.recv().await {
+                Some(Ok(_)) => confirmed += 1,
+                Some(Err(e)) => {
                     self.ring.metrics().replication_error();
                     last = Some(e);
                 }
+                None => break,
             }
         }
+        if confirmed >= needed {
+            return Ok(());
+        }
+        self.ring.metrics().quorum_lost();
         Err(Error::unavailable(format!(
-            "the write is stored at its owner but no replica confirmed it: {}",
+            "the write is stored at its owner but only {} of the {} copies it needs confirmed: {}",
+            confirmed + 1,
+            needed + 1,
             last.map(|e| e.to_string()).unwrap_or_default()
         )))
     }

@@ -1,0 +1,192 @@
+//! Bulk transfers travel in bounded pages: a join and a repair that each move about 50 MB of
+//! records (services with large metadata), far more than one 16 MiB ring frame holds, with
+//! the joiner never answering for its range before it has it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chordctl::ring::Id;
+use serde_json::{json, Value};
+
+use crate::support::eventually;
+use crate::support::http::call;
+use crate::support::procs::{free_addr, AgentProc};
+
+const SERVICES: usize = 4;
+const PER_SERVICE: usize = 2_500;
+/// Metadata per instance: 5 values of 1,000 bytes, so 4 × 2,500 instances hold about 50 MB.
+const VALUES: usize = 5;
+
+/// `n` service names whose identifiers lie in `(from, to]`, or `None` if that arc is too
+/// narrow to find them quickly.
+fn names_in(from: &Id, to: &Id, n: usize) -> Option<Vec<String>> {
+    let names: Vec<String> = (0..2_000_000)
+        .map(|i| format!("bulk-{i}"))
+        .filter(|s| Id::of_key(s).in_half_open(from, to))
+        .take(n)
+        .collect();
+    (names.len() == n).then_some(names)
+}
+
+fn metadata(i: usize) -> Value {
+    let mut m = serde_json::Map::new();
+    for k in 0..VALUES {
+        m.insert(
+            format!("blob{k}"),
+            json!(format!("{i:06}").repeat(1000 / 6 + 1)[..1000]),
+        );
+    }
+    Value::Object(m)
+}
+
+async fn register_all(url: &str, services: &[String]) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let total = services.len() * PER_SERVICE;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (url, next, services) = (url.to_string(), next.clone(), services.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= total {
+                    return;
+                }
+                let (s, i) = (&services[k % services.len()], k / services.len());
+                let body = json!({"address": "10.9.0.1", "port": 1 + i, "metadata": metadata(i)});
+                let resp = client
+                    .put(format!("{url}/v1/services/{s}/instances/i{i}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("register");
+                assert_eq!(resp.status().as_u16(), 200, "register {s}/i{i}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("register task");
+    }
+}
+
+/// How many instances of `service` an agent returns (`None` on a non-200 answer).
+async fn instances(url: &str, service: &str) -> (u16, usize) {
+    let (st, body) = call("GET", &format!("{url}/v1/services/{service}"), None).await;
+    (st, body["instances"].as_array().map_or(0, Vec::len))
+}
+
+async fn all_there(url: &str, services: &[String]) -> Result<(), String> {
+    for s in services {
+        let (st, n) = instances(url, s).await;
+        if st != 200 || n != PER_SERVICE {
+            return Err(format!("{s} through {url}: {st}, {n} of {PER_SERVICE}"));
+        }
+    }
+    Ok(())
+}
+
+async fn replica_records(url: &str) -> usize {
+    let (_, text) = crate::support::http::raw("GET", &format!("{url}/metrics"), vec![]).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("chordctl_records{role=\"replica\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_join_and_a_repair_each_move_50_mb_of_records_in_pages() {
+    let k2 = ["--replicas", "2"];
+    let a = AgentProc::start(None, &k2);
+    let a_id = Id::from_hex(&a.id).expect("id");
+    // The joiner's address is chosen first, so that the services can be named to fall in
+    // the range it will own.
+    let (b_addr, services) = (0..50)
+        .find_map(|_| {
+            let addr = free_addr();
+            names_in(&a_id, &Id::of_addr(&addr), SERVICES).map(|names| (addr, names))
+        })
+        .expect("an address whose range is wide enough");
+    let b_id = Id::of_addr(&b_addr);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let url_a = a.url();
+    rt.block_on(register_all(&url_a, &services));
+
+    // The join: B takes ~50 MB from A. Meanwhile a reader through A must never see a service
+    // missing or partial: B answers for its range only once it has all of it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let bad = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (stop, bad, url, services) =
+            (stop.clone(), bad.clone(), url_a.clone(), services.clone());
+        rt.spawn(async move {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for s in &services {
+                    let (st, n) = instances(&url, s).await;
+                    reads += 1;
+                    // 503 (ownership settling past the retry window) is an honest answer;
+                    // a 404 or a short list is not.
+                    if st != 503 && (st != 200 || n != PER_SERVICE) {
+                        bad.lock()
+                            .expect("lock")
+                            .push(format!("{s}: {st}, {n} instances"));
+                    }
+                }
+            }
+            reads
+        })
+    };
+    let http_b = free_addr();
+    let b = AgentProc::start_at(Some(&a.ring), &b_addr, &http_b, &k2);
+    assert_eq!(Id::from_hex(&b.id), Some(b_id));
+    let url_b = b.url();
+    rt.block_on(async {
+        eventually(
+            "B answers for its range with every record",
+            Duration::from_secs(120),
+            async || all_there(&url_b, &services).await,
+        )
+        .await;
+    });
+    stop.store(true, Ordering::Relaxed);
+    let reads = rt.block_on(reader).expect("reader");
+    let bad = bad.lock().expect("lock").clone();
+    assert!(bad.is_empty(), "reads during the join ({reads}): {bad:?}");
+
+    // The repair: C joins right after B, so it becomes B's replica and anti-entropy copies
+    // B's ~50 MB to it. The bulk services reach C only that way (C's own range, taken from A,
+    // holds none of them).
+    let (c_addr, c_http) = (0..200)
+        .map(|_| free_addr())
+        .find(|addr| Id::of_addr(addr).in_open(&b_id, &a_id))
+        .map(|addr| (addr, free_addr()))
+        .expect("an address between B and A");
+    let c = AgentProc::start_at(Some(&a.ring), &c_addr, &c_http, &k2);
+    let url_c = c.url();
+    rt.block_on(async {
+        eventually(
+            "C holds B's services as a replica",
+            Duration::from_secs(120),
+            async || {
+                let n = replica_records(&url_c).await;
+                (n >= SERVICES)
+                    .then_some(())
+                    .ok_or(format!("{n} replica records"))
+            },
+        )
+        .await;
+    });
+    // Only C's copy is left: every instance must be in it.
+    let (mut a, mut b) = (a, b);
+    a.kill9();
+    b.kill9();
+    rt.block_on(async {
+        eventually(
+            "C alone serves every record",
+            Duration::from_secs(120),
+            async || all_there(&url_c, &services).await,
+        )
+        .await;
+    });
+}
