@@ -4,6 +4,7 @@ mod bench_cmd;
 mod bulk;
 mod cli;
 mod e2e;
+mod faults;
 mod install;
 mod metrics;
 mod outages;

@@ -1,0 +1,406 @@
+//! A fault campaign against real agent processes. Writers register and deregister through
+//! random agents while a nemesis, driven by a seeded random generator, kills agents with
+//! SIGKILL and restarts them (sometimes with a clock 10 minutes off), pauses them with
+//! SIGSTOP/SIGCONT, and cuts the ring into a contiguous arc and the rest (each agent follows a
+//! cut file, `CHORDCTL_TEST_CUT_FILE`). Then everything heals and the campaign checks:
+//!
+//! - the ring is one ring again (every agent lists every agent);
+//! - every acknowledged registration is in the copies of at least K nodes, and every
+//!   acknowledged removal is in none (read over ring RPC, `ReadReplica`, node by node);
+//! - through every agent, discover shows exactly that.
+//!
+//! About a minute of faults in the suite; `CHORDCTL_FAULT_LONG=1` runs ten. The seed comes
+//! from `CHORDCTL_FAULT_SEED` (or the clock) and is printed first, to replay a failure.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
+use chordctl::rpc::{Pool, Request, Response};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::support::eventually;
+use crate::support::procs::{free_addr, AgentProc};
+
+const NODES: usize = 5;
+const K: usize = 3;
+const SERVICES: usize = 12;
+const WRITERS: usize = 3;
+const TEN_MINUTES_MS: i64 = 600_000;
+
+struct Node {
+    proc: Option<AgentProc>,
+    bind: String,
+    http: String,
+    dir: tempfile::TempDir,
+    cut: PathBuf,
+    paused: bool,
+}
+
+impl Node {
+    fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    fn start(&mut self, seed: Option<&str>, offset_ms: i64) {
+        let dir = self.dir.path().join("data");
+        let dir = dir.to_str().expect("utf-8 path").to_string();
+        let cut = self.cut.to_str().expect("utf-8 path").to_string();
+        let offset = offset_ms.to_string();
+        self.proc = Some(AgentProc::start_env(
+            seed,
+            &self.bind,
+            &self.http,
+            &["--data-dir", &dir],
+            &[
+                ("CHORDCTL_TEST_CUT_FILE", cut.as_str()),
+                ("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str()),
+            ],
+        ));
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(p) = &self.proc {
+            unsafe {
+                libc::kill(p.child.id() as i32, sig);
+            }
+        }
+    }
+}
+
+/// What a client was told about one instance, by its last operation.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Told {
+    Registered,
+    Removed,
+    /// The last operation got no clear answer (timeout, 503): it may or may not have happened.
+    Unknown,
+}
+
+type Ledger = Arc<Mutex<HashMap<(String, String), Told>>>;
+
+/// One writer: registers new instances and removes some of its own, through random agents,
+/// until `stop`. Each writer owns its instance ids, so each instance's operations are
+/// sequential and its last answer says what must hold.
+async fn writer(w: usize, urls: Vec<String>, ledger: Ledger, stop: Arc<AtomicBool>, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(12))
+        .build()
+        .expect("client");
+    let mut mine: Vec<(String, String)> = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let url = &urls[rng.gen_range(0..urls.len())];
+        let removable: Vec<&(String, String)> = {
+            let l = ledger.lock().expect("ledger");
+            mine.iter()
+                .filter(|k| l.get(*k) == Some(&Told::Registered))
+                .collect()
+        };
+        let (key, register) = if removable.is_empty() || rng.gen_bool(0.7) {
+            n += 1;
+            let key = (
+                format!("fault-{}", rng.gen_range(0..SERVICES)),
+                format!("w{w}-{n}"),
+            );
+            mine.push(key.clone());
+            (key, true)
+        } else {
+            (removable[rng.gen_range(0..removable.len())].clone(), false)
+        };
+        let target = format!("{url}/v1/services/{}/instances/{}", key.0, key.1);
+        let sent = if register {
+            client
+                .put(&target)
+                .json(&json!({"address": "10.7.0.1", "port": 8000}))
+                .send()
+                .await
+        } else {
+            client.delete(&target).send().await
+        };
+        let told = match sent {
+            Ok(r) if r.status().as_u16() == 200 => {
+                if register {
+                    Told::Registered
+                } else {
+                    Told::Removed
+                }
+            }
+            // Refused before anything was sent: the instance keeps what it was told before.
+            Err(e) if e.is_connect() => {
+                if register {
+                    mine.pop();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            _ => Told::Unknown,
+        };
+        ledger.lock().expect("ledger").insert(key, told);
+    }
+}
+
+/// Cut `arc` (node indexes) from the rest, or heal everything when `arc` is empty.
+fn set_cut(nodes: &[Node], arc: &[usize]) {
+    for (i, n) in nodes.iter().enumerate() {
+        let inside = arc.contains(&i);
+        let blocked: Vec<&str> = if arc.is_empty() {
+            Vec::new()
+        } else {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| arc.contains(j) != inside)
+                .map(|(_, m)| m.bind.as_str())
+                .collect()
+        };
+        std::fs::write(&n.cut, blocked.join("\n")).expect("write cut file");
+    }
+}
+
+/// A live agent's ring address to join through, other than `except`.
+fn seed_for(nodes: &[Node], except: usize) -> String {
+    nodes
+        .iter()
+        .enumerate()
+        .find(|(i, n)| *i != except && n.proc.is_some() && !n.paused)
+        .map(|(_, n)| n.bind.clone())
+        .expect("a live agent to join through")
+}
+
+/// This node's copy of `service` as it holds it (owner or replica), over ring RPC.
+async fn copy_at(pool: &Pool, addr: &str, service: &str) -> Result<BTreeSet<String>, String> {
+    let req = Request::Registry(RegistryRequest::ReadReplica {
+        service: service.to_string(),
+    });
+    match pool.call(addr, req).await {
+        Ok(Response::Registry(RegistryResponse::Record(rec))) => Ok(rec
+            .map(|r| r.instances.keys().cloned().collect())
+            .unwrap_or_default()),
+        other => Err(format!("{addr}: {other:?}")),
+    }
+}
+
+#[test]
+fn a_fault_campaign_loses_no_acknowledged_write() {
+    let seed: u64 = std::env::var("CHORDCTL_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    let long = std::env::var("CHORDCTL_FAULT_LONG").is_ok_and(|v| v == "1");
+    let length = Duration::from_secs(if long { 600 } else { 60 });
+    println!("fault campaign: seed {seed} (replay with CHORDCTL_FAULT_SEED={seed}), {length:?}");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let mut nodes: Vec<Node> = (0..NODES)
+        .map(|_| {
+            let dir = tempfile::tempdir().expect("tmp");
+            let cut = dir.path().join("cut");
+            Node {
+                proc: None,
+                bind: free_addr(),
+                http: free_addr(),
+                dir,
+                cut,
+                paused: false,
+            }
+        })
+        .collect();
+    set_cut(&nodes, &[]);
+    nodes[0].start(None, 0);
+    for i in 1..NODES {
+        let seed = nodes[0].bind.clone();
+        nodes[i].start(Some(&seed), 0);
+    }
+    // Ring order, for contiguous arcs.
+    let mut order: Vec<usize> = (0..NODES).collect();
+    order.sort_by_key(|i| chordctl::ring::Id::of_addr(&nodes[*i].bind));
+    let urls: Vec<String> = nodes.iter().map(Node::url).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(one_ring(&urls));
+
+    let ledger: Ledger = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| rt.spawn(writer(w, urls.clone(), ledger.clone(), stop.clone(), seed)))
+        .collect();
+
+    // The nemesis: one fault at a time, each undone before the next.
+    let started = Instant::now();
+    let mut log = Vec::new();
+    while started.elapsed() < length {
+        let victim = rng.gen_range(0..NODES);
+        let hold = Duration::from_millis(rng.gen_range(1500..4000));
+        match rng.gen_range(0..4) {
+            0 | 1 => {
+                let skew = match rng.gen_range(0..4) {
+                    0 => -TEN_MINUTES_MS,
+                    1 => TEN_MINUTES_MS,
+                    _ => 0,
+                };
+                log.push(format!(
+                    "kill -9 node {victim}, restart with skew {skew} ms"
+                ));
+                if let Some(mut p) = nodes[victim].proc.take() {
+                    p.kill9();
+                }
+                std::thread::sleep(hold);
+                let seed = seed_for(&nodes, victim);
+                nodes[victim].start(Some(&seed), skew);
+            }
+            2 => {
+                log.push(format!("SIGSTOP node {victim} for {hold:?}"));
+                nodes[victim].paused = true;
+                nodes[victim].signal(libc::SIGSTOP);
+                std::thread::sleep(hold);
+                nodes[victim].signal(libc::SIGCONT);
+                nodes[victim].paused = false;
+            }
+            _ => {
+                let len = rng.gen_range(1..=2);
+                let at = rng.gen_range(0..NODES);
+                let arc: Vec<usize> = (0..len).map(|k| order[(at + k) % NODES]).collect();
+                log.push(format!("cut arc {arc:?} from the rest for {hold:?}"));
+                set_cut(&nodes, &arc);
+                std::thread::sleep(hold);
+                set_cut(&nodes, &[]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(500..1500)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        rt.block_on(w).expect("writer");
+    }
+    let told = ledger.lock().expect("ledger").clone();
+    let registered: Vec<&(String, String)> = told
+        .iter()
+        .filter(|(_, t)| **t == Told::Registered)
+        .map(|(k, _)| k)
+        .collect();
+    let removed: Vec<&(String, String)> = told
+        .iter()
+        .filter(|(_, t)| **t == Told::Removed)
+        .map(|(k, _)| k)
+        .collect();
+    let unknown = told.values().filter(|t| **t == Told::Unknown).count();
+    println!(
+        "faults: {}; {} instances acknowledged present, {} acknowledged removed, {unknown} \
+         unknown",
+        log.join("; "),
+        registered.len(),
+        removed.len()
+    );
+    assert!(!registered.is_empty(), "the writers got writes through");
+
+    // Healed: one ring, every acknowledged registration on at least K nodes, every
+    // acknowledged removal on none, and discover through every agent agrees.
+    let healed = Instant::now();
+    rt.block_on(async {
+        one_ring(&urls).await;
+        let pool = Pool::new(Duration::from_secs(5));
+        let binds: Vec<String> = nodes.iter().map(|n| n.bind.clone()).collect();
+        eventually(
+            "every acknowledged write on K nodes, every removal on none",
+            Duration::from_secs(180),
+            async || {
+                let mut copies: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
+                for s in 0..SERVICES {
+                    let service = format!("fault-{s}");
+                    let mut held = Vec::new();
+                    for addr in &binds {
+                        held.push(copy_at(&pool, addr, &service).await?);
+                    }
+                    copies.insert(service, held);
+                }
+                for (service, id) in &registered {
+                    let n = copies[service].iter().filter(|c| c.contains(id)).count();
+                    if n < K {
+                        return Err(format!("{service}/{id} registered, on {n} nodes"));
+                    }
+                }
+                for (service, id) in &removed {
+                    let n = copies[service].iter().filter(|c| c.contains(id)).count();
+                    if n > 0 {
+                        return Err(format!("{service}/{id} removed, still on {n} nodes"));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+        for url in &urls {
+            eventually(
+                "discover through every agent agrees",
+                Duration::from_secs(60),
+                async || {
+                    for s in 0..SERVICES {
+                        let service = format!("fault-{s}");
+                        let (st, body) = crate::support::http::call(
+                            "GET",
+                            &format!("{url}/v1/services/{service}"),
+                            None,
+                        )
+                        .await;
+                        let ids: BTreeSet<String> = body["instances"]
+                            .as_array()
+                            .map(|l| {
+                                l.iter()
+                                    .filter_map(|v| v["id"].as_str().map(String::from))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        if st != 200 && st != 404 {
+                            return Err(format!("{service} through {url}: {st}"));
+                        }
+                        for (sv, id) in &registered {
+                            if *sv == service && !ids.contains(id) {
+                                return Err(format!("{service}/{id} missing through {url}"));
+                            }
+                        }
+                        for (sv, id) in &removed {
+                            if *sv == service && ids.contains(id) {
+                                return Err(format!("{service}/{id} back through {url}"));
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await;
+        }
+    });
+    println!(
+        "healed and checked {:.1} s after the last fault",
+        healed.elapsed().as_secs_f64()
+    );
+}
+
+/// Every agent lists every agent: one ring.
+async fn one_ring(urls: &[String]) {
+    for url in urls {
+        eventually(
+            "one ring of every agent",
+            Duration::from_secs(90),
+            async || {
+                let (_, v) =
+                    crate::support::http::call("GET", &format!("{url}/v1/ring/nodes"), None).await;
+                let n = v.as_array().map_or(0, Vec::len);
+                (n == NODES)
+                    .then_some(())
+                    .ok_or(format!("{url} sees {n} nodes"))
+            },
+        )
+        .await;
+    }
+}
