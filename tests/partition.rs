@@ -330,3 +330,39 @@ async fn arcs_of_two_and_four_take_writes_that_reach_their_true_owners_after_the
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_see_its_predecessor_takes_no_writes_for_the_range_it_is_unsure_of() {
+    let c = TestCluster::start(4).await;
+    c.settle().await;
+    let mut order: Vec<usize> = (0..4).collect();
+    order.sort_by_key(|i| c.node(*i).node().id);
+    let (p, x) = (order[0], order[1]);
+    // Only the link between x and its predecessor is cut: x no longer knows its range.
+    cut(&c, &[p], &[x]);
+    eventually(
+        "x loses its predecessor",
+        Duration::from_secs(60),
+        async || {
+            let pred = c.node(x).agent().ring.read(|r| r.predecessor().cloned());
+            pred.is_none()
+                .then_some(())
+                .ok_or(format!("predecessor {pred:?}"))
+        },
+    )
+    .await;
+    let (from, to) = (c.node(p).node().id, c.node(x).node().id);
+    let service = (0..100_000)
+        .map(|i| format!("unsure-{i}"))
+        .find(|s| chordctl::ring::Id::of_key(s).in_half_open(&from, &to))
+        .expect("a service in x's range");
+    let (st, body) = call(
+        "PUT",
+        &format!("{}/v1/services/{service}/instances/i", c.url(x)),
+        Some(json!({"address": "h", "port": 1})),
+    )
+    .await;
+    assert_eq!(st, 503, "x must not act as the owner of everything: {body}");
+    let held = copies_held(&c, x).await;
+    assert!(!held.contains(&service), "nothing stored at x: {held:?}");
+}

@@ -13,10 +13,14 @@ use crate::support::procs::{ring_order, AgentProc};
 
 const TEN_MINUTES_MS: i64 = 600_000;
 
-/// Three agents (K = 3), agent `skewed` with its clock shifted by `offset_ms`, and a service
-/// name whose owner is agent 0 and whose next owner (its successor) is agent `skewed` = 1.
-fn ring_with_a_skewed_clock(owner_offset_ms: i64, next_offset_ms: i64) -> (Vec<AgentProc>, String) {
-    let offsets = [owner_offset_ms, next_offset_ms, 0];
+/// Three agents (K = 3): agent 0 with its clock shifted by `owner_offset_ms`, the two others
+/// by `next_offset_ms`; a service owned by agent 0; and the agents in ring order from it
+/// (owner, next owner, third).
+fn ring_with_a_skewed_clock(
+    owner_offset_ms: i64,
+    next_offset_ms: i64,
+) -> (Vec<AgentProc>, String, Vec<usize>) {
+    let offsets = [owner_offset_ms, next_offset_ms, next_offset_ms];
     let start = |seed: Option<&str>, offset: i64| {
         let offset = offset.to_string();
         AgentProc::start_env(
@@ -36,9 +40,24 @@ fn ring_with_a_skewed_clock(owner_offset_ms: i64, next_offset_ms: i64) -> (Vec<A
     ];
     let service = (0..10_000)
         .map(|i| format!("skew-{i}"))
-        .find(|s| ring_order(&agents, s)[..2] == [0, 1])
-        .expect("a service owned by agent 0 with agent 1 next");
-    (agents, service)
+        .find(|s| ring_order(&agents, s)[0] == 0)
+        .expect("a service owned by agent 0");
+    let order = ring_order(&agents, &service);
+    (agents, service, order)
+}
+
+/// Retry a write until it is acknowledged: right after a crash the new owner may answer 503
+/// while ownership settles.
+async fn write_ok(method: &str, url: &str, body: Option<serde_json::Value>) {
+    eventually(
+        "the write is acknowledged",
+        Duration::from_secs(60),
+        async || {
+            let (st, answer) = call(method, url, body.clone()).await;
+            (st == 200).then_some(()).ok_or(format!("{st} {answer}"))
+        },
+    )
+    .await;
 }
 
 async fn ids(url: &str, service: &str) -> Result<Vec<String>, String> {
@@ -68,9 +87,13 @@ async fn ring_of(url: &str, n: usize) {
 
 #[test]
 fn a_new_owner_whose_clock_runs_10_minutes_behind_keeps_a_deregistration_done() {
-    let (mut agents, service) = ring_with_a_skewed_clock(0, -TEN_MINUTES_MS);
+    let (mut agents, service, order) = ring_with_a_skewed_clock(0, -TEN_MINUTES_MS);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (owner, next, third) = (agents[0].url(), agents[1].url(), agents[2].url());
+    let (owner, next, third) = (
+        agents[0].url(),
+        agents[order[1]].url(),
+        agents[order[2]].url(),
+    );
     rt.block_on(async {
         ring_of(&owner, 3).await;
         let inst = format!("{owner}/v1/services/{service}/instances");
@@ -103,13 +126,13 @@ fn a_new_owner_whose_clock_runs_10_minutes_behind_keeps_a_deregistration_done() 
         // It writes with its slow clock: a report and a new instance, both above every
         // version it holds, and the removal stays done through anti-entropy with the third.
         let inst = format!("{next}/v1/services/{service}/instances");
-        call_ok(
+        write_ok(
             "PUT",
             &format!("{inst}/kept/status"),
             Some(json!({"latency_ms": 3.0})),
         )
         .await;
-        call_ok(
+        write_ok(
             "PUT",
             &format!("{inst}/new"),
             Some(json!({"address": "h", "port": 3})),
@@ -138,9 +161,9 @@ fn a_new_owner_whose_clock_runs_10_minutes_behind_keeps_a_deregistration_done() 
 
 #[test]
 fn a_removal_by_a_clock_10_minutes_ahead_does_not_block_a_re_registration() {
-    let (mut agents, service) = ring_with_a_skewed_clock(TEN_MINUTES_MS, 0);
+    let (mut agents, service, order) = ring_with_a_skewed_clock(TEN_MINUTES_MS, 0);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (owner, next) = (agents[0].url(), agents[1].url());
+    let (owner, next) = (agents[0].url(), agents[order[1]].url());
     rt.block_on(async {
         ring_of(&owner, 3).await;
         let inst = format!("{owner}/v1/services/{service}/instances");
@@ -170,6 +193,134 @@ fn a_removal_by_a_clock_10_minutes_ahead_does_not_block_a_re_registration() {
                 }
                 let got = ids(&next, &service).await?;
                 (got == ["x"]).then_some(()).ok_or(format!("{got:?}"))
+            },
+        )
+        .await;
+    });
+}
+
+/// Every node's copy of `service` over ring RPC: (instance ids present, ids it has any unit
+/// of, tombstones included).
+async fn copies(
+    pool: &chordctl::rpc::Pool,
+    agents: &[AgentProc],
+    service: &str,
+) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
+    use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
+    use chordctl::rpc::{Request, Response};
+    let mut out = Vec::new();
+    for a in agents {
+        let req = Request::Registry(RegistryRequest::ReadReplica {
+            service: service.to_string(),
+        });
+        match pool.call(&a.ring, req).await {
+            Ok(Response::Registry(RegistryResponse::Record(rec))) => out.push(
+                rec.map(|r| {
+                    (
+                        r.instances.keys().cloned().collect(),
+                        r.unit_ids().cloned().collect(),
+                    )
+                })
+                .unwrap_or_default(),
+            ),
+            other => return Err(format!("{}: {other:?}", a.ring)),
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn tombstones_past_their_time_are_forgotten_by_every_copy_and_do_not_come_back() {
+    use crate::support::procs::free_addr;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let addrs: Vec<(String, String)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let start = |i: usize, offset_ms: i64| {
+        let dir = dirs[i].path().to_str().expect("utf-8").to_string();
+        let offset = offset_ms.to_string();
+        let seed = (i > 0).then(|| addrs[0].0.clone());
+        AgentProc::start_env(
+            seed.as_deref(),
+            &addrs[i].0,
+            &addrs[i].1,
+            &["--data-dir", &dir],
+            &[("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str())],
+        )
+    };
+    let mut agents: Vec<AgentProc> = (0..3).map(|i| start(i, 0)).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pool = chordctl::rpc::Pool::new(Duration::from_secs(5));
+    let url = agents[0].url();
+    let service = "tomb";
+    rt.block_on(async {
+        ring_of(&url, 3).await;
+        let inst = format!("{url}/v1/services/{service}/instances");
+        call_ok(
+            "PUT",
+            &format!("{inst}/x"),
+            Some(json!({"address": "h", "port": 1})),
+        )
+        .await;
+        call_ok(
+            "PUT",
+            &format!("{inst}/y"),
+            Some(json!({"address": "h", "port": 2})),
+        )
+        .await;
+        call_ok("DELETE", &format!("{inst}/x"), None).await;
+        eventually(
+            "x's tombstone on every copy",
+            Duration::from_secs(60),
+            async || {
+                let all = copies(&pool, &agents, service).await?;
+                all.iter()
+                    .all(|(present, units)| present == &["y"] && units.contains(&"x".into()))
+                    .then_some(())
+                    .ok_or(format!("{all:?}"))
+            },
+        )
+        .await;
+    });
+    // Eight days later (every clock moved on): the whole ring restarts on its data.
+    for a in &mut agents {
+        a.kill9();
+    }
+    let eight_days_ms = 8 * 24 * 3600 * 1000;
+    agents = (0..3).map(|i| start(i, eight_days_ms)).collect();
+    rt.block_on(async {
+        ring_of(&url, 3).await;
+        eventually(
+            "every copy forgot x's tombstone",
+            Duration::from_secs(90),
+            async || {
+                let all = copies(&pool, &agents, service).await?;
+                all.iter()
+                    .all(|(present, units)| present == &["y"] && !units.contains(&"x".into()))
+                    .then_some(())
+                    .ok_or(format!("{all:?}"))
+            },
+        )
+        .await;
+        // A later change travels to every copy (replication and anti-entropy run): the
+        // forgotten tombstone does not ride back with it.
+        let inst = format!("{url}/v1/services/{service}/instances");
+        write_ok(
+            "PUT",
+            &format!("{inst}/z"),
+            Some(json!({"address": "h", "port": 3})),
+        )
+        .await;
+        eventually(
+            "z everywhere, x nowhere",
+            Duration::from_secs(60),
+            async || {
+                let all = copies(&pool, &agents, service).await?;
+                if all.iter().any(|(_, units)| units.contains(&"x".into())) {
+                    return Err(format!("x came back: {all:?}"));
+                }
+                all.iter()
+                    .all(|(present, _)| present == &["y", "z"])
+                    .then_some(())
+                    .ok_or(format!("{all:?}"))
             },
         )
         .await;

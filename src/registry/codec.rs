@@ -364,6 +364,20 @@ pub(super) fn unit_stamp(bytes: &[u8]) -> Result<Stamp> {
     unit_parts(bytes).map(|(stamp, _)| stamp)
 }
 
+/// When a stored unit's instance was removed, if it is a tombstone; without decoding an
+/// instance (the body's variant tag comes first).
+pub(super) fn unit_removed_at(bytes: &[u8]) -> Option<DateTime<Utc>> {
+    let (_, rest) = unit_parts(bytes).ok()?;
+    // postcard writes the variant index first: 1 is `Removed`.
+    if rest.first() != Some(&1) {
+        return None;
+    }
+    match postcard::from_bytes::<StoredBody<'_>>(rest).ok()? {
+        StoredBody::Removed { at } => from_ts(at).ok(),
+        StoredBody::Present { .. } => None,
+    }
+}
+
 /// A unit of service `service` from its stored form.
 pub(super) fn decode_unit(service: &str, bytes: &[u8]) -> Result<Unit> {
     let (stamp, rest) = unit_parts(bytes)?;

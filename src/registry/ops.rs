@@ -5,8 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::hlc::Hlc;
 use super::model::{Instance, Record, RegisterBody, ServiceSummary, StatusBody};
+use super::unit::Mark;
 use crate::ring::Id;
 use crate::Result;
 
@@ -202,7 +202,7 @@ pub enum RegistryRequest {
     /// holds older (the owner may have just inherited the range from a crashed node).
     Digest {
         /// (store key, version); meta entries and gVip claims carry version zero.
-        items: Vec<(String, Hlc)>,
+        items: Vec<(String, Mark)>,
         /// The owner's key range `(from, to]`, when it knows its predecessor.
         range: Option<(Id, Id)>,
         /// The store keys this digest covers, `[lo, hi)` (`hi` `None`: no upper bound): a
@@ -345,9 +345,9 @@ pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> Res
 
 /// The anti-entropy digest of a range: SHA-1 over `key version` lines, sorted by key.
 /// Two nodes holding the same versions of the same entries compute the same hash.
-pub fn range_hash(items: &[(String, Hlc)]) -> String {
+pub fn range_hash(items: &[(String, Mark)]) -> String {
     use sha1::{Digest, Sha1};
-    let mut sorted: Vec<&(String, Hlc)> = items.iter().collect();
+    let mut sorted: Vec<&(String, Mark)> = items.iter().collect();
     sorted.sort();
     let mut h = Sha1::new();
     for (k, v) in sorted {
@@ -415,10 +415,13 @@ mod tests {
 
     #[test]
     fn range_hash_ignores_order_and_sees_any_version_change() {
-        let v = |wall_ms, node| Hlc {
-            wall_ms,
-            logical: 0,
-            node,
+        let v = |wall_ms, node| Mark {
+            version: crate::registry::hlc::Hlc {
+                wall_ms,
+                logical: 0,
+                node,
+            },
+            content: 7,
         };
         let a = vec![
             ("u/a/x".to_string(), v(3, 1)),
@@ -428,8 +431,15 @@ mod tests {
         b.reverse();
         assert_eq!(range_hash(&a), range_hash(&b));
         let mut c = a.clone();
-        c[1].1.logical = 2;
+        c[1].1.version.logical = 2;
         assert_ne!(range_hash(&a), range_hash(&c));
+        let mut d = a.clone();
+        d[0].1.content = 8;
+        assert_ne!(
+            range_hash(&a),
+            range_hash(&d),
+            "same versions, another content"
+        );
         assert_ne!(range_hash(&a), range_hash(&a[..1]));
     }
 

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::hlc::Hlc;
 use super::model::{Instance, Liveness, Record, Stamp};
@@ -49,6 +50,39 @@ pub enum UnitBody {
     },
 }
 
+/// What a copy holds under one store key, as anti-entropy compares it: a unit's version and
+/// a checksum of its stored bytes (so two different contents under one version — a bug, a
+/// damaged copy — are seen and repaired, the larger checksum winning everywhere). Meta
+/// entries and gVip claims carry zeros: they merge by their own rules, not by replacement.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Mark {
+    /// The unit's version.
+    pub version: Hlc,
+    /// CRC-32 of the unit's stored bytes.
+    pub content: u32,
+}
+
+impl Mark {
+    /// The mark of the entry stored under `key` as `bytes`.
+    pub fn of(key: &str, bytes: &[u8]) -> Mark {
+        if !key.starts_with("u/") {
+            return Mark::default();
+        }
+        Mark {
+            version: Unit::stamp_of(bytes).map(|s| s.version).unwrap_or_default(),
+            content: crc32fast::hash(bytes),
+        }
+    }
+}
+
+impl std::fmt::Display for Mark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{:08x}", self.version, self.content)
+    }
+}
+
 impl Unit {
     /// The stored form.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
@@ -58,6 +92,16 @@ impl Unit {
     /// A unit of `service` from its stored form.
     pub fn from_bytes(service: &str, bytes: &[u8]) -> Result<Unit> {
         super::codec::decode_unit(service, bytes)
+    }
+
+    /// Whether a stored unit is a tombstone older than [`TOMBSTONE_TTL_SECS`] at `now`. Every
+    /// copy forgets such a tombstone: the owner deletes it, replicas drop theirs when
+    /// anti-entropy looks at the range, and nobody accepts or reports it again (else a
+    /// replica's copy would bring back what the owner forgot). Cheap: the instance is not
+    /// decoded.
+    pub fn is_expired_tombstone(bytes: &[u8], now: DateTime<Utc>) -> bool {
+        super::codec::unit_removed_at(bytes)
+            .is_some_and(|at| (now - at).num_seconds() >= TOMBSTONE_TTL_SECS)
     }
 
     /// The version and index of a stored unit, without decoding the instance.
@@ -153,8 +197,20 @@ impl Record {
     pub fn apply_unit(&mut self, id: &str, unit: Unit) -> bool {
         self.index = self.index.max(unit.stamp.index);
         if let Some(cur) = self.stamps.get(id) {
-            if unit.stamp.version <= cur.version {
+            if unit.stamp.version < cur.version {
                 return false;
+            }
+            if unit.stamp.version == cur.version {
+                // The same change again (the usual case), or, by a bug, another content under
+                // the same version: the larger checksum wins on every copy alike.
+                let held = self.unit(id).and_then(|u| u.to_bytes().ok());
+                let new = unit.to_bytes().ok();
+                let (Some(held), Some(new)) = (held, new) else {
+                    return false;
+                };
+                if crc32fast::hash(&new) <= crc32fast::hash(&held) {
+                    return false;
+                }
             }
         }
         match unit.body {
@@ -274,6 +330,45 @@ mod tests {
         assert_eq!(confirmations_needed(1, 8), 0, "W = 1: the owner alone");
         assert_eq!(confirmations_needed(majority(5), 8), 2);
         assert_eq!(confirmations_needed(2, 0), 0, "nonsense input stays sane");
+    }
+
+    #[test]
+    fn two_contents_under_one_version_converge_to_the_same_one_on_every_copy() {
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        let v = a.rec.version_of("x");
+        // Another copy holds another content under the very same version (a bug, a damaged
+        // copy): the port differs.
+        let mut b = a.rec.clone();
+        let mut other = b.unit("x").expect("unit");
+        if let UnitBody::Present { instance, .. } = &mut other.body {
+            Arc::make_mut(instance).port = 2;
+        }
+        b.instances.remove("x");
+        b.stamps.remove("x");
+        assert!(b.apply_unit("x", other.clone()));
+        assert_eq!(b.version_of("x"), v, "same version");
+        let (ua, ub) = (a.rec.unit("x").expect("a"), b.unit("x").expect("b"));
+        let (ba, bb) = (ua.to_bytes().expect("a"), ub.to_bytes().expect("b"));
+        assert_ne!(
+            Mark::of("u/svc/x", &ba),
+            Mark::of("u/svc/x", &bb),
+            "anti-entropy sees the difference"
+        );
+        // Each side applies the other's: both keep the same one, whichever order.
+        let mut a2 = a.rec.clone();
+        a2.apply_unit("x", ub.clone());
+        let mut b2 = b.clone();
+        b2.apply_unit("x", ua.clone());
+        assert_eq!(a2.instances["x"].port, b2.instances["x"].port);
+        let winner = if crc32fast::hash(&ba) > crc32fast::hash(&bb) {
+            1
+        } else {
+            2
+        };
+        assert_eq!(a2.instances["x"].port, winner, "the larger checksum wins");
+        // The same unit again changes nothing.
+        assert!(!a2.clone().apply_unit("x", a2.unit("x").expect("unit")));
     }
 
     /// An owner: a record and a clock whose wall time is `skew_ms` off.
@@ -416,6 +511,37 @@ mod tests {
         let gone = a.rec.forget_tombstones(at(5) + Duration::days(8));
         assert_eq!(gone, ["x"]);
         assert!(a.rec.unit("x").is_none());
+    }
+
+    #[test]
+    fn a_stored_tombstone_past_its_time_is_recognised_without_decoding_the_instance() {
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        a.register("y", 1, at(0));
+        a.deregister("x", at(5));
+        let tomb = a
+            .rec
+            .unit("x")
+            .and_then(|u| u.to_bytes().ok())
+            .unwrap_or_default();
+        let live = a
+            .rec
+            .unit("y")
+            .and_then(|u| u.to_bytes().ok())
+            .unwrap_or_default();
+        assert!(!Unit::is_expired_tombstone(
+            &tomb,
+            at(5) + Duration::days(6)
+        ));
+        assert!(Unit::is_expired_tombstone(&tomb, at(5) + Duration::days(7)));
+        assert!(!Unit::is_expired_tombstone(
+            &live,
+            at(5) + Duration::days(700)
+        ));
+        assert!(!Unit::is_expired_tombstone(
+            b"garbage",
+            at(5) + Duration::days(700)
+        ));
     }
 
     #[test]

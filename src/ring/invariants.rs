@@ -36,6 +36,20 @@ impl View {
 /// - when `converged` is set: the ring holds every member, each successor list is exactly the
 ///   next members in identifier order, and each predecessor is the previous member.
 pub fn check(views: &[View], r: usize, converged: bool) -> Result<(), String> {
+    check_views(views, r, true, converged)
+}
+
+/// The invariants that hold at *every* step of a ring under joins and graceful leaves, not
+/// only once it settles (Zave's "one ordered ring"): every member's successor list holds a
+/// live member, the first live successors form exactly one cycle in identifier order, and
+/// every member reaches it. Tolerated, because the rules allow them for a while: lists
+/// shorter than `r` (a joiner's, or one that just dropped a leaver) and members not yet on
+/// the cycle (appendages).
+pub fn check_step(views: &[View], r: usize) -> Result<(), String> {
+    check_views(views, r, false, false)
+}
+
+fn check_views(views: &[View], r: usize, exact_len: bool, converged: bool) -> Result<(), String> {
     let n = views.len();
     if n == 0 {
         return Ok(());
@@ -45,7 +59,7 @@ pub fn check(views: &[View], r: usize, converged: bool) -> Result<(), String> {
     let want_len = r.min(n - 1);
     let mut next: BTreeMap<Id, Id> = BTreeMap::new();
     for v in views {
-        if v.successors.len() != want_len {
+        if v.successors.len() != want_len && (exact_len || v.successors.is_empty() && n > 1) {
             return Err(format!(
                 "{:?}: successor list has length {}, want {}: {:?}",
                 v.id,
@@ -126,4 +140,57 @@ pub fn check(views: &[View], r: usize, converged: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<Id> {
+        let mut v: Vec<Id> = (0..n).map(|i| Id::of_key(&format!("n{i}"))).collect();
+        v.sort();
+        v
+    }
+
+    fn view(id: Id, successors: &[Id]) -> View {
+        View {
+            id,
+            successors: successors.to_vec(),
+            predecessor: None,
+        }
+    }
+
+    #[test]
+    fn the_step_check_tolerates_short_lists_and_appendages_but_not_two_rings() {
+        let n = ids(4);
+        // A ring of 0 → 1 → 2 → 0 with 3 hanging off 1 (a joiner whose predecessor has not
+        // noticed it yet), lists shorter than r = 3.
+        let ok = [
+            view(n[0], &[n[1]]),
+            view(n[1], &[n[2], n[0]]),
+            view(n[2], &[n[0]]),
+            view(n[3], &[n[0], n[1]]),
+        ];
+        assert!(check_step(&ok, 3).is_ok());
+        assert!(check(&ok, 3, false).is_err(), "settled lists must be full");
+        // Two rings: 0 ↔ 1 and 2 ↔ 3.
+        let split = [
+            view(n[0], &[n[1]]),
+            view(n[1], &[n[0]]),
+            view(n[2], &[n[3]]),
+            view(n[3], &[n[2]]),
+        ];
+        assert!(check_step(&split, 3).is_err());
+        // An unordered cycle: 0 → 2 → 1 → 3 → 0 wraps twice.
+        let tangled = [
+            view(n[0], &[n[2]]),
+            view(n[2], &[n[1]]),
+            view(n[1], &[n[3]]),
+            view(n[3], &[n[0]]),
+        ];
+        assert!(check_step(&tangled, 3).is_err());
+        // A member with an empty list in a ring of several.
+        let lost = [view(n[0], &[n[1]]), view(n[1], &[])];
+        assert!(check_step(&lost, 3).is_err());
+    }
 }

@@ -28,6 +28,13 @@ impl NodeRef {
             http: http.into(),
         }
     }
+
+    /// Whether the identifier is SHA-1 of the address, as every real node's is. A reference
+    /// that claims another identifier (a bug, or a peer trying to take over a range) is never
+    /// adopted into a successor list, a predecessor or a finger.
+    pub fn is_genuine(&self) -> bool {
+        self.id == Id::of_addr(&self.addr)
+    }
 }
 
 impl std::fmt::Debug for NodeRef {

@@ -464,7 +464,12 @@ impl Chord {
     /// Answer a peer's request from local state.
     pub fn handle_request(&mut self, req: RingRequest) -> RingResponse {
         match req {
-            RingRequest::Ping => RingResponse::Pong(self.me.clone()),
+            // Only a member answers as one (Zave): a node still joining, or gone, must not be
+            // adopted by whoever pings it.
+            RingRequest::Ping => match self.phase {
+                Phase::Member | Phase::Leaving { .. } => RingResponse::Pong(self.me.clone()),
+                Phase::Idle | Phase::Joining | Phase::Left => RingResponse::NotMember,
+            },
             RingRequest::GetNeighbors => {
                 if self.phase != Phase::Member {
                     return RingResponse::NotMember;
@@ -784,7 +789,7 @@ impl Chord {
     }
 
     fn set_finger(&mut self, i: usize, owner: NodeRef) {
-        if owner.id == self.me.id {
+        if owner.id == self.me.id || !owner.is_genuine() {
             self.fingers[i] = None;
             self.next_finger = (i + 1) % BITS;
             return;
@@ -839,30 +844,49 @@ impl Chord {
         }
     }
 
+    /// Our successor `leaver` is leaving: drop it, and take its successor only once that
+    /// node has answered (Zave: never adopt a successor without checking it is alive; the
+    /// leaver's list may be stale). Until then the rest of our own list stands in.
     fn splice_out(&mut self, leaver: &NodeRef, their_succs: &[NodeRef]) {
         self.forget_leaver(&leaver.id);
         self.clear_fingers(&leaver.id);
-        if let Some(pos) = self.succs.iter().position(|n| n.id == leaver.id) {
-            let mut list: Vec<NodeRef> = self.succs[..pos].to_vec();
-            list.extend(their_succs.iter().cloned());
-            list.extend(self.succs[pos + 1..].iter().cloned());
-            list.retain(|n| n.id != leaver.id);
-            self.set_successors(list);
+        if !self.drop_successor(&leaver.id) {
+            return;
         }
+        let candidate = their_succs
+            .iter()
+            .find(|n| n.id != leaver.id && n.id != self.me.id && n.is_genuine())
+            .cloned();
+        if let Some(cand) = candidate {
+            let closer = match self.succs.first() {
+                None => true,
+                Some(first) => cand.id.in_open(&self.me.id, &first.id),
+            };
+            if closer {
+                self.stabilizing = true;
+                self.send(
+                    cand.clone(),
+                    RingRequest::GetNeighbors,
+                    Pending::StabilizeCandidate { cand },
+                );
+            }
+        }
+    }
+
+    /// Take `id` out of the successor list; whether it was in it.
+    fn drop_successor(&mut self, id: &Id) -> bool {
+        if !self.succs.iter().any(|n| n.id == *id) {
+            return false;
+        }
+        let list = self.succs.iter().filter(|n| n.id != *id).cloned().collect();
+        self.set_successors(list);
+        true
     }
 
     fn adopt_leavers_predecessor(&mut self, leaver: &NodeRef, predecessor: Option<NodeRef>) {
         self.forget_leaver(&leaver.id);
         self.clear_fingers(&leaver.id);
-        if self.succs.iter().any(|n| n.id == leaver.id) {
-            let list = self
-                .succs
-                .iter()
-                .filter(|n| n.id != leaver.id)
-                .cloned()
-                .collect();
-            self.set_successors(list);
-        }
+        self.drop_successor(&leaver.id);
         if self.pred.as_ref().map(|p| p.id) == Some(leaver.id) {
             self.set_predecessor(None);
             if let Some(p) = predecessor {
@@ -924,7 +948,7 @@ impl Chord {
             if n.id == self.me.id {
                 break;
             }
-            if out.iter().any(|o| o.id == n.id) {
+            if !n.is_genuine() || out.iter().any(|o| o.id == n.id) {
                 continue;
             }
             if out.len() == self.cfg.successors {
@@ -944,6 +968,9 @@ impl Chord {
 
     fn set_predecessor(&mut self, new: Option<NodeRef>) {
         if let Some(n) = &new {
+            if !n.is_genuine() {
+                return;
+            }
             self.remember(n);
         }
         if self.pred != new {
@@ -989,5 +1016,92 @@ impl Chord {
         self.next_req += 1;
         self.pending.insert(id, pending);
         self.outbox.push(Outbound { id, to, msg });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> NodeRef {
+        NodeRef::new(format!("10.0.0.1:{port}"), "")
+    }
+
+    fn member(port: u16) -> Chord {
+        let mut c = Chord::new(node(port), Config::default());
+        c.create();
+        c.take_outbound();
+        c
+    }
+
+    #[test]
+    fn only_a_member_answers_a_ping_as_one() {
+        let mut c = Chord::new(node(1), Config::default());
+        assert_eq!(c.handle_request(RingRequest::Ping), RingResponse::NotMember);
+        c.join(&node(9).addr);
+        assert_eq!(
+            c.handle_request(RingRequest::Ping),
+            RingResponse::NotMember,
+            "a joining node is not a member yet"
+        );
+        let mut c = member(1);
+        assert!(matches!(
+            c.handle_request(RingRequest::Ping),
+            RingResponse::Pong(_)
+        ));
+    }
+
+    #[test]
+    fn a_node_whose_id_is_not_sha1_of_its_address_is_never_adopted() {
+        let mut c = member(1);
+        let mut fake = node(2);
+        fake.id = c.me.id.add_pow2(3);
+        assert!(!fake.is_genuine() && node(3).is_genuine());
+        c.set_successors(vec![fake.clone(), node(3)]);
+        assert_eq!(c.succs, vec![node(3)], "the impostor is skipped");
+        c.set_predecessor(Some(fake.clone()));
+        assert!(c.pred.is_none());
+        c.handle_request(RingRequest::Notify(fake.clone()));
+        assert!(c.pred.as_ref().is_none_or(|p| p.id != fake.id));
+        c.set_finger(0, fake.clone());
+        assert!(c.fingers.iter().flatten().all(|f| f.id != fake.id));
+    }
+
+    #[test]
+    fn a_leavers_successor_is_asked_before_it_is_adopted() {
+        let mut c = member(1);
+        let (leaver, next) = (node(2), node(3));
+        c.set_successors(vec![leaver.clone()]);
+        c.take_outbound();
+        c.handle_request(RingRequest::LeavingToPredecessor {
+            leaver: leaver.clone(),
+            successors: vec![next.clone()],
+        });
+        assert!(
+            c.succs.iter().all(|n| n.id != next.id && n.id != leaver.id),
+            "neither the leaver nor its unchecked successor: {:?}",
+            c.succs
+        );
+        let out = c.take_outbound();
+        assert!(
+            out.iter()
+                .any(|o| o.to.id == next.id && o.msg == RingRequest::GetNeighbors),
+            "the candidate is asked first: {out:?}"
+        );
+        // It answers: now it is adopted.
+        let id = out
+            .iter()
+            .find(|o| o.to.id == next.id)
+            .map(|o| o.id)
+            .unwrap_or_default();
+        c.on_response(
+            id,
+            Ok(RingResponse::Neighbors {
+                me: next.clone(),
+                predecessor: Some(c.me.clone()),
+                successors: vec![c.me.clone()],
+            }),
+        );
+        assert_eq!(c.succs.first().map(|n| n.id), Some(next.id));
     }
 }

@@ -76,6 +76,11 @@ pub struct Sim {
     joined: Vec<Id>,
     /// A network partition: messages between this side and the rest are lost.
     pub partition: Option<HashSet<Id>>,
+    /// Check [`invariants::check_step`] after every delivered message and tick, keeping the
+    /// first violation (with its virtual time) in `violation`.
+    pub check_every_step: bool,
+    /// The first invariant violation seen by a step check.
+    pub violation: Option<String>,
 }
 
 impl Sim {
@@ -95,6 +100,8 @@ impl Sim {
             joining: HashSet::new(),
             joined: Vec::new(),
             partition: None,
+            check_every_step: false,
+            violation: None,
         }
     }
 
@@ -334,6 +341,7 @@ impl Sim {
             while self.queue.peek().is_some_and(|i| i.at <= tick_at) {
                 if let Some(item) = self.queue.pop() {
                     self.step(item);
+                    self.check_step();
                 }
             }
             self.now = tick_at;
@@ -357,6 +365,15 @@ impl Sim {
         }
     }
 
+    fn check_step(&mut self) {
+        if !self.check_every_step || self.violation.is_some() {
+            return;
+        }
+        if let Err(e) = invariants::check_step(&self.member_views(), self.cfg.successors) {
+            self.violation = Some(format!("at {} ms: {e}", self.now));
+        }
+    }
+
     /// Check the invariants over the live members among `ids` only (one side of a partition).
     pub fn check_among(&self, ids: &HashSet<Id>) -> Result<(), String> {
         let views: Vec<View> = self
@@ -373,13 +390,15 @@ impl Sim {
         if !self.joining.is_empty() {
             return Err(format!("{} nodes still joining", self.joining.len()));
         }
-        let views: Vec<View> = self
-            .nodes
+        invariants::check(&self.member_views(), self.cfg.successors, converged)
+    }
+
+    fn member_views(&self) -> Vec<View> {
+        self.nodes
             .values()
             .filter(|c| c.is_member())
             .map(View::of)
-            .collect();
-        invariants::check(&views, self.cfg.successors, converged)
+            .collect()
     }
 
     /// Run until the invariants hold (converged) or `max_ms` of virtual time pass.
@@ -632,6 +651,28 @@ mod tests {
         assert_eq!(sim.members().len(), 5);
         let (failures, _) = lookups(&mut sim, 200);
         assert_eq!(failures, 0);
+    }
+
+    /// Zave's invariant at every step, not only once settled: joins and graceful leaves
+    /// interleaved without waiting for the ring to settle in between.
+    #[test]
+    fn one_ordered_ring_holds_after_every_step_of_joins_and_leaves() {
+        let mut sim = Sim::new(21, cfg(4));
+        grow(&mut sim, 12);
+        sim.check_every_step = true;
+        for round in 0..30 {
+            if round % 2 == 0 || sim.len() < 6 {
+                sim.join();
+            } else if let Some(id) = sim.random_member() {
+                sim.leave(id);
+            }
+            sim.run_for(300);
+            if let Some(v) = &sim.violation {
+                panic!("round {round}: {v}");
+            }
+        }
+        sim.settle(120_000).expect("settles at the end");
+        assert!(sim.violation.is_none(), "{:?}", sim.violation);
     }
 
     /// Records on top of the simulated ring: every copy is a real `registry::Record`, changed

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::{guard, version_item, Registry, TRANSFER_CHUNK};
 use crate::agent::progress::{Progress, Step};
-use crate::registry::hlc::Hlc;
 use crate::registry::ops::{range_hash, Entry, RegistryRequest, RegistryResponse};
+use crate::registry::unit::Mark;
 use crate::registry::unit::{meta_key, meta_value, unit_key, unit_prefix};
 use crate::registry::Record;
 use crate::ring::{Id, NodeRef};
@@ -39,9 +39,9 @@ pub(super) struct Transfer {
 
 /// `items` sorted by key and cut into digests of at most [`DIGEST_ITEMS`], each with the span
 /// of store keys it covers: together the spans cover every key, without overlap.
-fn digest_spans(mut items: Vec<(String, Hlc)>) -> Vec<(Vec<(String, Hlc)>, Span)> {
+fn digest_spans(mut items: Vec<(String, Mark)>) -> Vec<(Vec<(String, Mark)>, Span)> {
     items.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut parts: Vec<Vec<(String, Hlc)>> = Vec::new();
+    let mut parts: Vec<Vec<(String, Mark)>> = Vec::new();
     let mut rest = items.into_iter().peekable();
     while rest.peek().is_some() {
         parts.push(rest.by_ref().take(DIGEST_ITEMS).collect());
@@ -158,7 +158,7 @@ impl Registry {
         if owned.is_empty() && range.is_none() {
             return Ok(0);
         }
-        let items: Vec<(String, Hlc)> = owned.iter().map(version_item).collect();
+        let items: Vec<(String, Mark)> = owned.iter().map(version_item).collect();
         let hash = range_hash(&items);
         let mut sent = 0;
         for node in replicas {
@@ -282,7 +282,7 @@ impl Registry {
                 .into_iter()
                 .map(|(key, value)| Entry { key, value })
                 .collect();
-            let items: Vec<(String, Hlc)> = entries.iter().map(version_item).collect();
+            let items: Vec<(String, Mark)> = entries.iter().map(version_item).collect();
             let mut need = Vec::new();
             for (items, span) in digest_spans(items) {
                 let req = RegistryRequest::Digest {
@@ -575,17 +575,18 @@ impl Registry {
     /// older.
     pub(super) async fn diff(
         &self,
-        items: Vec<(String, Hlc)>,
+        items: Vec<(String, Mark)>,
         range: Option<(Id, Id)>,
         span: Span,
     ) -> Result<RegistryResponse> {
         // One scan of the owner's range (everything when it knows no predecessor): what we
-        // hold there, within the digest's span of keys, by key, with its version.
+        // hold there, within the digest's span of keys, by key, with its version. Tombstones
+        // past their time are neither compared nor kept: the owner has forgotten them.
         let held = match range {
             Some((from, to)) => self.entries_where(|id| id.in_half_open(&from, &to)).await?,
             None => self.entries_where(|_| true).await?,
         };
-        let mut mine: HashMap<String, Hlc> = held
+        let mut mine: HashMap<String, Mark> = held
             .iter()
             .filter(|e| in_span(&e.key, &span))
             .map(version_item)
@@ -638,9 +639,9 @@ mod tests {
 
     #[test]
     fn digests_cover_every_key_once_in_spans_of_bounded_size() {
-        let items: Vec<(String, Hlc)> = (0..DIGEST_ITEMS * 2 + 5)
+        let items: Vec<(String, Mark)> = (0..DIGEST_ITEMS * 2 + 5)
             .rev()
-            .map(|i| (format!("u/s/{i:08}"), Hlc::default()))
+            .map(|i| (format!("u/s/{i:08}"), Mark::default()))
             .collect();
         let spans = digest_spans(items.clone());
         assert_eq!(spans.len(), 3);

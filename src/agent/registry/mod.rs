@@ -34,7 +34,7 @@ use crate::registry::ops::{
     discovered_json, gvip_id, gvip_key, range_hash, routing_id, Entry, RawJson, RegistryRequest,
     RegistryResponse, WriteOp,
 };
-use crate::registry::unit::{meta_key, unit_prefix, Unit};
+use crate::registry::unit::{meta_key, unit_prefix, Mark, Unit};
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult};
 use crate::store::Store;
@@ -158,16 +158,9 @@ fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// (store key, version) of an entry: a unit's version; zero for meta entries and claims.
-fn version_item(e: &Entry) -> (String, Hlc) {
-    let v = if e.key.starts_with("u/") {
-        Unit::stamp_of(&e.value)
-            .map(|s| s.version)
-            .unwrap_or_default()
-    } else {
-        Hlc::default()
-    };
-    (e.key.clone(), v)
+/// (store key, mark) of an entry, as anti-entropy compares it ([`Mark`]).
+fn version_item(e: &Entry) -> (String, Mark) {
+    (e.key.clone(), Mark::of(&e.key, &e.value))
 }
 
 fn not_owner() -> Error {
@@ -351,8 +344,15 @@ impl Registry {
 
     // ---- ownership ---------------------------------------------------------------------
 
+    /// Whether this node owns `id` beyond doubt: it is a member, and either alone on the ring
+    /// or `id` lies between its known predecessor and itself. "No predecessor" means "not
+    /// sure", never "owner of everything": such a node takes no writes (they are retried),
+    /// sweeps no TTLs and pushes nothing until it knows its range again.
     fn owns(&self, id: &Id) -> bool {
-        self.ring.read(|c| c.is_member() && c.owns(id))
+        self.ring.read(|c| {
+            c.is_member()
+                && (c.successor().id == c.me().id || (c.predecessor().is_some() && c.owns(id)))
+        })
     }
 
     fn check_owner(&self, id: &Id) -> Result<()> {
@@ -464,6 +464,13 @@ impl Registry {
                 Ok(RegistryResponse::Json { json, index })
             }
             RegistryRequest::ReadReplica { service } => {
+                // A joiner's copy is incomplete until it has taken its range: it stands in
+                // for nobody (a partial list, or a 404, would hide acknowledged instances).
+                if !self.ready.load(Ordering::Relaxed) {
+                    return Err(Error::routing(
+                        "this node joined moments ago and is still taking over its records; retry",
+                    ));
+                }
                 let rec = self.read_cached(&service).await?;
                 Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
             }
@@ -520,8 +527,52 @@ impl Registry {
     }
 
     /// Every stored entry (units, service meta entries and gVip claims) whose routing
-    /// identifier passes `keep`.
+    /// identifier passes `keep`, except tombstones past their time, which no copy keeps,
+    /// sends or reports ([`Unit::is_expired_tombstone`]): those the scan meets are deleted.
+    /// (Call without holding a slot lock.)
     async fn entries_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
+        let (live, expired) = self.split_expired(self.stored_where(keep).await?);
+        if !expired.is_empty() {
+            self.drop_expired(expired).await;
+        }
+        Ok(live)
+    }
+
+    /// `entries` split into (live, tombstones past their time).
+    fn split_expired(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Entry>) {
+        let now = self.now();
+        entries
+            .into_iter()
+            .partition(|e| !(e.key.starts_with("u/") && Unit::is_expired_tombstone(&e.value, now)))
+    }
+
+    /// Delete tombstones past their time that a scan found, each only if still stored
+    /// unchanged (under its service's slot lock).
+    async fn drop_expired(&self, expired: Vec<Entry>) {
+        for e in expired {
+            let Some(service) = crate::registry::unit::service_of_key(&e.key).map(String::from)
+            else {
+                continue;
+            };
+            let slot = self.slot(&service);
+            let dropped = async {
+                let _guard = slot.lock.lock().await;
+                if self.store.get(&e.key).await?.as_deref() == Some(e.value.as_slice()) {
+                    self.store.delete(&e.key).await?;
+                    self.uncache(&service);
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            self.release(&service, slot);
+            if let Err(err) = dropped {
+                tracing::debug!(key = e.key, "dropping an old tombstone: {err}");
+            }
+        }
+    }
+
+    /// Every stored entry whose routing identifier passes `keep`, as stored.
+    async fn stored_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for prefix in crate::registry::ops::STORED_PREFIXES {
             for (key, value) in self.store.scan_prefix(prefix).await? {

@@ -9,7 +9,7 @@ use chrono::Utc;
 use super::{guard, Registry};
 use crate::registry::ops::{Entry, RegistryRequest};
 use crate::registry::unit::{
-    decode_meta_value, meta_key, meta_value, service_of_key, split_unit_key, unit_key, Unit,
+    decode_meta_value, meta_key, meta_value, service_of_key, split_unit_key, unit_key, Mark, Unit,
 };
 use crate::registry::Record;
 use crate::store::Op;
@@ -164,8 +164,13 @@ impl Registry {
         // Newest version of each key first: two versions of one unit in one batch store once.
         let mut units: BTreeMap<String, (Unit, Vec<u8>)> = BTreeMap::new();
         let mut metas = Vec::new();
+        let now = self.now();
         for e in entries {
             if let Some((_, id)) = split_unit_key(&e.key) {
+                // A tombstone past its time is forgotten everywhere: never taken back in.
+                if Unit::is_expired_tombstone(&e.value, now) {
+                    continue;
+                }
                 let unit = match Unit::from_bytes(service, &e.value) {
                     Ok(u) => u,
                     Err(err) => {
@@ -174,7 +179,7 @@ impl Registry {
                     }
                 };
                 match units.get(id) {
-                    Some((held, _)) if held.stamp.version >= unit.stamp.version => {}
+                    Some((_, held)) if Mark::of(&e.key, held) >= Mark::of(&e.key, &e.value) => {}
                     _ => {
                         units.insert(id.to_string(), (unit, e.value));
                     }
@@ -203,12 +208,14 @@ impl Registry {
         }
         // Compare with what the store holds, one key at a time: a replica does not load (or
         // keep in memory) whole services it only copies.
-        for (id, (unit, bytes)) in units {
+        for (id, (_, bytes)) in units {
             let key = unit_key(service, &id);
+            // Newer version, or (by a bug, or a damaged copy) another content under the same
+            // version whose checksum is larger: the rule `Record::apply_unit` also follows.
             let newer = match self.store.get(&key).await? {
                 None => true,
                 Some(held) => match Unit::stamp_of(&held) {
-                    Ok(held) => unit.stamp.version > held.version,
+                    Ok(_) => Mark::of(&key, &bytes) > Mark::of(&key, &held),
                     Err(_) => true,
                 },
             };

@@ -12,7 +12,7 @@ use crate::registry::ops::{
 };
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult, NodeRef};
-use crate::rpc::{Request, Response};
+use crate::rpc::{CallError, Request, Response};
 use crate::{Error, Result};
 
 impl Registry {
@@ -43,7 +43,7 @@ impl Registry {
         req: &RegistryRequest,
     ) -> Result<RegistryResponse> {
         // This node owns the key (its predecessor is known, or it is alone): no lookup.
-        if self.surely_owns(&key_id) {
+        if self.owns(&key_id) {
             // A write needs no copy of the request: the record takes what it keeps.
             if let RegistryRequest::Write { service, op } = req {
                 return self.apply(service, key_id, op.clone()).await;
@@ -111,16 +111,6 @@ impl Registry {
         }
     }
 
-    /// Whether this node owns `id` beyond doubt: it is a member, and either alone on the ring
-    /// or `id` lies between its known predecessor and itself. (Without a predecessor a node
-    /// counts itself the owner of everything, which is only safe to act on after a lookup.)
-    fn surely_owns(&self, id: &Id) -> bool {
-        self.ring.read(|c| {
-            c.is_member()
-                && (c.successor().id == c.me().id || (c.predecessor().is_some() && c.owns(id)))
-        })
-    }
-
     /// The owner of `key` from a lookup made less than [`ROUTE_CACHE_TTL`] ago.
     fn cached_owner(&self, key: &Id) -> Option<NodeRef> {
         let mut routes = guard(&self.routes);
@@ -156,7 +146,12 @@ impl Registry {
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
             Err(e) => {
-                self.ring.with(|c| c.suspect(&node.id));
+                // A peer that refuses connections, or whose connection broke, is gone; one
+                // that is merely slow (a long fsync, a big transfer) is left to the ring's
+                // own probes to judge, so application timeouts do not reshape the ring.
+                if matches!(e, CallError::Connect(..) | CallError::Broken(_)) {
+                    self.ring.with(|c| c.suspect(&node.id));
+                }
                 Err(Error::routing(e.to_string()))
             }
         }
