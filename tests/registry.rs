@@ -524,3 +524,34 @@ async fn units_merged_from_peers_replace_the_owners_cached_copy() {
     assert_eq!(b["port"], 2, "the older unit won");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_a_thousand_unknown_names_leaves_no_locks_behind() {
+    let c = TestCluster::start(3).await;
+    c.settle().await;
+    register(&c.url(0), "known", "a", 80).await;
+    for i in 0..1000 {
+        let url = c.url(i % 3);
+        let (st, _) = call("GET", &format!("{url}/v1/services/nope-{i}"), None).await;
+        assert_eq!(st, 404);
+        let (st, _) = call(
+            "GET",
+            &format!("{url}/v1/services/nope-{i}/instances/x"),
+            None,
+        )
+        .await;
+        assert_eq!(st, 404);
+    }
+    // Every per-service slot taken for those requests is gone again (background repair may
+    // hold one for a moment).
+    eventually("no slot left behind", Duration::from_secs(30), async || {
+        let held: Vec<usize> = (0..3)
+            .map(|i| c.node(i).agent().registry.slot_count())
+            .collect();
+        held.iter()
+            .all(|n| *n == 0)
+            .then_some(())
+            .ok_or(format!("slots held: {held:?}"))
+    })
+    .await;
+}

@@ -56,6 +56,9 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// owner" (retryable), and then the key is looked up afresh at once.
 pub const ROUTE_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// How long the ring-wide service list (`GET /v1/services`) is reused before the next walk.
+pub const LIST_CACHE_TTL: Duration = Duration::from_secs(1);
+
 /// Keys whose route is cached at most; past it new routes are not cached (each expires soon).
 const ROUTE_CACHE_MAX: usize = 4096;
 
@@ -114,6 +117,8 @@ pub struct Registry {
     discovered: Mutex<DiscoveredCache>,
     /// Snapshots of the ranges joiners are taking, by joiner, served page by page.
     transfers: Mutex<HashMap<Id, handoff::Transfer>>,
+    /// The last ring-wide service list and when it was made (see [`Registry::list`]).
+    listed: tokio::sync::Mutex<Option<(Instant, Vec<ServiceSummary>)>>,
 }
 
 /// Most bytes of discover answers kept by [`DiscoveredCache`].
@@ -201,12 +206,19 @@ impl Registry {
             sweep_wake: tokio::sync::Notify::new(),
             discovered: Mutex::new(DiscoveredCache::default()),
             transfers: Mutex::new(HashMap::new()),
+            listed: tokio::sync::Mutex::new(None),
         })
     }
 
     /// Mark whether this node has its records and may answer for the keys it owns.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Per-service slots currently held (each a lock and a queue); they are dropped as soon
+    /// as nobody uses them, so this stays small whatever names were asked for.
+    pub fn slot_count(&self) -> usize {
+        guard(&self.slots).len()
     }
 
     /// The store (for health checks).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{guard, Registry, ROUTE_CACHE_MAX, ROUTE_CACHE_TTL, ROUTE_DEADLINE};
+use super::{guard, Registry, LIST_CACHE_TTL, ROUTE_CACHE_MAX, ROUTE_CACHE_TTL, ROUTE_DEADLINE};
 use crate::registry::ops::{
     discovered_json, gvip_id, RawJson, RegistryRequest, RegistryResponse, WriteOp,
 };
@@ -211,7 +211,22 @@ impl Registry {
     }
 
     /// Every service on the ring with its instance count: ask every node for what it owns.
+    /// The answer is reused for [`LIST_CACHE_TTL`], and callers that arrive while one walk
+    /// is under way wait for it: a burst of `GET /v1/services` walks the ring once, not once
+    /// per request.
     pub async fn list(self: &Arc<Self>) -> Result<Vec<ServiceSummary>> {
+        let mut listed = self.listed.lock().await;
+        if let Some((at, list)) = listed.as_ref() {
+            if at.elapsed() < LIST_CACHE_TTL {
+                return Ok(list.clone());
+            }
+        }
+        let list = self.walk_list().await?;
+        *listed = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    async fn walk_list(self: &Arc<Self>) -> Result<Vec<ServiceSummary>> {
         let nodes = self.ring.walk(100_000).await?;
         let mut all: BTreeMap<String, usize> = BTreeMap::new();
         for (node, _, _) in nodes {
