@@ -917,6 +917,9 @@ mod tests {
             );
         }
         data.repair(&sim);
+        // Zave's "one ordered ring" after every delivered message, through the crashes too
+        // (never more than K − 1 at once, fewer than the successor list's length).
+        sim.check_every_step = true;
         let mut acked_writes = 0;
         for round in 0..25 {
             // Churn: joins, graceful leaves, and crashes before the next repair: of at most
@@ -971,6 +974,9 @@ mod tests {
                 data.joined(&sim, j);
             }
             data.repair(&sim);
+            if let Some(v) = &sim.violation {
+                panic!("round {round}: the ring broke an invariant mid-step: {v}");
+            }
             assert_eq!(
                 data.lost(&sim),
                 Vec::<String>::new(),
