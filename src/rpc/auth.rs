@@ -31,9 +31,9 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 
-use super::frame::{MAX_FRAME, PROTOCOL_VERSION};
+use super::frame::{FrameCodec, MAX_FRAME, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -364,7 +364,7 @@ impl ServerHandshake {
 }
 
 async fn recv<T: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
+    framed: &mut Framed<T, FrameCodec>,
 ) -> Result<BytesMut, AuthError> {
     match framed.next().await {
         Some(Ok(f)) => Ok(f),
@@ -374,7 +374,7 @@ async fn recv<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn send<T: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
+    framed: &mut Framed<T, FrameCodec>,
     msg: Bytes,
 ) -> Result<(), AuthError> {
     framed
@@ -386,7 +386,7 @@ async fn send<T: AsyncRead + AsyncWrite + Unpin>(
 /// Run the client side on a fresh connection (nothing to do without a secret), within
 /// [`HANDSHAKE_TIMEOUT`].
 pub async fn client<T: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
+    framed: &mut Framed<T, FrameCodec>,
     secret: Option<&ClusterSecret>,
 ) -> Result<(Sealer, Opener), AuthError> {
     let Some(secret) = secret else {
@@ -405,7 +405,7 @@ pub async fn client<T: AsyncRead + AsyncWrite + Unpin>(
 /// Run the server side on an accepted connection (nothing to do without a secret), within
 /// [`HANDSHAKE_TIMEOUT`].
 pub async fn server<T: AsyncRead + AsyncWrite + Unpin>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
+    framed: &mut Framed<T, FrameCodec>,
     secret: Option<&ClusterSecret>,
 ) -> Result<(Sealer, Opener), AuthError> {
     let Some(secret) = secret else {
@@ -421,8 +421,8 @@ pub async fn server<T: AsyncRead + AsyncWrite + Unpin>(
 
 /// Run `f` with small frames allowed and a deadline, then allow full-size frames again.
 async fn bounded<T, R>(
-    framed: &mut Framed<T, LengthDelimitedCodec>,
-    f: impl AsyncFnOnce(&mut Framed<T, LengthDelimitedCodec>) -> Result<R, AuthError>,
+    framed: &mut Framed<T, FrameCodec>,
+    f: impl AsyncFnOnce(&mut Framed<T, FrameCodec>) -> Result<R, AuthError>,
 ) -> Result<R, AuthError>
 where
     T: AsyncRead + AsyncWrite + Unpin,

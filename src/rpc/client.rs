@@ -197,7 +197,7 @@ impl Drop for PendingGuard {
 }
 
 fn spawn_conn(
-    framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    framed: Framed<TcpStream, frame::FrameCodec>,
     mut sealer: Sealer,
     mut opener: Opener,
 ) -> Conn {

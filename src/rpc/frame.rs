@@ -1,10 +1,11 @@
 //! Framing: every message travels as `u32 length | u8 version | postcard(Envelope)`.
 //!
-//! The length prefix is checked against [`MAX_FRAME`] before anything is allocated (the codec
-//! refuses longer frames), and postcard decodes from the frame's bytes: a length inside the
-//! body is checked against the bytes that are actually there before anything of that length is
-//! allocated (sequences grow as their elements arrive), so a peer cannot make us allocate more
-//! than it sent.
+//! The length prefix is checked against [`MAX_FRAME`] (the codec refuses longer frames) and is
+//! not trusted with memory: the read buffer grows with the bytes that arrive, at most
+//! [`READ_RESERVE`] ahead of them ([`FrameCodec`]). Postcard decodes from the frame's bytes: a
+//! length inside the body is checked against the bytes that are actually there before anything
+//! of that length is allocated (sequences grow as their elements arrive), so a peer cannot make
+//! us allocate more than it sent.
 //!
 //! With `--cluster-secret`, a connection starts with the handshake of [`super::auth`] and every
 //! frame then ends with a 32-byte HMAC tag: `u32 length | u8 version | postcard(Envelope) | tag`
@@ -15,7 +16,7 @@ use futures::{Sink, SinkExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use super::auth::{AuthError, Opener, Sealer};
 
@@ -52,12 +53,69 @@ pub enum FrameError {
     Auth(#[from] AuthError),
 }
 
-/// The length-delimited codec with our limits: 4-byte big-endian length prefix.
-pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(MAX_FRAME)
-        .new_codec()
+/// Bytes of the length prefix.
+const HEAD: usize = 4;
+
+/// The most the read buffer grows by ahead of the bytes that arrived. A length prefix is only
+/// a claim: the buffer grows with what the peer actually sends (doubling as it reads), so a
+/// peer that announces [`MAX_FRAME`] and sends nothing costs this much, not 16 MiB.
+pub const READ_RESERVE: usize = 64 << 10;
+
+/// The codec of every ring RPC connection (both sides).
+pub fn codec() -> FrameCodec {
+    FrameCodec {
+        inner: LengthDelimitedCodec::builder()
+            .length_field_length(HEAD)
+            .max_frame_length(MAX_FRAME)
+            .new_codec(),
+        max: MAX_FRAME,
+    }
+}
+
+/// tokio-util's length-delimited codec (4-byte big-endian length prefix), except that it does
+/// not reserve a frame's announced length when the prefix arrives (tokio-util's does, up to the
+/// frame limit): until the whole frame is there, the buffer grows by at most [`READ_RESERVE`]
+/// at a time, so a connection's memory follows the bytes received.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+    /// The inner codec's frame limit, which it does not expose.
+    max: usize,
+}
+
+impl FrameCodec {
+    /// Change the largest frame accepted (the handshake lowers it until the peer proves itself).
+    pub fn set_max_frame_length(&mut self, max: usize) {
+        self.inner.set_max_frame_length(max);
+        self.max = max;
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
+        if let Some(&[a, b, c, d]) = src.get(..HEAD) {
+            let len = usize::try_from(u32::from_be_bytes([a, b, c, d])).unwrap_or(usize::MAX);
+            let whole = len.saturating_add(HEAD);
+            // A frame over the limit goes to the inner codec, which refuses it; a frame that
+            // is all here too (it then reserves nothing more than the next prefix).
+            if len <= self.max && src.len() < whole {
+                src.reserve((whole - src.len()).min(READ_RESERVE));
+                return Ok(None);
+            }
+        }
+        self.inner.decode(src)
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> std::io::Result<()> {
+        self.inner.encode(frame, dst)
+    }
 }
 
 /// Most frames written with one flush.
@@ -224,6 +282,63 @@ mod tests {
         frame.extend_from_slice(&[1, 2, 3]);
         assert!(decode::<Vec<u8>>(&frame).is_err());
         assert!(decode::<Vec<String>>(&frame).is_err());
+    }
+
+    /// A peer without a secret sends a prefix announcing a frame of the largest size, then
+    /// nothing: the buffer grows by at most READ_RESERVE, not by the announced 16 MiB
+    /// (tokio-util's codec reserves the announced length at once).
+    #[test]
+    fn a_length_prefix_alone_does_not_reserve_the_frame() {
+        let mut codec = codec();
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::try_from(MAX_FRAME).expect("fits u32"));
+        assert_eq!(codec.decode(&mut buf).expect("a valid prefix"), None);
+        assert!(
+            buf.capacity() <= 2 * (HEAD + READ_RESERVE),
+            "{} bytes reserved for a 4-byte prefix",
+            buf.capacity()
+        );
+        // Still a frame too long is refused.
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::try_from(MAX_FRAME + 1).expect("fits u32"));
+        assert!(codec.decode(&mut buf).is_err());
+    }
+
+    /// Through the connection's reader: the read buffer follows the bytes received while a
+    /// frame of the largest size arrives, and the frame is delivered whole.
+    #[tokio::test]
+    async fn the_read_buffer_grows_with_the_bytes_received() {
+        use futures::{FutureExt, StreamExt};
+        use tokio::io::AsyncWriteExt;
+        use tokio_util::codec::FramedRead;
+
+        let first = 1 << 20;
+        let (mut tx, rx) = tokio::io::duplex(2 * first);
+        let mut reader = FramedRead::new(rx, codec());
+        let body: Vec<u8> = (0..MAX_FRAME).map(|i| (i % 251) as u8).collect();
+        tx.write_all(&u32::try_from(MAX_FRAME).expect("fits u32").to_be_bytes())
+            .await
+            .expect("write the prefix");
+        tx.write_all(&body[..first]).await.expect("write 1 MiB");
+        // Everything written is read, and no frame is complete yet.
+        assert!(reader.next().now_or_never().is_none());
+        let received = reader.read_buffer().len();
+        assert_eq!(received, HEAD + first);
+        assert!(
+            reader.read_buffer().capacity() <= 2 * received + READ_RESERVE,
+            "{} bytes reserved after {received} received",
+            reader.read_buffer().capacity()
+        );
+        let rest = body[first..].to_vec();
+        let writer = tokio::spawn(async move { tx.write_all(&rest).await });
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(30), reader.next())
+            .await
+            .expect("the frame arrives")
+            .expect("a frame")
+            .expect("a valid frame");
+        assert_eq!(frame.len(), MAX_FRAME);
+        assert!(frame[..] == body[..], "the frame arrives intact");
+        writer.await.expect("writer task").expect("write the rest");
     }
 
     #[test]
