@@ -411,6 +411,8 @@ async fn metrics_after_traffic_on_two_nodes() {
     );
 
     assert_eq!(m.value("chordctl_replication_errors_total", &[]), 0.0);
+    assert_eq!(m.types["chordctl_rpc_connections_refused_total"], "counter");
+    assert_eq!(m.value("chordctl_rpc_connections_refused_total", &[]), 0.0);
     assert_eq!(
         m.value("chordctl_store_errors_total", &[("op", "apply")]),
         0.0

@@ -12,6 +12,8 @@
 //! - Replication errors (a replica that did not confirm a write or a repair):
 //!   [`super::Registry`].
 //! - Store errors, by operation: [`MeteredStore`], the wrapper the agent puts around its store.
+//! - Ring RPC connections refused over the cap: the RPC server, through
+//!   `RpcHandler::connection_refused`.
 //! - Gauges (ring size, membership, records stored) are read when scraped, by
 //!   `GET /metrics` (`src/http/metrics.rs`), which passes them to [`Metrics::render`] as
 //!   [`Gauges`].
@@ -127,6 +129,8 @@ pub struct Metrics {
     store_written_bytes: AtomicU64,
     /// Nodes found by the last full walk of the ring; 0 until one ran.
     last_walk: AtomicU64,
+    /// Ring RPC connections closed at once because the most were open already.
+    rpc_connections_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -142,6 +146,7 @@ impl Default for Metrics {
             store_read_bytes: AtomicU64::new(0),
             store_written_bytes: AtomicU64::new(0),
             last_walk: AtomicU64::new(0),
+            rpc_connections_refused: AtomicU64::new(0),
         }
     }
 }
@@ -220,6 +225,11 @@ impl Metrics {
         )
     }
 
+    /// A ring RPC connection was refused: the most were open already.
+    pub fn rpc_connection_refused(&self) {
+        self.rpc_connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A full walk of the ring found `nodes` nodes.
     pub fn walked(&self, nodes: usize) {
         self.last_walk.store(nodes as u64, Ordering::Relaxed);
@@ -240,10 +250,10 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
         };
-        // A counter with one sample and no labels.
-        let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
+        // A counter family with one unlabelled sample.
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
             family(out, name, "counter", help);
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(out, "{name} {value}");
         };
         {
             let http = lock(&self.http);
@@ -335,13 +345,13 @@ impl Metrics {
             &mut out,
             "chordctl_replication_errors_total",
             "Copies sent to a replica (writes, repairs, hand-offs) that it did not confirm.",
-            &self.replication_errors,
+            self.replication_errors.load(Ordering::Relaxed),
         );
         counter(
             &mut out,
             "chordctl_write_quorum_failures_total",
             "Writes answered 503 because fewer copies than the write quorum confirmed them.",
-            &self.quorum_failures,
+            self.quorum_failures.load(Ordering::Relaxed),
         );
         family(
             &mut out,
@@ -355,20 +365,24 @@ impl Metrics {
             let _ = writeln!(out, "chordctl_store_errors_total{{op=\"{op}\"}} {n}");
         }
         let (read, written) = self.store_bytes();
-        family(
+        counter(
             &mut out,
             "chordctl_store_read_bytes_total",
-            "counter",
             "Bytes of keys and values this node read from its store.",
+            read,
         );
-        let _ = writeln!(out, "chordctl_store_read_bytes_total {read}");
-        family(
+        counter(
             &mut out,
             "chordctl_store_written_bytes_total",
-            "counter",
             "Bytes of keys and values this node wrote to its store.",
+            written,
         );
-        let _ = writeln!(out, "chordctl_store_written_bytes_total {written}");
+        counter(
+            &mut out,
+            "chordctl_rpc_connections_refused_total",
+            "Ring RPC connections closed at once because the most were open already.",
+            self.rpc_connections_refused.load(Ordering::Relaxed),
+        );
         out
     }
 }
@@ -484,6 +498,27 @@ mod tests {
         );
         assert!(text.contains("chordctl_lookup_hops_sum 45\n"), "{text}");
         assert!(text.contains("chordctl_lookup_hops_count 5\n"), "{text}");
+    }
+
+    #[test]
+    fn refused_rpc_connections_are_counted() {
+        let m = Metrics::default();
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains("# TYPE chordctl_rpc_connections_refused_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nchordctl_rpc_connections_refused_total 0\n"),
+            "{text}"
+        );
+        m.rpc_connection_refused();
+        m.rpc_connection_refused();
+        let text = m.render(&Gauges::default());
+        assert!(
+            text.contains("\nchordctl_rpc_connections_refused_total 2\n"),
+            "{text}"
+        );
     }
 
     #[test]

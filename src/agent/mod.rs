@@ -73,6 +73,10 @@ impl rpc::Handler for RpcHandler {
             },
         }
     }
+
+    fn connection_refused(&self) {
+        self.0.metrics.rpc_connection_refused();
+    }
 }
 
 /// A started agent, for `run`, `agent dev` and tests.
@@ -205,10 +209,11 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         leave: CancellationToken::new(),
     });
     let mut tasks = JoinSet::new();
-    tasks.spawn(rpc::serve_with_secret(
+    tasks.spawn(rpc::serve_with(
         ring_listener,
         Arc::new(RpcHandler(agent.clone())),
         secret,
+        rpc::Limits::default(),
         stop.clone(),
     ));
     let slack = Duration::from_millis((stabilize_ms / 10).clamp(1, 50));

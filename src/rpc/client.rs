@@ -168,7 +168,7 @@ impl Pool {
                 tracing::warn!(peer = %addr, "ring RPC handshake failed: {e}");
                 CallError::Auth(addr.to_string(), e.to_string())
             })?;
-        let conn = Arc::new(spawn_conn(framed, sealer, opener));
+        let conn = Arc::new(spawn_conn(addr, framed, sealer, opener));
         if let Ok(mut conns) = self.conns.lock() {
             // Another call may have connected meanwhile; keep one.
             if let Some(c) = conns.get(addr) {
@@ -197,6 +197,7 @@ impl Drop for PendingGuard {
 }
 
 fn spawn_conn(
+    peer: &str,
     framed: Framed<TcpStream, frame::FrameCodec>,
     mut sealer: Sealer,
     mut opener: Opener,
@@ -221,6 +222,7 @@ fn spawn_conn(
     let alive_r = alive.clone();
     let heard = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heard_r = heard.clone();
+    let peer = peer.to_string();
     tokio::spawn(async move {
         while let Some(Ok(bytes)) = source.next().await {
             let env = match frame::decode_opened::<Response>(&bytes, &mut opener) {
@@ -232,8 +234,16 @@ fn spawn_conn(
             };
             heard_r.store(true, Ordering::Relaxed);
             let waiter = pending_r.lock().ok().and_then(|mut p| p.remove(&env.id));
-            if let Some(w) = waiter {
-                let _ = w.send(env.body);
+            match (waiter, env.body) {
+                (Some(w), body) => {
+                    let _ = w.send(body);
+                }
+                // Id 0 is no call's: the peer's notice before it closes the connection (it
+                // serves as many connections as it can already).
+                (None, Response::Error(e)) if env.id == 0 => {
+                    tracing::warn!(%peer, "ring RPC peer closed the connection: {e}");
+                }
+                (None, _) => {}
             }
         }
         alive_r.store(false, Ordering::Relaxed);

@@ -5,7 +5,8 @@
 //! - [`frame`]: the one place that sees bytes: length-prefixed frames carrying a protocol
 //!   version, a request id and a postcard body, with hard limits on sizes;
 //! - [`server`]: `serve(listener, handler, shutdown)`, one task per connection, requests on a
-//!   connection handled concurrently (answered inline when the handler need not wait);
+//!   connection handled concurrently (answered inline when the handler need not wait), with
+//!   caps on connections and on requests in flight per connection;
 //! - [`client`]: a pool of long-lived connections, one per peer, with many calls in flight on
 //!   each and a deadline on every call.
 
@@ -18,4 +19,4 @@ pub mod server;
 pub use auth::ClusterSecret;
 pub use client::{CallError, Pool};
 pub use messages::{Request, Response};
-pub use server::{serve, serve_with_secret, Handler};
+pub use server::{serve, serve_with, Handler, Limits};

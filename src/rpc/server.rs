@@ -1,85 +1,177 @@
 //! The RPC server: accept connections, decode frames, hand requests to a [`Handler`], write
 //! answers back on the same connection (possibly out of order; ids pair them).
+//!
+//! Without `--cluster-secret` anyone who reaches the ring port is a peer, so what one peer can
+//! make the agent hold is bounded ([`Limits`]): connections served at once (one more is sent a
+//! notice and closed at once) and, per connection, requests being worked on at once (at the cap
+//! the connection is not read until one finishes; nothing is refused or dropped).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::Framed;
+use tokio::time::Instant;
+use tokio_util::codec::{Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, ClusterSecret};
 use super::frame::{self, Envelope};
 use super::messages::{Request, Response};
 
-/// Connections open at once; further peers wait in the accept queue.
+/// Connections served at once; one more is sent a notice and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Requests of one connection being worked on at once (those that wait, on their own tasks;
+/// those answered inline do not count). Well above what one agent sends a peer under load,
+/// since every call between two agents shares one connection.
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// A connection with no frame for this long is closed (peers reconnect on demand).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// At most one log line per this interval about refused connections (each is counted).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What answers requests: the agent.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Answer one request from the peer at `peer`.
     async fn handle(&self, req: Request) -> Response;
+
+    /// A connection was refused because [`Limits::max_connections`] were open (for metrics).
+    fn connection_refused(&self) {}
 }
 
-/// Serve ring RPC on `listener` until `shutdown` is cancelled, without cluster authentication.
-pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
-    serve_with_secret(listener, handler, None, shutdown).await
+/// The server's limits; [`Limits::default`] is what the agent uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Requests of one connection being worked on at once ([`MAX_IN_FLIGHT`]).
+    pub max_in_flight: usize,
 }
 
-/// Serve ring RPC on `listener` until `shutdown` is cancelled. With a `secret`, every
-/// connection must complete the handshake of [`auth`] within [`auth::HANDSHAKE_TIMEOUT`] and
-/// authenticate every frame; a peer that does not is logged with its address and dropped
-/// without an answer. Without one, a peer must send its first frame within that time.
-pub async fn serve_with_secret(
-    listener: TcpListener,
-    handler: Arc<dyn Handler>,
-    secret: Option<ClusterSecret>,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let shutdown = shutdown.clone();
-                let secret = secret.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = connection(stream, handler, secret, shutdown).await {
-                        tracing::warn!(%peer, "ring RPC connection dropped: {e}");
-                    }
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!("accept failed on the ring port: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            max_in_flight: MAX_IN_FLIGHT,
         }
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+/// Serve ring RPC on `listener` until `shutdown` is cancelled, without cluster authentication.
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
+    serve_with(listener, handler, None, Limits::default(), shutdown).await
+}
+
+/// Serve ring RPC on `listener` under `limits` until `shutdown` is cancelled. With a `secret`,
+/// every connection must complete the handshake of [`auth`] within [`auth::HANDSHAKE_TIMEOUT`]
+/// and authenticate every frame; a peer that does not is logged with its address and dropped
+/// without an answer. Without one, a peer must send its first frame within that time.
+///
+/// A connection over `limits.max_connections` is closed at once rather than left waiting in
+/// the accept queue: the accept loop keeps running, so the refusal is counted and logged, the
+/// caller fails at once instead of at its deadline (and routes around this node meanwhile),
+/// and no connection is served late, after its caller gave up.
+pub async fn serve_with(
+    listener: TcpListener,
     handler: Arc<dyn Handler>,
     secret: Option<ClusterSecret>,
+    limits: Limits,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // With a secret the peer expects a handshake, and a plain frame would read as a peer
+    // without one: it gets the bare close.
+    let notice = match secret {
+        None => refusal_notice(limits.max_connections),
+        Some(_) => None,
+    };
+    let mut last_warning: Option<Instant> = None;
+    let mut unreported = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accept failed on the ring port: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            handler.connection_refused();
+            unreported += 1;
+            if last_warning.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                tracing::warn!(
+                    %peer,
+                    "ring RPC connection refused: {} connections open already ({unreported} \
+                     refused since the last such line; all counted in \
+                     chordctl_rpc_connections_refused_total)",
+                    limits.max_connections
+                );
+                last_warning = Some(Instant::now());
+                unreported = 0;
+            }
+            refuse(stream, notice.as_ref());
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        let secret = secret.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, handler, secret, limits, shutdown).await {
+                tracing::warn!(%peer, "ring RPC connection dropped: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The frame sent on a refused connection: an error answer with id 0, which no call uses, so
+/// the peer's pool logs it and fails its calls as a broken connection (retryable), not as a
+/// closed one (which reads as a refusal of its credentials).
+fn refusal_notice(max_connections: usize) -> Option<Bytes> {
+    let env = Envelope {
+        id: 0,
+        body: Response::Error(crate::Error::unavailable(format!(
+            "too many ring connections ({max_connections} open); retry later"
+        ))),
+    };
+    let mut out = BytesMut::new();
+    let body = frame::encode(&env).ok()?;
+    frame::codec().encode(body, &mut out).ok()?;
+    Some(out.freeze())
+}
+
+/// Close a connection over the cap without a task: the notice (a few dozen bytes) fits the
+/// fresh socket's send buffer, so it is written without waiting, or not at all.
+fn refuse(stream: TcpStream, notice: Option<&Bytes>) {
+    if let Some(notice) = notice {
+        let _ = stream.try_write(notice);
+    }
+}
+
+async fn connection<S>(
+    stream: S,
+    handler: Arc<dyn Handler>,
+    secret: Option<ClusterSecret>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut framed = Framed::new(stream, frame::codec());
     framed.set_backpressure_boundary(frame::WRITE_BUFFER);
     let handshake = tokio::select! {
@@ -92,6 +184,10 @@ async fn connection(
     // Answers of requests that had to wait (a store write, a lookup) come back from their
     // tasks on this channel; the others are answered inline.
     let (tx, mut rx) = mpsc::channel::<Envelope<Response>>(256);
+    // One permit per request being worked on; with none left the connection is not read (the
+    // peer's frames wait in the socket) until a task gives its permit back, which it does
+    // before it sends its answer, so the answer that wakes this loop finds the permit free.
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let mut first = true;
     let idle = tokio::time::sleep(auth::HANDSHAKE_TIMEOUT);
     tokio::pin!(idle);
@@ -105,7 +201,7 @@ async fn connection(
                     .map_err(|e| format!("write failed: {e}"))?;
                 continue;
             }
-            n = source.next() => n,
+            n = source.next(), if in_flight.available_permits() > 0 => n,
             _ = &mut idle => {
                 // A peer must speak at once after connecting (the pool connects on demand):
                 // a silent one cannot hold a connection slot for the idle timeout.
@@ -133,11 +229,14 @@ async fn connection(
                 Err(e) => break Some(Err(format!("bad frame: {e}"))),
             };
             first = false;
-            if let Some(env) = answer(&handler, env, &tx) {
+            if let Some(env) = answer(&handler, env, &tx, &in_flight) {
                 frame::feed(&mut sink, &env, &mut sealer)
                     .await
                     .map_err(|e| format!("write failed: {e}"))?;
                 answered = true;
+            }
+            if in_flight.available_permits() == 0 {
+                break None;
             }
             match source.next().now_or_never() {
                 Some(n) => next = n,
@@ -169,11 +268,13 @@ async fn connection(
 }
 
 /// Answer `env` at once when the handler can (a ring step, a cached discover); otherwise run
-/// the handler on its own task, which sends the answer on `tx`, and return `None`.
+/// the handler on its own task, holding one of `in_flight`'s permits, which sends the answer on
+/// `tx`, and return `None`.
 fn answer(
     handler: &Arc<dyn Handler>,
     env: Envelope<Request>,
     tx: &mpsc::Sender<Envelope<Response>>,
+    in_flight: &Arc<Semaphore>,
 ) -> Option<Envelope<Response>> {
     let id = env.id;
     let handler = handler.clone();
@@ -181,9 +282,12 @@ fn answer(
     if let Some(body) = (&mut work).now_or_never() {
         return Some(Envelope { id, body });
     }
+    // The caller reads a request only with a permit free, and only it takes them.
+    let permit = in_flight.clone().try_acquire_owned().ok();
     let tx = tx.clone();
     tokio::spawn(async move {
         let body = work.await;
+        drop(permit);
         let _ = tx.send(Envelope { id, body }).await;
     });
     None
@@ -194,7 +298,318 @@ mod tests {
     use super::*;
     use crate::registry::ops::{RegistryRequest, RegistryResponse};
     use crate::ring::{RingRequest, RingResponse};
-    use crate::rpc::Pool;
+    use crate::rpc::{CallError, Pool};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    /// How long a test waits for something that should happen.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn ping() -> Request {
+        Request::Ring(RingRequest::Ping)
+    }
+
+    fn slow() -> Request {
+        Request::Registry(RegistryRequest::ListOwned)
+    }
+
+    /// Answers a ring ping at once; a registry request waits for a permit of `gate`, which the
+    /// test hands out. Counts the registry requests being worked on, and refused connections.
+    struct Gate {
+        gate: Semaphore,
+        inside: tokio::sync::watch::Sender<usize>,
+        most_inside: AtomicUsize,
+        refused: AtomicU64,
+    }
+
+    impl Gate {
+        fn new() -> Arc<Gate> {
+            Arc::new(Gate {
+                gate: Semaphore::new(0),
+                inside: tokio::sync::watch::Sender::new(0),
+                most_inside: AtomicUsize::new(0),
+                refused: AtomicU64::new(0),
+            })
+        }
+
+        /// Wait until at least `n` registry requests are being worked on at once.
+        async fn wait_inside(&self, n: usize) {
+            let mut inside = self.inside.subscribe();
+            let reached = tokio::time::timeout(WAIT, inside.wait_for(|k| *k >= n)).await;
+            assert!(
+                reached.is_ok_and(|r| r.is_ok()),
+                "{n} requests never were worked on at once"
+            );
+        }
+    }
+
+    #[async_trait]
+    impl Handler for Gate {
+        async fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Registry(_) => {
+                    self.inside.send_modify(|n| {
+                        *n += 1;
+                        self.most_inside.fetch_max(*n, Ordering::SeqCst);
+                    });
+                    if let Ok(permit) = self.gate.acquire().await {
+                        permit.forget();
+                    }
+                    self.inside.send_modify(|n| *n -= 1);
+                    Response::Registry(RegistryResponse::Done)
+                }
+                Request::Ring(_) => Response::Ring(RingResponse::Ack),
+            }
+        }
+
+        fn connection_refused(&self) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        peer: &mut Framed<S, frame::FrameCodec>,
+        id: u64,
+        body: Request,
+    ) {
+        let bytes = frame::encode(&Envelope { id, body }).expect("encode");
+        peer.send(bytes).await.expect("send a request");
+    }
+
+    async fn recv<S: AsyncRead + AsyncWrite + Unpin>(
+        peer: &mut Framed<S, frame::FrameCodec>,
+    ) -> Envelope<Response> {
+        let frame = tokio::time::timeout(WAIT, peer.next())
+            .await
+            .expect("an answer in time")
+            .expect("an answer, not the end of the connection")
+            .expect("a valid frame");
+        frame::decode(&frame).expect("an answer that decodes")
+    }
+
+    /// Connections over the cap are sent a notice and closed at once, and counted; the
+    /// connections being served keep being answered, and a slot that frees is used again.
+    #[tokio::test]
+    async fn connections_over_the_cap_are_refused_at_once_and_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let handler = Gate::new();
+        let stop = CancellationToken::new();
+        let limits = Limits {
+            max_connections: 2,
+            max_in_flight: MAX_IN_FLIGHT,
+        };
+        tokio::spawn(serve_with(
+            listener,
+            handler.clone(),
+            None,
+            limits,
+            stop.clone(),
+        ));
+        let ack = Response::Ring(RingResponse::Ack);
+        let good = Pool::new(WAIT);
+        assert_eq!(good.call(&addr, ping()).await, Ok(ack.clone()));
+        // A second peer takes the last slot.
+        let connect = || async { TcpStream::connect(&addr).await.expect("connect") };
+        let mut held = Framed::new(connect().await, frame::codec());
+        send(&mut held, 1, ping()).await;
+        assert_eq!(recv(&mut held).await.id, 1);
+
+        for _ in 0..3 {
+            let mut extra = Framed::new(connect().await, frame::codec());
+            let notice = recv(&mut extra).await;
+            assert_eq!(notice.id, 0);
+            match notice.body {
+                Response::Error(crate::Error::Unavailable(m)) => {
+                    assert!(m.contains("too many ring connections (2 open)"), "{m}")
+                }
+                other => panic!("not a refusal notice: {other:?}"),
+            }
+            let end = tokio::time::timeout(WAIT, extra.next())
+                .await
+                .expect("closed at once");
+            assert!(!matches!(end, Some(Ok(_))), "more than the notice: {end:?}");
+        }
+        assert_eq!(handler.refused.load(Ordering::SeqCst), 3);
+
+        // The peers being served are still answered.
+        for id in 2..12 {
+            send(&mut held, id, ping()).await;
+            assert_eq!(recv(&mut held).await.id, id);
+        }
+        for _ in 0..10 {
+            assert_eq!(good.call(&addr, ping()).await, Ok(ack.clone()));
+        }
+        // An agent that connects now fails at once, as a broken connection (it retries), not
+        // as a peer that refuses its credentials (which makes a join give up).
+        let late = Pool::new(WAIT);
+        let err = late.call(&addr, ping()).await.expect_err("refused");
+        assert!(
+            matches!(err, CallError::Broken(_)) && !err.is_auth(),
+            "{err}"
+        );
+
+        // Once a served connection closes, its slot is used again.
+        drop(held);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match late.call(&addr, ping()).await {
+                Ok(answer) => break assert_eq!(answer, ack),
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no slot after a connection closed: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        stop.cancel();
+    }
+
+    /// One connection never has more than `max_in_flight` requests worked on at once: at the
+    /// cap it is not read at all (a quick request behind waits too) until one finishes, and
+    /// nothing is refused or lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_works_on_at_most_max_in_flight_requests() {
+        let handler = Gate::new();
+        let (client, server) = tokio::io::duplex(64 << 10);
+        let limits = Limits {
+            max_connections: 1,
+            max_in_flight: 2,
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(connection(
+            server,
+            handler.clone(),
+            None,
+            limits,
+            stop.clone(),
+        ));
+        let mut client = Framed::new(client, frame::codec());
+        for id in 1..=3 {
+            send(&mut client, id, slow()).await;
+        }
+        send(&mut client, 4, ping()).await;
+        handler.wait_inside(2).await;
+        // Time is paused and moves only when every task waits, so this times out only if the
+        // server cannot go on: the third request and the ping behind it are not read.
+        let nothing_yet = |early: Result<Option<_>, _>| match early {
+            Err(_) => {}
+            Ok(answer) => panic!("answered while two requests held the slots: {answer:?}"),
+        };
+        nothing_yet(tokio::time::timeout(WAIT, client.next()).await);
+        assert_eq!(*handler.inside.borrow(), 2);
+
+        // One finishes: its answer goes out and the third request takes the slot it freed, so
+        // the ping behind it still waits.
+        let done = Response::Registry(RegistryResponse::Done);
+        let mut answered = std::collections::BTreeMap::new();
+        handler.gate.add_permits(1);
+        let env = recv(&mut client).await;
+        answered.insert(env.id, env.body);
+        nothing_yet(tokio::time::timeout(WAIT, client.next()).await);
+        assert_eq!(*handler.inside.borrow(), 2);
+        // Another finishes: the ping is read and answered; then the last one.
+        handler.gate.add_permits(1);
+        while !answered.contains_key(&4) {
+            let env = recv(&mut client).await;
+            answered.insert(env.id, env.body);
+        }
+        handler.gate.add_permits(1);
+        while answered.len() < 4 {
+            let env = recv(&mut client).await;
+            answered.insert(env.id, env.body);
+        }
+        let want = [
+            (1, done.clone()),
+            (2, done.clone()),
+            (3, done),
+            (4, Response::Ring(RingResponse::Ack)),
+        ];
+        assert_eq!(answered, want.into_iter().collect());
+        assert_eq!(handler.most_inside.load(Ordering::SeqCst), 2);
+        stop.cancel();
+    }
+
+    /// Collects log lines for a test.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut logs) = self.0.lock() {
+                logs.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn text(&self) -> String {
+            self.0
+                .lock()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .unwrap_or_default()
+        }
+    }
+
+    /// Garbage after a request: the connection is dropped with a log line that names the peer
+    /// and what was wrong, and the request received before the garbage is still answered.
+    /// (A current-thread runtime: every task logs to this thread's subscriber.)
+    #[tokio::test]
+    async fn garbage_is_logged_and_the_request_before_it_still_answered() {
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let logs = logs.clone();
+                move || logs.clone()
+            })
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let handler = Gate::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, handler.clone(), stop.clone()));
+        let mut peer = Framed::new(
+            TcpStream::connect(addr).await.expect("connect"),
+            frame::codec(),
+        );
+        let me = peer.get_ref().local_addr().expect("local addr").to_string();
+        send(&mut peer, 1, slow()).await;
+        handler.wait_inside(1).await;
+        peer.get_mut()
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write garbage");
+        handler.gate.add_permits(1);
+        let answer = recv(&mut peer).await;
+        assert_eq!(answer.id, 1);
+        assert_eq!(answer.body, Response::Registry(RegistryResponse::Done));
+        let end = tokio::time::timeout(WAIT, peer.next())
+            .await
+            .expect("closed after the answer");
+        assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let text = logs.text();
+            let line = text
+                .lines()
+                .find(|l| l.contains("ring RPC connection dropped"));
+            if let Some(line) = line {
+                assert!(line.contains(&me) && line.contains("bad frame"), "{line}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no log line: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+    }
 
     /// Answers a ring ping at once; a registry request waits until `release` is notified.
     struct SlowAndFast {
