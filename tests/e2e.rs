@@ -2,11 +2,11 @@
 //! `agent dev`). Every client command, its table and `-o json` output, and its exit code.
 //!
 //! Synchronization is by polling with deadlines (`support::procs::poll`), never by sleeping;
-//! every agent process is killed when its `AgentProc` (or `DevProc`) is dropped.
+//! every agent process is killed when its `AgentProc` (or `Reaped`) is dropped.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use chordctl::ring::Id;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::support::procs::{bin, client, poll, AgentProc};
+use crate::support::procs::{bin, client, poll, AgentProc, Reaped};
 use crate::support::run::Run;
 
 /// Generous: debug builds on a loaded two-core machine.
@@ -732,16 +732,6 @@ fn locate_lists_the_other_node_as_replica_on_two_nodes() {
     }
 }
 
-/// `agent dev` as a process, killed on drop.
-struct DevProc(Child);
-
-impl Drop for DevProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn agent_dev_runs_three_nodes_and_stops_on_sigterm() {
     let mut cmd = Command::new(bin());
@@ -760,7 +750,7 @@ fn agent_dev_runs_three_nodes_and_stops_on_sigterm() {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
-    let mut dev = DevProc(
+    let mut dev = Reaped(
         cmd.spawn()
             .unwrap_or_else(|e| panic!("spawn agent dev: {e}")),
     );

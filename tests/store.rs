@@ -4,7 +4,9 @@
 //! backend. The Redis tests start their own `redis-server` (see support/redis.rs) and skip with
 //! a message when it is not installed (fail under CI=true).
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use chordctl::store::{self, embedded::EmbeddedStore, redis::RedisStore, Op, Stor
 use chordctl::Error;
 use futures::future::BoxFuture;
 
+use crate::support::procs;
 use crate::support::redis::RedisServer;
 
 /// Where a test's data lives; `open` gives a fresh store on that same data each time.
@@ -344,6 +347,90 @@ async fn redis_rejects_a_node_prefix_that_could_overlap() {
         let err = RedisStore::connect(&server.url(), bad).await.unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{bad:?}: {err:?}");
     }
+}
+
+/// `chordctl agent create` on `redis`, its stdout and stderr piped.
+fn agent_on(redis: &RedisServer) -> Command {
+    let url = redis.url();
+    let local = "127.0.0.1:0";
+    let mut cmd = procs::agent_command(None, local, local, &["--redis", &url]);
+    cmd.stderr(Stdio::piped());
+    cmd
+}
+
+/// With `appendfsync no` Redis leaves syncing its AOF to the OS, so a crash of its host can
+/// lose acknowledged writes: the agent refuses to start, with one line that names the setting
+/// and what to do, before it writes anything.
+#[test]
+fn an_agent_refuses_redis_with_appendfsync_no() {
+    let Some(redis) = RedisServer::start_with_appendfsync("no") else {
+        return;
+    };
+    let mut agent = procs::Reaped(agent_on(&redis).spawn().expect("run chordctl agent"));
+    let status = procs::poll(Duration::from_secs(30), "the agent exits", || {
+        agent
+            .0
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if let Some(mut out) = agent.0.stdout.take() {
+        out.read_to_string(&mut stdout).expect("read stdout");
+    }
+    if let Some(mut err) = agent.0.stderr.take() {
+        err.read_to_string(&mut stderr).expect("read stderr");
+    }
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        line.contains(&redis.url())
+            && line.contains("appendfsync=no")
+            && line.contains("set appendfsync always"),
+        "{line}"
+    );
+    assert!(stdout.is_empty(), "it must not serve: {stdout}");
+    let client = ::redis::Client::open(redis.url()).expect("redis URL");
+    let mut conn = client.get_connection().expect("connect to redis");
+    let keys: i64 = ::redis::cmd("DBSIZE").query(&mut conn).expect("DBSIZE");
+    assert_eq!(keys, 0, "the agent wrote to a Redis it refused");
+}
+
+/// With `appendfsync everysec` the agent starts, and warns that a crash of the Redis host can
+/// lose about the last second of acknowledged writes.
+#[test]
+fn an_agent_on_redis_with_appendfsync_everysec_warns_what_can_be_lost() {
+    let Some(redis) = RedisServer::start_with_appendfsync("everysec") else {
+        return;
+    };
+    // Returns once the agent printed its address line: it started.
+    let mut agent = procs::AgentProc::spawn(agent_on(&redis));
+    let stderr = agent.child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let warning = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("appendfsync=everysec") => break line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no appendfsync warning ({e}); stderr: {seen:#?}"),
+        }
+    };
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("power loss or OS crash") && warning.contains("about the last second"),
+        "{warning}"
+    );
 }
 
 #[tokio::test]

@@ -7,8 +7,9 @@
 //!   behind a write-ahead log ([`wal`]). Concurrent writes are merged into one log record
 //!   ("group commit"), so many registrations arriving at once cost one disk sync, not one
 //!   each; redb takes them in periodic checkpoints.
-//! - [`redis::RedisStore`] (`--redis URL`): a Redis server with AOF on; every key is kept under a
-//!   per-node prefix so several agents can share one Redis database.
+//! - [`redis::RedisStore`] (`--redis URL`): a Redis server with AOF on (`appendfsync always`
+//!   expected, `everysec` warned about, `no` refused); every key is kept under a per-node prefix
+//!   so several agents can share one Redis database (as one failure domain).
 //!
 //! [`open`] picks the backend from the agent's configuration. One shared test suite
 //! (tests/store.rs) runs the same checks against both backends.
@@ -37,8 +38,9 @@ pub enum Op {
 ///
 /// Contract (every backend, checked by the shared suite in tests/store.rs):
 /// - a write that returned `Ok` is durable: it survives a crash of the agent and a restart on the
-///   same directory / Redis database (for Redis: as durable as its AOF setting makes it, which is
-///   why the backend warns at start when AOF is off);
+///   same directory / Redis database (for Redis: as durable as its AOF settings make it, which
+///   is why the backend checks them at start, refuses `appendfsync no` and warns about the
+///   rest);
 /// - `apply` is atomic: after a crash either every op of the batch is visible or none is; ops of
 ///   one batch take effect in order, so a later op on the same key wins;
 /// - keys are arbitrary UTF-8 strings (glob characters such as `*?[]` included), values arbitrary

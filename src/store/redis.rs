@@ -1,8 +1,13 @@
 //! The Redis backend: every key under a per-node prefix in one Redis database.
 //!
 //! Keys are stored as `chordctl:{node_prefix}:{key}`, so several agents can share one Redis
-//! database without seeing each other's data. Durability is Redis's: the backend expects AOF
-//! (`appendonly yes`) and warns at start when it is off or cannot be confirmed.
+//! database without seeing each other's data (but not its failures: agents sharing one Redis
+//! are one failure domain, whatever `--replicas` says). Durability is Redis's, checked at
+//! start (`durability`): AOF on (`appendonly yes`, else a warning) and synced on every write
+//! (`appendfsync always`); `everysec` starts with a warning that a crash of the Redis host can
+//! lose about the last second of writes, and `no` is refused. When the settings cannot be
+//! read (CONFIG disabled, as on some managed services), the agent warns that it cannot confirm
+//! them and starts.
 //!
 //! The connection is a [`ConnectionManager`]: one multiplexed connection that reconnects in the
 //! background after it breaks. Every round trip is bounded by [`CALL_TIMEOUT`], so while Redis is
@@ -59,8 +64,9 @@ impl RedisStore {
     ///
     /// Fails with `Error::Unavailable` when Redis does not answer within [`CONNECT_TIMEOUT`]
     /// (an agent should not start on a store it cannot reach), and with `Error::InvalidInput`
-    /// for a malformed URL or a node prefix that is empty or contains `:` (which would let two
-    /// nodes' key spaces overlap). Logs a warning when AOF is off or cannot be confirmed.
+    /// for a malformed URL, a node prefix that is empty or contains `:` (which would let two
+    /// nodes' key spaces overlap), or a Redis with `appendfsync no`. Logs a warning when AOF is
+    /// off, syncs only every second, or cannot be confirmed (`durability`).
     pub async fn connect(url: &str, node_prefix: &str) -> Result<Self> {
         let shown = redact_url(url);
         if node_prefix.is_empty() || node_prefix.contains(':') {
@@ -101,18 +107,19 @@ impl RedisStore {
             prefix: format!("{KEY_NAMESPACE}:{node_prefix}:"),
             url: shown,
         };
-        store.check_aof().await;
+        store.check_durability().await?;
         Ok(store)
     }
 
-    /// Warn when Redis may lose acknowledged writes (AOF off) or when we cannot tell.
-    async fn check_aof(&self) {
+    /// Read Redis's AOF settings and act on `durability`'s verdict: log it, or refuse.
+    async fn check_durability(&self) -> Result<()> {
         let mut conn = self.conn.clone();
+        // One pattern rather than two names: CONFIG GET takes several only from Redis 7 on.
         let reply = match tokio::time::timeout(
             CALL_TIMEOUT,
             redis::cmd("CONFIG")
                 .arg("GET")
-                .arg("appendonly")
+                .arg("append*")
                 .query_async::<HashMap<String, String>>(&mut conn),
         )
         .await
@@ -120,9 +127,16 @@ impl RedisStore {
             Ok(reply) => reply.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
         };
-        match aof_warning(&self.url, reply) {
-            Some(warning) => tracing::warn!("{warning}"),
-            None => tracing::info!(url = %self.url, "Redis store: appendonly=yes"),
+        match durability(&self.url, reply) {
+            Durability::Confirmed => {
+                tracing::info!(url = %self.url, "Redis store: appendonly=yes, appendfsync=always");
+                Ok(())
+            }
+            Durability::Warn(warning) => {
+                tracing::warn!("{warning}");
+                Ok(())
+            }
+            Durability::Refuse(error) => Err(Error::invalid(error)),
         }
     }
 
@@ -225,26 +239,80 @@ impl Store for RedisStore {
     }
 }
 
-/// The warning to log for a `CONFIG GET appendonly` reply, or `None` when AOF is on.
-fn aof_warning(
+/// What the AOF settings of a Redis server mean for acknowledged writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Durability {
+    /// AOF on and synced before every answer: an acknowledged write survives a crash of Redis
+    /// and of its host.
+    Confirmed,
+    /// Start, with this warning: writes can be lost, or the settings could not be confirmed.
+    Warn(String),
+    /// Do not start, with this error: Redis is set up to lose acknowledged writes.
+    Refuse(String),
+}
+
+/// The verdict on a `CONFIG GET append*` reply (or why there is none).
+///
+/// - `appendonly` other than `yes`: warn (no AOF: a crash of Redis loses every write since
+///   its last snapshot).
+/// - `appendfsync always`: confirmed. `everysec`: warn that a power loss or OS crash of the
+///   Redis host can lose about the last second of acknowledged writes (a crash of
+///   redis-server alone loses none: it wrote them to the OS before answering, and the page
+///   cache outlives the process). `no`: refuse, since the OS then flushes when it likes.
+/// - No reply (CONFIG refused or renamed, no answer) or an unknown value: warn that it cannot
+///   be confirmed.
+fn durability(
     url: &str,
     reply: std::result::Result<HashMap<String, String>, String>,
-) -> Option<String> {
-    match reply {
-        Ok(config) => match config.get("appendonly").map(String::as_str) {
-            Some("yes") => None,
-            Some(other) => Some(format!(
+) -> Durability {
+    let config = match reply {
+        Ok(config) => config,
+        Err(cause) => {
+            return Durability::Warn(format!(
+                "cannot check appendonly and appendfsync on Redis at {url} ({cause}): cannot \
+                 confirm that acknowledged writes survive a crash of Redis or of its host; make \
+                 sure appendonly is yes and appendfsync is always"
+            ))
+        }
+    };
+    let setting = |name: &str| config.get(name).map(|v| v.to_ascii_lowercase());
+    match setting("appendonly").as_deref() {
+        Some("yes") => {}
+        Some(other) => {
+            return Durability::Warn(format!(
                 "Redis at {url} has appendonly={other}: acknowledged writes can be lost on a \
-                 Redis crash; set appendonly yes"
-            )),
-            None => Some(format!(
+                 Redis crash; set appendonly yes and appendfsync always"
+            ))
+        }
+        None => {
+            return Durability::Warn(format!(
                 "Redis at {url} did not report appendonly: cannot confirm that acknowledged \
-                 writes survive a Redis crash; make sure appendonly is yes"
-            )),
-        },
-        Err(cause) => Some(format!(
-            "cannot check appendonly on Redis at {url} ({cause}): cannot confirm that \
-             acknowledged writes survive a Redis crash; make sure appendonly is yes"
+                 writes survive a Redis crash; make sure appendonly is yes and appendfsync is \
+                 always"
+            ))
+        }
+    }
+    match setting("appendfsync").as_deref() {
+        Some("always") => Durability::Confirmed,
+        Some("everysec") => Durability::Warn(format!(
+            "Redis at {url} has appendfsync=everysec: a power loss or OS crash of the Redis \
+             host can lose up to about the last second of acknowledged writes (a crash of \
+             redis-server alone loses none); set appendfsync always to lose none"
+        )),
+        Some("no") => Durability::Refuse(format!(
+            "Redis at {url} has appendfsync=no: it leaves syncing its AOF to the OS, so a power \
+             loss or OS crash of the Redis host can lose many seconds of acknowledged writes; \
+             set appendfsync always (CONFIG SET appendfsync always, and in redis.conf), or \
+             everysec to accept losing up to about 1 s, then start the agent again"
+        )),
+        Some(other) => Durability::Warn(format!(
+            "Redis at {url} has appendfsync={other}, which this agent does not know: cannot \
+             confirm that acknowledged writes survive a crash of the Redis host; set \
+             appendfsync always"
+        )),
+        None => Durability::Warn(format!(
+            "Redis at {url} did not report appendfsync: cannot confirm that acknowledged \
+             writes survive a crash of the Redis host; make sure appendfsync is always"
         )),
     }
 }
@@ -337,22 +405,87 @@ mod tests {
         assert_eq!(glob_escape("*?[x]\\"), "\\*\\?\\[x\\]\\\\");
     }
 
-    #[test]
-    fn aof_warning_says_what_is_wrong() {
-        let on = HashMap::from([("appendonly".to_string(), "yes".to_string())]);
-        assert_eq!(aof_warning("redis://h", Ok(on)), None);
+    fn config(pairs: &[(&str, &str)]) -> std::result::Result<HashMap<String, String>, String> {
+        Ok(pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
 
-        let off = HashMap::from([("appendonly".to_string(), "no".to_string())]);
-        let w = aof_warning("redis://h", Ok(off)).expect("warns");
+    fn warning(verdict: Durability) -> String {
+        match verdict {
+            Durability::Warn(w) => w,
+            other => panic!("want a warning, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn appendfsync_always_is_confirmed() {
+        let reply = config(&[
+            ("appendonly", "yes"),
+            ("appendfsync", "always"),
+            ("appendfilename", "appendonly.aof"),
+        ]);
+        assert_eq!(durability("redis://h", reply), Durability::Confirmed);
+        let reply = config(&[("appendonly", "YES"), ("appendfsync", "Always")]);
+        assert_eq!(durability("redis://h", reply), Durability::Confirmed);
+    }
+
+    #[test]
+    fn appendfsync_no_is_refused_with_what_to_do() {
+        let reply = config(&[("appendonly", "yes"), ("appendfsync", "no")]);
+        let Durability::Refuse(e) = durability("redis://h:6379", reply) else {
+            panic!("appendfsync no must be refused")
+        };
+        assert!(e.contains("redis://h:6379"), "{e}");
+        assert!(e.contains("appendfsync=no"), "{e}");
+        assert!(e.contains("set appendfsync always"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn appendfsync_everysec_warns_what_can_be_lost() {
+        let reply = config(&[("appendonly", "yes"), ("appendfsync", "everysec")]);
+        let w = warning(durability("redis://h", reply));
+        assert!(w.contains("appendfsync=everysec"), "{w}");
+        assert!(w.contains("power loss or OS crash"), "{w}");
+        assert!(w.contains("about the last second"), "{w}");
+        assert!(w.contains("redis-server alone loses none"), "{w}");
+        assert!(w.contains("set appendfsync always"), "{w}");
+    }
+
+    #[test]
+    fn aof_off_or_unknown_settings_warn() {
+        // AOF off: appendfsync does not matter, the warning is about appendonly.
+        let w = warning(durability(
+            "redis://h",
+            config(&[("appendonly", "no"), ("appendfsync", "no")]),
+        ));
         assert!(w.contains("appendonly=no"), "{w}");
         assert!(w.contains("set appendonly yes"), "{w}");
 
-        let w =
-            aof_warning("redis://h", Err("ERR unknown command 'CONFIG'".into())).expect("warns");
-        assert!(w.contains("cannot check appendonly"), "{w}");
-        assert!(w.contains("unknown command"), "{w}");
+        let w = warning(durability("redis://h", config(&[])));
+        assert!(w.contains("did not report appendonly"), "{w}");
+        let w = warning(durability("redis://h", config(&[("appendonly", "yes")])));
+        assert!(w.contains("did not report appendfsync"), "{w}");
+        let w = warning(durability(
+            "redis://h",
+            config(&[("appendonly", "yes"), ("appendfsync", "sometimes")]),
+        ));
+        assert!(w.contains("appendfsync=sometimes"), "{w}");
+        assert!(w.contains("cannot confirm"), "{w}");
+    }
 
-        let w = aof_warning("redis://h", Ok(HashMap::new())).expect("warns");
+    /// CONFIG refused (managed services rename or disable it): start, saying it cannot be
+    /// confirmed.
+    #[test]
+    fn config_refused_warns_that_it_cannot_confirm() {
+        let w = warning(durability(
+            "redis://h",
+            Err("ERR unknown command 'CONFIG'".into()),
+        ));
+        assert!(w.contains("cannot check appendonly and appendfsync"), "{w}");
+        assert!(w.contains("unknown command"), "{w}");
         assert!(w.contains("cannot confirm"), "{w}");
     }
 }

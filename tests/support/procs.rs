@@ -44,30 +44,8 @@ impl AgentProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> AgentProc {
-        let mut cmd = Command::new(bin());
+        let mut cmd = agent_command(seed, bind, http, extra);
         cmd.envs(env.iter().copied());
-        cmd.arg("agent");
-        match seed {
-            None => cmd.arg("create"),
-            Some(s) => cmd.args(["join", s]),
-        };
-        cmd.args([
-            "--bind",
-            bind,
-            "--http",
-            http,
-            "--stabilize-ms",
-            "100",
-            "--rpc-timeout-ms",
-            "500",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .env_remove("CHORDCTL_DATA_DIR")
-        .env_remove("CHORDCTL_REDIS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
         // Never the user's data directory: a temporary one unless the caller chose.
         let tmp = if extra.iter().any(|a| *a == "--data-dir" || *a == "--redis") {
             None
@@ -156,6 +134,46 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The command `chordctl agent create|join SEED` on the given addresses with fast ring timers
+/// and extra args, stdout piped and stderr inherited, without the caller's store settings
+/// (and without a data directory: `AgentProc::start_at` adds one).
+pub fn agent_command(seed: Option<&str>, bind: &str, http: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("agent");
+    match seed {
+        None => cmd.arg("create"),
+        Some(s) => cmd.args(["join", s]),
+    };
+    cmd.args([
+        "--bind",
+        bind,
+        "--http",
+        http,
+        "--stabilize-ms",
+        "100",
+        "--rpc-timeout-ms",
+        "500",
+    ])
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .env_remove("CHORDCTL_DATA_DIR")
+    .env_remove("CHORDCTL_REDIS")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    cmd
+}
+
+/// A child process killed and reaped however the test ends.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

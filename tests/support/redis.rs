@@ -1,5 +1,6 @@
-//! A real `redis-server` for tests: started on a free port with AOF on in a temporary directory,
-//! stopped (killed) on demand or on Drop, restartable on the same port and data.
+//! A real `redis-server` for tests: started on a free port with AOF on in a temporary directory
+//! (synced on every write unless a test asks for another `appendfsync`), stopped (killed) on
+//! demand or on Drop, restartable on the same port and data.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -17,12 +18,19 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    appendfsync: &'static str,
 }
 
 impl RedisServer {
-    /// Start a server, or return `None` (after saying so on stderr) when `redis-server` is not
-    /// installed. Under `CI=true` a missing `redis-server` is a failure, not a skip.
+    /// Start a server with `appendfsync always`, or return `None` (after saying so on stderr)
+    /// when `redis-server` is not installed. Under `CI=true` a missing `redis-server` is a
+    /// failure, not a skip.
     pub fn start() -> Option<RedisServer> {
+        RedisServer::start_with_appendfsync("always")
+    }
+
+    /// [`RedisServer::start`] with another AOF sync policy (`everysec`, `no`).
+    pub fn start_with_appendfsync(appendfsync: &'static str) -> Option<RedisServer> {
         if find_on_path("redis-server").is_none() {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!(
@@ -41,12 +49,13 @@ impl RedisServer {
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn(port, dir.path()) {
+            match spawn(port, dir.path(), appendfsync) {
                 Ok(child) => {
                     return Some(RedisServer {
                         child: Some(child),
                         port,
                         dir,
+                        appendfsync,
                     })
                 }
                 Err(e) => failures.push(format!("port {port}: {e}")),
@@ -104,7 +113,7 @@ impl RedisServer {
     /// runs), and wait until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        match spawn(self.port, self.dir.path()) {
+        match spawn(self.port, self.dir.path(), self.appendfsync) {
             Ok(child) => self.child = Some(child),
             Err(e) => panic!("redis-server did not restart on port {}: {e}", self.port),
         }
@@ -126,13 +135,13 @@ fn free_port() -> u16 {
 
 /// Start `redis-server` on `port` with its data in `dir` and wait until this very process
 /// answers (another server that happens to hold the port does not count).
-fn spawn(port: u16, dir: &Path) -> Result<Child, String> {
+fn spawn(port: u16, dir: &Path, appendfsync: &str) -> Result<Child, String> {
     let log = dir.join("redis.log");
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--appendonly", "yes"])
-        // Sync the AOF on every write, so a SIGKILL in a test can never lose an acknowledged one.
-        .args(["--appendfsync", "always"])
+        // `always` (the default here): sync the AOF on every write, as the agent expects.
+        .args(["--appendfsync", appendfsync])
         .arg("--dir")
         .arg(dir)
         .args(["--save", ""])
