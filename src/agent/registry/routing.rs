@@ -12,7 +12,7 @@ use crate::registry::ops::{
 };
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult, NodeRef};
-use crate::rpc::{CallError, Request, Response};
+use crate::rpc::{Request, Response};
 use crate::{Error, Result};
 
 impl Registry {
@@ -146,12 +146,10 @@ impl Registry {
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
             Err(e) => {
-                // A peer that refuses connections, or whose connection broke, is gone; one
-                // that is merely slow (a long fsync, a big transfer) is left to the ring's
-                // own probes to judge, so application timeouts do not reshape the ring.
-                if matches!(e, CallError::Connect(..) | CallError::Broken(_)) {
-                    self.ring.with(|c| c.suspect(&node.id));
-                }
+                // A peer that does not answer is suspected at once, timeouts included: the
+                // ring's own probes take longer to notice a black hole, and lookups made
+                // meanwhile would keep routing to it.
+                self.ring.with(|c| c.suspect(&node.id));
                 Err(Error::routing(e.to_string()))
             }
         }
