@@ -400,6 +400,7 @@ async fn ttl_expiry_keeps_working_when_the_owner_changes() {
         .expect("owner index");
     let other = (owner_ix + 1) % 4;
     let url = c.url(other);
+    let sent = Instant::now();
     let (st, body) = call(
         "PUT",
         &format!("{url}/v1/services/beating/instances/x"),
@@ -407,11 +408,10 @@ async fn ttl_expiry_keeps_working_when_the_owner_changes() {
     )
     .await;
     assert_eq!(st, 200, "{body}");
-    let registered = Instant::now();
     c.kill(owner_ix).await;
     // The new owner expires it: critical after one TTL, removed after the grace period —
     // not earlier, and not never.
-    expect_ttl_expiry(&url, "beating", "x", registered).await;
+    expect_ttl_expiry(&url, "beating", "x", sent).await;
 }
 
 /// A lone agent on the embedded store, SIGKILLed while eight clients register as fast as

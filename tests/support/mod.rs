@@ -43,10 +43,10 @@ pub fn until_acknowledged(acked: &[std::sync::atomic::AtomicUsize], at_least: us
     }
 }
 
-/// Wait for instance `id` of `service` (registered with a 1 s TTL at `registered`, asked
-/// through the agent at `url`) to expire as the TTL rules say: critical after one TTL, not
+/// Wait for instance `id` of `service` (registered with a 1 s TTL by a request sent after
+/// `sent`, asked through the agent at `url`) to expire as the TTL rules say: critical after one TTL, not
 /// earlier; removed after the grace period (ten more TTLs), not earlier — and not never.
-pub async fn expect_ttl_expiry(url: &str, service: &str, id: &str, registered: Instant) {
+pub async fn expect_ttl_expiry(url: &str, service: &str, id: &str, sent: Instant) {
     let instance = format!("{url}/v1/services/{service}/instances/{id}");
     eventually(
         "critical after one TTL",
@@ -60,7 +60,7 @@ pub async fn expect_ttl_expiry(url: &str, service: &str, id: &str, registered: I
     )
     .await;
     assert!(
-        registered.elapsed() >= Duration::from_secs(1),
+        sent.elapsed() >= Duration::from_secs(1),
         "critical before one TTL"
     );
     eventually(
@@ -73,7 +73,7 @@ pub async fn expect_ttl_expiry(url: &str, service: &str, id: &str, registered: I
     )
     .await;
     assert!(
-        registered.elapsed() >= Duration::from_secs(11),
+        sent.elapsed() >= Duration::from_secs(11),
         "removed before TTL + 10 x TTL"
     );
 }
