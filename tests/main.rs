@@ -14,6 +14,7 @@ mod replication;
 mod ring;
 mod security;
 mod skew;
+mod slow;
 mod store;
 mod support;
 mod units;

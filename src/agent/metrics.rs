@@ -131,6 +131,8 @@ pub struct Metrics {
     last_walk: AtomicU64,
     /// Ring RPC connections closed at once because the most were open already.
     rpc_connections_refused: AtomicU64,
+    /// Peers this node dropped from its ring state as failed.
+    peers_dropped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -147,6 +149,7 @@ impl Default for Metrics {
             store_written_bytes: AtomicU64::new(0),
             last_walk: AtomicU64::new(0),
             rpc_connections_refused: AtomicU64::new(0),
+            peers_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -228,6 +231,11 @@ impl Metrics {
     /// A ring RPC connection was refused: the most were open already.
     pub fn rpc_connection_refused(&self) {
         self.rpc_connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This node dropped a peer from its ring state as failed.
+    pub fn peer_dropped(&self) {
+        self.peers_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A full walk of the ring found `nodes` nodes.
@@ -383,6 +391,12 @@ impl Metrics {
             "Ring RPC connections closed at once because the most were open already.",
             self.rpc_connections_refused.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "chordctl_ring_peers_dropped_total",
+            "Peers this node dropped from its successors, predecessor or fingers as failed.",
+            self.peers_dropped.load(Ordering::Relaxed),
+        );
         out
     }
 }
@@ -514,9 +528,14 @@ mod tests {
         );
         m.rpc_connection_refused();
         m.rpc_connection_refused();
+        m.peer_dropped();
         let text = m.render(&Gauges::default());
         assert!(
             text.contains("\nchordctl_rpc_connections_refused_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nchordctl_ring_peers_dropped_total 1\n"),
             "{text}"
         );
     }

@@ -18,6 +18,9 @@ use crate::rpc::{Pool, Request, Response};
 use crate::{Error, Result};
 
 /// The ring side of an agent: the state machine behind a mutex, and the means to talk.
+/// Times a lookup starts again from this node after every node it asked failed.
+const LOOKUP_ATTEMPTS: usize = 3;
+
 pub struct RingDriver {
     chord: Mutex<Chord>,
     pool: Arc<Pool>,
@@ -83,6 +86,9 @@ impl RingDriver {
             let me = chord.me().id.short();
             for e in &events {
                 self.log_event(&me, e);
+                if matches!(e, Event::PeerFailed(_)) {
+                    self.metrics.peer_dropped();
+                }
             }
             (chord.take_outbound(), events, value)
         };
@@ -272,15 +278,39 @@ impl RingDriver {
     }
 
     async fn lookup_uncounted(self: &Arc<Self>, key: Id) -> Result<LookupResult> {
-        let first = self
-            .read(|c| c.find_step(&key))
-            .ok_or_else(|| Error::routing("this agent is not a ring member (yet)"))?;
+        // A lookup whose every candidate failed starts again from this node's own state,
+        // which no longer holds the nodes it just suspected (their successors stand in) —
+        // a few times at most, and only while it made someone suspect.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (result, suspected) = self.lookup_once(key).await;
+            match result {
+                Err(e) if suspected && attempts < LOOKUP_ATTEMPTS => {
+                    tracing::debug!(%key, error = %e, "lookup restarts without the nodes it suspected");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One lookup of `key` from this node's state; also says whether a node asked failed (and
+    /// was suspected).
+    async fn lookup_once(self: &Arc<Self>, key: Id) -> (Result<LookupResult>, bool) {
+        let Some(first) = self.read(|c| c.find_step(&key)) else {
+            return (
+                Err(Error::routing("this agent is not a ring member (yet)")),
+                false,
+            );
+        };
+        let mut suspected = false;
         let (mut lookup, mut action) = Lookup::start(key, first);
         loop {
             match action {
-                LookupAction::Done(result) => return Ok(result),
+                LookupAction::Done(result) => return (Ok(result), suspected),
                 LookupAction::Failed(reason) => {
-                    return Err(Error::routing(format!("lookup failed: {reason}")))
+                    let e = Error::routing(format!("lookup failed: {reason}"));
+                    return (Err(e), suspected);
                 }
                 LookupAction::Ask(node) => {
                     let req = Request::Ring(RingRequest::FindStep { key });
@@ -289,6 +319,7 @@ impl RingDriver {
                         Ok(_) => lookup.on_failure(&node),
                         Err(_) => {
                             self.with(|c| c.suspect(&node.id));
+                            suspected = true;
                             lookup.on_failure(&node)
                         }
                     };
@@ -326,6 +357,28 @@ impl RingDriver {
                 node.addr
             ))),
             Err(e) => Err(Error::unavailable(e.to_string())),
+        }
+    }
+
+    /// The ring's own judgement of a peer that an application call found slow: a `Ping`,
+    /// answered by the peer's RPC loop without touching its store. A peer that does not
+    /// answer it is suspected; one that does is alive and merely busy (a long fsync, a write
+    /// waiting on its replicas, a big transfer) and keeps its place. Returns whether it
+    /// answered.
+    pub async fn probe(self: &Arc<Self>, node: &NodeRef) -> bool {
+        if node.id == self.read(|c| c.me().id) {
+            return true;
+        }
+        match self
+            .pool
+            .call(&node.addr, Request::Ring(RingRequest::Ping))
+            .await
+        {
+            Ok(_) => true,
+            Err(_) => {
+                self.with(|c| c.suspect(&node.id));
+                false
+            }
         }
     }
 

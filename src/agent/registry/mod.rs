@@ -69,6 +69,11 @@ const RECORD_CACHE_MAX: usize = 16 * 1024;
 /// milliseconds, to prove that versions do not trust wall clocks.
 pub const CLOCK_OFFSET_ENV: &str = "CHORDCTL_TEST_CLOCK_OFFSET_MS";
 
+/// Environment variable (tests only) that makes this agent, as an owner, take a number of
+/// milliseconds longer to store each group of writes: a slow disk, to prove that a slow peer
+/// is not taken for a dead one.
+pub const WRITE_DELAY_ENV: &str = "CHORDCTL_TEST_WRITE_DELAY_MS";
+
 /// A write waiting for its group.
 struct Pending {
     op: WriteOp,
@@ -94,6 +99,8 @@ pub struct Registry {
     clock: Mutex<Clock>,
     /// Test-only shift of this agent's clock ([`CLOCK_OFFSET_ENV`]).
     offset_ms: i64,
+    /// Test-only delay of every stored group ([`WRITE_DELAY_ENV`]).
+    write_delay: Option<Duration>,
     /// Per-service slots, dropped again once nobody uses them.
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     leaving: AtomicBool,
@@ -189,6 +196,14 @@ impl Registry {
         if offset_ms != 0 {
             tracing::warn!(offset_ms, "this agent's clock is shifted for a test");
         }
+        let write_delay = std::env::var(WRITE_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        if let Some(delay) = write_delay {
+            tracing::warn!(?delay, "this agent's writes are slowed down for a test");
+        }
         Arc::new(Registry {
             ring,
             replicas: replicas.max(1),
@@ -196,6 +211,7 @@ impl Registry {
             store,
             clock: Mutex::new(Clock::new(node_number(&node))),
             offset_ms,
+            write_delay,
             slots: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
             ready: AtomicBool::new(true),

@@ -12,7 +12,7 @@ use crate::registry::ops::{
 };
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult, NodeRef};
-use crate::rpc::{Request, Response};
+use crate::rpc::{CallError, Request, Response};
 use crate::{Error, Result};
 
 impl Registry {
@@ -145,10 +145,15 @@ impl Registry {
             Ok(Response::Registry(answer)) => Ok(answer),
             Ok(Response::Error(e)) => Err(e),
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
+            Err(e @ CallError::Timeout(..)) => {
+                // Slow is not dead: a long fsync, or a write waiting on a dead replica, must
+                // not reshape the ring. The ring's own probe decides, at once (a black hole
+                // is dropped before the caller's retry routes to it again).
+                self.ring.probe(node).await;
+                Err(Error::routing(e.to_string()))
+            }
             Err(e) => {
-                // A peer that does not answer is suspected at once, timeouts included: the
-                // ring's own probes take longer to notice a black hole, and lookups made
-                // meanwhile would keep routing to it.
+                // Refused, broken or unauthenticated: the peer is gone (or not one of us).
                 self.ring.with(|c| c.suspect(&node.id));
                 Err(Error::routing(e.to_string()))
             }
