@@ -245,6 +245,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     }
     tasks.spawn(watch_ring(agent.clone()));
     tasks.spawn(sweep_ttls(agent.clone()));
+    tasks.spawn(keep_awake(agent.clone()));
     tasks.spawn(anti_entropy(agent.clone()));
     tasks.spawn(crate::http::serve(
         http_listener,
@@ -482,6 +483,18 @@ async fn sweep_ttls(agent: Arc<Agent>) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The heartbeat by which the registry notices that this process was paused.
+async fn keep_awake(agent: Arc<Agent>) {
+    let mut every = tokio::time::interval(registry::AWAKE_BEAT);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = agent.stop.cancelled() => return,
+            _ = every.tick() => agent.registry.beat(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`compat`]: the prototype's gVips, texts and JSON documents.
 //! - [`codec`]: the stored form of units and meta entries, and 0.1.0's records (for the upgrade).
 //! - [`ops`]: the registry's requests and answers between agents.
+//! - [`watch`]: change events, what a follower asks an owner, and the owner's [`watch::Feed`].
 //!
 //! Everything takes the current time (`now`) and randomness (`rng`) as arguments, so the agent,
 //! the simulator and tests drive it alike. A service's owner serializes writes to it: it applies
@@ -30,6 +31,7 @@ pub mod pick;
 pub mod ttl;
 pub mod unit;
 pub mod validate;
+pub mod watch;
 
 pub use duration::parse_duration;
 pub use hlc::{Clock, Hlc};

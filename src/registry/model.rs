@@ -245,6 +245,11 @@ impl Record {
         self.stamps.get(id).map(|s| s.version)
     }
 
+    /// The service's index at instance `id`'s last change, if any.
+    pub fn index_of(&self, id: &str) -> Option<u64> {
+        self.stamps.get(id).map(|s| s.index)
+    }
+
     /// Record that instance `id` just changed with `version`: the service's index grows by one.
     /// Returns the new index.
     pub fn stamp(&mut self, id: &str, version: Hlc) -> u64 {

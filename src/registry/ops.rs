@@ -209,6 +209,20 @@ pub enum RegistryRequest {
         /// big range is compared in several digests, each of a bounded size.
         span: (String, Option<String>),
     },
+    /// Follow these services (owned by the node asked): answered as soon as any of them has
+    /// changed after the follower's index, or after `wait_ms` (nothing new). One request per
+    /// follower and owner at a time: a newer `generation` from the same `follower` ends the
+    /// older one at once.
+    Watch {
+        /// The following node.
+        follower: Id,
+        /// Grows with every new request of that follower to this owner.
+        generation: u64,
+        /// The services, with the index the follower holds of each.
+        items: Vec<crate::registry::watch::WatchItem>,
+        /// How long to wait for a change, at most.
+        wait_ms: u64,
+    },
 }
 
 /// The answer to a [`RegistryRequest`].
@@ -265,6 +279,9 @@ pub enum RegistryResponse {
         /// The service's change index (`X-Chordctl-Index`).
         index: u64,
     },
+    /// What changed in the services a `Watch` asked about (only those with news, or every
+    /// one when asked for snapshots; none when the wait ended quietly).
+    Watched(Vec<crate::registry::watch::WatchAnswer>),
     /// Done.
     Done,
 }

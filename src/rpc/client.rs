@@ -81,6 +81,11 @@ impl Pool {
         }
     }
 
+    /// The deadline of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Call `addr` with the pool's deadline.
     pub async fn call(&self, addr: &str, req: Request) -> Result<Response, CallError> {
         self.call_with_timeout(addr, req, self.timeout).await

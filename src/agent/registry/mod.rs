@@ -14,6 +14,7 @@
 //! writes), the owner's record cache, the node's hybrid logical clock, and the answers to
 //! requests from peers ([`Registry::handle_local`]).
 
+mod feeds;
 mod handoff;
 mod replication;
 mod routing;
@@ -61,6 +62,18 @@ pub const LIST_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// Keys whose route is cached at most; past it new routes are not cached (each expires soon).
 const ROUTE_CACHE_MAX: usize = 4096;
+
+/// How often the heartbeat that notices pauses runs.
+pub const AWAKE_BEAT: Duration = Duration::from_millis(50);
+
+/// The process's own heartbeat (see [`Registry::beat`]).
+struct Awake {
+    beat: Instant,
+    woke: Option<Instant>,
+}
+
+/// Services remembered as stamped in this ownership at most (past it, all start a new epoch).
+const CLAIMED_MAX: usize = 64 * 1024;
 
 /// Decoded records kept at the owner at most; past it new records are not cached.
 const RECORD_CACHE_MAX: usize = 16 * 1024;
@@ -126,6 +139,16 @@ pub struct Registry {
     transfers: Mutex<HashMap<Id, handoff::Transfer>>,
     /// The last ring-wide service list and when it was made (see [`Registry::list`]).
     listed: tokio::sync::Mutex<Option<(Instant, Vec<ServiceSummary>)>>,
+    /// When this process last ran its heartbeat, and when it last woke from a pause.
+    awake: Mutex<Awake>,
+    /// A pause longer than this (the heartbeat did not run) makes the node refuse writes
+    /// for a while: callers have timed out and may have written elsewhere meanwhile.
+    pause_threshold: Duration,
+    /// Recent changes of the services followers watch here (see `feeds.rs`).
+    feeds: feeds::Feeds,
+    /// The services this node stamped since it last became their owner, with the predecessor
+    /// it had then: the first change after an ownership change starts a new index epoch.
+    claimed: Mutex<HashMap<String, Option<Id>>>,
 }
 
 /// Most bytes of discover answers kept by [`DiscoveredCache`].
@@ -204,6 +227,7 @@ impl Registry {
         if let Some(delay) = write_delay {
             tracing::warn!(?delay, "this agent's writes are slowed down for a test");
         }
+        let pause_threshold = (ring.pool().timeout() / 2).max(Duration::from_millis(100));
         Arc::new(Registry {
             ring,
             replicas: replicas.max(1),
@@ -223,6 +247,13 @@ impl Registry {
             discovered: Mutex::new(DiscoveredCache::default()),
             transfers: Mutex::new(HashMap::new()),
             listed: tokio::sync::Mutex::new(None),
+            awake: Mutex::new(Awake {
+                beat: Instant::now(),
+                woke: None,
+            }),
+            pause_threshold,
+            feeds: feeds::Feeds::new(),
+            claimed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -260,6 +291,21 @@ impl Registry {
     /// A new version for a change of instance `id` of `rec`, above its current one, and the
     /// record's index moved on.
     fn stamp(&self, rec: &mut Record, id: &str, now: DateTime<Utc>) {
+        // The first change this node makes since it became the owner (by a join, a leave or
+        // a crash, or its own restart) starts a new epoch of the index: above every index the
+        // previous owner can have given out, even those this copy never received, so that a
+        // watcher's index never goes back and a blocking query never misses a change.
+        let pred = self.ring.read(|c| c.predecessor().map(|p| p.id));
+        {
+            let mut claimed = guard(&self.claimed);
+            if claimed.get(&rec.service) != Some(&pred) {
+                if claimed.len() >= CLAIMED_MAX {
+                    claimed.clear();
+                }
+                claimed.insert(rec.service.clone(), pred);
+                rec.index = crate::registry::watch::next_epoch(rec.index);
+            }
+        }
         let ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
         let v = guard(&self.clock).after(ms, rec.version_of(id));
         rec.stamp(id, v);
@@ -270,6 +316,43 @@ impl Registry {
         if let Some(v) = seen {
             guard(&self.clock).observe(v);
         }
+    }
+
+    /// The heartbeat, every [`AWAKE_BEAT`]: notices when this process did not run for longer
+    /// than `pause_threshold` (SIGSTOP, a VM or container paused, a machine starved).
+    pub fn beat(&self) {
+        let now = Instant::now();
+        let mut awake = guard(&self.awake);
+        let gap = now.duration_since(awake.beat);
+        if gap > self.pause_threshold {
+            awake.woke = Some(now);
+            tracing::warn!(
+                ?gap,
+                "this agent did not run for a while: it refuses writes for a moment, since \
+                 callers timed out and may have written through another node meanwhile"
+            );
+        }
+        awake.beat = now;
+    }
+
+    /// Refuse a write right after a pause: requests that waited in the socket while the
+    /// process was stopped were given up by their callers, who retried elsewhere; applied now,
+    /// with a new version, such a stale write would undo what was acknowledged since (a
+    /// removal, say). The refusal lasts two RPC deadlines after the wake-up (requests still
+    /// queued then are as stale), and also holds while the heartbeat is late (the pause may
+    /// not be over as far as the heartbeat knows).
+    fn check_awake(&self) -> Result<()> {
+        let awake = guard(&self.awake);
+        let window = self.pause_threshold * 4;
+        let late = awake.beat.elapsed() > self.pause_threshold;
+        let woke = awake.woke.is_some_and(|w| w.elapsed() < window);
+        if late || woke {
+            return Err(Error::routing(
+                "this node was paused moments ago and takes no writes until its place in the \
+                 ring is confirmed; retry",
+            ));
+        }
+        Ok(())
     }
 
     /// How many replicas must confirm a write before it is acknowledged: W − 1, where W is
@@ -451,6 +534,15 @@ impl Registry {
                 Ok(RegistryResponse::Summaries(out))
             }
             RegistryRequest::TakeRange { joiner, from } => self.range_page(joiner, from).await,
+            RegistryRequest::Watch {
+                follower,
+                generation,
+                items,
+                wait_ms,
+            } => {
+                self.watch(follower, generation, items, Duration::from_millis(wait_ms))
+                    .await
+            }
             RegistryRequest::Fetch { keys } => self.fetch(keys).await,
             RegistryRequest::Handoff { entries } => {
                 // A leaving node has taken (or is taking) the snapshot it hands over: what

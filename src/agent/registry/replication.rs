@@ -12,6 +12,7 @@ use crate::registry::unit::{
     decode_meta_value, meta_key, meta_value, service_of_key, split_unit_key, unit_key, Mark, Unit,
 };
 use crate::registry::Record;
+use crate::ring::Id;
 use crate::store::Op;
 use crate::{Error, Result};
 
@@ -114,6 +115,10 @@ impl Registry {
                     let mut wake = false;
                     for (service, rec) in planned {
                         if let Some(rec) = rec {
+                            // Watchers of what this node owns start again from the new state.
+                            if self.feeds.watched(&service) && self.owns(&Id::of_key(&service)) {
+                                self.feeds.reset(&service, rec.index);
+                            }
                             self.cache_record(rec);
                         }
                         // The next TTL sweep looks at what arrived (it may own it now).
@@ -190,18 +195,32 @@ impl Registry {
         }
         self.observe(units.values().map(|(u, _)| u.stamp.version).max());
         let mut ops = Vec::new();
-        let cached = guard(&self.records).get(service).cloned();
+        let mut cached = guard(&self.records).get(service).cloned();
+        let owned = self.owns(&Id::of_key(service));
+        if cached.is_none() && owned && self.feeds.watched(service) {
+            // Watched here: what arrives must move the index the watchers follow.
+            cached = self.load(service).await?;
+        }
         if let Some(rec) = cached {
             // The owner (or a replica that served a read) has the record in memory: apply to
             // it and store what changed.
             let mut rec = Arc::unwrap_or_clone(rec);
+            let mut changed = false;
             for (id, (unit, bytes)) in units {
                 let key = unit_key(service, &id);
                 if rec.apply_unit(&id, unit) {
                     ops.push(Op::Put(key, bytes));
+                    changed = true;
                 }
             }
-            if apply_metas(&mut rec, &metas) {
+            let mut meta = apply_metas(&mut rec, &metas);
+            if changed && owned {
+                // The owner's copy changed by another copy's units: a change of the service
+                // like any other, so its index moves on (blocking queries and watchers see it).
+                rec.index = rec.index.saturating_add(1);
+                meta = true;
+            }
+            if meta {
                 ops.push(Op::Put(meta_key(service), meta_value(&rec)?));
             }
             return Ok((ops, Some(rec)));

@@ -8,7 +8,8 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::writes::Changes;
-use super::{guard, Registry};
+use super::{feeds, guard, Registry};
+use crate::registry::watch::ChangeOp;
 use crate::registry::DEFAULT_GRACE_FACTOR;
 use crate::ring::Id;
 use crate::Result;
@@ -17,6 +18,11 @@ impl Registry {
     /// Expire TTLs of owned records whose deadline has passed. Reads the store only for the
     /// records [`Deadlines`] says are due (and to rebuild it, see there).
     pub async fn sweep(self: &Arc<Self>) -> Result<()> {
+        // Right after a pause the heartbeats of the instances it owns may have gone to another
+        // node: no expiry until this node is sure again (the deadlines stay due).
+        if self.check_awake().is_err() {
+            return Ok(());
+        }
         guard(&self.deadlines).running();
         let predecessor = self.ring.read(|c| c.predecessor().map(|p| p.id));
         let rescan = guard(&self.deadlines).needs_rescan(Instant::now(), predecessor);
@@ -81,6 +87,7 @@ impl Registry {
             return Ok(());
         };
         let now = self.now();
+        let before = rec.clone();
         let mut rec = Arc::unwrap_or_clone(rec);
         let forgotten = rec.forget_tombstones(now);
         let changed = rec.sweep(now, DEFAULT_GRACE_FACTOR);
@@ -89,10 +96,23 @@ impl Registry {
         }
         let next = rec.next_deadline(DEFAULT_GRACE_FACTOR);
         if !changed.is_empty() || !forgotten.is_empty() {
+            let watched = self.feeds.watched(service).then(|| {
+                let events = feeds::changes_of(
+                    Some(&before),
+                    &rec,
+                    &changed,
+                    ChangeOp::Expire,
+                    now.timestamp_millis(),
+                );
+                (events, rec.index)
+            });
             let entries = self.save(rec, Changes::of(changed, forgotten)).await?;
             if let Err(e) = self.replicate(entries).await {
                 // Stored here; the replicas catch up through anti-entropy.
                 tracing::debug!("replicating a TTL change: {e}");
+            }
+            if let Some((events, after)) = watched {
+                self.feeds.publish(service, before.index, events, after);
             }
         }
         // The sweep is running, so there is nothing to wake.

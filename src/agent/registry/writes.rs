@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{guard, Pending, Registry};
+use super::{feeds, guard, Pending, Registry};
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{gvip_id, Entry, RegistryRequest, RegistryResponse, WriteOp};
 use crate::registry::unit::{meta_key, meta_value, unit_key};
+use crate::registry::watch::ChangeOp;
 use crate::registry::{Record, DEFAULT_GRACE_FACTOR};
 use crate::ring::Id;
 use crate::store::Op;
@@ -96,9 +97,13 @@ impl Registry {
         key_id: &Id,
         ops: &[&WriteOp],
     ) -> Result<Vec<Result<RegistryResponse>>> {
-        // Ownership may have moved while the group waited for the lock.
+        // Ownership may have moved while the group waited for the lock, or the process was
+        // paused with this group in its socket.
         self.check_owner(key_id)?;
-        let mut rec = self.load(service).await?.map(Arc::unwrap_or_clone);
+        self.check_awake()?;
+        let before = self.load(service).await?;
+        let before_index = before.as_ref().map_or(0, |r| r.index);
+        let mut rec = before.clone().map(Arc::unwrap_or_clone);
         let now = self.now();
         let mut changes = Changes::default();
         let mut answers = Vec::with_capacity(ops.len());
@@ -114,8 +119,22 @@ impl Registry {
         if changes.ids.is_empty() && !changes.created {
             return Ok(answers);
         }
+        let watched = self.feeds.watched(service).then(|| {
+            let events = feeds::changes_of(
+                before.as_deref(),
+                &rec,
+                &changes.ids,
+                ChangeOp::Deregister,
+                now.timestamp_millis(),
+            );
+            (events, rec.index)
+        });
         let entries = self.save(rec, changes).await?;
         self.replicate(entries).await?;
+        // Durable on a quorum: watchers may hear of it.
+        if let Some((events, after)) = watched {
+            self.feeds.publish(service, before_index, events, after);
+        }
         Ok(answers)
     }
 
