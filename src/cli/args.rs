@@ -318,15 +318,16 @@ seconds) are printed only with -o json.
 
 When the stream breaks or its agent goes away, the watch resumes by itself from the last
 index it printed: through the same agent first, then the other --agent URLs in turn, with a
-short backoff, until it gets through. Nothing is lost and nothing is printed twice: the agent
-replays what was missed, or sends a snapshot with \"reset\": true (printed as `snapshot ...
-(reset)`); an event whose index is not above the last one printed is skipped. Notes about
-reconnecting go to stderr.
+short backoff (up to 2s), until it gets through. Nothing is lost and nothing is printed
+twice: the agent replays what was missed, or sends a snapshot with \"reset\": true (printed as
+`snapshot ... (reset)`), which replaces everything before it; any other event whose index is
+not above the last one printed is a repeat and is skipped. A stream silent for 30s (six missed
+bookmarks) counts as broken. Notes about reconnecting go to stderr.
 
 The first connection follows the rules of every client command: when no agent can be reached
 the command exits 3, and an error answer exits 1 (4 for not found). Once watching, an agent that
-answers 429 (too many watchers) or 503 (ring unavailable) is treated like one that went away;
-any other error answer ends the watch with its exit code.
+answers 429 (too many watchers) or 5xx (e.g. 503, ring unavailable) is treated like one that
+went away; any other error answer ends the watch with its exit code.
 
 --count N exits 0 after N snapshot and change events have been printed (bookmarks and skipped
 repeats do not count). SIGINT (Ctrl-C) exits 0.";
