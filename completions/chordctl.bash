@@ -130,6 +130,9 @@ _chordctl() {
             chordctl__subcmd__help__subcmd__svc,register)
                 cmd="chordctl__subcmd__help__subcmd__svc__subcmd__register"
                 ;;
+            chordctl__subcmd__help__subcmd__svc,watch)
+                cmd="chordctl__subcmd__help__subcmd__svc__subcmd__watch"
+                ;;
             chordctl__subcmd__ring,help)
                 cmd="chordctl__subcmd__ring__subcmd__help"
                 ;;
@@ -187,6 +190,9 @@ _chordctl() {
             chordctl__subcmd__svc,register)
                 cmd="chordctl__subcmd__svc__subcmd__register"
                 ;;
+            chordctl__subcmd__svc,watch)
+                cmd="chordctl__subcmd__svc__subcmd__watch"
+                ;;
             chordctl__subcmd__svc__subcmd__help,deregister)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__deregister"
                 ;;
@@ -201,6 +207,9 @@ _chordctl() {
                 ;;
             chordctl__subcmd__svc__subcmd__help,register)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__register"
+                ;;
+            chordctl__subcmd__svc__subcmd__help,watch)
+                cmd="chordctl__subcmd__svc__subcmd__help__subcmd__watch"
                 ;;
             *)
                 ;;
@@ -883,7 +892,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__help__subcmd__svc)
-            opts="register deregister discover list"
+            opts="register deregister discover list watch"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -939,6 +948,20 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__help__subcmd__svc__subcmd__register)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__help__subcmd__svc__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1373,7 +1396,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__svc)
-            opts="-o -h -V --agent --output --token --help --version register deregister discover list help"
+            opts="-o -h -V --agent --output --token --help --version register deregister discover list watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1471,7 +1494,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__svc__subcmd__help)
-            opts="register deregister discover list help"
+            opts="register deregister discover list watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1554,6 +1577,20 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__svc__subcmd__help__subcmd__watch)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__svc__subcmd__list)
             opts="-o -h -V --agent --output --token --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1616,6 +1653,40 @@ _chordctl() {
                     return 0
                     ;;
                 --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --agent)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__svc__subcmd__watch)
+            opts="-o -h -V --count --agent --output --token --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --count)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

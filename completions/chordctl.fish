@@ -24,7 +24,7 @@ function __fish_chordctl_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c chordctl -n "__fish_chordctl_needs_command" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_needs_command" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_needs_command" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -39,7 +39,7 @@ complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "bench" -d 'Load-t
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -62,7 +62,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -82,7 +82,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -98,7 +98,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -109,7 +109,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "join" -d 'Join the ring that SEED (a member\'s ring address) is in'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -119,19 +119,19 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -141,23 +141,24 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -l token -d 'Bearer token for an agent started with --api-token' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "deregister" -d 'Remove an instance'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "list" -d 'Every service on the ring with its instance count'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "deregister" -d 'Remove an instance'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "list" -d 'Every service on the ring with its instance count'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l address -d 'Host or IP address callers use to reach the instance' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l port -d 'Port callers use to reach the instance' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l id -d 'Instance id [default: ADDRESS:PORT]' -r
@@ -165,13 +166,13 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l meta -d 'Metadata entry (repeatable)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l weight -d 'Relative weight for `--pick weighted` (0-10000)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l ttl -d 'Mark the instance critical after this long without a status report (30s, 5m, 1h, or seconds)' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -183,25 +184,33 @@ round-robin\t'Each instance in turn'
 random\t'Uniformly at random'
 weighted\t'At random in proportion to weight'
 least-load\t'Lowest load'"
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l healthy -d 'Only healthy instances (state passing or warning)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l count -d 'Exit 0 after N events (snapshots and changes; bookmarks do not count)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "deregister" -d 'Remove an instance'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every service on the ring with its instance count'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -219,13 +228,13 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_see
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l latency-ms -d 'Mean call latency in milliseconds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l frequency -d 'Calls per second' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l note -d 'Free text' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -241,20 +250,20 @@ mixed\t'70% discover, 20% report, 10% register'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l concurrency -d 'Requests in flight at once (one kept-alive connection each)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l duration -d 'How long to send load (30s, 5m, 1h, or seconds; at least 1s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l services -d 'Services to spread the load over, each with ten instances' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l keep -d 'Leave the benchmark\'s services registered at the end'
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l token -d 'Bearer token for an agent started with --api-token' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l agent -d 'The agent to talk to: a URL or HOST:PORT' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -279,5 +288,6 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "deregister" -d 'Remove an instance'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "list" -d 'Every service on the ring with its instance count'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "query" -d 'One instance\'s status, or every instance of SERVICE without ID'

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 
 use serde_json::{json, Value};
 
+use crate::support::procs::{self, AgentProc};
 use crate::support::run::Run;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chordctl");
@@ -247,6 +248,8 @@ fn usage_errors_exit_2() {
             "k",
         ],
         &["svc", "discover", "payments", "--pick", "fastest"],
+        &["svc", "watch", "payments", "--count", "0"],
+        &["--agent", "127.0.0.1:1,", "svc", "list"],
         &["status", "report", "payments", "i1", "--state", "fine"],
         &[
             "status",
@@ -344,6 +347,72 @@ fn unreachable_agent_exits_3_naming_it() {
     run(&["--agent", bare, "svc", "list"])
         .code(3)
         .stderr_has(&url);
+}
+
+/// `--agent` repeated, comma-separated, or in `CHORDCTL_AGENT`: a dead agent first is passed
+/// over for a live one (a real agent process); exit 3 only when none answers, naming each.
+#[test]
+fn several_agents_are_tried_in_order() {
+    let agent = AgentProc::start(None, &[]);
+    let live = agent.url();
+    let dead = format!("http://{}", procs::free_addr());
+    let also_dead = format!("http://{}", procs::free_addr());
+
+    let node = run(&[
+        "--agent", &dead, "--agent", &live, "-o", "json", "ring", "node",
+    ])
+    .ok_json();
+    assert_eq!(node["id"], agent.id.as_str(), "{node}");
+    // A write goes through the live agent, once.
+    run(&[
+        "--agent",
+        &format!("{dead},{live}"),
+        "svc",
+        "register",
+        "payments",
+        "--address",
+        "10.0.0.7",
+        "--port",
+        "8080",
+    ])
+    .code(0)
+    .stdout_has("registered payments instance 10.0.0.7:8080");
+    let mut cmd = chordctl(&["-o", "json", "svc", "discover", "payments"]);
+    cmd.env("CHORDCTL_AGENT", format!("{dead}, {live}"));
+    let found = Run::of(cmd).ok_json();
+    assert_eq!(found["instances"][0]["id"], "10.0.0.7:8080", "{found}");
+
+    // Every agent dead: exit 3, each one named.
+    let mut cmd = chordctl(&["svc", "list"]);
+    cmd.env("CHORDCTL_AGENT", format!("{dead},{also_dead}"));
+    let failed = Run::of(cmd);
+    failed.code(3).stderr_has(&dead).stderr_has(&also_dead);
+    assert_eq!(failed.stderr().lines().count(), 1, "{}", failed.describe());
+    run(&[
+        "--agent", &dead, "--agent", &also_dead, "svc", "watch", "payments",
+    ])
+    .code(3)
+    .stderr_has(&dead)
+    .stderr_has(&also_dead);
+}
+
+/// An agent that answers with an error is the answer: the next one is not asked.
+#[test]
+fn an_error_answer_is_not_retried_elsewhere() {
+    let busy = FakeAgent::answering(503, error_body("unavailable", "store unavailable, retry"));
+    let other = FakeAgent::answering(200, json!([]));
+    run(&[
+        "--agent",
+        &busy.url(),
+        "--agent",
+        &other.url(),
+        "svc",
+        "list",
+    ])
+    .code(1)
+    .stderr_has("store unavailable, retry");
+    assert!(other.requests().is_empty(), "{:#?}", other.requests());
+    busy.only_request();
 }
 
 #[test]

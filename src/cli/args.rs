@@ -54,16 +54,19 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Client options")]
 pub struct GlobalOpts {
-    /// The agent to talk to: a URL or HOST:PORT
+    /// The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to
+    /// name fallbacks: they are tried in order when one cannot be reached
     #[arg(
         long,
         global = true,
         env = "CHORDCTL_AGENT",
         value_name = "URL",
         default_value = "http://127.0.0.1:7500",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append,
         value_parser = parse_agent_url
     )]
-    pub agent: Url,
+    pub agent: Vec<Url>,
 
     /// Output format
     #[arg(
@@ -285,7 +288,49 @@ pub enum SvcCommand {
     Discover(DiscoverArgs),
     /// Every service on the ring with its instance count
     List,
+    /// Follow the changes of SERVICE as they happen
+    #[command(long_about = WATCH_ABOUT)]
+    Watch(WatchArgs),
 }
+
+/// `chordctl svc watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Service name
+    #[arg(value_parser = non_empty)]
+    pub service: String,
+    /// Exit 0 after N events (snapshots and changes; bookmarks do not count)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
+/// The long help of `svc watch`.
+const WATCH_ABOUT: &str = "\
+Follow the changes of SERVICE as they happen (GET /v1/watch/services/SERVICE).
+
+The first line is the service's current state (a snapshot), then one line per change:
+  snapshot  index 12  3 instances
+  change  index 13  register  web-1  10.0.0.1:80  passing
+  change  index 14  deregister  web-1
+With -o json, one JSON object per line: the event's data with \"event\" added
+(\"snapshot\", \"change\" or \"bookmark\"). Bookmarks (\"nothing changed, index N\", every few
+seconds) are printed only with -o json.
+
+When the stream breaks or its agent goes away, the watch resumes by itself from the last
+index it printed: through the same agent first, then the other --agent URLs in turn, with a
+short backoff (up to 2s), until it gets through. Nothing is lost and nothing is printed
+twice: the agent replays what was missed, or sends a snapshot with \"reset\": true (printed as
+`snapshot ... (reset)`), which replaces everything before it; any other event whose index is
+not above the last one printed is a repeat and is skipped. A stream silent for 30s (six missed
+bookmarks) counts as broken. Notes about reconnecting go to stderr.
+
+The first connection follows the rules of every client command: when no agent can be reached
+the command exits 3, and an error answer exits 1 (4 for not found). Once watching, an agent that
+answers 429 (too many watchers) or 5xx (e.g. 503, ring unavailable) is treated like one that
+went away; any other error answer ends the watch with its exit code.
+
+--count N exits 0 after N snapshot and change events have been printed (bookmarks and skipped
+repeats do not count). SIGINT (Ctrl-C) exits 0.";
 
 /// `chordctl svc register`.
 #[derive(Debug, Args)]
@@ -424,6 +469,7 @@ fn non_empty(s: &str) -> Result<String, String> {
 
 /// The agent's URL: `http://HOST:PORT[/prefix]`, or a bare `HOST:PORT` taken as plain HTTP.
 pub(crate) fn parse_agent_url(s: &str) -> Result<Url, String> {
+    let s = s.trim();
     let text = if s.contains("://") {
         s.to_string()
     } else {

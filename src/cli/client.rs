@@ -1,5 +1,6 @@
 //! The HTTP/JSON client of the agent's API, and the mapping of its outcomes to exit codes.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -21,52 +22,115 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// A client of one agent.
-pub struct Client {
-    http: reqwest::Client,
-    runtime: tokio::runtime::Runtime,
+/// One agent the client may talk to.
+struct Agent {
     base: Url,
     /// `base` without user and password, for messages.
     shown: String,
+    http: reqwest::Client,
+}
+
+/// A client of the agents given with `--agent`: each request goes to the agent that answered
+/// last (at first the first one given), and to the next ones in order, wrapping around, while
+/// an agent cannot be reached. An agent that answers, even with an error, is the answer.
+pub struct Client {
+    runtime: tokio::runtime::Runtime,
+    agents: Vec<Agent>,
+    /// The agent that answered last, where requests start.
+    current: Cell<usize>,
     token: Option<String>,
 }
 
+/// Why one attempt to open a request at one agent got no answer.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// No connection could be made (refused, connect timeout, name not resolved): the cause,
+    /// for messages. The next agent may be tried: nothing was sent.
+    Unreachable(String),
+    /// Anything else, final for this request.
+    Failed(Failure),
+}
+
 impl Client {
-    /// A client of the agent at `base` that sends `token` (if any) as a bearer token.
-    pub fn new(base: Url, token: Option<String>) -> Result<Client, Failure> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("chordctl/", env!("CARGO_PKG_VERSION")));
-        // HTTP_PROXY and friends are honoured, except for an agent on this machine (as Go's
-        // clients such as consul and etcdctl do): a proxy cannot reach the caller's loopback.
-        if is_loopback(&base) {
-            builder = builder.no_proxy();
+    /// A client of the agents at `bases` (tried in this order) that sends `token` (if any) as
+    /// a bearer token. Every request must be answered within [`REQUEST_TIMEOUT`].
+    pub fn new(bases: &[Url], token: Option<String>) -> Result<Client, Failure> {
+        Client::build(bases, token, Some(REQUEST_TIMEOUT))
+    }
+
+    /// A client for long-lived answers (watch streams): only connecting has a deadline; the
+    /// caller bounds the rest.
+    pub fn streaming(bases: &[Url], token: Option<String>) -> Result<Client, Failure> {
+        Client::build(bases, token, None)
+    }
+
+    fn build(
+        bases: &[Url],
+        token: Option<String>,
+        total: Option<Duration>,
+    ) -> Result<Client, Failure> {
+        if bases.is_empty() {
+            return Err(Failure::Usage("no agent given; see --agent".into()));
         }
-        let http = builder
-            .build()
-            .map_err(|e| Failure::Failed(format!("cannot set up the HTTP client: {e}")))?;
+        let mut agents = Vec::with_capacity(bases.len());
+        for base in bases {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("chordctl/", env!("CARGO_PKG_VERSION")));
+            if let Some(total) = total {
+                builder = builder.timeout(total);
+            }
+            // HTTP_PROXY and friends are honoured, except for an agent on this machine (as
+            // Go's clients such as consul and etcdctl do): a proxy cannot reach the caller's
+            // loopback.
+            if is_loopback(base) {
+                builder = builder.no_proxy();
+            }
+            let http = builder
+                .build()
+                .map_err(|e| Failure::Failed(format!("cannot set up the HTTP client: {e}")))?;
+            agents.push(Agent {
+                base: base.clone(),
+                shown: shown(base),
+                http,
+            });
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
-        let mut shown = base.clone();
-        // Both fail only for URLs that cannot have credentials, which then have none to hide.
-        let _ = shown.set_password(None);
-        let _ = shown.set_username("");
-        let shown = shown.as_str().trim_end_matches('/').to_string();
         Ok(Client {
-            http,
             runtime,
-            base,
-            shown,
+            agents,
+            current: Cell::new(0),
             token: token.filter(|t| !t.is_empty()),
         })
     }
 
-    /// The agent's URL as the user would write it (without credentials), for messages.
+    /// The URL of the agent that answered last (at first the first one given), as the user
+    /// would write it (without credentials), for messages.
     pub fn agent(&self) -> &str {
-        &self.shown
+        self.shown_at(self.current.get())
+    }
+
+    /// The URL of agent `index` (modulo the number of agents), for messages.
+    pub(crate) fn shown_at(&self, index: usize) -> &str {
+        &self.agents[index % self.agents.len()].shown
+    }
+
+    /// How many agents were given.
+    pub(crate) fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Index of the agent that answered last.
+    pub(crate) fn current(&self) -> usize {
+        self.current.get()
+    }
+
+    /// Runs `future` on the client's runtime.
+    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 
     /// `GET` the resource at the path made of `segments`, with `query` parameters.
@@ -76,8 +140,9 @@ impl Client {
 
     /// Sends one request and returns the agent's JSON answer (`Value::Null` for an empty body).
     ///
-    /// Errors: [`Failure::Unreachable`] when no connection could be made, [`Failure::NotFound`]
-    /// for 404, [`Failure::Failed`] for any other error status (with the agent's message).
+    /// Errors: [`Failure::Unreachable`] when no connection could be made to any agent,
+    /// [`Failure::NotFound`] for 404, [`Failure::Failed`] for any other error status (with the
+    /// agent's message).
     pub fn send(
         &self,
         method: Method,
@@ -85,18 +150,13 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, Failure> {
-        let url = self.url(segments, query)?;
-        let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
         self.runtime.block_on(async {
-            let response = request.send().await.map_err(|e| self.transport(&e))?;
+            let (index, response) = self.open(method, segments, query, body).await?;
             let status = response.status();
-            let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| self.transport(index, &e))?;
             if status.is_success() {
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     return Ok(Value::Null);
@@ -104,7 +164,7 @@ impl Client {
                 serde_json::from_slice(&bytes).map_err(|e| {
                     Failure::Failed(format!(
                         "the agent at {} answered with invalid JSON: {e}",
-                        self.agent()
+                        self.shown_at(index)
                     ))
                 })
             } else {
@@ -113,53 +173,121 @@ impl Client {
         })
     }
 
-    /// The URL of a path made of `segments`, each percent-encoded, under the agent's base URL.
-    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Result<Url, Failure> {
-        let mut path = self.base.path().trim_end_matches('/').to_string();
-        for segment in segments {
-            // URL parsers resolve `.` and `..` (even percent-encoded) as path navigation, so
-            // such a segment cannot name anything.
-            if segment.is_empty() || segment.chars().all(|c| c == '.') {
-                return Err(Failure::Usage(format!(
-                    "'{segment}' cannot be used as a name in a URL path"
-                )));
-            }
-            path.push('/');
-            path.extend(utf8_percent_encode(segment, SEGMENT));
-        }
-        let mut url = self.base.clone();
-        url.set_path(&path);
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
-        Ok(url)
+    /// The URL of the first agent, from the one that answered last on, that accepts a
+    /// connection (any answer to `GET /healthz` counts), for commands that make their own
+    /// requests (`bench`).
+    pub(crate) fn first_reachable(&self) -> Result<Url, Failure> {
+        let (index, _) = self
+            .runtime
+            .block_on(self.open(Method::GET, &["healthz"], &[], None))?;
+        Ok(self.agents[index].base.clone())
     }
 
-    /// A failure to get an answer at all.
-    fn transport(&self, e: &reqwest::Error) -> Failure {
+    /// Sends the request to each agent in turn, from the one that answered last, until one
+    /// answers; returns its index and its answer (whatever the status).
+    async fn open(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(usize, reqwest::Response), Failure> {
+        let first = self.current.get();
+        let mut unreachable = Vec::new();
+        for k in 0..self.agents.len() {
+            let index = (first + k) % self.agents.len();
+            match self
+                .open_at(index, method.clone(), segments, query, body, &[])
+                .await
+            {
+                Ok(response) => return Ok((index, response)),
+                Err(Attempt::Unreachable(cause)) => unreachable.push((index, cause)),
+                Err(Attempt::Failed(failure)) => return Err(failure),
+            }
+        }
+        Err(self.unreachable(&unreachable))
+    }
+
+    /// Sends one request to agent `index` only and returns its answer, whatever the status;
+    /// that agent becomes the one requests start at.
+    pub(crate) async fn open_at(
+        &self,
+        index: usize,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::Response, Attempt> {
+        let index = index % self.agents.len();
+        let agent = &self.agents[index];
+        let url = url(&agent.base, segments, query).map_err(Attempt::Failed)?;
+        let mut request = agent.http.request(method, url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        match request.send().await {
+            Ok(response) => {
+                self.current.set(index);
+                Ok(response)
+            }
+            Err(e) if e.is_connect() => Err(Attempt::Unreachable(root_cause(&e))),
+            Err(e) => Err(Attempt::Failed(self.transport(index, &e))),
+        }
+    }
+
+    /// The failure when no agent could be reached: `tried` holds each agent's index and why.
+    /// With one agent the message is the one chordctl always gave.
+    pub(crate) fn unreachable(&self, tried: &[(usize, String)]) -> Failure {
+        match tried {
+            [(index, cause)] if self.agents.len() == 1 => Failure::Unreachable(format!(
+                "cannot reach the agent at {}: {cause} (is an agent running there? see --agent)",
+                self.shown_at(*index)
+            )),
+            _ => {
+                let each: Vec<String> = tried
+                    .iter()
+                    .map(|(index, cause)| format!("{} ({cause})", self.shown_at(*index)))
+                    .collect();
+                Failure::Unreachable(format!(
+                    "cannot reach any of the {} agents: {} (is an agent running at one of \
+                     them? see --agent)",
+                    tried.len(),
+                    each.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// A failure to get an answer from agent `index` after connecting (or to connect at all).
+    pub(crate) fn transport(&self, index: usize, e: &reqwest::Error) -> Failure {
+        let agent = self.shown_at(index);
         if e.is_connect() {
             Failure::Unreachable(format!(
-                "cannot reach the agent at {}: {} (is an agent running there? see --agent)",
-                self.agent(),
+                "cannot reach the agent at {agent}: {} (is an agent running there? see --agent)",
                 root_cause(e)
             ))
         } else if e.is_timeout() {
             Failure::Failed(format!(
-                "the agent at {} did not answer within {}s",
-                self.agent(),
+                "the agent at {agent} did not answer within {}s",
                 REQUEST_TIMEOUT.as_secs()
             ))
         } else {
             Failure::Failed(format!(
-                "request to the agent at {} failed: {}",
-                self.agent(),
+                "request to the agent at {agent} failed: {}",
                 root_cause(e)
             ))
         }
     }
 
     /// The failure an error status stands for, with the agent's message when it sent one.
-    fn http_error(&self, status: StatusCode, body: &[u8]) -> Failure {
+    pub(crate) fn http_error(&self, status: StatusCode, body: &[u8]) -> Failure {
         let message = error_message(body)
             .filter(|m| !m.trim().is_empty())
             .unwrap_or_else(|| {
@@ -180,6 +308,37 @@ impl Client {
             _ => Failure::Failed(message),
         }
     }
+}
+
+/// `base` as the user would write it, without credentials, for messages.
+fn shown(base: &Url) -> String {
+    let mut shown = base.clone();
+    // Both fail only for URLs that cannot have credentials, which then have none to hide.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.as_str().trim_end_matches('/').to_string()
+}
+
+/// The URL of a path made of `segments`, each percent-encoded, under an agent's base URL.
+fn url(base: &Url, segments: &[&str], query: &[(&str, &str)]) -> Result<Url, Failure> {
+    let mut path = base.path().trim_end_matches('/').to_string();
+    for segment in segments {
+        // URL parsers resolve `.` and `..` (even percent-encoded) as path navigation, so such
+        // a segment cannot name anything.
+        if segment.is_empty() || segment.chars().all(|c| c == '.') {
+            return Err(Failure::Usage(format!(
+                "'{segment}' cannot be used as a name in a URL path"
+            )));
+        }
+        path.push('/');
+        path.extend(utf8_percent_encode(segment, SEGMENT));
+    }
+    let mut url = base.clone();
+    url.set_path(&path);
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Ok(url)
 }
 
 /// Whether the URL names this machine: `localhost` or a loopback address.
@@ -218,16 +377,28 @@ pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
+    impl Client {
+        fn url_at(
+            &self,
+            index: usize,
+            segments: &[&str],
+            query: &[(&str, &str)],
+        ) -> Result<Url, Failure> {
+            url(&self.agents[index].base, segments, query)
+        }
+    }
+
     fn client(base: &str) -> Client {
         let url = crate::cli::args::parse_agent_url(base).unwrap_or_else(|e| panic!("{e}"));
-        Client::new(url, None).unwrap_or_else(|e| panic!("{e:?}"))
+        Client::new(&[url], None).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     #[test]
     fn segments_are_percent_encoded() {
         let c = client("127.0.0.1:7500");
         let url = c
-            .url(
+            .url_at(
+                0,
                 &["v1", "services", "pay.ments", "instances", "10.0.0.7:8080"],
                 &[],
             )
@@ -237,21 +408,21 @@ mod tests {
             "http://127.0.0.1:7500/v1/services/pay.ments/instances/10.0.0.7%3A8080"
         );
         let url = c
-            .url(&["v1", "locate", "a/b c?d#e%f~"], &[("tag", "v 2&x")])
+            .url_at(0, &["v1", "locate", "a/b c?d#e%f~"], &[("tag", "v 2&x")])
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:7500/v1/locate/a%2Fb%20c%3Fd%23e%25f~?tag=v+2%26x"
         );
-        assert!(c.url(&["v1", ".."], &[]).is_err());
-        assert!(c.url(&["v1", ""], &[]).is_err());
+        assert!(c.url_at(0, &["v1", ".."], &[]).is_err());
+        assert!(c.url_at(0, &["v1", ""], &[]).is_err());
     }
 
     #[test]
     fn a_base_path_is_kept() {
         let c = client("http://gw:80/chord/");
         let url = c
-            .url(&["v1", "ring"], &[])
+            .url_at(0, &["v1", "ring"], &[])
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(url.as_str(), "http://gw/chord/v1/ring");
         assert_eq!(c.agent(), "http://gw/chord");
@@ -265,5 +436,96 @@ mod tests {
         };
         assert!(loopback("127.0.0.1:7500") && loopback("[::1]:1") && loopback("LOCALHOST:1"));
         assert!(!loopback("10.0.0.1:7500") && !loopback("node1:7500"));
+    }
+
+    /// An address nothing listens on.
+    fn dead() -> Url {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(listener);
+        crate::cli::args::parse_agent_url(&addr.to_string()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An agent that answers `answers` connections with `status` and `body`, one each.
+    fn answering(status: u16, body: &'static str, answers: usize) -> Url {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        std::thread::spawn(move || {
+            for _ in 0..answers {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(&stream);
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line.trim() != "" {
+                    line.clear();
+                }
+                let mut stream = &stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        crate::cli::args::parse_agent_url(&addr.to_string()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_unreachable_agent_is_passed_over_and_the_next_one_kept() {
+        let live = answering(200, r#"{"ok": true}"#, 2);
+        let c = Client::new(&[dead(), live.clone()], None).unwrap_or_else(|e| panic!("{e:?}"));
+        let answer = c
+            .get(&["v1", "ring"], &[])
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(answer["ok"], true);
+        assert_eq!(c.agent(), live.as_str().trim_end_matches('/'));
+        // The next request starts at the agent that answered.
+        assert_eq!(c.current(), 1);
+        assert!(c.get(&["v1", "ring"], &[]).is_ok());
+    }
+
+    #[test]
+    fn an_error_answer_is_the_answer() {
+        let busy = answering(
+            503,
+            r#"{"error": {"code": "unavailable", "message": "busy"}}"#,
+            1,
+        );
+        let never = answering(200, "{}", 0);
+        let c = Client::new(&[busy, never], None).unwrap_or_else(|e| panic!("{e:?}"));
+        match c.get(&["v1", "ring"], &[]) {
+            Err(Failure::Failed(m)) => assert_eq!(m, "busy"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unreachable_names_every_agent_tried() {
+        let (a, b) = (dead(), dead());
+        let c = Client::new(&[a.clone(), b.clone()], None).unwrap_or_else(|e| panic!("{e:?}"));
+        match c.get(&["v1", "ring"], &[]) {
+            Err(Failure::Unreachable(m)) => {
+                for url in [&a, &b] {
+                    assert!(m.contains(url.as_str().trim_end_matches('/')), "{m}");
+                }
+                assert!(m.contains("any of the 2 agents"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // One agent: the message chordctl always gave.
+        let c = Client::new(std::slice::from_ref(&a), None).unwrap_or_else(|e| panic!("{e:?}"));
+        match c.get(&["v1", "ring"], &[]) {
+            Err(Failure::Unreachable(m)) => assert!(
+                m.starts_with(&format!(
+                    "cannot reach the agent at {}: ",
+                    a.as_str().trim_end_matches('/')
+                )) && m.ends_with("(is an agent running there? see --agent)"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The `chordctl` command line: clap definitions ([`args`]), the agent's layered configuration
-//! (`config`), the HTTP client of the agent (`client`), one file per command group (`ring`,
-//! `svc`) and what gets printed ([`output`]).
+//! (`config`), the HTTP client of the agents (`client`), one file per command group (`ring`,
+//! `svc`), the watch stream (`watch`) and what gets printed ([`output`]).
 //!
 //! Exit codes (API.md): 0 success; 1 the agent answered with an error or a runtime failure;
 //! 2 usage error; 3 the agent could not be reached; 4 not found. Errors are printed once, as one
@@ -14,6 +14,7 @@ pub mod output;
 mod progress;
 mod ring;
 mod svc;
+mod watch;
 
 use std::io::Write;
 
@@ -94,15 +95,25 @@ fn clap_exit(e: &clap::Error) -> i32 {
 
 fn run(cli: &Cli, matches: &ArgMatches) -> Result<(), Failure> {
     let format = cli.global.output;
-    let client = || Client::new(cli.global.agent.clone(), cli.global.token.clone());
+    let client = || Client::new(&cli.global.agent, cli.global.token.clone());
     match &cli.command {
         Command::Agent(command) => run_agent(command, matches),
         Command::Ring(command) => ring::run(&client()?, command, format),
         Command::Locate { key } => ring::locate(&client()?, key, format),
+        Command::Svc(args::SvcCommand::Watch(args)) => {
+            let client = Client::streaming(&cli.global.agent, cli.global.token.clone())?;
+            watch::run(&client, args, format)
+        }
         Command::Svc(command) => svc::run(&client()?, command, format),
         Command::Status(command) => svc::status(&client()?, command, format),
         Command::Bench(args) => {
-            bench::run(&cli.global.agent, cli.global.token.as_deref(), args, format)
+            // One agent takes the whole load: the first given that can be reached (with one
+            // agent, bench reports its own connection errors as it always did).
+            let agent = match cli.global.agent.as_slice() {
+                [one] => one.clone(),
+                _ => client()?.first_reachable()?,
+            };
+            bench::run(&agent, cli.global.token.as_deref(), args, format)
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();

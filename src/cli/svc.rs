@@ -137,6 +137,10 @@ pub(crate) fn run(
             text.push('\n');
             output::print(&text)
         }
+        // `mod.rs` runs it with a client made for streams (no overall request deadline).
+        SvcCommand::Watch(_) => Err(Failure::Failed(
+            "internal: svc watch needs a streaming client".into(),
+        )),
     }
 }
 
