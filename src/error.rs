@@ -25,6 +25,9 @@ pub enum Error {
     /// A bug or an unexpected condition; details are logged where it happened.
     #[error("{0}")]
     Internal(String),
+    /// This agent is at a limit (watchers); another agent may take the request (HTTP 429).
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl Error {
@@ -40,6 +43,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::Unavailable(_) | Error::Routing(_) => 503,
             Error::Internal(_) => 500,
+            Error::TooMany(_) => 429,
         }
     }
 
@@ -50,6 +54,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) | Error::Routing(_) => "unavailable",
             Error::Internal(_) => "internal",
+            Error::TooMany(_) => "too_many",
         }
     }
 

@@ -18,3 +18,5 @@ mod slow;
 mod store;
 mod support;
 mod units;
+mod watch;
+mod watch_cli;

@@ -133,6 +133,11 @@ pub struct Metrics {
     rpc_connections_refused: AtomicU64,
     /// Peers this node dropped from its ring state as failed.
     peers_dropped: AtomicU64,
+    /// Watch events sent to watchers, and resets among them.
+    watch_events: AtomicU64,
+    watch_resets: AtomicU64,
+    /// From a change at its owner to its event here (seconds).
+    notify_latency: Mutex<Histogram>,
 }
 
 impl Default for Metrics {
@@ -150,6 +155,9 @@ impl Default for Metrics {
             last_walk: AtomicU64::new(0),
             rpc_connections_refused: AtomicU64::new(0),
             peers_dropped: AtomicU64::new(0),
+            watch_events: AtomicU64::new(0),
+            watch_resets: AtomicU64::new(0),
+            notify_latency: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
         }
     }
 }
@@ -171,6 +179,9 @@ pub struct Gauges {
     /// Service records in the store that this node owns, and that it holds as a replica;
     /// `None` when the store could not be read.
     pub records: Option<(usize, usize)>,
+    /// Watchers attached to this agent, and services it follows for them.
+    pub watchers: usize,
+    pub subscriptions: usize,
 }
 
 impl Metrics {
@@ -231,6 +242,23 @@ impl Metrics {
     /// A ring RPC connection was refused: the most were open already.
     pub fn rpc_connection_refused(&self) {
         self.rpc_connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A change made at `at_ms` (its owner's clock) reached this agent's watchers now.
+    pub fn watch_notified(&self, at_ms: i64) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let secs = (now.saturating_sub(at_ms)).max(0) as f64 / 1000.0;
+        lock(&self.notify_latency).observe(secs);
+    }
+
+    /// `n` watchers were sent a reset.
+    pub fn watch_reset(&self, n: u64) {
+        self.watch_resets.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` events were sent to a watcher.
+    pub fn watch_sent(&self, n: u64) {
+        self.watch_events.fetch_add(n, Ordering::Relaxed);
     }
 
     /// This node dropped a peer from its ring state as failed.
@@ -391,6 +419,39 @@ impl Metrics {
             "Ring RPC connections closed at once because the most were open already.",
             self.rpc_connections_refused.load(Ordering::Relaxed),
         );
+        family(
+            &mut out,
+            "chordctl_watchers",
+            "gauge",
+            "Watchers (streams and blocking queries) attached to this agent.",
+        );
+        let _ = writeln!(out, "chordctl_watchers {}", gauges.watchers);
+        family(
+            &mut out,
+            "chordctl_watch_subscriptions",
+            "gauge",
+            "Services this agent follows at their owners for its watchers.",
+        );
+        let _ = writeln!(out, "chordctl_watch_subscriptions {}", gauges.subscriptions);
+        counter(
+            &mut out,
+            "chordctl_watch_events_sent_total",
+            "Watch events (snapshots and changes) sent to watchers.",
+            self.watch_events.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "chordctl_watch_resets_total",
+            "Snapshots with reset: true sent to watchers that fell behind or resumed where no replay was possible.",
+            self.watch_resets.load(Ordering::Relaxed),
+        );
+        family(
+            &mut out,
+            "chordctl_watch_notify_seconds",
+            "histogram",
+            "From a change at its owner to its event at this agent (the owner's clock against this one's).",
+        );
+        lock(&self.notify_latency).render(&mut out, "chordctl_watch_notify_seconds", "");
         counter(
             &mut out,
             "chordctl_ring_peers_dropped_total",

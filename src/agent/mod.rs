@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod progress;
 pub mod registry;
 pub mod ring;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct Agent {
     pub registry: Arc<Registry>,
     /// What `GET /metrics` reports.
     pub metrics: Arc<Metrics>,
+    /// The watchers of this agent and the services it follows for them.
+    pub hub: Arc<watch::Hub>,
     /// Cancelled to stop every task at once (crash or after leaving).
     stop: CancellationToken,
     /// Cancelled when someone asks the agent to leave (HTTP or signal).
@@ -54,6 +57,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Cancelled when the agent stops (crash or after leaving): long-lived answers end then.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Ask the agent to leave the ring gracefully and exit.
     pub fn request_leave(&self) {
         self.leave.cancel();
@@ -204,6 +212,12 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         config: config.clone(),
         ring: ring.clone(),
         registry: registry.clone(),
+        hub: watch::Hub::new(
+            registry.clone(),
+            metrics.clone(),
+            watch::MAX_WATCHERS,
+            stop.clone(),
+        ),
         metrics,
         stop: stop.clone(),
         leave: CancellationToken::new(),

@@ -14,7 +14,7 @@ pub mod output;
 mod progress;
 mod ring;
 mod svc;
-mod watch;
+pub mod watch;
 
 use std::io::Write;
 

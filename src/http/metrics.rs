@@ -28,6 +28,13 @@ pub async fn track(
     // Both without allocating: a standard method is an enum, a matched path an `Arc<str>`.
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
+    // A blocking discover waits as long as it asked (bounded); its answer still comes
+    // within the usual deadline after that.
+    let limit = if super::watch::is_blocking(req.uri().path(), req.uri().query()) {
+        limit + super::watch::MAX_WAIT + super::watch::MAX_WAIT / 16
+    } else {
+        limit
+    };
     let response = match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError {
@@ -56,6 +63,8 @@ pub async fn scrape(State(agent): State<Arc<Agent>>) -> Response {
         member,
         ring_size: if member { successors + 1 } else { 0 },
         records: agent.registry.record_counts().await.ok(),
+        watchers: agent.hub.counts().0,
+        subscriptions: agent.hub.counts().1,
     };
     (
         StatusCode::OK,

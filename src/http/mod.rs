@@ -14,6 +14,7 @@ pub mod error;
 pub mod metrics;
 pub mod ring;
 pub mod v1;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,8 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
         .route("/v1/agent/leave", post(ring::leave))
         .route("/v1/services", get(v1::list))
         .route("/v1/services/{service}", get(v1::discover_service))
+        .route("/v1/watch/services", get(watch::watch_catalog))
+        .route("/v1/watch/services/{service}", get(watch::watch_service))
         .route(
             "/v1/services/{service}/instances/{id}",
             put(v1::register).delete(v1::deregister).get(v1::query),

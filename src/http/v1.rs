@@ -143,6 +143,9 @@ pub async fn discover_service(
         .transpose()
         .map_err(ApiError::from)?;
     let tag = params.get("tag").map(String::as_str);
+    if let Some((index, wait)) = super::watch::blocking(&params)? {
+        super::watch::block(&agent, &service, index, wait, healthy, tag).await?;
+    }
     match strategy {
         // The owner makes the answer; a non-owner passes its JSON on as it is.
         None => {

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{guard, Registry};
-use crate::registry::ops::RegistryResponse;
+use crate::registry::ops::{RegistryRequest, RegistryResponse};
 use crate::registry::watch::{Change, ChangeOp, Feed, WatchAnswer, WatchBody, WatchItem};
 use crate::registry::Record;
-use crate::ring::Id;
-use crate::Result;
+use crate::ring::{Id, NodeRef};
+use crate::rpc::{CallError, Request, Response};
+use crate::{Error, Result};
 
 /// Changes kept per watched service for followers that resume.
 pub const FEED_CAP: usize = 1024;
@@ -215,6 +216,68 @@ impl Registry {
         let mut map = guard(&self.feeds.by_service);
         if map.len() > 64 {
             map.retain(|_, (_, used)| used.elapsed() < FEED_IDLE);
+        }
+    }
+
+    /// The owner of `service` as far as this node knows (a recent lookup, or a new one).
+    pub async fn owner_of(self: &Arc<Self>, service: &str) -> Result<NodeRef> {
+        let key = Id::of_key(service);
+        if self.owns(&key) {
+            return Ok(self.ring.me());
+        }
+        if let Some(owner) = self.cached_owner(&key) {
+            return Ok(owner);
+        }
+        let found = self.ring.lookup(key).await?;
+        self.cache_route(key, &found);
+        Ok(found.owner().clone())
+    }
+
+    /// Forget the cached owner of `service` (it said it is not the owner, or did not answer).
+    pub fn forget_route(&self, service: &str) {
+        guard(&self.routes).remove(&Id::of_key(service));
+    }
+
+    /// Follow `items` at `owner` (this node included): one long poll of at most `wait`.
+    pub async fn follow(
+        self: &Arc<Self>,
+        owner: &NodeRef,
+        generation: u64,
+        items: Vec<WatchItem>,
+        wait: Duration,
+    ) -> Result<Vec<WatchAnswer>> {
+        let me = self.ring.me();
+        let req = RegistryRequest::Watch {
+            follower: me.id,
+            generation,
+            items,
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        let answer = if owner.id == me.id {
+            self.handle_local(req).await?
+        } else {
+            let pool = self.ring.pool();
+            let deadline = wait + pool.timeout();
+            match pool
+                .call_with_timeout(&owner.addr, Request::Registry(req), deadline)
+                .await
+            {
+                Ok(Response::Registry(answer)) => answer,
+                Ok(Response::Error(e)) => return Err(e),
+                Ok(other) => return Err(Error::internal(format!("unexpected answer {other:?}"))),
+                Err(e @ CallError::Timeout(..)) => {
+                    self.ring.probe(owner).await;
+                    return Err(Error::routing(e.to_string()));
+                }
+                Err(e) => {
+                    self.ring.with(|c| c.suspect(&owner.id));
+                    return Err(Error::routing(e.to_string()));
+                }
+            }
+        };
+        match answer {
+            RegistryResponse::Watched(answers) => Ok(answers),
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
         }
     }
 

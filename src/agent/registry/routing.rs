@@ -112,7 +112,7 @@ impl Registry {
     }
 
     /// The owner of `key` from a lookup made less than [`ROUTE_CACHE_TTL`] ago.
-    fn cached_owner(&self, key: &Id) -> Option<NodeRef> {
+    pub(super) fn cached_owner(&self, key: &Id) -> Option<NodeRef> {
         let mut routes = guard(&self.routes);
         match routes.get(key) {
             Some((at, found)) if at.elapsed() < ROUTE_CACHE_TTL => Some(found.owner().clone()),
@@ -124,7 +124,7 @@ impl Registry {
         }
     }
 
-    fn cache_route(&self, key: Id, found: &LookupResult) {
+    pub(super) fn cache_route(&self, key: Id, found: &LookupResult) {
         let mut routes = guard(&self.routes);
         if routes.len() >= ROUTE_CACHE_MAX {
             routes.retain(|_, (at, _)| at.elapsed() < ROUTE_CACHE_TTL);

@@ -1,0 +1,272 @@
+//! Watching over HTTP (API.md, "Watching for changes"): blocking discover
+//! (`?index=N&wait=D`), and the change streams of one service and of the catalog as
+//! Server-Sent Events.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::ApiError;
+use crate::agent::watch::{Attached, Event};
+use crate::agent::Agent;
+use crate::registry::{validate_service, Instance, ServiceSummary};
+use crate::Error;
+
+/// A bookmark is sent after this long without an event.
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+
+/// A blocking query's wait when none is given, and the longest one.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// How often the catalog stream looks at the ring-wide service list.
+const CATALOG_EVERY: Duration = Duration::from_secs(1);
+
+/// `?index=N&wait=D` of a blocking discover: the index and the wait (randomized by up to a
+/// sixteenth, so that many watchers do not all come back at once); `None` without `index`.
+pub fn blocking(params: &HashMap<String, String>) -> Result<Option<(u64, Duration)>, ApiError> {
+    let Some(index) = params.get("index") else {
+        return Ok(None);
+    };
+    let index: u64 = index
+        .parse()
+        .map_err(|_| Error::invalid(format!("index must be a whole number, got {index:?}")))?;
+    let wait = match params.get("wait") {
+        None => DEFAULT_WAIT,
+        Some(w) => Duration::from_secs(crate::registry::parse_duration(w)?).min(MAX_WAIT),
+    };
+    let jitter = wait.as_millis() as u64 / 16;
+    let jitter = if jitter > 0 {
+        rand::thread_rng().gen_range(0..=jitter)
+    } else {
+        0
+    };
+    Ok(Some((index, wait + Duration::from_millis(jitter))))
+}
+
+/// Whether a request is a blocking discover (its deadline is its wait, not the usual one).
+pub fn is_blocking(path: &str, query: Option<&str>) -> bool {
+    path.starts_with("/v1/services/")
+        && query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("index=")))
+}
+
+/// Wait as a blocking discover asks: until the service's index passes `index` with a change
+/// that the filters show, or until `wait` ends.
+pub async fn block(
+    agent: &Agent,
+    service: &str,
+    index: u64,
+    wait: Duration,
+    healthy: bool,
+    tag: Option<&str>,
+) -> Result<(), ApiError> {
+    let tag = tag.map(str::to_string);
+    let visible = move |all: &[Arc<Instance>]| -> Value {
+        let shown: Vec<&Instance> = all
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|i| !healthy || i.status.state.is_healthy())
+            .filter(|i| tag.as_ref().is_none_or(|t| i.tags.iter().any(|h| h == t)))
+            .collect();
+        serde_json::to_value(shown).unwrap_or(Value::Null)
+    };
+    agent
+        .hub
+        .wait_past(service, index, wait, visible)
+        .await
+        .map_err(ApiError::from)
+}
+
+/// The index a watcher resumes from: `Last-Event-ID`, else `?since=`.
+fn resume_index(
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Option<u64>, ApiError> {
+    let given = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| params.get("since").cloned());
+    match given {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| {
+            Error::invalid(format!(
+                "Last-Event-ID / since must be an index (a whole number), got {v:?}"
+            ))
+            .into()
+        }),
+    }
+}
+
+fn sse(name: &str, index: u64, data: &Value) -> SseEvent {
+    SseEvent::default()
+        .event(name)
+        .id(index.to_string())
+        .data(data.to_string())
+}
+
+/// One watcher's stream.
+struct Watching {
+    attached: Attached,
+    queue: VecDeque<Arc<Event>>,
+    /// The index this watcher was last sent; never goes back.
+    last: u64,
+    agent: Arc<Agent>,
+    service: String,
+}
+
+impl Watching {
+    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Watching)> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                let reset = matches!(&*ev, Event::Snapshot { reset: true, .. });
+                if !reset && ev.index() <= self.last && !matches!(&*ev, Event::Snapshot { .. }) {
+                    continue;
+                }
+                self.last = self.last.max(ev.index());
+                let mut data = ev.data(&self.service);
+                data["index"] = json!(self.last);
+                let out = sse(ev.name(), self.last, &data);
+                self.agent.metrics.watch_sent(1);
+                return Some((Ok(out), self));
+            }
+            let stop = self.agent.stop_token();
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                got = tokio::time::timeout(BOOKMARK_EVERY, self.attached.rx.recv()) => match got {
+                    Ok(Ok(ev)) => self.queue.push_back(ev),
+                    Ok(Err(RecvError::Lagged(_))) => {
+                        // Fell behind: what it missed is gone from the buffer; the whole state.
+                        self.queue.clear();
+                        let ev = self.attached.reset();
+                        self.queue.push_back(ev);
+                    }
+                    Ok(Err(RecvError::Closed)) => return None,
+                    Err(_) => {
+                        let data = json!({"service": self.service, "index": self.last});
+                        let out = sse("bookmark", self.last, &data);
+                        return Some((Ok(out), self));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// GET /v1/watch/services/{service}
+pub async fn watch_service(
+    State(agent): State<Arc<Agent>>,
+    Path(service): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    validate_service(&service)?;
+    let since = resume_index(&headers, &params)?;
+    let attached = agent.hub.attach(&service, since).await?;
+    let queue: VecDeque<Arc<Event>> = attached.first.iter().cloned().collect();
+    let state = Watching {
+        attached,
+        queue,
+        last: since.unwrap_or(0),
+        agent: agent.clone(),
+        service,
+    };
+    let stream = futures::stream::unfold(state, Watching::next);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// The catalog as the catalog stream shows it: each service's summary by name.
+type Catalog = BTreeMap<String, ServiceSummary>;
+
+/// The catalog stream's state: the last list seen, and this agent's own index over it.
+struct CatalogWatch {
+    agent: Arc<Agent>,
+    seen: Option<Catalog>,
+    index: u64,
+    queue: VecDeque<SseEvent>,
+    quiet: Duration,
+}
+
+impl CatalogWatch {
+    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, CatalogWatch)> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                self.agent.metrics.watch_sent(1);
+                return Some((Ok(ev), self));
+            }
+            if self.seen.is_some() {
+                let stop = self.agent.stop_token();
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(CATALOG_EVERY) => {}
+                }
+                self.quiet += CATALOG_EVERY;
+            }
+            let Ok(list) = self.agent.registry.list().await else {
+                continue;
+            };
+            let now: Catalog = list.into_iter().map(|s| (s.service.clone(), s)).collect();
+            match self.seen.take() {
+                None => {
+                    self.index += 1;
+                    let data = json!({"index": self.index, "services": now.values().collect::<Vec<_>>(), "reset": false});
+                    self.queue.push_back(sse("snapshot", self.index, &data));
+                }
+                Some(before) => {
+                    for (name, summary) in &now {
+                        let op = match before.get(name) {
+                            None => "register",
+                            Some(old) if old != summary => "update",
+                            Some(_) => continue,
+                        };
+                        self.index += 1;
+                        let data = json!({"service": name, "index": self.index, "op": op, "summary": summary});
+                        self.queue.push_back(sse("change", self.index, &data));
+                    }
+                    for name in before.keys().filter(|n| !now.contains_key(*n)) {
+                        self.index += 1;
+                        let data = json!({"service": name, "index": self.index, "op": "deregister", "summary": {"service": name}});
+                        self.queue.push_back(sse("change", self.index, &data));
+                    }
+                }
+            }
+            self.seen = Some(now);
+            if !self.queue.is_empty() {
+                self.quiet = Duration::ZERO;
+            } else if self.quiet >= BOOKMARK_EVERY {
+                self.quiet = Duration::ZERO;
+                let data = json!({"index": self.index});
+                self.queue.push_back(sse("bookmark", self.index, &data));
+            }
+        }
+    }
+}
+
+/// GET /v1/watch/services: services appearing, disappearing and changing counts, from this
+/// agent's view of the ring-wide list (looked at every second). Its index is this agent's
+/// own: a resume through another agent starts with a snapshot.
+pub async fn watch_catalog(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
+    let state = CatalogWatch {
+        agent,
+        seen: None,
+        index: 0,
+        queue: VecDeque::new(),
+        quiet: Duration::ZERO,
+    };
+    let stream = futures::stream::unfold(state, CatalogWatch::next);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
