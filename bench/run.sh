@@ -9,6 +9,10 @@
 #   ONLY_SHAPES=1 SKIP_SHAPES=1 SKIP_RING3=0 bench/run.sh   # only the ring of three (also
 #                                     # SKIP_BIGSMALL, SKIP_HEARTBEATS, SKIP_GROW)
 #   CHORDCTL=path/to/chordctl bench/run.sh   # an already built binary (no cargo build)
+#   ONLY_WATCH=1 bench/run.sh          # only the watch benchmark: WATCHERS (10,000) watchers
+#                                     # on one agent over WATCH_SERVICES (100) services under
+#                                     # WATCH_RATE (1,000) writes/s; write-to-notify p50/p99,
+#                                     # the agent's RSS per idle watcher and CPU (examples/watch_bench.rs)
 #
 # It installs what is missing (Debian packages etcd-server, wrk, redis-server, redis-tools,
 # curl, jq), builds chordctl in release mode, and starts everything on loopback in a temporary
@@ -32,6 +36,11 @@ SKIP_BIGSMALL=${SKIP_BIGSMALL:-$SKIP_SHAPES}      # one client, big service vs s
 SKIP_HEARTBEATS=${SKIP_HEARTBEATS:-$SKIP_SHAPES}  # status reports into the big service
 SKIP_GROW=${SKIP_GROW:-$SKIP_SHAPES}              # new ids into 32 growing services vs etcd
 SKIP_RING3=${SKIP_RING3:-$SKIP_SHAPES}            # 3 agents --replicas 3 vs a 3-member etcd
+ONLY_WATCH=${ONLY_WATCH:-0}    # only the watch benchmark (issue 14)
+SKIP_WATCH=${SKIP_WATCH:-$ONLY_SHAPES}
+WATCHERS=${WATCHERS:-10000}    # watchers on one agent, spread over WATCH_SERVICES services,
+WATCH_SERVICES=${WATCH_SERVICES:-100}  # under WATCH_RATE registrations/s for DURATION s
+WATCH_RATE=${WATCH_RATE:-1000}
 HEARTBEAT_GOAL=10000                              # status reports/s the heartbeat row aims at
 BIG=${BIG:-9998}               # instances in the big service. A service holds at most 10,000
                                # and the 1-client churn row may leave one new id behind when
@@ -243,6 +252,20 @@ row() {
 need_packages
 build_chordctl
 say "work directory $WORK; $(nproc) cores; load generators share them with the servers"
+
+# The watch benchmark: its own agent, its own load generator (examples/watch_bench.rs).
+watch_bench() {
+    say "watch: $WATCHERS watchers on one agent over $WATCH_SERVICES services, $WATCH_RATE writes/s for ${DURATION}s"
+    (cd "$ROOT" && cargo build --release --quiet --example watch_bench)
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/watch_bench"
+    start_agent w0
+    "$bin" "http://$AGENT_HTTP" "$WATCHERS" "$WATCH_SERVICES" "$WATCH_RATE" "$DURATION" "$AGENT_PID"
+    stop_pid "$AGENT_PID"
+}
+if [[ $ONLY_WATCH == 1 ]]; then
+    watch_bench
+    exit 0
+fi
 
 if [[ $ONLY_SHAPES != 1 ]]; then
 say "single agent (embedded store), etcd, redis"
@@ -531,4 +554,8 @@ if ((ONE_AGENT_SHAPES)) || [[ $SKIP_RING3 != 1 ]]; then
         [[ $SKIP_GROW != 1 ]] && printf ' The 32 growing services reached %s instances.' "$GROWN"
         printf '\n'
     fi
+fi
+
+if [[ $SKIP_WATCH != 1 ]]; then
+    watch_bench
 fi

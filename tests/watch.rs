@@ -417,6 +417,113 @@ fn dechunk(raw: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (out, raw[at..].to_vec())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_past_the_cap_get_429_and_the_others_keep_their_streams() {
+    let c = TestCluster::start_with(
+        1,
+        std::sync::Arc::new(|cfg: &mut chordctl::agent::AgentConfig| cfg.max_watchers = 2),
+    )
+    .await;
+    let url = c.url(0);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = Stream::open(&url, "capped", None)
+            .await
+            .expect("under the cap");
+        let first = s.next(SETTLE).await.expect("a snapshot");
+        assert_eq!(first.event, "snapshot");
+        held.push(s);
+    }
+    let r = reqwest::get(format!("{url}/v1/watch/services/capped"))
+        .await
+        .expect("third watcher");
+    assert_eq!(r.status().as_u16(), 429);
+    let body: Value = r.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "too_many", "{body}");
+    // A blocking query is a watcher too.
+    let (st, _, body, _) =
+        blocking_get(&format!("{url}/v1/services/capped"), "index=1&wait=1s").await;
+    assert_eq!(st, 429, "{body}");
+    // The two streams still get changes.
+    let (st, b) = call(
+        "PUT",
+        &format!("{url}/v1/services/capped/instances/a"),
+        Some(json!({"address": "10.0.0.1", "port": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    for s in &mut held {
+        let e = s.next(SETTLE).await.expect("a change");
+        assert_eq!(e.event, "change", "{e:?}");
+    }
+    // One leaves: a new one is let in.
+    held.pop();
+    eventually("a freed place is taken", SETTLE, async || {
+        Stream::open(&url, "capped", None).await.map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_stream_shows_services_appearing_changing_and_disappearing() {
+    let c = TestCluster::start(2).await;
+    c.settle().await;
+    let url = c.url(1);
+    let resp = reqwest::get(format!("{url}/v1/watch/services"))
+        .await
+        .expect("catalog stream");
+    assert_eq!(resp.status(), 200);
+    let mut s = Stream {
+        resp,
+        parser: SseParser::new(),
+        pending: VecDeque::new(),
+    };
+    let first = s.next(SETTLE).await.expect("a snapshot");
+    assert_eq!(first.event, "snapshot", "{first:?}");
+    let mut last: u64 = first
+        .id
+        .as_deref()
+        .and_then(|i| i.parse().ok())
+        .expect("id");
+    let mut expect = async |s: &mut Stream, service: &str, op: &str| loop {
+        let e = s
+            .next(SETTLE)
+            .await
+            .unwrap_or_else(|| panic!("no {op} of {service}"));
+        let id: u64 = e.id.as_deref().and_then(|i| i.parse().ok()).expect("id");
+        assert!(id >= last, "the catalog index went back: {id} after {last}");
+        last = id;
+        let data: Value = serde_json::from_str(&e.data).expect("JSON");
+        if e.event == "change" && data["service"] == service && data["op"] == op {
+            return data;
+        }
+    };
+    let inst = format!("{}/v1/services/cat-a/instances", c.url(0));
+    let (st, b) = call(
+        "PUT",
+        &format!("{inst}/x"),
+        Some(json!({"address": "h", "port": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let data = expect(&mut s, "cat-a", "register").await;
+    assert_eq!(data["summary"]["instances"], 1, "{data}");
+    let (st, b) = call(
+        "PUT",
+        &format!("{inst}/y"),
+        Some(json!({"address": "h", "port": 2})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let data = expect(&mut s, "cat-a", "update").await;
+    assert_eq!(data["summary"]["instances"], 2, "{data}");
+    for id in ["x", "y"] {
+        let (st, b) = call("DELETE", &format!("{inst}/{id}"), None).await;
+        assert_eq!(st, 200, "{b}");
+    }
+    expect(&mut s, "cat-a", "deregister").await;
+}
+
 /// One agent process of the crash test, restartable at the same addresses and data.
 struct Member {
     bind: String,

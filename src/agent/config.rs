@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub stabilize_interval: Duration,
     /// The deadline of one ring RPC call; a peer silent for longer is suspected dead.
     pub rpc_timeout: Duration,
+    /// Watchers (change streams and blocking queries) this agent serves at once; more get 429.
+    pub max_watchers: usize,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -65,6 +67,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("api_token", &masked(&self.api_token))
             .field("stabilize_interval", &self.stabilize_interval)
             .field("rpc_timeout", &self.rpc_timeout)
+            .field("max_watchers", &self.max_watchers)
             .finish()
     }
 }
@@ -95,6 +98,7 @@ impl Default for AgentConfig {
             api_token: None,
             stabilize_interval: Duration::from_millis(500),
             rpc_timeout: Duration::from_millis(1000),
+            max_watchers: crate::agent::watch::MAX_WATCHERS,
         }
     }
 }

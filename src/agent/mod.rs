@@ -147,6 +147,31 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// Raise the soft limit on open files to the hard one (at most 65,536): every watcher holds an
+/// HTTP connection, and the usual soft limit of 1,024 would refuse most of them.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass; setrlimit reads it.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return;
+            }
+            let want = lim.rlim_max.min(65_536);
+            if lim.rlim_cur < want {
+                lim.rlim_cur = want;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    tracing::debug!("could not raise the open-files limit");
+                }
+            }
+        }
+    }
+}
+
 /// Bind, start serving, create or join the ring. Returns once the node is a member.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
     start_with_progress(config, progress::quiet()).await
@@ -156,6 +181,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
 /// `progress`.
 pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Result<AgentHandle> {
     ignore_file_size_signal();
+    raise_open_files_limit();
     let ring_listener = TcpListener::bind(config.bind)
         .await
         .map_err(|e| Error::invalid(format!("cannot bind ring address {}: {e}", config.bind)))?;
@@ -215,7 +241,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         hub: watch::Hub::new(
             registry.clone(),
             metrics.clone(),
-            watch::MAX_WATCHERS,
+            config.max_watchers,
             stop.clone(),
         ),
         metrics,

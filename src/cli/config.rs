@@ -168,6 +168,7 @@ pub(crate) fn merge(start: Start, layers: &[&Partial]) -> Result<AgentConfig, St
         rpc_timeout: first!(rpc_timeout_ms)
             .map(Duration::from_millis)
             .unwrap_or(defaults.rpc_timeout),
+        max_watchers: defaults.max_watchers,
     };
     if let Some(url) = &config.redis {
         args::parse_redis_url(url).map_err(|e| format!("--redis: {e}"))?;

@@ -58,8 +58,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of a whole request: above the registry's routing deadline (8 s) and below the
 /// CLI's 10 s, so that clients get a JSON answer rather than a timeout of their own.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(9);
-/// HTTP connections open at once.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// HTTP connections open at once: every watcher (a change stream, a blocking query) holds
+/// one, so room for the most watchers (`agent::watch::MAX_WATCHERS`) and 1,024 more.
+pub const MAX_CONNECTIONS: usize = crate::agent::watch::MAX_WATCHERS + 1024;
 /// The largest request head (hyper's minimum buffer is 8 KiB).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How long a shutdown waits for open requests to finish.

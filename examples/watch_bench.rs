@@ -1,0 +1,242 @@
+//! Watch benchmark (issue 14): many watchers on one agent, spread over services, under a steady
+//! write rate. Prints write-to-notify p50/p99/max, events received, resets, and — given the
+//! agent's pid — its resident memory per idle watcher and its CPU use while notifying. It
+//! asserts nothing.
+//!
+//!   cargo run --release --example watch_bench -- URL [WATCHERS] [SERVICES] [RATE] [SECONDS] [PID]
+//!
+//! Defaults: 10,000 watchers over 100 services, 1,000 writes/s for 10 s. `bench/run.sh` runs it
+//! against an agent it starts (`ONLY_WATCH=1 bench/run.sh`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chordctl::cli::watch::SseParser;
+use serde_json::{json, Value};
+
+fn now_micros() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0)
+}
+
+/// Resident set size (KiB) and CPU ticks (user + system) of `pid`, from /proc.
+fn proc_stats(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((rss, utime + stime))
+}
+
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain calls on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Mutex<Vec<u64>>,
+    events: AtomicU64,
+    resets: AtomicU64,
+    attached: AtomicU64,
+}
+
+async fn watcher(url: String, service: String, tally: Arc<Tally>, stop: Arc<AtomicU64>) {
+    let client = reqwest::Client::new();
+    let Ok(mut resp) = client
+        .get(format!("{url}/v1/watch/services/{service}"))
+        .send()
+        .await
+    else {
+        return;
+    };
+    if resp.status() != 200 {
+        eprintln!("watcher of {service}: {}", resp.status());
+        return;
+    }
+    let mut parser = SseParser::new();
+    let mut seen = Vec::new();
+    let mut counted = false;
+    while stop.load(Ordering::Relaxed) == 0 {
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(1), resp.chunk()).await
+        else {
+            continue;
+        };
+        for e in parser.feed(&chunk) {
+            if !counted {
+                counted = true;
+                tally.attached.fetch_add(1, Ordering::Relaxed);
+            }
+            tally.events.fetch_add(1, Ordering::Relaxed);
+            let Ok(data) = serde_json::from_str::<Value>(&e.data) else {
+                continue;
+            };
+            if data["reset"] == true {
+                tally.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(t) = data["instance"]["metadata"]["sent_us"]
+                .as_str()
+                .and_then(|t| t.parse::<u64>().ok())
+            {
+                seen.push(now_micros().saturating_sub(t));
+            }
+        }
+    }
+    if let Ok(mut all) = tally.latencies_us.lock() {
+        all.extend(seen);
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let url = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:7500".into());
+    let arg = |i: usize, d: u64| args.get(i).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let watchers = arg(1, 10_000);
+    let services = arg(2, 100).max(1);
+    let rate = arg(3, 1_000).max(1);
+    let seconds = arg(4, 10).max(1);
+    let pid = args.get(5).and_then(|v| v.parse::<u32>().ok());
+    raise_open_files_limit();
+    let client = reqwest::Client::new();
+    // Every service exists before the watchers come.
+    for s in 0..services {
+        let _ = client
+            .put(format!("{url}/v1/services/wb-{s}/instances/seed"))
+            .json(&json!({"address": "10.0.0.1", "port": 1}))
+            .send()
+            .await;
+    }
+    let before = pid.and_then(proc_stats);
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let service = format!("wb-{}", w % services);
+        tasks.push(tokio::spawn(watcher(
+            url.clone(),
+            service,
+            tally.clone(),
+            stop.clone(),
+        )));
+        if w % 500 == 499 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tally.attached.load(Ordering::Relaxed) < watchers && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attached = tally.attached.load(Ordering::Relaxed);
+    println!(
+        "watchers attached: {attached} of {watchers} over {services} services in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    // Let the agent settle, then measure its memory with every watcher idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = pid.and_then(proc_stats);
+    if let (Some((rss0, _)), Some((rss1, _))) = (before, idle) {
+        println!(
+            "agent RSS: {} MiB before, {} MiB with {attached} idle watchers: {:.2} KiB per watcher",
+            rss0 / 1024,
+            rss1 / 1024,
+            (rss1.saturating_sub(rss0)) as f64 / attached.max(1) as f64
+        );
+    }
+    // The write load: `rate` registrations per second spread over the services, each carrying
+    // its send time for the watchers to measure against.
+    let writes = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let load_start = Instant::now();
+    let cpu0 = pid.and_then(proc_stats).map(|s| s.1);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut inflight = Vec::new();
+    for i in 0..writes {
+        let at = load_start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let client = client.clone();
+        let url = url.clone();
+        let errors = errors.clone();
+        inflight.push(tokio::spawn(async move {
+            let s = i % services;
+            let r = client
+                .put(format!("{url}/v1/services/wb-{s}/instances/w{}", i % 50))
+                .json(&json!({"address": "10.0.0.2", "port": 2,
+                              "metadata": {"sent_us": now_micros().to_string()}}))
+                .send()
+                .await;
+            if !matches!(r, Ok(ref r) if r.status() == 200) {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in inflight {
+        let _ = t.await;
+    }
+    let took = load_start.elapsed();
+    let cpu1 = pid.and_then(proc_stats).map(|s| s.1);
+    // Give the last events a moment to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(1, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lat = tally
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    lat.sort_unstable();
+    let expected = writes * (watchers / services);
+    println!(
+        "writes: {writes} in {:.1}s ({:.0}/s), {} errors",
+        took.as_secs_f64(),
+        writes as f64 / took.as_secs_f64(),
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "notifications: {} of {expected} expected, {} resets; write-to-notify ms: p50 {:.1}, p99 {:.1}, max {:.1} (goal: p99 < 200)",
+        lat.len(),
+        tally.resets.load(Ordering::Relaxed),
+        pct(&lat, 0.50),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
+    if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
+        let ticks = 100.0; // USER_HZ on Linux
+        println!(
+            "agent CPU while notifying: {:.0}% of one core",
+            (c1.saturating_sub(c0)) as f64 / ticks / took.as_secs_f64() * 100.0
+        );
+    }
+}
