@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chordctl::cli::watch::SseParser;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn now_micros() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0)
@@ -86,14 +86,15 @@ async fn watcher(url: String, service: String, tally: Arc<Tally>, stop: Arc<Atom
                 tally.attached.fetch_add(1, Ordering::Relaxed);
             }
             tally.events.fetch_add(1, Ordering::Relaxed);
-            let Ok(data) = serde_json::from_str::<Value>(&e.data) else {
-                continue;
-            };
-            if data["reset"] == true {
+            // Cheap field scans rather than a JSON parse per event: the load generator shares
+            // the machine with the agent.
+            if e.data.contains("\"reset\":true") {
                 tally.resets.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(t) = data["instance"]["metadata"]["sent_us"]
-                .as_str()
+            if let Some(t) = e
+                .data
+                .split_once("\"sent_us\":\"")
+                .and_then(|(_, rest)| rest.split('"').next())
                 .and_then(|t| t.parse::<u64>().ok())
             {
                 seen.push(now_micros().saturating_sub(t));

@@ -53,16 +53,30 @@ pub enum Event {
         instances: Vec<Arc<Instance>>,
         reset: bool,
     },
-    /// One change.
-    Change(Change),
+    /// One change, with its data rendered once for all the watchers it goes to.
+    Change(Change, std::sync::OnceLock<String>),
 }
 
 impl Event {
+    /// The event of `change`.
+    pub fn change(change: Change) -> Event {
+        Event::Change(change, std::sync::OnceLock::new())
+    }
+
+    /// A change's data as JSON text, rendered on first use and then shared by every watcher
+    /// it is sent to; `None` for a snapshot (whose index each watcher's stream may adjust).
+    pub fn change_json(&self, service: &str) -> Option<&str> {
+        match self {
+            Event::Change(_, json) => Some(json.get_or_init(|| self.data(service).to_string())),
+            Event::Snapshot { .. } => None,
+        }
+    }
+
     /// The index the event brings its watcher to.
     pub fn index(&self) -> u64 {
         match self {
             Event::Snapshot { index, .. } => *index,
-            Event::Change(c) => c.index,
+            Event::Change(c, _) => c.index,
         }
     }
 
@@ -70,7 +84,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Event::Snapshot { .. } => "snapshot",
-            Event::Change(_) => "change",
+            Event::Change(..) => "change",
         }
     }
 
@@ -84,7 +98,7 @@ impl Event {
             } => {
                 json!({"service": service, "index": index, "instances": instances, "reset": reset})
             }
-            Event::Change(c) => {
+            Event::Change(c, _) => {
                 let instance = match &c.instance {
                     Some(i) => serde_json::to_value(i.as_ref()).unwrap_or(Value::Null),
                     None => json!({"id": c.id}),
@@ -155,7 +169,7 @@ impl Sub {
     }
 
     fn send(&self, st: &mut SubState, event: Event, metrics: &Metrics) {
-        if let Event::Change(c) = &event {
+        if let Event::Change(c, _) = &event {
             metrics.watch_notified(c.at_ms);
         }
         st.shown = event.index();
@@ -188,7 +202,7 @@ impl Sub {
                         changes.into_iter().filter(|c| c.index > before).collect();
                     st.feed.push(before, fresh.clone(), index);
                     for c in fresh {
-                        self.send(&mut st, Event::Change(c), metrics);
+                        self.send(&mut st, Event::change(c), metrics);
                     }
                     st.shown = st.shown.max(index);
                 }
@@ -385,8 +399,22 @@ impl Hub {
     async fn home(self: Arc<Self>, service: String) {
         let mut pause = Duration::from_millis(50);
         loop {
-            if self.stop.is_cancelled() || !lock(&self.subs).contains_key(&service) {
+            if self.stop.is_cancelled() {
                 return;
+            }
+            {
+                // Nobody watches it any more (and it never reached an owner): forget it.
+                let mut subs = lock(&self.subs);
+                let Some(sub) = subs.get(&service) else {
+                    return;
+                };
+                let st = lock(&sub.state);
+                let idle = st.watchers == 0 && st.idle_since.elapsed() > SUB_IDLE;
+                drop(st);
+                if idle {
+                    subs.remove(&service);
+                    return;
+                }
             }
             match self.registry.owner_of(&service).await {
                 Ok(owner) => {
@@ -593,7 +621,7 @@ impl Hub {
             Some(since) => match st.feed.replay(since) {
                 Some(changes) if since < st.shown => changes
                     .into_iter()
-                    .map(|c| Arc::new(Event::Change(c)))
+                    .map(|c| Arc::new(Event::change(c)))
                     .collect(),
                 _ => {
                     self.metrics.watch_reset(1);

@@ -134,9 +134,18 @@ impl Watching {
                     continue;
                 }
                 self.last = self.last.max(ev.index());
-                let mut data = ev.data(&self.service);
-                data["index"] = json!(self.last);
-                let out = sse(ev.name(), self.last, &data);
+                let out = match ev.change_json(&self.service) {
+                    // Above `last` (checked above): sent as rendered once for every watcher.
+                    Some(text) => SseEvent::default()
+                        .event("change")
+                        .id(self.last.to_string())
+                        .data(text),
+                    None => {
+                        let mut data = ev.data(&self.service);
+                        data["index"] = json!(self.last);
+                        sse(ev.name(), self.last, &data)
+                    }
+                };
                 self.agent.metrics.watch_sent(1);
                 return Some((Ok(out), self));
             }
