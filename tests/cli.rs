@@ -717,7 +717,9 @@ fn list_query_deregister_and_leave() {
             |request| match (request.method.as_str(), request.target.as_str()) {
                 ("GET", "/v1/services") => (
                     200,
-                    json!([{"service": "payments", "instances": 3}]).to_string(),
+                    json!([{"service": "payments", "instances": 3, "passing": 1, "warning": 0,
+                            "critical": 2, "maintenance": 0}])
+                    .to_string(),
                 ),
                 ("GET", "/v1/services/payments") => (
                     200,
@@ -730,10 +732,29 @@ fn list_query_deregister_and_leave() {
             },
         );
     let url = agent.url();
-    run(&["--agent", &url, "svc", "list"])
-        .code(0)
-        .stdout_has("payments")
-        .stdout_has("1 service");
+    let list = run(&["--agent", &url, "svc", "list"]);
+    list.code(0).stdout_has("1 service");
+    let rows: Vec<Vec<String>> = list
+        .stdout()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    assert_eq!(
+        rows[..2],
+        [
+            [
+                "SERVICE",
+                "INSTANCES",
+                "PASSING",
+                "WARNING",
+                "CRITICAL",
+                "MAINTENANCE"
+            ],
+            ["payments", "3", "1", "0", "2", "0"]
+        ],
+        "{}",
+        list.describe()
+    );
     run(&["--agent", &url, "status", "query", "payments"])
         .code(0)
         .stdout_has("no instances of payments");

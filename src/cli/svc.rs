@@ -46,11 +46,20 @@ struct Discovered {
     instances: Vec<Instance>,
 }
 
-/// One entry of `GET /v1/services`.
+/// One entry of `GET /v1/services`: the instance count and the counts by state (absent from an
+/// agent older than the counts: shown as `-`).
 #[derive(Debug, Deserialize)]
 struct ServiceCount {
     service: String,
     instances: u64,
+    #[serde(default)]
+    passing: Option<u64>,
+    #[serde(default)]
+    warning: Option<u64>,
+    #[serde(default)]
+    critical: Option<u64>,
+    #[serde(default)]
+    maintenance: Option<u64>,
 }
 
 /// Runs one `svc` subcommand.
@@ -128,11 +137,7 @@ pub(crate) fn run(
             if services.is_empty() {
                 return output::print("no services registered\n");
             }
-            let mut table = output::table(&["service", "instances"], &[1]);
-            for s in &services {
-                table.add_row(vec![s.service.clone(), s.instances.to_string()]);
-            }
-            let mut text = output::render(&table);
+            let mut text = services_table(&services);
             text.push_str(&plural(services.len(), "service"));
             text.push('\n');
             output::print(&text)
@@ -233,6 +238,31 @@ fn discover(
         // `--pick`: one instance.
         output::print(&instances_table(&[from_agent(answer)?]))
     }
+}
+
+/// The services with their instance counts, in total and by state.
+fn services_table(services: &[ServiceCount]) -> String {
+    let headers = [
+        "service",
+        "instances",
+        "passing",
+        "warning",
+        "critical",
+        "maintenance",
+    ];
+    let mut table = output::table(&headers, &[1, 2, 3, 4, 5]);
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    for s in services {
+        table.add_row(vec![
+            s.service.clone(),
+            s.instances.to_string(),
+            count(s.passing),
+            count(s.warning),
+            count(s.critical),
+            count(s.maintenance),
+        ]);
+    }
+    output::render(&table)
 }
 
 /// Instances as a table that fits 80 columns: the id alone when every id is the default
@@ -360,5 +390,43 @@ mod tests {
             assert!(text.contains(part), "{part} missing from\n{text}");
         }
         assert!(text.lines().all(|l| l.len() <= 80), "{text}");
+    }
+
+    #[test]
+    fn the_service_list_shows_the_counts_by_state() {
+        let services: Vec<ServiceCount> = serde_json::from_value(json!([
+            {"service": "payments", "instances": 7, "passing": 3, "warning": 2, "critical": 1,
+             "maintenance": 1},
+            {"service": "old-agent", "instances": 2}
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = services_table(&services);
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "SERVICE",
+                "INSTANCES",
+                "PASSING",
+                "WARNING",
+                "CRITICAL",
+                "MAINTENANCE"
+            ],
+            "{text}"
+        );
+        let cells =
+            |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_string).collect() };
+        assert_eq!(
+            cells(lines[1]),
+            ["payments", "7", "3", "2", "1", "1"],
+            "{text}"
+        );
+        assert_eq!(
+            cells(lines[2]),
+            ["old-agent", "2", "-", "-", "-", "-"],
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
     }
 }
