@@ -396,6 +396,89 @@ fn several_agents_are_tried_in_order() {
     .stderr_has(&also_dead);
 }
 
+/// A real agent: a freshly registered instance has reported no measures, so the tables show
+/// "-" for its success rate and latency (not 0.0%, which would say it failed every call);
+/// once it reports, they show what it reported.
+#[test]
+fn a_new_instance_shows_no_measures_until_it_reports() {
+    let agent = AgentProc::start(None, &[]);
+    let url = agent.url();
+    run(&[
+        "--agent",
+        &url,
+        "svc",
+        "register",
+        "payments",
+        "--address",
+        "10.0.0.7",
+        "--port",
+        "8080",
+    ])
+    .code(0);
+    // INSTANCE  STATE  SUCC  LAT  LOAD  WT  TAGS: the first row's cells.
+    let row = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--agent", url.as_str()];
+        all.extend_from_slice(args);
+        let r = run(&all);
+        r.code(0);
+        let line = r.stdout().lines().nth(1).map(str::to_string);
+        let line = line.unwrap_or_else(|| panic!("no row: {}", r.describe()));
+        assert!(
+            r.stdout().starts_with("INSTANCE"),
+            "a table: {}",
+            r.describe()
+        );
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    let discover = ["svc", "discover", "payments"];
+    let query = ["status", "query", "payments", "10.0.0.7:8080"];
+    for args in [&discover[..], &query[..]] {
+        assert_eq!(
+            row(args),
+            ["10.0.0.7:8080", "passing", "-", "-", "0.00", "1", "-"],
+            "{args:?}"
+        );
+    }
+    // The JSON keeps the documented INSTANCE, zeros included.
+    let json = run(&["--agent", &url, "-o", "json", "svc", "discover", "payments"]).ok_json();
+    assert_eq!(
+        json["instances"][0]["status"]["success_rate"], 0.0,
+        "{json}"
+    );
+    assert_eq!(json["instances"][0]["status"]["latency_ms"], 0.0, "{json}");
+
+    run(&[
+        "--agent",
+        &url,
+        "status",
+        "report",
+        "payments",
+        "10.0.0.7:8080",
+        "--state",
+        "warning",
+        "--success-rate",
+        "0.95",
+        "--latency-ms",
+        "12",
+    ])
+    .code(0);
+    for args in [&discover[..], &query[..]] {
+        assert_eq!(
+            row(args),
+            [
+                "10.0.0.7:8080",
+                "warning",
+                "95.0%",
+                "12.0ms",
+                "0.00",
+                "1",
+                "-"
+            ],
+            "{args:?}"
+        );
+    }
+}
+
 /// An agent that answers with an error is the answer: the next one is not asked.
 #[test]
 fn an_error_answer_is_not_retried_elsewhere() {
@@ -717,7 +800,9 @@ fn list_query_deregister_and_leave() {
             |request| match (request.method.as_str(), request.target.as_str()) {
                 ("GET", "/v1/services") => (
                     200,
-                    json!([{"service": "payments", "instances": 3}]).to_string(),
+                    json!([{"service": "payments", "instances": 3, "passing": 1, "warning": 0,
+                            "critical": 2, "maintenance": 0}])
+                    .to_string(),
                 ),
                 ("GET", "/v1/services/payments") => (
                     200,
@@ -730,10 +815,29 @@ fn list_query_deregister_and_leave() {
             },
         );
     let url = agent.url();
-    run(&["--agent", &url, "svc", "list"])
-        .code(0)
-        .stdout_has("payments")
-        .stdout_has("1 service");
+    let list = run(&["--agent", &url, "svc", "list"]);
+    list.code(0).stdout_has("1 service");
+    let rows: Vec<Vec<String>> = list
+        .stdout()
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    assert_eq!(
+        rows[..2],
+        [
+            [
+                "SERVICE",
+                "INSTANCES",
+                "PASSING",
+                "WARNING",
+                "CRITICAL",
+                "MAINTENANCE"
+            ],
+            ["payments", "3", "1", "0", "2", "0"]
+        ],
+        "{}",
+        list.describe()
+    );
     run(&["--agent", &url, "status", "query", "payments"])
         .code(0)
         .stdout_has("no instances of payments");

@@ -1,9 +1,11 @@
 //! The registry across in-process clusters: routing to owners from any agent, no lost updates,
 //! TTL expiry, records moving on join and leave, restarts, Redis outages, prototype routes.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use chordctl::agent::{self, Start};
+use chordctl::cli::watch::{SseEvent, SseParser};
 use serde_json::{json, Value};
 
 use crate::support::cluster::{test_config, TestCluster};
@@ -84,6 +86,16 @@ async fn five_agents_serve_every_operation_from_any_agent() {
     let list = list.as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 10, "{list:?}");
     assert!(list.iter().all(|s| s["instances"] == 2));
+    // With the counts by state: svc-1's instance "a" reported warning above.
+    for s in &list {
+        let warning = u64::from(s["service"] == "svc-1");
+        assert_eq!(
+            s,
+            &json!({"service": s["service"], "instances": 2, "passing": 2 - warning,
+                    "warning": warning, "critical": 0, "maintenance": 0}),
+            "{list:?}"
+        );
+    }
     // Deregister, then unknowns are 404 with a JSON error.
     let (st, _) = call(
         "DELETE",
@@ -110,6 +122,77 @@ async fn five_agents_serve_every_operation_from_any_agent() {
     assert_eq!(st, 404);
     let (st, _) = call("GET", &format!("{}/v1/services/nope", c.url(1)), None).await;
     assert_eq!(st, 404);
+}
+
+/// An event stream read by a test.
+struct Events {
+    resp: reqwest::Response,
+    parser: SseParser,
+    pending: VecDeque<SseEvent>,
+}
+
+impl Events {
+    /// The data of the next `wanted` event, with only bookmarks before it; panics after 30 s.
+    async fn next(&mut self, wanted: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            while let Some(e) = self.pending.pop_front() {
+                if e.event == wanted {
+                    return serde_json::from_str(&e.data)
+                        .unwrap_or_else(|x| panic!("{x}: {}", e.data));
+                }
+                assert_eq!(e.event, "bookmark", "before a {wanted}: {e:?}");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.resp.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.pending.extend(self.parser.feed(&bytes)),
+                other => panic!("no {wanted} event: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The catalog stream compares the service summaries it sees: a state change, with the same
+/// number of instances, is an `update` carrying the new counts by state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_counts_by_state_and_their_changes_reach_the_catalog_stream() {
+    let c = TestCluster::start(1).await;
+    let url = c.url(0);
+    register(&url, "payments", "a", 80).await;
+    register(&url, "payments", "b", 81).await;
+    let resp = reqwest::Client::new()
+        .get(format!("{url}/v1/watch/services"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("catalog stream: {e}"));
+    assert_eq!(resp.status(), 200);
+    let mut events = Events {
+        resp,
+        parser: SseParser::new(),
+        pending: VecDeque::new(),
+    };
+    let snapshot = events.next("snapshot").await;
+    assert_eq!(
+        snapshot["services"],
+        json!([{"service": "payments", "instances": 2, "passing": 2, "warning": 0,
+                "critical": 0, "maintenance": 0}]),
+        "{snapshot}"
+    );
+    let (st, body) = call(
+        "PUT",
+        &format!("{url}/v1/services/payments/instances/b/status"),
+        Some(json!({"state": "critical"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let change = events.next("change").await;
+    assert_eq!(change["op"], "update", "{change}");
+    assert_eq!(
+        change["summary"],
+        json!({"service": "payments", "instances": 2, "passing": 1, "warning": 0,
+               "critical": 1, "maintenance": 0}),
+        "{change}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -286,7 +286,7 @@ pub enum SvcCommand {
     },
     /// The instances of SERVICE, or one picked by a strategy
     Discover(DiscoverArgs),
-    /// Every service on the ring with its instance count
+    /// Every service on the ring with its instances counted by state
     List,
     /// Follow the changes of SERVICE as they happen
     #[command(long_about = WATCH_ABOUT)]

@@ -1,5 +1,6 @@
 //! `chordctl svc ...` and `chordctl status ...`: the service registry's client commands.
 
+use chrono::{DateTime, Utc};
 use comfy_table::Cell;
 use reqwest::Method;
 use serde::Deserialize;
@@ -23,7 +24,25 @@ struct Instance {
     #[serde(default)]
     weight: Option<f64>,
     #[serde(default)]
+    registered_at: Option<DateTime<Utc>>,
+    #[serde(default)]
     status: Status,
+}
+
+impl Instance {
+    /// Whether the instance has had a status report (or a TTL expiry) since it was registered.
+    ///
+    /// A registration stamps `registered_at` and the status's `updated_at` with the same
+    /// instant, and registering again keeps both; every report (and a TTL expiry) moves
+    /// `updated_at` on. So the two being equal means the measures are the zeros a new instance
+    /// starts with, not values anyone reported. When either is missing (another agent version,
+    /// a hand-made answer) the measures are shown as they are.
+    fn has_reported(&self) -> bool {
+        match (self.registered_at, self.status.updated_at) {
+            (Some(registered), Some(updated)) => registered != updated,
+            _ => true,
+        }
+    }
 }
 
 /// An instance's reported status.
@@ -37,6 +56,8 @@ struct Status {
     success_rate: Option<f64>,
     #[serde(default)]
     latency_ms: Option<f64>,
+    #[serde(default)]
+    updated_at: Option<DateTime<Utc>>,
 }
 
 /// The discover answer: `{"service", "instances": [...]}`.
@@ -46,11 +67,20 @@ struct Discovered {
     instances: Vec<Instance>,
 }
 
-/// One entry of `GET /v1/services`.
+/// One entry of `GET /v1/services`: the instance count and the counts by state (absent from an
+/// agent older than the counts: shown as `-`).
 #[derive(Debug, Deserialize)]
 struct ServiceCount {
     service: String,
     instances: u64,
+    #[serde(default)]
+    passing: Option<u64>,
+    #[serde(default)]
+    warning: Option<u64>,
+    #[serde(default)]
+    critical: Option<u64>,
+    #[serde(default)]
+    maintenance: Option<u64>,
 }
 
 /// Runs one `svc` subcommand.
@@ -128,11 +158,7 @@ pub(crate) fn run(
             if services.is_empty() {
                 return output::print("no services registered\n");
             }
-            let mut table = output::table(&["service", "instances"], &[1]);
-            for s in &services {
-                table.add_row(vec![s.service.clone(), s.instances.to_string()]);
-            }
-            let mut text = output::render(&table);
+            let mut text = services_table(&services);
             text.push_str(&plural(services.len(), "service"));
             text.push('\n');
             output::print(&text)
@@ -235,6 +261,31 @@ fn discover(
     }
 }
 
+/// The services with their instance counts, in total and by state.
+fn services_table(services: &[ServiceCount]) -> String {
+    let headers = [
+        "service",
+        "instances",
+        "passing",
+        "warning",
+        "critical",
+        "maintenance",
+    ];
+    let mut table = output::table(&headers, &[1, 2, 3, 4, 5]);
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    for s in services {
+        table.add_row(vec![
+            s.service.clone(),
+            s.instances.to_string(),
+            count(s.passing),
+            count(s.warning),
+            count(s.critical),
+            count(s.maintenance),
+        ]);
+    }
+    output::render(&table)
+}
+
 /// Instances as a table that fits 80 columns: the id alone when every id is the default
 /// `ADDRESS:PORT`, otherwise the id and the endpoint.
 fn instances_table(instances: &[Instance]) -> String {
@@ -256,6 +307,8 @@ fn instances_table(instances: &[Instance]) -> String {
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for i in instances {
         let s = &i.status;
+        // A new instance's zeros are not measures: "0.0%" would say it failed every call.
+        let reported = i.has_reported();
         let mut row = vec![Cell::new(&i.id)];
         if !default_ids {
             row.push(Cell::new(endpoint(i)));
@@ -263,9 +316,11 @@ fn instances_table(instances: &[Instance]) -> String {
         row.extend([
             output::state_cell(s.state.as_deref().unwrap_or("-"), color),
             Cell::new(or_dash(
-                s.success_rate.map(|r| format!("{:.1}%", r * 100.0)),
+                s.success_rate
+                    .filter(|_| reported)
+                    .map(|r| format!("{:.1}%", r * 100.0)),
             )),
-            Cell::new(or_dash(s.latency_ms.map(|l| {
+            Cell::new(or_dash(s.latency_ms.filter(|_| reported).map(|l| {
                 if l >= 100.0 {
                     format!("{l:.0}ms")
                 } else {
@@ -360,5 +415,97 @@ mod tests {
             assert!(text.contains(part), "{part} missing from\n{text}");
         }
         assert!(text.lines().all(|l| l.len() <= 80), "{text}");
+    }
+
+    /// The cells of the first row under the header, split on runs of blanks.
+    fn first_row(text: &str) -> Vec<String> {
+        let row = text.lines().nth(1).unwrap_or_default();
+        row.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_new_instance_shows_no_success_rate_or_latency_until_it_reports() {
+        let fresh = json!({
+            "service": "payments", "id": "10.0.0.7:8080", "address": "10.0.0.7", "port": 8080,
+            "tags": [], "metadata": {}, "weight": 1, "ttl_secs": null,
+            "registered_at": "2026-11-25T14:00:00.123456789Z",
+            "status": {"state": "passing", "load": 0.0, "success_rate": 0.0, "latency_ms": 0.0,
+                       "frequency": 0.0, "note": "",
+                       "updated_at": "2026-11-25T14:00:00.123456789Z"}
+        });
+        let instance = |v: &Value| -> Instance {
+            serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let text = instances_table(&[instance(&fresh)]);
+        assert_eq!(
+            first_row(&text),
+            ["10.0.0.7:8080", "passing", "-", "-", "0.00", "1", "-"],
+            "{text}"
+        );
+        let mut reported = fresh.clone();
+        reported["status"]["success_rate"] = json!(0.95);
+        reported["status"]["latency_ms"] = json!(12.0);
+        reported["status"]["updated_at"] = json!("2026-11-25T14:00:05Z");
+        let text = instances_table(&[instance(&reported)]);
+        assert_eq!(
+            first_row(&text),
+            [
+                "10.0.0.7:8080",
+                "passing",
+                "95.0%",
+                "12.0ms",
+                "0.00",
+                "1",
+                "-"
+            ],
+            "{text}"
+        );
+        // A report of zeros is a report: 0.0% is what it said.
+        let mut zeros = fresh.clone();
+        zeros["status"]["updated_at"] = json!("2026-11-25T14:00:05Z");
+        let text = instances_table(&[instance(&zeros)]);
+        assert_eq!(first_row(&text)[2..4], ["0.0%", "0.0ms"], "{text}");
+        // Without the timestamps (not an INSTANCE of this version), the numbers as they are.
+        let bare = json!({"id": "x", "status": {"success_rate": 0.0, "latency_ms": 0.0}});
+        let text = instances_table(&[instance(&bare)]);
+        assert!(text.contains("0.0%") && text.contains("0.0ms"), "{text}");
+    }
+
+    #[test]
+    fn the_service_list_shows_the_counts_by_state() {
+        let services: Vec<ServiceCount> = serde_json::from_value(json!([
+            {"service": "payments", "instances": 7, "passing": 3, "warning": 2, "critical": 1,
+             "maintenance": 1},
+            {"service": "old-agent", "instances": 2}
+        ]))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = services_table(&services);
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "SERVICE",
+                "INSTANCES",
+                "PASSING",
+                "WARNING",
+                "CRITICAL",
+                "MAINTENANCE"
+            ],
+            "{text}"
+        );
+        let cells =
+            |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_string).collect() };
+        assert_eq!(
+            cells(lines[1]),
+            ["payments", "7", "3", "2", "1", "1"],
+            "{text}"
+        );
+        assert_eq!(
+            cells(lines[2]),
+            ["old-agent", "2", "-", "-", "-", "-"],
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
     }
 }

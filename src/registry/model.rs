@@ -396,13 +396,51 @@ impl Record {
     }
 }
 
-/// One entry of `GET /v1/services` (`svc list`): a service and how many instances it has.
+/// One entry of `GET /v1/services` (`svc list`): a service, how many instances it has, and how
+/// many of them are in each state.
+///
+/// It travels between agents (ring RPC) as well as to clients, and the catalog watch stream
+/// compares summaries with `!=`: a change of the counts by state is a change of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSummary {
     /// The service name.
     pub service: String,
     /// Number of instances (0 for an emptied record).
     pub instances: usize,
+    /// Instances whose status state is `passing`.
+    pub passing: usize,
+    /// Instances whose status state is `warning`.
+    pub warning: usize,
+    /// Instances whose status state is `critical`.
+    pub critical: usize,
+    /// Instances whose status state is `maintenance`.
+    pub maintenance: usize,
+}
+
+impl ServiceSummary {
+    /// A summary of `service` with no instances.
+    pub fn empty(service: impl Into<String>) -> Self {
+        ServiceSummary {
+            service: service.into(),
+            instances: 0,
+            passing: 0,
+            warning: 0,
+            critical: 0,
+            maintenance: 0,
+        }
+    }
+
+    /// Counts one more instance in `state`.
+    pub fn count(&mut self, state: State) {
+        self.instances += 1;
+        let by_state = match state {
+            State::Passing => &mut self.passing,
+            State::Warning => &mut self.warning,
+            State::Critical => &mut self.critical,
+            State::Maintenance => &mut self.maintenance,
+        };
+        *by_state += 1;
+    }
 }
 
 /// The answer of a discovery without `pick` (`GET /v1/services/{service}`, `svc discover`,
@@ -416,12 +454,13 @@ pub struct Discovery {
 }
 
 impl Record {
-    /// This record's entry in the service list.
+    /// This record's entry in the service list: its instances counted by their status state.
     pub fn summary(&self) -> ServiceSummary {
-        ServiceSummary {
-            service: self.service.clone(),
-            instances: self.instances.len(),
+        let mut summary = ServiceSummary::empty(self.service.clone());
+        for instance in self.instances.values() {
+            summary.count(instance.status.state);
         }
+        summary
     }
 }
 
@@ -898,10 +937,12 @@ pub(super) mod tests {
         let mut r = record();
         assert_eq!(
             serde_json::to_value(r.summary()).unwrap(),
-            serde_json::json!({"service": "payments", "instances": 0})
+            serde_json::json!({"service": "payments", "instances": 0, "passing": 0,
+                               "warning": 0, "critical": 0, "maintenance": 0})
         );
         r.register("a", &RegisterBody::new("h", 1), at(0)).unwrap();
         assert_eq!(r.summary().instances, 1);
+        assert_eq!(r.summary().passing, 1, "a new instance is passing");
         let d = Discovery {
             service: r.service.clone(),
             instances: r.instances.values().map(|i| Instance::clone(i)).collect(),
@@ -909,5 +950,38 @@ pub(super) mod tests {
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["service"], "payments");
         assert_eq!(json["instances"][0]["id"], "a");
+    }
+
+    #[test]
+    fn summary_counts_instances_by_their_state_and_differs_when_a_state_changes() {
+        let mut r = record();
+        for id in ["a", "b", "c", "d", "e"] {
+            r.register(id, &RegisterBody::new("h", 1), at(0)).unwrap();
+        }
+        let report = |state| StatusBody {
+            state: Some(state),
+            ..StatusBody::default()
+        };
+        r.report("b", &report(State::Warning), at(1)).unwrap();
+        r.report("c", &report(State::Critical), at(1)).unwrap();
+        r.report("d", &report(State::Critical), at(1)).unwrap();
+        let before = r.summary();
+        r.report("e", &report(State::Maintenance), at(2)).unwrap();
+        let after = r.summary();
+        assert_eq!(
+            serde_json::to_value(&after).unwrap(),
+            serde_json::json!({"service": "payments", "instances": 5, "passing": 1,
+                               "warning": 1, "critical": 2, "maintenance": 1})
+        );
+        // The catalog watch compares summaries: a state change with the same number of
+        // instances is a change.
+        assert_eq!(before.instances, after.instances);
+        assert_ne!(before, after);
+        // It crosses the ring as postcard.
+        let bytes = postcard::to_allocvec(&after).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<ServiceSummary>(&bytes).unwrap(),
+            after
+        );
     }
 }

@@ -213,7 +213,8 @@ impl Registry {
         }
     }
 
-    /// Every service on the ring with its instance count: ask every node for what it owns.
+    /// Every service on the ring with its instances counted by state: ask every node for what
+    /// it owns.
     /// The answer is reused for [`LIST_CACHE_TTL`], and callers that arrive while one walk
     /// is under way wait for it: a burst of `GET /v1/services` walks the ring once, not once
     /// per request.
@@ -231,7 +232,7 @@ impl Registry {
 
     async fn walk_list(self: &Arc<Self>) -> Result<Vec<ServiceSummary>> {
         let nodes = self.ring.walk(100_000).await?;
-        let mut all: BTreeMap<String, usize> = BTreeMap::new();
+        let mut all: BTreeMap<String, ServiceSummary> = BTreeMap::new();
         for (node, _, _) in nodes {
             let got = if node.id == self.ring.me().id {
                 self.handle_local(RegistryRequest::ListOwned).await?
@@ -240,13 +241,10 @@ impl Registry {
             };
             if let RegistryResponse::Summaries(list) = got {
                 for s in list {
-                    all.insert(s.service, s.instances);
+                    all.insert(s.service.clone(), s);
                 }
             }
         }
-        Ok(all
-            .into_iter()
-            .map(|(service, instances)| ServiceSummary { service, instances })
-            .collect())
+        Ok(all.into_values().collect())
     }
 }
