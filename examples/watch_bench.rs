@@ -37,20 +37,6 @@ fn proc_stats(pid: u32) -> Option<(u64, u64)> {
     Some((rss, utime + stime))
 }
 
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain calls on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 #[derive(Default)]
 struct Tally {
     latencies_us: Mutex<Vec<u64>>,
@@ -127,7 +113,7 @@ async fn main() {
     let rate = arg(3, 1_000).max(1);
     let seconds = arg(4, 10).max(1);
     let pid = args.get(5).and_then(|v| v.parse::<u32>().ok());
-    raise_open_files_limit();
+    chordctl::agent::raise_open_files_limit();
     let client = reqwest::Client::new();
     // Every service exists before the watchers come.
     for s in 0..services {

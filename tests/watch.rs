@@ -117,19 +117,23 @@ impl Model {
 
     /// The ids and addresses+ports held (what a caller would route to).
     fn view(&self) -> View {
-        self.instances
-            .iter()
-            .map(|(id, v)| {
-                (
-                    id.clone(),
-                    (
-                        v["address"].as_str().unwrap_or_default().to_string(),
-                        v["port"].as_u64().unwrap_or(0),
-                    ),
-                )
-            })
-            .collect()
+        view_of(self.instances.values())
     }
+}
+
+/// Instances (INSTANCE JSON) as a [`View`].
+fn view_of<'a>(instances: impl Iterator<Item = &'a Value>) -> View {
+    instances
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap_or_default().to_string(),
+                (
+                    v["address"].as_str().unwrap_or_default().to_string(),
+                    v["port"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The `X-Chordctl-Index` of an answer (0 without one).
@@ -151,22 +155,7 @@ async fn discovered(url: &str, service: &str) -> Result<(View, u64), String> {
     let body: Value = r.json().await.unwrap_or(Value::Null);
     match st {
         200 => Ok((
-            body["instances"]
-                .as_array()
-                .map(|l| {
-                    l.iter()
-                        .map(|v| {
-                            (
-                                v["id"].as_str().unwrap_or_default().to_string(),
-                                (
-                                    v["address"].as_str().unwrap_or_default().to_string(),
-                                    v["port"].as_u64().unwrap_or(0),
-                                ),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            view_of(body["instances"].as_array().into_iter().flatten()),
             index,
         )),
         404 => Ok((BTreeMap::new(), index)),

@@ -149,7 +149,7 @@ fn ignore_file_size_signal() {
 
 /// Raise the soft limit on open files to the hard one (at most 65,536): every watcher holds an
 /// HTTP connection, and the usual soft limit of 1,024 would refuse most of them.
-fn raise_open_files_limit() {
+pub fn raise_open_files_limit() {
     #[cfg(unix)]
     {
         let mut lim = libc::rlimit {

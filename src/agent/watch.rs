@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
-use super::registry::Registry;
+use super::registry::{guard as lock, Registry};
 use crate::registry::watch::{Change, Feed, WatchAnswer, WatchBody, WatchItem};
 use crate::registry::Instance;
 use crate::ring::NodeRef;
@@ -137,22 +137,11 @@ struct SubState {
     idle_since: Instant,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 impl Sub {
-    /// The index watchers were last shown.
-    pub fn shown(&self) -> u64 {
-        lock(&self.state).shown
-    }
-
-    /// The service.
-    pub fn service(&self) -> &str {
-        &self.service
+    /// Nobody has watched it for [`SUB_IDLE`].
+    fn is_idle(&self) -> bool {
+        let st = lock(&self.state);
+        st.watchers == 0 && st.idle_since.elapsed() > SUB_IDLE
     }
 
     fn item(&self) -> WatchItem {
@@ -408,10 +397,7 @@ impl Hub {
                 let Some(sub) = subs.get(&service) else {
                     return;
                 };
-                let st = lock(&sub.state);
-                let idle = st.watchers == 0 && st.idle_since.elapsed() > SUB_IDLE;
-                drop(st);
-                if idle {
+                if sub.is_idle() {
                     subs.remove(&service);
                     return;
                 }
@@ -464,14 +450,9 @@ impl Hub {
                     .collect()
             };
             if subs.is_empty() {
-                let mut groups = lock(&self.groups);
-                if lock(&group.services).is_empty() {
-                    if groups
-                        .get(&group.owner.addr)
-                        .is_some_and(|g| Arc::ptr_eq(g, &group))
-                    {
-                        groups.remove(&group.owner.addr);
-                    }
+                // Nothing left to follow here, unless a subscription joined meanwhile (it
+                // joins under the groups' lock, under which this looks).
+                if self.remove_group(&group, true) {
                     return;
                 }
                 continue;
@@ -490,7 +471,7 @@ impl Hub {
                     tracing::debug!(owner = %group.owner.addr, "following the owner failed: {e}");
                     // Every subscription of this owner looks its owner up again.
                     let moved: Vec<String> = lock(&group.services).drain().collect();
-                    self.remove_group(&group);
+                    self.remove_group(&group, false);
                     for service in moved {
                         self.registry.forget_route(&service);
                         let hub = self.clone();
@@ -505,14 +486,19 @@ impl Hub {
         }
     }
 
-    fn remove_group(&self, group: &Arc<Group>) {
+    /// Forget `group` (when `only_if_empty`, only if it follows nothing); whether it is gone.
+    fn remove_group(&self, group: &Arc<Group>, only_if_empty: bool) -> bool {
         let mut groups = lock(&self.groups);
+        if only_if_empty && !lock(&group.services).is_empty() {
+            return false;
+        }
         if groups
             .get(&group.owner.addr)
             .is_some_and(|g| Arc::ptr_eq(g, group))
         {
             groups.remove(&group.owner.addr);
         }
+        true
     }
 
     fn take(self: &Arc<Self>, group: &Arc<Group>, answers: Vec<WatchAnswer>) {
@@ -545,9 +531,7 @@ impl Hub {
             let Some(sub) = subs.get(s) else {
                 return false;
             };
-            let st = lock(&sub.state);
-            let idle = st.watchers == 0 && st.idle_since.elapsed() > SUB_IDLE;
-            drop(st);
+            let idle = sub.is_idle();
             if idle {
                 subs.remove(s);
             }

@@ -59,12 +59,13 @@ pub async fn track(
 /// GET /metrics: the Prometheus text format, version 0.0.4.
 pub async fn scrape(State(agent): State<Arc<Agent>>) -> Response {
     let (member, successors) = agent.ring.read(|c| (c.is_member(), c.successors().len()));
+    let (watchers, subscriptions) = agent.hub.counts();
     let gauges = Gauges {
         member,
         ring_size: if member { successors + 1 } else { 0 },
         records: agent.registry.record_counts().await.ok(),
-        watchers: agent.hub.counts().0,
-        subscriptions: agent.hub.counts().1,
+        watchers,
+        subscriptions,
     };
     (
         StatusCode::OK,

@@ -129,8 +129,9 @@ impl Watching {
     async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Watching)> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
-                let reset = matches!(&*ev, Event::Snapshot { reset: true, .. });
-                if !reset && ev.index() <= self.last && !matches!(&*ev, Event::Snapshot { .. }) {
+                // A change already covered (by a snapshot, or a replay) is not sent again;
+                // a snapshot always is.
+                if matches!(&*ev, Event::Change(..)) && ev.index() <= self.last {
                     continue;
                 }
                 self.last = self.last.max(ev.index());

@@ -13,7 +13,6 @@ use crate::registry::ops::{RegistryRequest, RegistryResponse};
 use crate::registry::watch::{Change, ChangeOp, Feed, WatchAnswer, WatchBody, WatchItem};
 use crate::registry::Record;
 use crate::ring::{Id, NodeRef};
-use crate::rpc::{CallError, Request, Response};
 use crate::{Error, Result};
 
 /// Changes kept per watched service for followers that resume.
@@ -256,24 +255,8 @@ impl Registry {
         let answer = if owner.id == me.id {
             self.handle_local(req).await?
         } else {
-            let pool = self.ring.pool();
-            let deadline = wait + pool.timeout();
-            match pool
-                .call_with_timeout(&owner.addr, Request::Registry(req), deadline)
-                .await
-            {
-                Ok(Response::Registry(answer)) => answer,
-                Ok(Response::Error(e)) => return Err(e),
-                Ok(other) => return Err(Error::internal(format!("unexpected answer {other:?}"))),
-                Err(e @ CallError::Timeout(..)) => {
-                    self.ring.probe(owner).await;
-                    return Err(Error::routing(e.to_string()));
-                }
-                Err(e) => {
-                    self.ring.with(|c| c.suspect(&owner.id));
-                    return Err(Error::routing(e.to_string()));
-                }
-            }
+            let deadline = wait + self.ring.pool().timeout();
+            self.call_within(owner, req, deadline).await?
         };
         match answer {
             RegistryResponse::Watched(answers) => Ok(answers),

@@ -186,7 +186,7 @@ impl DiscoveredCache {
 }
 
 /// Locks a std mutex, taking the data of a poisoned one (no invariant spans a panic here).
-fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),

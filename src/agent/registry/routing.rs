@@ -136,10 +136,21 @@ impl Registry {
 
     /// Call `node` with a registry request.
     pub async fn call(&self, node: &NodeRef, req: RegistryRequest) -> Result<RegistryResponse> {
+        self.call_within(node, req, self.ring.pool().timeout())
+            .await
+    }
+
+    /// [`Registry::call`] waiting at most `timeout` (a long poll waits longer than a call).
+    pub(super) async fn call_within(
+        &self,
+        node: &NodeRef,
+        req: RegistryRequest,
+        timeout: Duration,
+    ) -> Result<RegistryResponse> {
         match self
             .ring
             .pool()
-            .call(&node.addr, Request::Registry(req))
+            .call_with_timeout(&node.addr, Request::Registry(req), timeout)
             .await
         {
             Ok(Response::Registry(answer)) => Ok(answer),
