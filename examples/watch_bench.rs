@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chordctl::cli::watch::SseParser;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 fn now_micros() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0)
@@ -45,51 +46,88 @@ struct Tally {
     attached: AtomicU64,
 }
 
-async fn watcher(url: String, service: String, tally: Arc<Tally>, stop: Arc<AtomicU64>) {
-    let client = reqwest::Client::new();
-    let Ok(mut resp) = client
-        .get(format!("{url}/v1/watch/services/{service}"))
-        .send()
-        .await
-    else {
+/// One watcher on its own connection, read without an HTTP client library: the load
+/// generator shares the two cores with the agent, so it does as little as it can per event
+/// (find each frame's end and its `sent_us`, no JSON parse).
+async fn watcher(url: String, service: String, tally: Arc<Tally>, done: CancellationToken) {
+    let addr = url.trim_start_matches("http://").to_string();
+    let Ok(mut socket) = tokio::net::TcpStream::connect(&addr).await else {
+        eprintln!("watcher of {service}: cannot connect to {addr}");
         return;
     };
-    if resp.status() != 200 {
-        eprintln!("watcher of {service}: {}", resp.status());
+    let request = format!(
+        "GET /v1/watch/services/{service} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n"
+    );
+    if socket.write_all(request.as_bytes()).await.is_err() {
         return;
     }
-    let mut parser = SseParser::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    // Bytes of an incomplete frame carried over from the previous read.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut head_done = false;
     let mut seen = Vec::new();
     let mut counted = false;
-    while stop.load(Ordering::Relaxed) == 0 {
-        let Ok(Ok(Some(chunk))) = tokio::time::timeout(Duration::from_secs(1), resp.chunk()).await
-        else {
-            continue;
+    loop {
+        // No timer per read (one per event would cost the generator more than the agent):
+        // the end of the run wakes every watcher through `done`.
+        let n = tokio::select! {
+            r = socket.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = done.cancelled() => break,
         };
-        for e in parser.feed(&chunk) {
+        carry.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        if !head_done {
+            let Some(end) = find(&carry, b"\r\n\r\n") else {
+                continue;
+            };
+            if !carry.starts_with(b"HTTP/1.1 200") {
+                eprintln!(
+                    "watcher of {service}: {}",
+                    String::from_utf8_lossy(&carry[..end])
+                );
+                return;
+            }
+            head_done = true;
+            start = end + 4;
+        }
+        while let Some(end) = find(&carry[start..], b"\n\n") {
+            let frame = &carry[start..start + end];
+            start += end + 2;
             if !counted {
                 counted = true;
                 tally.attached.fetch_add(1, Ordering::Relaxed);
             }
             tally.events.fetch_add(1, Ordering::Relaxed);
-            // Cheap field scans rather than a JSON parse per event: the load generator shares
-            // the machine with the agent.
-            if e.data.contains("\"reset\":true") {
+            if find(frame, b"\"reset\":true").is_some() {
                 tally.resets.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(t) = e
-                .data
-                .split_once("\"sent_us\":\"")
-                .and_then(|(_, rest)| rest.split('"').next())
-                .and_then(|t| t.parse::<u64>().ok())
-            {
-                seen.push(now_micros().saturating_sub(t));
+            let key = b"\"sent_us\":\"";
+            if let Some(at) = find(frame, key) {
+                let digits = &frame[at + key.len()..];
+                let end = digits
+                    .iter()
+                    .position(|b| !b.is_ascii_digit())
+                    .unwrap_or(digits.len());
+                if let Some(t) = std::str::from_utf8(&digits[..end])
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                {
+                    seen.push(now_micros().saturating_sub(t));
+                }
             }
         }
+        carry.drain(..start);
     }
     if let Ok(mut all) = tally.latencies_us.lock() {
         all.extend(seen);
     }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -125,7 +163,7 @@ async fn main() {
     }
     let before = pid.and_then(proc_stats);
     let tally = Arc::new(Tally::default());
-    let stop = Arc::new(AtomicU64::new(0));
+    let done = CancellationToken::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..watchers {
@@ -134,7 +172,7 @@ async fn main() {
             url.clone(),
             service,
             tally.clone(),
-            stop.clone(),
+            done.clone(),
         )));
         if w % 500 == 499 {
             tokio::task::yield_now().await;
@@ -194,7 +232,7 @@ async fn main() {
     let cpu1 = pid.and_then(proc_stats).map(|s| s.1);
     // Give the last events a moment to arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(1, Ordering::Relaxed);
+    done.cancel();
     for t in tasks {
         let _ = t.await;
     }

@@ -244,6 +244,10 @@ async fn every_route_but_healthz_requires_the_token() {
         ("GET", "/services/resolution/?sname=payments"),
         ("POST", "/services/register/"),
         ("GET", "/no/such/route"),
+        // Change streams, served on a fresh connection by the lean path.
+        ("GET", "/v1/watch/services/payments"),
+        ("GET", "/v1/watch/services"),
+        ("GET", "/v1/watch/nothing"),
     ];
     for (method, path) in routes {
         let url = format!("{base}{path}");
@@ -361,6 +365,13 @@ async fn slow_clients_cannot_hold_http_connections() {
         .expect("write");
     read_until_closed(&mut s, Duration::from_secs(10)).await;
 
+    // The same for the head of a change stream (the lean path).
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /v1/watch/services/a HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    read_until_closed(&mut s, Duration::from_secs(10)).await;
+
     // An idle connection: closed too.
     let mut s = TcpStream::connect(addr).await.expect("connect");
     read_until_closed(&mut s, Duration::from_secs(10)).await;
@@ -386,6 +397,14 @@ async fn slow_clients_cannot_hold_http_connections() {
     let resp = reqwest::Client::new()
         .get(format!("http://{addr}/healthz"))
         .header("x-big", big)
+        .send()
+        .await;
+    if let Ok(r) = resp {
+        assert_eq!(r.status().as_u16(), 431);
+    }
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/v1/watch/services/a"))
+        .header("x-big", "x".repeat(64 * 1024))
         .send()
         .await;
     if let Ok(r) = resp {

@@ -277,6 +277,154 @@ async fn a_blocking_query_through_a_non_owner_is_woken_by_a_change_its_filter_sh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_the_same_on_a_fresh_connection_and_behind_another_request() {
+    let c = TestCluster::start(1).await;
+    let url = c.url(0);
+    let (st, b) = call(
+        "PUT",
+        &format!("{url}/v1/services/both/instances/a"),
+        Some(json!({"address": "10.0.0.1", "port": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let watch = format!("{url}/v1/watch/services/both");
+    // A fresh connection whose first request is the stream: the lean path (no chunks, the
+    // body ends with the connection).
+    let lean = reqwest::Client::new()
+        .get(&watch)
+        .send()
+        .await
+        .expect("lean stream");
+    assert_eq!(lean.status(), 200);
+    let header = |r: &reqwest::Response, h: &str| {
+        r.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(header(&lean, "content-type"), "text/event-stream");
+    assert_eq!(header(&lean, "connection"), "close");
+    assert_eq!(header(&lean, "transfer-encoding"), "");
+    // A kept-alive connection that answered a discover first: hyper serves the stream
+    // (chunked), through the same router.
+    let client = reqwest::Client::new();
+    let first = client
+        .get(format!("{url}/v1/services/both"))
+        .send()
+        .await
+        .expect("discover");
+    assert_eq!(first.status(), 200);
+    first.bytes().await.expect("discover body");
+    let behind = client.get(&watch).send().await.expect("stream");
+    assert_eq!(behind.status(), 200);
+    assert_eq!(header(&behind, "content-type"), "text/event-stream");
+    assert_eq!(header(&behind, "transfer-encoding"), "chunked");
+    let mut streams = [lean, behind].map(|resp| Stream {
+        resp,
+        parser: SseParser::new(),
+        pending: VecDeque::new(),
+    });
+    let mut models = [Model::default(), Model::default()];
+    for (s, m) in streams.iter_mut().zip(models.iter_mut()) {
+        let e = s.next(SETTLE).await.expect("snapshot");
+        assert_eq!(e.event, "snapshot", "{e:?}");
+        m.apply(&e).expect("apply");
+    }
+    let (st, b) = call(
+        "PUT",
+        &format!("{url}/v1/services/both/instances/b"),
+        Some(json!({"address": "10.0.0.2", "port": 2})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let mut changes = Vec::new();
+    for (s, m) in streams.iter_mut().zip(models.iter_mut()) {
+        let e = loop {
+            let e = s.next(SETTLE).await.expect("the change");
+            if e.event == "change" {
+                break e;
+            }
+        };
+        m.apply(&e).expect("apply");
+        changes.push((e.id.clone(), e.data.clone()));
+    }
+    assert_eq!(changes[0], changes[1], "both ways send the same event");
+    assert_eq!(models[0].view(), models[1].view());
+    assert_eq!(models[0].view().len(), 2);
+    // Closing either connection detaches its watcher.
+    let watchers = || async {
+        let (_, text) =
+            crate::support::http::raw("GET", &format!("{url}/metrics"), Vec::new()).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("chordctl_watchers "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(watchers().await, Some(2));
+    let [lean, behind] = streams;
+    drop(lean);
+    eventually(
+        "the lean watcher detached",
+        SETTLE,
+        async || match watchers().await {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?} watchers")),
+        },
+    )
+    .await;
+    drop(behind);
+    eventually(
+        "the other watcher detached",
+        SETTLE,
+        async || match watchers().await {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?} watchers")),
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lean_stream_answers_bad_requests_like_the_router() {
+    let c = TestCluster::start(1).await;
+    let addr: std::net::SocketAddr = c
+        .url(0)
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    // Each on its own fresh connection, written by hand: the lean path reads these heads.
+    let ask = |head: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        tokio::time::timeout(SETTLE, s.read_to_end(&mut out))
+            .await
+            .expect("an answer, then the close")
+            .expect("read");
+        String::from_utf8_lossy(&out).to_string()
+    };
+    let bad_name =
+        ask("GET /v1/watch/services/no%20spaces HTTP/1.1\r\nhost: x\r\n\r\n".into()).await;
+    assert!(bad_name.starts_with("HTTP/1.1 400"), "{bad_name}");
+    assert!(bad_name.contains("\"error\""), "a JSON error: {bad_name}");
+    let bad_since =
+        ask("GET /v1/watch/services/ok?since=x HTTP/1.1\r\nhost: x\r\n\r\n".into()).await;
+    assert!(bad_since.starts_with("HTTP/1.1 400"), "{bad_since}");
+    let unknown = ask("GET /v1/watch/nothing HTTP/1.1\r\nhost: x\r\n\r\n".into()).await;
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    let with_body = ask(
+        "GET /v1/watch/services/ok HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello".into(),
+    )
+    .await;
+    assert!(with_body.starts_with("HTTP/1.1 400"), "{with_body}");
+    let garbage = ask("GET /v1/watch/\x01\x02 junk\r\n\r\n".into()).await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    // The agent is still serving.
+    let (st, _) = call("GET", &format!("{}/healthz", c.url(0)), None).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stops_reading_gets_a_reset_while_a_fast_one_gets_every_event() {
     let c = TestCluster::start(1).await;
     let url = c.url(0);
@@ -351,7 +499,11 @@ async fn a_reader_that_stops_reading_gets_a_reset_while_a_fast_one_gets_every_ev
     let mut slow_model = Model::default();
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + SETTLE;
-    // What followed the response head in the first read is the start of the chunked body.
+    // What followed the response head in the first read is the start of the body: a change
+    // stream opened on a fresh connection is served by the lean path, whose body is neither
+    // chunked nor sized — it ends with the connection.
+    let head_text = String::from_utf8_lossy(&head[..n]).to_lowercase();
+    let chunked = head_text.contains("transfer-encoding: chunked");
     let body_start = head[..n]
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -368,9 +520,14 @@ async fn a_reader_that_stops_reading_gets_a_reset_while_a_fast_one_gets_every_ev
             .expect("slow read");
         assert!(got > 0, "the stream ended");
         raw.extend_from_slice(&buf[..got]);
-        // Chunked transfer coding: feed only whole chunks' payloads.
-        let (payload, rest) = dechunk(&raw);
-        raw = rest;
+        let payload = if chunked {
+            // Chunked transfer coding: feed only whole chunks' payloads.
+            let (payload, rest) = dechunk(&raw);
+            raw = rest;
+            payload
+        } else {
+            std::mem::take(&mut raw)
+        };
         for e in parser.feed(&payload) {
             slow_model.apply(&e).expect("in order, never back");
         }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod deadlines;
+pub mod fanout;
 pub mod metrics;
 pub mod progress;
 pub mod registry;

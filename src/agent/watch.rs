@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
@@ -44,6 +45,20 @@ const SUB_IDLE: Duration = Duration::from_secs(60);
 /// Watchers one agent serves at most (more answer 429).
 pub const MAX_WATCHERS: usize = 16 * 1024;
 
+/// One Server-Sent Events frame: `event`, `id` (the index) and one `data` line (compact JSON
+/// has no line breaks), ended by an empty line.
+pub fn sse_frame(name: &str, id: u64, data: &str) -> Bytes {
+    let mut out = Vec::with_capacity(name.len() + data.len() + 40);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\nid: ");
+    out.extend_from_slice(id.to_string().as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
 /// What a watcher receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -53,8 +68,8 @@ pub enum Event {
         instances: Vec<Arc<Instance>>,
         reset: bool,
     },
-    /// One change, with its data rendered once for all the watchers it goes to.
-    Change(Change, std::sync::OnceLock<String>),
+    /// One change, with its SSE frame rendered once for all the watchers it goes to.
+    Change(Change, std::sync::OnceLock<Bytes>),
 }
 
 impl Event {
@@ -63,11 +78,14 @@ impl Event {
         Event::Change(change, std::sync::OnceLock::new())
     }
 
-    /// A change's data as JSON text, rendered on first use and then shared by every watcher
-    /// it is sent to; `None` for a snapshot (whose index each watcher's stream may adjust).
-    pub fn change_json(&self, service: &str) -> Option<&str> {
+    /// A change's whole SSE frame, rendered on first use and then shared by every watcher it
+    /// is sent to (a clone of [`Bytes`] copies nothing); `None` for a snapshot (whose index
+    /// each watcher's stream may adjust).
+    pub fn change_frame(&self, service: &str) -> Option<&Bytes> {
         match self {
-            Event::Change(_, json) => Some(json.get_or_init(|| self.data(service).to_string())),
+            Event::Change(c, frame) => Some(
+                frame.get_or_init(|| sse_frame("change", c.index, &self.data(service).to_string())),
+            ),
             Event::Snapshot { .. } => None,
         }
     }
@@ -111,14 +129,16 @@ impl Event {
 
 /// One watched service at this agent.
 pub struct Sub {
-    service: String,
-    state: Mutex<SubState>,
-    tx: broadcast::Sender<Arc<Event>>,
+    pub(super) service: String,
+    pub(super) state: Mutex<SubState>,
+    pub(super) tx: broadcast::Sender<Arc<Event>>,
+    /// Its fan-out task's door, while it has one (src/agent/fanout.rs).
+    pub(super) direct: Mutex<Option<mpsc::UnboundedSender<super::fanout::Direct>>>,
     /// Wakes those waiting for the first state or for the shown index to move.
     moved: Notify,
 }
 
-struct SubState {
+pub(super) struct SubState {
     /// The index watchers were last shown; never goes back.
     shown: u64,
     /// The index to ask the owner for changes after.
@@ -165,7 +185,7 @@ impl Sub {
         let _ = self.tx.send(Arc::new(event));
     }
 
-    fn snapshot_event(st: &SubState, reset: bool) -> Event {
+    pub(super) fn snapshot_event(st: &SubState, reset: bool) -> Event {
         Event::Snapshot {
             index: st.shown,
             instances: st.instances.values().cloned().collect(),
@@ -265,6 +285,16 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// The agent's metrics.
+    pub(super) fn metrics(&self) -> Arc<Metrics> {
+        self.hub.metrics.clone()
+    }
+
+    /// Cancelled when the agent stops.
+    pub(super) fn stop_token(&self) -> CancellationToken {
+        self.hub.stop.clone()
+    }
+
     /// After the watcher fell behind: a reset snapshot of the current state, and a new
     /// receiver from there.
     pub fn reset(&mut self) -> Arc<Event> {
@@ -373,6 +403,7 @@ impl Hub {
                 idle_since: Instant::now(),
             }),
             tx,
+            direct: Mutex::new(None),
             moved: Notify::new(),
         });
         subs.insert(service.to_string(), sub.clone());

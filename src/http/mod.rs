@@ -13,6 +13,7 @@ pub mod compat;
 pub mod error;
 pub mod metrics;
 pub mod ring;
+pub mod stream;
 pub mod v1;
 pub mod watch;
 
@@ -166,14 +167,22 @@ pub async fn serve_app(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
+        let (app, builder, limits) = (app.clone(), builder.clone(), limits.clone());
+        let (watcher, stop) = (graceful.watcher(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            // Each way is boxed so that this task is only as large as the way it took.
+            match stream::is_watch(&stream, limits.header_read_timeout).await {
+                None => {}
+                Some(true) => Box::pin(stream::serve(stream, app, &limits, stop, permit)).await,
+                Some(false) => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                    if let Err(e) = Box::pin(watcher.watch(conn)).await {
+                        tracing::debug!(%peer, "HTTP connection ended: {e}");
+                    }
+                    drop(permit);
+                }
             }
-            drop(permit);
         });
     }
     drop(listener);

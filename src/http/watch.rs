@@ -4,25 +4,28 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use super::stream::{Handoff, Lean};
 use super::ApiError;
-use crate::agent::watch::{Attached, Event};
+use crate::agent::watch::{sse_frame, Attached, Event};
 use crate::agent::Agent;
 use crate::registry::{validate_service, Instance, ServiceSummary};
 use crate::Error;
 
 /// A bookmark is sent after this long without an event.
-pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+pub use crate::agent::fanout::BOOKMARK_EVERY;
 
 /// A blocking query's wait when none is given, and the longest one.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
@@ -108,11 +111,27 @@ fn resume_index(
     }
 }
 
-fn sse(name: &str, index: u64, data: &Value) -> SseEvent {
-    SseEvent::default()
-        .event(name)
-        .id(index.to_string())
-        .data(data.to_string())
+fn sse(name: &str, index: u64, data: &Value) -> Bytes {
+    sse_frame(name, index, &data.to_string())
+}
+
+/// Frames sent in one write at most, when a watcher has several waiting.
+const BATCH: usize = 64;
+
+/// An SSE answer: `body`'s frames as they come. A bookmark every [`BOOKMARK_EVERY`] of
+/// silence keeps the connection visibly alive, so no separate keep-alive comment is sent.
+fn sse_response<S>(body: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// One watcher's stream.
@@ -126,46 +145,73 @@ struct Watching {
 }
 
 impl Watching {
-    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Watching)> {
-        loop {
-            if let Some(ev) = self.queue.pop_front() {
-                // A change already covered (by a snapshot, or a replay) is not sent again;
-                // a snapshot always is.
-                if matches!(&*ev, Event::Change(..)) && ev.index() <= self.last {
-                    continue;
+    /// The frame of the next event in the queue that is still to be sent.
+    fn pop(&mut self) -> Option<Bytes> {
+        while let Some(ev) = self.queue.pop_front() {
+            // A change already covered (by a snapshot, or a replay) is not sent again; a
+            // snapshot always is.
+            if matches!(&*ev, Event::Change(..)) && ev.index() <= self.last {
+                continue;
+            }
+            self.last = self.last.max(ev.index());
+            self.agent.metrics.watch_sent(1);
+            return Some(match ev.change_frame(&self.service) {
+                // Above `last` (checked above): the frame rendered once for every watcher.
+                Some(frame) => frame.clone(),
+                None => {
+                    let mut data = ev.data(&self.service);
+                    data["index"] = json!(self.last);
+                    sse(ev.name(), self.last, &data)
                 }
-                self.last = self.last.max(ev.index());
-                let out = match ev.change_json(&self.service) {
-                    // Above `last` (checked above): sent as rendered once for every watcher.
-                    Some(text) => SseEvent::default()
-                        .event("change")
-                        .id(self.last.to_string())
-                        .data(text),
-                    None => {
-                        let mut data = ev.data(&self.service);
-                        data["index"] = json!(self.last);
-                        sse(ev.name(), self.last, &data)
-                    }
+            });
+        }
+        None
+    }
+
+    /// Take what the channel holds already, without waiting.
+    fn take_ready(&mut self) {
+        while self.queue.len() < BATCH {
+            match self.attached.rx.try_recv() {
+                Ok(ev) => self.queue.push_back(ev),
+                Err(TryRecvError::Lagged(_)) => return self.fell_behind(),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// What it missed is gone from the buffer: the whole state instead.
+    fn fell_behind(&mut self) {
+        self.queue.clear();
+        let ev = self.attached.reset();
+        self.queue.push_back(ev);
+    }
+
+    /// The next frames: every event that is ready (up to [`BATCH`]) in one piece, so that a
+    /// watcher that fell a little behind catches up in one write.
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Watching)> {
+        loop {
+            self.take_ready();
+            if let Some(first) = self.pop() {
+                let Some(second) = self.pop() else {
+                    return Some((Ok(first), self));
                 };
-                self.agent.metrics.watch_sent(1);
-                return Some((Ok(out), self));
+                let mut out = BytesMut::from(&first[..]);
+                out.extend_from_slice(&second);
+                while let Some(more) = self.pop() {
+                    out.extend_from_slice(&more);
+                }
+                return Some((Ok(out.freeze()), self));
             }
             let stop = self.agent.stop_token();
             tokio::select! {
                 _ = stop.cancelled() => return None,
                 got = tokio::time::timeout(BOOKMARK_EVERY, self.attached.rx.recv()) => match got {
                     Ok(Ok(ev)) => self.queue.push_back(ev),
-                    Ok(Err(RecvError::Lagged(_))) => {
-                        // Fell behind: what it missed is gone from the buffer; the whole state.
-                        self.queue.clear();
-                        let ev = self.attached.reset();
-                        self.queue.push_back(ev);
-                    }
+                    Ok(Err(RecvError::Lagged(_))) => self.fell_behind(),
                     Ok(Err(RecvError::Closed)) => return None,
                     Err(_) => {
                         let data = json!({"service": self.service, "index": self.last});
-                        let out = sse("bookmark", self.last, &data);
-                        return Some((Ok(out), self));
+                        return Some((Ok(sse("bookmark", self.last, &data)), self));
                     }
                 },
             }
@@ -178,12 +224,22 @@ pub async fn watch_service(
     State(agent): State<Arc<Agent>>,
     Path(service): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    lean: Option<Extension<Lean>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     validate_service(&service)?;
     let since = resume_index(&headers, &params)?;
-    let attached = agent.hub.attach(&service, since).await?;
-    let queue: VecDeque<Arc<Event>> = attached.first.iter().cloned().collect();
+    let mut attached = agent.hub.attach(&service, since).await?;
+    if lean.is_some() {
+        // The lean path writes the head and hands the socket to the subscription's fan-out
+        // task, which sends `attached`'s first events.
+        let last = since.unwrap_or(0);
+        let handoff = Handoff(Arc::new(Mutex::new(Some((attached, last)))));
+        let mut response = sse_response(futures::stream::empty());
+        response.extensions_mut().insert(handoff);
+        return Ok(response);
+    }
+    let queue: VecDeque<Arc<Event>> = std::mem::take(&mut attached.first).into();
     let state = Watching {
         attached,
         queue,
@@ -191,10 +247,7 @@ pub async fn watch_service(
         agent: agent.clone(),
         service,
     };
-    let stream = futures::stream::unfold(state, Watching::next);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(sse_response(futures::stream::unfold(state, Watching::next)))
 }
 
 /// The catalog as the catalog stream shows it: each service's summary by name.
@@ -205,12 +258,12 @@ struct CatalogWatch {
     agent: Arc<Agent>,
     seen: Option<Catalog>,
     index: u64,
-    queue: VecDeque<SseEvent>,
+    queue: VecDeque<Bytes>,
     quiet: Duration,
 }
 
 impl CatalogWatch {
-    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, CatalogWatch)> {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, CatalogWatch)> {
         loop {
             if let Some(ev) = self.queue.pop_front() {
                 self.agent.metrics.watch_sent(1);
@@ -275,8 +328,8 @@ pub async fn watch_catalog(State(agent): State<Arc<Agent>>) -> Result<Response, 
         queue: VecDeque::new(),
         quiet: Duration::ZERO,
     };
-    let stream = futures::stream::unfold(state, CatalogWatch::next);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(sse_response(futures::stream::unfold(
+        state,
+        CatalogWatch::next,
+    )))
 }
