@@ -101,7 +101,7 @@ async fn watcher(url: String, service: String, tally: Arc<Tally>, done: Cancella
                 tally.attached.fetch_add(1, Ordering::Relaxed);
             }
             tally.events.fetch_add(1, Ordering::Relaxed);
-            if find(frame, b"\"reset\":true").is_some() {
+            if frame.starts_with(b"event: snapshot") && find(frame, b"\"reset\":true").is_some() {
                 tally.resets.fetch_add(1, Ordering::Relaxed);
             }
             let key = b"\"sent_us\":\"";
@@ -127,7 +127,7 @@ async fn watcher(url: String, service: String, tally: Arc<Tally>, done: Cancella
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
