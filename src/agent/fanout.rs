@@ -133,6 +133,8 @@ impl Direct {
         }
         if self.pending.is_empty() {
             self.quiet_since = Instant::now();
+            // An idle watcher keeps no queue (a few hundred bytes each, over thousands).
+            self.pending = VecDeque::new();
         }
     }
 
