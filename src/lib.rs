@@ -10,6 +10,7 @@
 //! - [`http`]: the HTTP API (v1 and the prototype-compatible routes).
 //! - [`registry`]: the service model: instances, status, TTL health, picking strategies.
 //! - [`store`]: `trait Store` and its backends (embedded redb, Redis).
+//! - [`tls`]: TLS on both ports (rustls), certificate reloads, `chordctl tls ... create`.
 
 pub mod agent;
 pub mod cli;
@@ -19,5 +20,6 @@ pub mod registry;
 pub mod ring;
 pub mod rpc;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};

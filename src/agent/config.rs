@@ -48,6 +48,10 @@ pub struct AgentConfig {
     pub rpc_timeout: Duration,
     /// Watchers (change streams and blocking queries) this agent serves at once; more get 429.
     pub max_watchers: usize,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`: TLS on both ports, mutual on the ring port.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `--http-verify-clients`: require client certificates on the HTTP port too.
+    pub http_verify_clients: bool,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -68,6 +72,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("stabilize_interval", &self.stabilize_interval)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("max_watchers", &self.max_watchers)
+            .field("tls", &self.tls)
+            .field("http_verify_clients", &self.http_verify_clients)
             .finish()
     }
 }
@@ -99,6 +105,8 @@ impl Default for AgentConfig {
             stabilize_interval: Duration::from_millis(500),
             rpc_timeout: Duration::from_millis(1000),
             max_watchers: crate::agent::watch::MAX_WATCHERS,
+            tls: None,
+            http_verify_clients: false,
         }
     }
 }

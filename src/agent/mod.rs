@@ -51,6 +51,8 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     /// The watchers of this agent and the services it follows for them.
     pub hub: Arc<watch::Hub>,
+    /// The TLS material of both ports (`--tls-*`), reloaded when its files change.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// Cancelled to stop every task at once (crash or after leaving).
     stop: CancellationToken,
     /// Cancelled when someone asks the agent to leave (HTTP or signal).
@@ -223,7 +225,18 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     if secret.is_none() {
         tracing::info!("no --cluster-secret: ring RPC is unauthenticated (see docs/SECURITY.md)");
     }
-    let pool = Arc::new(Pool::with_secret(config.rpc_timeout, secret.clone()));
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::Tls::load(
+            files.clone(),
+            config.http_verify_clients,
+        )?),
+        None => None,
+    };
+    let pool = Arc::new(Pool::with_security(
+        config.rpc_timeout,
+        secret.clone(),
+        tls.clone(),
+    ));
     let ring = RingDriver::new(
         Chord::new(me, ring_cfg),
         pool,
@@ -246,6 +259,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
             stop.clone(),
         ),
         metrics,
+        tls: tls.clone(),
         stop: stop.clone(),
         leave: CancellationToken::new(),
     });
@@ -253,10 +267,16 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     tasks.spawn(rpc::serve_with(
         ring_listener,
         Arc::new(RpcHandler(agent.clone())),
-        secret,
+        rpc::Security {
+            secret,
+            tls: tls.clone(),
+        },
         rpc::Limits::default(),
         stop.clone(),
     ));
+    if let Some(tls) = &tls {
+        tasks.spawn(tls.clone().watch(stop.clone()));
+    }
     let slack = Duration::from_millis((stabilize_ms / 10).clamp(1, 50));
     tasks.spawn(ring.clone().run_ticker(slack));
     if let Ok(path) = std::env::var(CUT_FILE_ENV) {
@@ -326,14 +346,27 @@ pub async fn run_with_progress(config: AgentConfig, progress: Progress) -> Resul
 }
 
 /// Run `nodes` agents in this process on loopback port 0 with embedded stores in a temporary
-/// directory (`chordctl agent dev`), until Ctrl-C.
-pub async fn run_dev(nodes: usize, base: AgentConfig) -> Result<()> {
+/// directory (`chordctl agent dev`), until Ctrl-C. With `tls`, a fresh CA and certificates
+/// are made there first, and the ring runs with TLS on both ports.
+pub async fn run_dev(nodes: usize, tls: bool, base: AgentConfig) -> Result<()> {
     let nodes = nodes.max(1);
     let tmp = tempfile::Builder::new()
         .prefix("chordctl-dev-")
         .tempdir()
         .map_err(|e| Error::internal(format!("cannot create a temporary directory: {e}")))?;
     println!("data in {} (removed on exit)", tmp.path().display());
+    let (base, client_tls) = match tls {
+        false => (base, None),
+        true => {
+            let (files, client) = crate::tls::create::dev_certificates(&tmp.path().join("tls"))
+                .map_err(Error::internal)?;
+            let base = AgentConfig {
+                tls: Some(files.clone()),
+                ..base
+            };
+            (base, Some((files.ca, client)))
+        }
+    };
     let mut handles: Vec<AgentHandle> = Vec::new();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     for i in 0..nodes {
@@ -355,7 +388,22 @@ pub async fn run_dev(nodes: usize, base: AgentConfig) -> Result<()> {
     }
     wait_settled(&handles).await;
     if let Some(first) = handles.first() {
-        println!("export CHORDCTL_AGENT=http://{}", first.http_addr());
+        match &client_tls {
+            None => println!("export CHORDCTL_AGENT=http://{}", first.http_addr()),
+            Some((ca, (cert, key))) => {
+                println!("export CHORDCTL_AGENT=https://{}", first.http_addr());
+                println!("export CHORDCTL_CACERT={}", ca.display());
+                println!("export CHORDCTL_CERT={}", cert.display());
+                println!("export CHORDCTL_KEY={}", key.display());
+                println!(
+                    "# or as flags: --agent https://{} --cacert {} --cert {} --key {}",
+                    first.http_addr(),
+                    ca.display(),
+                    cert.display(),
+                    key.display()
+                );
+            }
+        }
     }
     println!("{} nodes running; Ctrl-C stops them", handles.len());
     shutdown_signal().await;

@@ -89,6 +89,33 @@ pub struct GlobalOpts {
         hide_env_values = true
     )]
     pub token: Option<String>,
+
+    /// CA certificate(s) (PEM) to verify https:// agents with
+    #[arg(long, global = true, env = "CHORDCTL_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for agents that require one (--http-verify-clients)
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        env = "CHORDCTL_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --cert
+    // Its id is not `key`: `locate KEY` has that one.
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        env = "CHORDCTL_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 /// How client commands print their results.
@@ -101,6 +128,8 @@ pub enum OutputFormat {
 }
 
 /// The top-level commands.
+// Parsed once per process: the size of the agent's options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an agent (a member of the ring) in the foreground
@@ -123,6 +152,9 @@ pub enum Command {
     Status(StatusCommand),
     /// Load-test an agent: ops/s and latency percentiles of register, discover, report
     Bench(super::bench::BenchArgs),
+    /// Make a CA and certificates for TLS (no agent needed)
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Print a shell completion script to stdout
     Completions {
         /// The shell to generate for
@@ -131,6 +163,57 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout
     Man,
+}
+
+/// `chordctl tls ...`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// The certificate authority
+    #[command(subcommand)]
+    Ca(TlsCaCommand),
+    /// Certificates signed by the CA
+    #[command(subcommand)]
+    Cert(TlsCertCommand),
+}
+
+/// `chordctl tls ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCaCommand {
+    /// Make a CA: DIR/ca.pem and DIR/ca-key.pem (the key readable by its owner only)
+    Create {
+        /// Where to write the files
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Days the CA is valid
+        #[arg(long, value_name = "N", default_value_t = crate::tls::create::CA_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+    },
+}
+
+/// `chordctl tls cert ...`.
+#[derive(Debug, Subcommand)]
+pub enum TlsCertCommand {
+    /// Make DIR/NAME.pem and DIR/NAME-key.pem signed by DIR's CA, usable as server and client
+    /// certificate
+    Create {
+        /// The certificate's name (common name and file name)
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Where the CA is and the files go
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// An IP address the certificate is valid for (repeatable)
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
+        /// A DNS name the certificate is valid for (repeatable)
+        #[arg(long = "dns", value_name = "NAME")]
+        dns: Vec<String>,
+        /// Days the certificate is valid
+        #[arg(long, value_name = "N", default_value_t = crate::tls::create::CERT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+    },
 }
 
 /// `chordctl agent ...`.
@@ -163,6 +246,10 @@ pub enum AgentCommand {
         #[arg(long, value_name = "N", default_value_t = 3,
               value_parser = clap::value_parser!(u16).range(1..=64))]
         nodes: u16,
+        /// Make a CA and certificates in the data directory and run the ring with TLS; prints
+        /// the client flags to use
+        #[arg(long)]
+        tls: bool,
         /// Ring and API settings shared by every node.
         #[command(flatten)]
         tuning: TuningOpts,
@@ -253,6 +340,24 @@ pub struct TuningOpts {
     #[arg(long, env = "CHORDCTL_RPC_TIMEOUT_MS", value_name = "MS", default_value = "1000",
           value_parser = parse_positive_u64)]
     pub rpc_timeout_ms: u64,
+
+    /// This node's certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and
+    /// ring peers must present a certificate signed by the CA. Reread when it changes
+    #[arg(long, env = "CHORDCTL_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "CHORDCTL_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA certificate(s) (PEM) that ring peers' and HTTP clients' certificates must be
+    /// signed by
+    #[arg(long, env = "CHORDCTL_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Also require client certificates from the CA on the HTTP port
+    #[arg(long, env = "CHORDCTL_HTTP_VERIFY_CLIENTS")]
+    pub http_verify_clients: bool,
 
     /// Print the settings in effect (secrets masked) and exit without starting
     #[arg(long)]
@@ -467,7 +572,7 @@ fn non_empty(s: &str) -> Result<String, String> {
     }
 }
 
-/// The agent's URL: `http://HOST:PORT[/prefix]`, or a bare `HOST:PORT` taken as plain HTTP.
+/// The agent's URL: `http(s)://HOST:PORT[/prefix]`, or a bare `HOST:PORT` taken as plain HTTP.
 pub(crate) fn parse_agent_url(s: &str) -> Result<Url, String> {
     let s = s.trim();
     let text = if s.contains("://") {
@@ -476,9 +581,9 @@ pub(crate) fn parse_agent_url(s: &str) -> Result<Url, String> {
         format!("http://{s}")
     };
     let url = Url::parse(&text).map_err(|e| format!("not a URL or HOST:PORT ({e})"))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!(
-            "scheme '{}' is not supported; use http://HOST:PORT",
+            "scheme '{}' is not supported; use http://HOST:PORT or https://HOST:PORT",
             url.scheme()
         ));
     }
@@ -641,7 +746,7 @@ mod tests {
         assert_eq!(url("127.0.0.1:7500"), Ok("http://127.0.0.1:7500/".into()));
         assert_eq!(url("http://node1:80/api/"), Ok("http://node1/api/".into()));
         assert_eq!(url("[::1]:7500"), Ok("http://[::1]:7500/".into()));
-        assert!(url("https://node1:7500").is_err());
+        assert_eq!(url("https://node1:7500"), Ok("https://node1:7500/".into()));
         assert!(url("ftp://node1").is_err());
         assert!(url("http://h:1/?x=1").is_err());
         assert!(url("not a url").is_err());

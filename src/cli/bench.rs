@@ -319,6 +319,7 @@ fn report_body(rng: &mut impl Rng) -> Value {
 pub(crate) fn run(
     base: &Url,
     token: Option<&str>,
+    tls: &super::client::ClientTls,
     args: &BenchArgs,
     format: OutputFormat,
 ) -> Result<(), Failure> {
@@ -333,12 +334,14 @@ pub(crate) fn run(
         .thread_name("chordctl-bench")
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
-    let mut builder = reqwest::Client::builder()
-        .timeout(OP_TIMEOUT)
-        .connect_timeout(super::client::CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(args.concurrency as usize)
-        .user_agent(concat!("chordctl-bench/", env!("CARGO_PKG_VERSION")));
+    let mut builder = tls.apply(
+        reqwest::Client::builder()
+            .timeout(OP_TIMEOUT)
+            .connect_timeout(super::client::CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(args.concurrency as usize)
+            .user_agent(concat!("chordctl-bench/", env!("CARGO_PKG_VERSION"))),
+    );
     if base
         .host_str()
         .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]")

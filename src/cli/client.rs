@@ -1,6 +1,7 @@
 //! The HTTP/JSON client of the agent's API, and the mapping of its outcomes to exit codes.
 
 use std::cell::Cell;
+use std::path::Path;
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -54,19 +55,35 @@ pub(crate) enum Attempt {
 impl Client {
     /// A client of the agents at `bases` (tried in this order) that sends `token` (if any) as
     /// a bearer token. Every request must be answered within [`REQUEST_TIMEOUT`].
+    #[cfg(test)]
     pub fn new(bases: &[Url], token: Option<String>) -> Result<Client, Failure> {
-        Client::build(bases, token, Some(REQUEST_TIMEOUT))
+        Client::build(bases, token, &ClientTls::default(), Some(REQUEST_TIMEOUT))
     }
 
     /// A client for long-lived answers (watch streams): only connecting has a deadline; the
     /// caller bounds the rest.
+    #[cfg(test)]
     pub fn streaming(bases: &[Url], token: Option<String>) -> Result<Client, Failure> {
-        Client::build(bases, token, None)
+        Client::build(bases, token, &ClientTls::default(), None)
+    }
+
+    /// A client of the agents at `bases` that speaks TLS with `tls` to https:// agents: every
+    /// request answered within [`REQUEST_TIMEOUT`], or with `streaming` (watch streams) only
+    /// connecting has a deadline.
+    pub fn with_tls(
+        bases: &[Url],
+        token: Option<String>,
+        tls: &ClientTls,
+        streaming: bool,
+    ) -> Result<Client, Failure> {
+        let total = (!streaming).then_some(REQUEST_TIMEOUT);
+        Client::build(bases, token, tls, total)
     }
 
     fn build(
         bases: &[Url],
         token: Option<String>,
+        tls: &ClientTls,
         total: Option<Duration>,
     ) -> Result<Client, Failure> {
         if bases.is_empty() {
@@ -74,9 +91,12 @@ impl Client {
         }
         let mut agents = Vec::with_capacity(bases.len());
         for base in bases {
-            let mut builder = reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .user_agent(concat!("chordctl/", env!("CARGO_PKG_VERSION")));
+            tls.check(base)?;
+            let mut builder = tls.apply(
+                reqwest::Client::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .user_agent(concat!("chordctl/", env!("CARGO_PKG_VERSION"))),
+            );
             if let Some(total) = total {
                 builder = builder.timeout(total);
             }
@@ -237,6 +257,7 @@ impl Client {
                 self.current.set(index);
                 Ok(response)
             }
+            Err(e) if tls_cause(&e).is_some() => Err(Attempt::Failed(self.transport(index, &e))),
             Err(e) if e.is_connect() => Err(Attempt::Unreachable(root_cause(&e))),
             Err(e) => Err(Attempt::Failed(self.transport(index, &e))),
         }
@@ -268,7 +289,11 @@ impl Client {
     /// A failure to get an answer from agent `index` after connecting (or to connect at all).
     pub(crate) fn transport(&self, index: usize, e: &reqwest::Error) -> Failure {
         let agent = self.shown_at(index);
-        if e.is_connect() {
+        if let Some(cause) = tls_cause(e) {
+            Failure::Failed(format!(
+                "TLS with the agent at {agent} failed: {cause} (check --cacert, --cert and --key)"
+            ))
+        } else if e.is_connect() {
             Failure::Unreachable(format!(
                 "cannot reach the agent at {agent}: {} (is an agent running there? see --agent)",
                 root_cause(e)
@@ -308,6 +333,104 @@ impl Client {
             _ => Failure::Failed(message),
         }
     }
+}
+
+/// The client's TLS settings (`--cacert`, `--cert`, `--key`), read and checked once.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// CA certificates that agents' certificates must be signed by.
+    roots: Vec<reqwest::Certificate>,
+    /// The client certificate and key, for agents with `--http-verify-clients`.
+    identity: Option<reqwest::Identity>,
+}
+
+impl ClientTls {
+    /// Reads the files; a missing or malformed one is a usage error naming it.
+    pub fn load(
+        cacert: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<ClientTls, Failure> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| Failure::Usage(format!("{flag} {}: {e}", path.display())))
+        };
+        let mut tls = ClientTls::default();
+        if let Some(path) = cacert {
+            let pem = read("--cacert", path)?;
+            crate::tls::parse_certs(&pem, path).map_err(Failure::Usage)?;
+            tls.roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Failure::Usage(format!("--cacert {}: {e}", path.display())))?;
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read("--cert", cert)?;
+                crate::tls::parse_certs(&pem, cert).map_err(Failure::Usage)?;
+                let key_pem = read("--key", key)?;
+                crate::tls::parse_key(&key_pem, key).map_err(Failure::Usage)?;
+                pem.push(b'\n');
+                pem.extend_from_slice(&key_pem);
+                tls.identity = Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    Failure::Usage(format!(
+                        "--cert {} with --key {}: {e}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?);
+            }
+            (None, None) => {}
+            _ => return Err(Failure::Usage("--cert and --key go together".into())),
+        }
+        Ok(tls)
+    }
+
+    /// Refuse an https:// agent without a CA to check it against (no built-in roots: agents'
+    /// certificates come from the cluster's own CA).
+    fn check(&self, base: &Url) -> Result<(), Failure> {
+        if base.scheme() == "https" && self.roots.is_empty() {
+            return Err(Failure::Usage(format!(
+                "{} is https: give --cacert (or CHORDCTL_CACERT), the CA that signed the \
+                 agent's certificate",
+                shown(base)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `builder` with these roots and identity.
+    pub(crate) fn apply(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        let mut builder = builder.use_rustls_tls();
+        for root in &self.roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        if let Some(identity) = &self.identity {
+            builder = builder.identity(identity.clone());
+        }
+        builder
+    }
+}
+
+/// The TLS error in `e`'s causes, if the request failed on TLS (a certificate refused on
+/// either side): that is a configuration to fix, not an agent to skip.
+pub(crate) fn tls_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An `io::Error`'s `source` skips the error it wraps, which is where rustls puts its
+        // own.
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls.to_string());
+            }
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// `base` as the user would write it, without credentials, for messages.

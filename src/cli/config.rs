@@ -31,6 +31,10 @@ pub(crate) struct Partial {
     pub api_token: Option<String>,
     pub stabilize_ms: Option<u64>,
     pub rpc_timeout_ms: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub http_verify_clients: Option<bool>,
 }
 
 impl Partial {
@@ -52,6 +56,11 @@ impl Partial {
             api_token: take("api_token", &tuning.api_token),
             stabilize_ms: Some(tuning.stabilize_ms).filter(|_| from("stabilize_ms")),
             rpc_timeout_ms: Some(tuning.rpc_timeout_ms).filter(|_| from("rpc_timeout_ms")),
+            tls_cert: tuning.tls_cert.clone().filter(|_| from("tls_cert")),
+            tls_key: tuning.tls_key.clone().filter(|_| from("tls_key")),
+            tls_ca: tuning.tls_ca.clone().filter(|_| from("tls_ca")),
+            http_verify_clients: Some(tuning.http_verify_clients)
+                .filter(|_| from("http_verify_clients")),
             ..Partial::default()
         };
         if let Some(node) = node {
@@ -112,6 +121,10 @@ impl Partial {
             api_token: file.api_token,
             stabilize_ms: positive(file.stabilize_ms).map_err(key("stabilize_ms"))?,
             rpc_timeout_ms: positive(file.rpc_timeout_ms).map_err(key("rpc_timeout_ms"))?,
+            tls_cert: file.tls_cert,
+            tls_key: file.tls_key,
+            tls_ca: file.tls_ca,
+            http_verify_clients: file.http_verify_clients,
         })
     }
 }
@@ -132,6 +145,10 @@ struct FileConfig {
     api_token: Option<String>,
     stabilize_ms: Option<u64>,
     rpc_timeout_ms: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    http_verify_clients: Option<bool>,
 }
 
 fn positive<T: PartialEq + From<u8>>(value: Option<T>) -> Result<Option<T>, String> {
@@ -169,7 +186,10 @@ pub(crate) fn merge(start: Start, layers: &[&Partial]) -> Result<AgentConfig, St
             .map(Duration::from_millis)
             .unwrap_or(defaults.rpc_timeout),
         max_watchers: defaults.max_watchers,
+        tls: tls_files(first!(tls_cert), first!(tls_key), first!(tls_ca))?,
+        http_verify_clients: first!(http_verify_clients).unwrap_or(false),
     };
+
     if let Some(url) = &config.redis {
         args::parse_redis_url(url).map_err(|e| format!("--redis: {e}"))?;
     }
@@ -193,6 +213,32 @@ pub(crate) fn merge(start: Start, layers: &[&Partial]) -> Result<AgentConfig, St
         ));
     }
     Ok(config)
+}
+
+/// The three TLS files, given all together or not at all.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<crate::tls::TlsFiles>, String> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsFiles { cert, key, ca })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("--tls-cert", cert.is_none()),
+                ("--tls-key", key.is_none()),
+                ("--tls-ca", ca.is_none()),
+            ]
+            .iter()
+            .filter_map(|(flag, missing)| missing.then_some(*flag))
+            .collect();
+            Err(format!(
+                "--tls-cert, --tls-key and --tls-ca go together; missing: {}",
+                missing.join(", ")
+            ))
+        }
+    }
 }
 
 /// The effective configuration as TOML-like lines, secrets masked (for `--print-config`).
@@ -226,6 +272,12 @@ pub(crate) fn describe(config: &AgentConfig) -> String {
         config.stabilize_interval.as_millis()
     );
     let _ = writeln!(out, "rpc_timeout_ms = {}", config.rpc_timeout.as_millis());
+    let path = |p: Option<&PathBuf>| opt(p.map(|p| p.display().to_string()));
+    let tls = config.tls.as_ref();
+    let _ = writeln!(out, "tls_cert = {}", path(tls.map(|t| &t.cert)));
+    let _ = writeln!(out, "tls_key = {}", path(tls.map(|t| &t.key)));
+    let _ = writeln!(out, "tls_ca = {}", path(tls.map(|t| &t.ca)));
+    let _ = writeln!(out, "http_verify_clients = {}", config.http_verify_clients);
     out
 }
 
@@ -409,6 +461,24 @@ mod tests {
                 d.stabilize_interval
             );
         }
+    }
+
+    #[test]
+    fn tls_files_go_together() {
+        let some = Partial {
+            tls_cert: Some("/c.pem".into()),
+            tls_ca: Some("/ca.pem".into()),
+            ..Partial::default()
+        };
+        let err = merge(Start::Create, &[&some]).err().unwrap_or_default();
+        assert!(err.contains("missing: --tls-key"), "{err}");
+        let file = Partial::from_toml(
+            "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\ntls_ca = \"/ca.pem\"\nhttp_verify_clients = true\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = merge(Start::Create, &[&file]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.tls.map(|t| t.key), Some(PathBuf::from("/k.pem")));
+        assert!(c.http_verify_clients);
     }
 
     #[test]

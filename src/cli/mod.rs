@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::agent::{self, Start};
-use args::{AgentCommand, Cli, Command};
-use client::Client;
+use args::{AgentCommand, Cli, Command, TlsCaCommand, TlsCertCommand, TlsCommand};
+use client::{Client, ClientTls};
 use config::Partial;
 
 /// Why a command failed; each kind has its exit code (API.md).
@@ -95,13 +95,19 @@ fn clap_exit(e: &clap::Error) -> i32 {
 
 fn run(cli: &Cli, matches: &ArgMatches) -> Result<(), Failure> {
     let format = cli.global.output;
-    let client = || Client::new(&cli.global.agent, cli.global.token.clone());
+    let tls = || {
+        let g = &cli.global;
+        ClientTls::load(g.cacert.as_deref(), g.cert.as_deref(), g.key.as_deref())
+    };
+    let client = || Client::with_tls(&cli.global.agent, cli.global.token.clone(), &tls()?, false);
     match &cli.command {
         Command::Agent(command) => run_agent(command, matches),
+        Command::Tls(command) => run_tls(command),
         Command::Ring(command) => ring::run(&client()?, command, format),
         Command::Locate { key } => ring::locate(&client()?, key, format),
         Command::Svc(args::SvcCommand::Watch(args)) => {
-            let client = Client::streaming(&cli.global.agent, cli.global.token.clone())?;
+            let client =
+                Client::with_tls(&cli.global.agent, cli.global.token.clone(), &tls()?, true)?;
             watch::run(&client, args, format)
         }
         Command::Svc(command) => svc::run(&client()?, command, format),
@@ -113,7 +119,7 @@ fn run(cli: &Cli, matches: &ArgMatches) -> Result<(), Failure> {
                 [one] => one.clone(),
                 _ => client()?.first_reachable()?,
             };
-            bench::run(&agent, cli.global.token.as_deref(), args, format)
+            bench::run(&agent, cli.global.token.as_deref(), &tls()?, args, format)
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -138,12 +144,14 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         .and_then(|m| m.subcommand())
         .map(|(_, m)| m)
         .ok_or_else(|| Failure::Failed("internal: no agent subcommand matches".into()))?;
-    let (start, node, tuning, dev_nodes) = match command {
-        AgentCommand::Create { node, tuning } => (Start::Create, Some(node), tuning, None),
+    let (start, node, tuning, dev_nodes, dev_tls) = match command {
+        AgentCommand::Create { node, tuning } => (Start::Create, Some(node), tuning, None, false),
         AgentCommand::Join { seed, node, tuning } => {
-            (Start::Join(seed.clone()), Some(node), tuning, None)
+            (Start::Join(seed.clone()), Some(node), tuning, None, false)
         }
-        AgentCommand::Dev { nodes, tuning } => (Start::Create, None, tuning, Some(*nodes)),
+        AgentCommand::Dev { nodes, tls, tuning } => {
+            (Start::Create, None, tuning, Some(*nodes), *tls)
+        }
     };
     let flags = Partial::from_matches(sub, ValueSource::CommandLine, node, tuning);
     let env = Partial::from_matches(sub, ValueSource::EnvVariable, node, tuning);
@@ -152,6 +160,17 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         None => Partial::default(),
     };
     let config = config::merge(start, &[&flags, &env, &file]).map_err(Failure::Usage)?;
+    if dev_tls && config.tls.is_some() {
+        return Err(Failure::Usage(
+            "agent dev --tls makes its own certificates: drop --tls-cert, --tls-key and --tls-ca"
+                .into(),
+        ));
+    }
+    if config.http_verify_clients && config.tls.is_none() && !dev_tls {
+        return Err(Failure::Usage(
+            "--http-verify-clients needs TLS: give --tls-cert, --tls-key and --tls-ca".into(),
+        ));
+    }
     if tuning.print_config {
         return output::print(&config::describe(&config));
     }
@@ -169,13 +188,42 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
     let result = match dev_nodes {
-        Some(nodes) => runtime.block_on(agent::run_dev(usize::from(nodes), config)),
+        Some(nodes) => runtime.block_on(agent::run_dev(usize::from(nodes), dev_tls, config)),
         None => match progress {
             Some((hook, _)) => runtime.block_on(agent::run_with_progress(config, hook)),
             None => runtime.block_on(agent::run(config)),
         },
     };
     result.map_err(|e| Failure::Failed(e.to_string()))
+}
+
+/// `chordctl tls ca create` and `chordctl tls cert create NAME`: write the files, print their
+/// paths.
+fn run_tls(command: &TlsCommand) -> Result<(), Failure> {
+    use crate::tls::create;
+    let (cert, key) = match command {
+        TlsCommand::Ca(TlsCaCommand::Create { dir, days }) => {
+            create::create_ca(dir, *days).map_err(Failure::Failed)?
+        }
+        TlsCommand::Cert(TlsCertCommand::Create {
+            name,
+            dir,
+            ips,
+            dns,
+            days,
+        }) => {
+            create::check_name(name).map_err(Failure::Usage)?;
+            let spec = create::CertSpec {
+                name: name.clone(),
+                ips: ips.clone(),
+                dns: dns.clone(),
+                days: *days,
+                expired: false,
+            };
+            create::create_cert(dir, &spec).map_err(Failure::Failed)?
+        }
+    };
+    output::print(&format!("{}\n{}\n", cert.display(), key.display()))
 }
 
 /// Caps glibc's malloc at two arenas before the runtime starts its threads (as

@@ -67,13 +67,17 @@ pub async fn scrape(State(agent): State<Arc<Agent>>) -> Response {
         watchers,
         subscriptions,
     };
+    let mut text = agent.metrics.render(&gauges);
+    if let Some(tls) = &agent.tls {
+        tls.render_metrics(&mut text);
+    }
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        agent.metrics.render(&gauges),
+        text,
     )
         .into_response()
 }

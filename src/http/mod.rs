@@ -7,6 +7,8 @@
 //! request headers, after which the connection is closed (so a slow client cannot hold one), a
 //! deadline for the whole request (503 JSON), and a cap on open connections (503 JSON).
 //! With `--api-token`, every route but `/healthz` requires the bearer token ([`auth`]).
+//! With `--tls-*` the port speaks HTTPS only ([`crate::tls`]); `--http-verify-clients`
+//! also requires a client certificate from the CA.
 
 pub mod auth;
 pub mod compat;
@@ -34,6 +36,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
+use crate::tls::Tls;
 
 pub use error::ApiError;
 
@@ -129,7 +132,8 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
 /// Serve the API on `listener` with the default limits until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, agent: Arc<Agent>, shutdown: CancellationToken) {
     let limits = Limits::default();
-    serve_app(listener, router_with(agent, &limits), limits, shutdown).await
+    let tls = agent.tls.clone();
+    serve_app_with(listener, router_with(agent, &limits), limits, tls, shutdown).await
 }
 
 /// Serve `app` on `listener` under `limits` until `shutdown` is cancelled, then let open
@@ -138,6 +142,18 @@ pub async fn serve_app(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    shutdown: CancellationToken,
+) {
+    serve_app_with(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve_app`], speaking HTTPS with `tls` when given: each connection's handshake uses the
+/// material in force when it is accepted and must finish within the header deadline.
+pub async fn serve_app_with(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -163,26 +179,56 @@ pub async fn serve_app(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "HTTP connection refused: {} connections open", limits.max_connections);
-            tokio::spawn(refuse(stream, limits.max_connections));
+            // A TLS client would read the plain 503 as garbage: it gets the bare close.
+            if tls.is_none() {
+                tokio::spawn(refuse(stream, limits.max_connections));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (app, builder, limits) = (app.clone(), builder.clone(), limits.clone());
-        let (watcher, stop) = (graceful.watcher(), shutdown.clone());
-        tokio::spawn(async move {
-            // Each way is boxed so that this task is only as large as the way it took.
-            match stream::is_watch(&stream, limits.header_read_timeout).await {
-                None => {}
-                Some(true) => Box::pin(stream::serve(stream, app, &limits, stop, permit)).await,
-                Some(false) => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-                    if let Err(e) = Box::pin(watcher.watch(conn)).await {
-                        tracing::debug!(%peer, "HTTP connection ended: {e}");
+        let Some(tls) = &tls else {
+            let (app, builder, limits) = (app.clone(), builder.clone(), limits.clone());
+            let (watcher, stop) = (graceful.watcher(), shutdown.clone());
+            tokio::spawn(async move {
+                // Each way is boxed so that this task is only as large as the way it took.
+                match stream::is_watch(&stream, limits.header_read_timeout).await {
+                    None => {}
+                    Some(true) => Box::pin(stream::serve(stream, app, &limits, stop, permit)).await,
+                    Some(false) => {
+                        let conn = builder
+                            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                        if let Err(e) = Box::pin(watcher.watch(conn)).await {
+                            tracing::debug!(%peer, "HTTP connection ended: {e}");
+                        }
+                        drop(permit);
                     }
-                    drop(permit);
                 }
+            });
+            continue;
+        };
+        // HTTPS: every connection through hyper (the lean path for change streams is plain
+        // HTTP only).
+        let service = TowerToHyperService::new(app.clone());
+        let accept = tls.http_acceptor().accept(stream);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let deadline = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(deadline, accept).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, "HTTPS connection refused: TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "HTTPS connection closed: no TLS handshake within {deadline:?}");
+                    return;
+                }
+            };
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "HTTPS connection ended: {e}");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -14,6 +15,7 @@ use tokio_util::codec::Framed;
 use super::auth::{self, ClusterSecret, Opener, Sealer};
 use super::frame::{self, Envelope};
 use super::messages::{Request, Response};
+use crate::tls::Tls;
 
 /// Why a call got no answer.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -51,6 +53,8 @@ struct Conn {
     alive: Arc<std::sync::atomic::AtomicBool>,
     /// Whether any frame arrived on this connection.
     heard: Arc<std::sync::atomic::AtomicBool>,
+    /// The TLS generation it was made under ([`Tls::generation`]; 0 without TLS).
+    generation: u64,
 }
 
 /// A pool of connections to peers, keyed by ring address.
@@ -61,6 +65,8 @@ pub struct Pool {
     next_id: AtomicU64,
     timeout: Duration,
     secret: Option<ClusterSecret>,
+    /// With TLS, every connection is mutual TLS with the material in force when it is made.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Pool {
@@ -72,12 +78,24 @@ impl Pool {
 
     /// A pool whose connections prove `secret` (if any) with the handshake of [`auth`].
     pub fn with_secret(timeout: Duration, secret: Option<ClusterSecret>) -> Pool {
+        Pool::with_security(timeout, secret, None)
+    }
+
+    /// A pool whose connections speak mutual TLS with `tls` (if any) and prove `secret` (if
+    /// any) inside it. After the TLS material changes, new calls go over new connections
+    /// made with it; calls already sent on an older connection finish on it.
+    pub fn with_security(
+        timeout: Duration,
+        secret: Option<ClusterSecret>,
+        tls: Option<Arc<Tls>>,
+    ) -> Pool {
         Pool {
             conns: Mutex::new(HashMap::new()),
             blocked: Mutex::new(std::collections::HashSet::new()),
             next_id: AtomicU64::new(1),
             timeout,
             secret,
+            tls,
         }
     }
 
@@ -137,7 +155,10 @@ impl Pool {
             Ok(resp) => Ok(resp),
             Err(_) => {
                 self.drop_conn(addr, &conn);
-                if self.secret.is_none() && !conn.heard.load(Ordering::Relaxed) {
+                if self.secret.is_none()
+                    && self.tls.is_none()
+                    && !conn.heard.load(Ordering::Relaxed)
+                {
                     return Err(CallError::Refused(addr.to_string()));
                 }
                 Err(CallError::Broken(addr.to_string()))
@@ -154,9 +175,10 @@ impl Pool {
     }
 
     async fn conn(&self, addr: &str) -> Result<Arc<Conn>, CallError> {
+        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
         if let Ok(conns) = self.conns.lock() {
             if let Some(c) = conns.get(addr) {
-                if c.alive.load(Ordering::Relaxed) {
+                if c.alive.load(Ordering::Relaxed) && c.generation == generation {
                     return Ok(c.clone());
                 }
             }
@@ -165,6 +187,36 @@ impl Pool {
             .await
             .map_err(|e| CallError::Connect(addr.to_string(), e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        let conn = match &self.tls {
+            None => Arc::new(self.start(addr, stream, 0).await?),
+            Some(tls) => {
+                let (connector, generation) = tls.ring_connector();
+                let name = crate::tls::server_name(addr)
+                    .map_err(|e| CallError::Connect(addr.to_string(), e))?;
+                let stream = connector.connect(name, stream).await.map_err(|e| {
+                    tracing::warn!(peer = %addr, "ring RPC TLS handshake failed: {e}");
+                    CallError::Auth(addr.to_string(), format!("TLS: {e}"))
+                })?;
+                Arc::new(self.start(addr, stream, generation).await?)
+            }
+        };
+        if let Ok(mut conns) = self.conns.lock() {
+            // Another call may have connected meanwhile; keep one.
+            if let Some(c) = conns.get(addr) {
+                if c.alive.load(Ordering::Relaxed) && c.generation == conn.generation {
+                    return Ok(c.clone());
+                }
+            }
+            conns.insert(addr.to_string(), conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Frame `stream`, run the cluster-secret handshake on it and start its tasks.
+    async fn start<S>(&self, addr: &str, stream: S, generation: u64) -> Result<Conn, CallError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mut framed = Framed::new(stream, frame::codec());
         framed.set_backpressure_boundary(frame::WRITE_BUFFER);
         let (sealer, opener) = auth::client(&mut framed, self.secret.as_ref())
@@ -173,17 +225,7 @@ impl Pool {
                 tracing::warn!(peer = %addr, "ring RPC handshake failed: {e}");
                 CallError::Auth(addr.to_string(), e.to_string())
             })?;
-        let conn = Arc::new(spawn_conn(addr, framed, sealer, opener));
-        if let Ok(mut conns) = self.conns.lock() {
-            // Another call may have connected meanwhile; keep one.
-            if let Some(c) = conns.get(addr) {
-                if c.alive.load(Ordering::Relaxed) {
-                    return Ok(c.clone());
-                }
-            }
-            conns.insert(addr.to_string(), conn.clone());
-        }
-        Ok(conn)
+        Ok(spawn_conn(addr, framed, sealer, opener, generation))
     }
 }
 
@@ -201,12 +243,16 @@ impl Drop for PendingGuard {
     }
 }
 
-fn spawn_conn(
+fn spawn_conn<S>(
     peer: &str,
-    framed: Framed<TcpStream, frame::FrameCodec>,
+    framed: Framed<S, frame::FrameCodec>,
     mut sealer: Sealer,
     mut opener: Opener,
-) -> Conn {
+    generation: u64,
+) -> Conn
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sink, mut source) = framed.split();
     let (tx, mut rx) = mpsc::channel::<Envelope<Request>>(1024);
     let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
@@ -222,6 +268,9 @@ fn spawn_conn(
             }
         }
         alive_w.store(false, Ordering::Relaxed);
+        // No caller holds the connection any more (replaced after a TLS reload, or the pool
+        // is gone): close it, so that the peer ends its side and the reader below ends too.
+        let _ = sink.close().await;
     });
     let pending_r = pending.clone();
     let alive_r = alive.clone();
@@ -262,5 +311,6 @@ fn spawn_conn(
         pending,
         alive,
         heard,
+        generation,
     }
 }

@@ -4,6 +4,8 @@
 //! - [`auth`]: the `--cluster-secret` handshake and per-frame authentication tags;
 //! - [`frame`]: the one place that sees bytes: length-prefixed frames carrying a protocol
 //!   version, a request id and a postcard body, with hard limits on sizes;
+//! - TLS (`--tls-*`, [`crate::tls`]): with it, every connection is mutual TLS, and the
+//!   handshake of [`auth`] runs inside it;
 //! - [`server`]: `serve(listener, handler, shutdown)`, one task per connection, requests on a
 //!   connection handled concurrently (answered inline when the handler need not wait), with
 //!   caps on connections and on requests in flight per connection;
@@ -19,4 +21,4 @@ pub mod server;
 pub use auth::ClusterSecret;
 pub use client::{CallError, Pool};
 pub use messages::{Request, Response};
-pub use server::{serve, serve_with, Handler, Limits};
+pub use server::{serve, serve_with, Handler, Limits, Security};

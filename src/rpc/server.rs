@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{self, ClusterSecret};
 use super::frame::{self, Envelope};
 use super::messages::{Request, Response};
+use crate::tls::Tls;
 
 /// Connections served at once; one more is sent a notice and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -67,10 +68,30 @@ impl Default for Limits {
 
 /// Serve ring RPC on `listener` until `shutdown` is cancelled, without cluster authentication.
 pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
-    serve_with(listener, handler, None, Limits::default(), shutdown).await
+    serve_with(
+        listener,
+        handler,
+        Security::default(),
+        Limits::default(),
+        shutdown,
+    )
+    .await
 }
 
-/// Serve ring RPC on `listener` under `limits` until `shutdown` is cancelled. With a `secret`,
+/// How ring peers must prove who they are: the cluster secret's handshake, inside mutual TLS
+/// when `tls` is given. Neither: anyone who reaches the port is a peer.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// `--cluster-secret`.
+    pub secret: Option<ClusterSecret>,
+    /// `--tls-cert/--tls-key/--tls-ca`: peers must present a certificate from the CA.
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// Serve ring RPC on `listener` under `limits` until `shutdown` is cancelled. With TLS, a peer
+/// must complete a mutual TLS handshake (a certificate from the configured CA) within
+/// [`auth::HANDSHAKE_TIMEOUT`] before anything else; one that does not is logged with its
+/// address and dropped. With a `secret`,
 /// every connection must complete the handshake of [`auth`] within [`auth::HANDSHAKE_TIMEOUT`]
 /// and authenticate every frame; a peer that does not is logged with its address and dropped
 /// without an answer. Without one, a peer must send its first frame within that time.
@@ -82,16 +103,18 @@ pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>, shutdown: C
 pub async fn serve_with(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
-    secret: Option<ClusterSecret>,
+    security: Security,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
+    let Security { secret, tls } = security;
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // With a secret the peer expects a handshake, and a plain frame would read as a peer
     // without one: it gets the bare close.
-    let notice = match secret {
-        None => refusal_notice(limits.max_connections),
-        Some(_) => None,
+    // So does a TLS peer, which would read the plain frame as garbage.
+    let notice = match (&secret, &tls) {
+        (None, None) => refusal_notice(limits.max_connections),
+        _ => None,
     };
     let mut last_warning: Option<Instant> = None;
     let mut unreported = 0u64;
@@ -129,12 +152,42 @@ pub async fn serve_with(
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let secret = secret.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, handler, secret, limits, shutdown).await {
+            let served = match tls {
+                None => connection(stream, handler, secret, limits, shutdown).await,
+                Some(tls) => match accept_tls(&tls, stream, &shutdown).await {
+                    Ok(Some(stream)) => connection(stream, handler, secret, limits, shutdown).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = served {
                 tracing::warn!(%peer, "ring RPC connection dropped: {e}");
             }
             drop(permit);
         });
+    }
+}
+
+/// The mutual TLS handshake of one ring connection, bounded by [`auth::HANDSHAKE_TIMEOUT`];
+/// `None` when the agent stops meanwhile.
+async fn accept_tls(
+    tls: &Tls,
+    stream: TcpStream,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio_rustls::server::TlsStream<TcpStream>>, String> {
+    let accept = tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, tls.ring_acceptor().accept(stream));
+    tokio::select! {
+        _ = shutdown.cancelled() => Ok(None),
+        r = accept => match r {
+            Ok(Ok(stream)) => Ok(Some(stream)),
+            Ok(Err(e)) => Err(format!("refused: TLS handshake failed: {e}")),
+            Err(_) => Err(format!(
+                "refused: no TLS handshake within {:?}",
+                auth::HANDSHAKE_TIMEOUT
+            )),
+        },
     }
 }
 
@@ -402,7 +455,7 @@ mod tests {
         tokio::spawn(serve_with(
             listener,
             handler.clone(),
-            None,
+            Security::default(),
             limits,
             stop.clone(),
         ));
