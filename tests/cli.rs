@@ -262,7 +262,7 @@ fn usage_errors_exit_2() {
             "2",
         ],
         &["-o", "yaml", "svc", "list"],
-        &["--agent", "https://127.0.0.1:1", "svc", "list"],
+        &["--agent", "ftp://127.0.0.1:1", "svc", "list"],
     ];
     for args in cases {
         run(args).code(2).stderr_has("error:");

@@ -660,7 +660,7 @@ fn unreachable_agent_exits_3() {
         r.check(r.stdout().is_empty(), "nothing on stdout");
     }
     // A bad agent URL is a usage error, not unreachable.
-    run("https://127.0.0.1:1", &["ring", "show"]).code(2);
+    run("ftp://127.0.0.1:1", &["ring", "show"]).code(2);
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod skew;
 mod slow;
 mod store;
 mod support;
+mod tls;
 mod units;
 mod watch;
 mod watch_cli;

@@ -15,7 +15,7 @@ use chordctl::rpc::frame::{self, Envelope};
 use chordctl::rpc::{Request, Response};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::cluster::{test_config, Configure, TestCluster};
@@ -121,7 +121,7 @@ async fn a_node_with_a_secret_cannot_join_a_ring_without_one() {
 }
 
 /// A plain frame as an agent without a secret would send it.
-fn plain_ping() -> Vec<u8> {
+pub(crate) fn plain_ping() -> Vec<u8> {
     let body = frame::encode(&Envelope {
         id: 1,
         body: Request::Ring(RingRequest::Ping),
@@ -133,7 +133,10 @@ fn plain_ping() -> Vec<u8> {
 }
 
 /// Read until the peer closes; the bytes it sent. Fails the test after `deadline`.
-async fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> Vec<u8> {
+pub(crate) async fn read_until_closed<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    deadline: Duration,
+) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(deadline, async {
