@@ -13,6 +13,9 @@
 #                                     # on one agent over WATCH_SERVICES (100) services under
 #                                     # WATCH_RATE (1,000) writes/s; write-to-notify p50/p99,
 #                                     # the agent's RSS per idle watcher and CPU (examples/watch_bench.rs)
+#   ONLY_TLS=1 bench/run.sh            # only the TLS benchmark: a ring of 3 without and with TLS,
+#                                     # ring lookup p50/p99 and registrations/s through a
+#                                     # non-owner agent, connections warm (examples/tls_bench.rs)
 #
 # It installs what is missing (Debian packages etcd-server, wrk, redis-server, redis-tools,
 # curl, jq), builds chordctl in release mode, and starts everything on loopback in a temporary
@@ -37,6 +40,7 @@ SKIP_HEARTBEATS=${SKIP_HEARTBEATS:-$SKIP_SHAPES}  # status reports into the big 
 SKIP_GROW=${SKIP_GROW:-$SKIP_SHAPES}              # new ids into 32 growing services vs etcd
 SKIP_RING3=${SKIP_RING3:-$SKIP_SHAPES}            # 3 agents --replicas 3 vs a 3-member etcd
 ONLY_WATCH=${ONLY_WATCH:-0}    # only the watch benchmark (issue 14)
+ONLY_TLS=${ONLY_TLS:-0}        # only the TLS benchmark (issue 15)
 SKIP_WATCH=${SKIP_WATCH:-$ONLY_SHAPES}
 WATCHERS=${WATCHERS:-10000}    # watchers on one agent, spread over WATCH_SERVICES services,
 WATCH_SERVICES=${WATCH_SERVICES:-100}  # under WATCH_RATE registrations/s for DURATION s
@@ -248,6 +252,14 @@ row() {
 }
 
 # ---- the run -------------------------------------------------------------------------------
+
+# The TLS benchmark: in-process agents and load (examples/tls_bench.rs); needs no package.
+if [[ $ONLY_TLS == 1 ]]; then
+    say "TLS: a ring of 3 without and with TLS, ${DURATION}s of registrations, $CONNS at once"
+    (cd "$ROOT" && cargo build --release --quiet --example tls_bench)
+    SECS="$DURATION" CONNS="$CONNS" "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/tls_bench"
+    exit 0
+fi
 
 need_packages
 build_chordctl

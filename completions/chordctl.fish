@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_chordctl_global_optspecs
-    string join \n agent= o/output= token= h/help V/version
+    string join \n agent= o/output= token= cacert= cert= key= h/help V/version
 end
 
 function __fish_chordctl_needs_command
@@ -28,6 +28,9 @@ complete -c chordctl -n "__fish_chordctl_needs_command" -l agent -d 'The agent t
 complete -c chordctl -n "__fish_chordctl_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_needs_command" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_needs_command" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_needs_command" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_needs_command" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_needs_command" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "agent" -d 'Run an agent (a member of the ring) in the foreground'
@@ -36,6 +39,7 @@ complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "locate" -d 'Show 
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "svc" -d 'Register, deregister, discover and list services'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "status" -d 'Report or query the call-quality status of service instances'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "bench" -d 'Load-test an agent: ops/s and latency percentiles of register, discover, report'
+complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "tls" -d 'Make a CA and certificates for TLS (no agent needed)'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -43,6 +47,9 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -f -a "create" -d 'Start a new ring with this node as its only member'
@@ -62,10 +69,17 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-key -d 'The private key of --tls-cert (PEM)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l http-verify-clients -d 'Also require client certificates from the CA on the HTTP port'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l print-config -d 'Print the settings in effect (secrets masked) and exit without starting'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
@@ -82,10 +96,17 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-key -d 'The private key of --tls-cert (PEM)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l http-verify-clients -d 'Also require client certificates from the CA on the HTTP port'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l print-config -d 'Print the settings in effect (secrets masked) and exit without starting'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s V -l version -d 'Print version'
@@ -98,10 +119,18 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-key -d 'The private key of --tls-cert (PEM)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls -d 'Make a CA and certificates in the data directory and run the ring with TLS; prints the client flags to use'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l http-verify-clients -d 'Also require client certificates from the CA on the HTTP port'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l print-config -d 'Print the settings in effect (secrets masked) and exit without starting'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s V -l version -d 'Print version'
@@ -113,6 +142,9 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "show" -d 'Every node of the ring, in ring order'
@@ -123,18 +155,27 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "show" -d 'Every node of the ring, in ring order'
@@ -145,12 +186,18 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l agent -d 'T
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
@@ -170,12 +217,18 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l tag -d 'Only instances with this tag' -r
@@ -188,6 +241,9 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l healthy -d 'Only healthy instances (state passing or warning)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s V -l version -d 'Print version'
@@ -195,6 +251,9 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l count -d 'Exit 0 after N events (snapshots and changes; bookmarks do not count)' -r
@@ -202,6 +261,9 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
@@ -214,6 +276,9 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
@@ -232,12 +297,18 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_see
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from help" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
@@ -254,30 +325,77 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l agent -d 'Th
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l keep -d 'Leave the benchmark\'s services registered at the end'
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -f -a "ca" -d 'The certificate authority'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -f -a "cert" -d 'Certificates signed by the CA'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -f -a "create" -d 'Make a CA: DIR/ca.pem and DIR/ca-key.pem (the key readable by its owner only)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -f -a "create" -d 'Make DIR/NAME.pem and DIR/NAME-key.pem signed by DIR\'s CA, usable as server and client certificate'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "ca" -d 'The certificate authority'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "cert" -d 'Certificates signed by the CA'
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "agent" -d 'Run an agent (a member of the ring) in the foreground'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "ring" -d 'Inspect the ring, or ask an agent to leave it'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "locate" -d 'Show the owner of KEY, its replicas, and the hops the lookup took'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "svc" -d 'Register, deregister, discover and list services'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "status" -d 'Report or query the call-quality status of service instances'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "bench" -d 'Load-test an agent: ops/s and latency percentiles of register, discover, report'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "completions" -d 'Print a shell completion script to stdout'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "man" -d 'Print the man page (roff) to stdout'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "agent" -d 'Run an agent (a member of the ring) in the foreground'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "ring" -d 'Inspect the ring, or ask an agent to leave it'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "locate" -d 'Show the owner of KEY, its replicas, and the hops the lookup took'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "svc" -d 'Register, deregister, discover and list services'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "status" -d 'Report or query the call-quality status of service instances'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "bench" -d 'Load-test an agent: ops/s and latency percentiles of register, discover, report'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "tls" -d 'Make a CA and certificates for TLS (no agent needed)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "completions" -d 'Print a shell completion script to stdout'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "man" -d 'Print the man page (roff) to stdout'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and not __fish_seen_subcommand_from agent ring locate svc status bench tls completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "create" -d 'Start a new ring with this node as its only member'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "join" -d 'Join the ring that SEED (a member\'s ring address) is in'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'
@@ -291,3 +409,5 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "query" -d 'One instance\'s status, or every instance of SERVICE without ID'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from tls" -f -a "ca" -d 'The certificate authority'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from tls" -f -a "cert" -d 'Certificates signed by the CA'
