@@ -13,7 +13,7 @@
 #                                     # on one agent over WATCH_SERVICES (100) services under
 #                                     # WATCH_RATE (1,000) writes/s; write-to-notify p50/p99,
 #                                     # the agent's RSS per idle watcher and CPU (examples/watch_bench.rs)
-#   ONLY_TLS=1 bench/run.sh            # only the TLS benchmark: a ring of 3 without and with TLS,
+#   ONLY_TLS=1 bench/run.sh            # only the TLS benchmark: a ring of 5 without and with TLS,
 #                                     # ring lookup p50/p99 and registrations/s through a
 #                                     # non-owner agent, connections warm (examples/tls_bench.rs)
 #
@@ -255,7 +255,7 @@ row() {
 
 # The TLS benchmark: in-process agents and load (examples/tls_bench.rs); needs no package.
 if [[ $ONLY_TLS == 1 ]]; then
-    say "TLS: a ring of 3 without and with TLS, ${DURATION}s of registrations, $CONNS at once"
+    say "TLS: a ring of 5 without and with TLS, ${DURATION}s of registrations, $CONNS at once"
     (cd "$ROOT" && cargo build --release --quiet --example tls_bench)
     SECS="$DURATION" CONNS="$CONNS" "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/tls_bench"
     exit 0

@@ -1,8 +1,10 @@
-//! TLS benchmark (prints numbers, asserts nothing): the same 3-agent ring (`--replicas 3`) on
-//! loopback without TLS and with TLS on both ports, connections warm (ring RPC is pooled,
-//! the HTTP client keeps its connections):
+//! TLS benchmark (prints numbers, asserts nothing): the same 5-agent ring (`--replicas 3
+//! --successors 2`, so that lookups of keys beyond the successor list hop) on loopback without
+//! TLS and with TLS on both ports, connections warm (ring RPC is pooled, the HTTP client keeps
+//! its connections):
 //!
-//! - ring lookups from one agent (sequential; each hop a ring RPC call): p50 and p99;
+//! - one ring RPC call (a ping) from one agent to another over the agent's pool: p50 and p99;
+//! - ring lookups from one agent (sequential; a remote hop is a ring RPC call): p50 and p99;
 //! - registrations through HTTP(S) at a non-owner agent, CONNS at once for SECS seconds: each
 //!   one forwarded to the owner and replicated over ring RPC: ops/s and p50/p99.
 //!
@@ -36,6 +38,8 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 /// One mode's results.
 struct Outcome {
+    call_p50: Duration,
+    call_p99: Duration,
     lookup_p50: Duration,
     lookup_p99: Duration,
     register_ops: f64,
@@ -66,12 +70,13 @@ async fn ring(tls: bool, dir: &std::path::Path) -> Res<(Vec<AgentHandle>, reqwes
         http: any,
         data_dir: Some(dir.join(format!("n{i}"))),
         tls: files.clone(),
+        successors: 2,
         ..AgentConfig::default()
     };
     let first = agent::start(config(Start::Create, 0)).await?;
     let seed = first.node().addr;
     let mut nodes = vec![first];
-    for i in 1..3 {
+    for i in 1..5 {
         nodes.push(agent::start(config(Start::Join(seed.clone()), i)).await?);
     }
     // Stabilization and fingers converge in a few 500 ms rounds; the warm-up below follows.
@@ -85,8 +90,21 @@ async fn measure(tls: bool, conns: usize, secs: u64, lookups: usize) -> Res<Outc
     let scheme = if tls { "https" } else { "http" };
     let base = format!("{scheme}://{}", nodes[1].http_addr());
 
-    // Lookups, after a warm-up that opens every pooled connection.
+    // One ring RPC call, then lookups, after a warm-up that opens every pooled connection.
     let driver = nodes[0].agent().ring.clone();
+    let peer = nodes[1].node().addr;
+    let ping = || chordctl::rpc::Request::Ring(chordctl::ring::RingRequest::Ping);
+    for _ in 0..500 {
+        driver.pool().call(&peer, ping()).await?;
+    }
+    let mut times = Vec::with_capacity(lookups);
+    for _ in 0..lookups {
+        let t = Instant::now();
+        driver.pool().call(&peer, ping()).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let (call_p50, call_p99) = (pct(&times, 0.50), pct(&times, 0.99));
     for i in 0..500 {
         driver.lookup(Id::of_key(&format!("warm-{i}"))).await?;
     }
@@ -113,9 +131,13 @@ async fn measure(tls: bool, conns: usize, secs: u64, lookups: usize) -> Res<Outc
                     let mut times = Vec::new();
                     let mut i = 0usize;
                     while !stop.load(Ordering::Relaxed) {
-                        let url =
-                            format!("{base}/v1/services/{tag}-{}/instances/c{c}-{}", c % 16, i % 500);
-                        let body = serde_json::json!({"address": "10.0.0.1", "port": 1 + i % 60000});
+                        let url = format!(
+                            "{base}/v1/services/{tag}-{}/instances/c{c}-{}",
+                            c % 16,
+                            i % 500
+                        );
+                        let body =
+                            serde_json::json!({"address": "10.0.0.1", "port": 1 + i % 60000});
                         let t = Instant::now();
                         match http.put(&url).json(&body).send().await {
                             Ok(r) if r.status().is_success() => times.push(t.elapsed()),
@@ -143,6 +165,8 @@ async fn measure(tls: bool, conns: usize, secs: u64, lookups: usize) -> Res<Outc
     run(1, "warm").await;
     let (times, elapsed, errors) = run(secs, "bench").await;
     let outcome = Outcome {
+        call_p50,
+        call_p99,
         lookup_p50,
         lookup_p99,
         register_ops: times.len() as f64 / elapsed,
@@ -163,21 +187,33 @@ async fn main() -> Res<()> {
     let lookups = env("LOOKUPS", 5000);
     let rounds = env("ROUNDS", 2);
     println!(
-        "3 agents, --replicas 3, loopback; {lookups} sequential lookups from one agent; \
-         registrations at a non-owner agent, {conns} at once for {secs} s; {} cores",
+        "5 agents, --replicas 3 --successors 2, loopback; {lookups} sequential ring calls and \
+         lookups from one agent; registrations at a non-owner agent, {conns} at once for {secs} \
+         s; {} cores",
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "{:<6} {:<6} {:>11} {:>11} {:>12} {:>11} {:>11} {:>7}",
-        "round", "mode", "lookup p50", "lookup p99", "register/s", "reg p50", "reg p99", "errors"
+        "{:<6} {:<6} {:>10} {:>10} {:>11} {:>11} {:>11} {:>10} {:>10} {:>7}",
+        "round",
+        "mode",
+        "call p50",
+        "call p99",
+        "lookup p50",
+        "lookup p99",
+        "register/s",
+        "reg p50",
+        "reg p99",
+        "errors"
     );
     for round in 1..=rounds {
         for tls in [false, true] {
             let o = measure(tls, conns, secs, lookups).await?;
             println!(
-                "{:<6} {:<6} {:>11.1?} {:>11.1?} {:>12.0} {:>11.1?} {:>11.1?} {:>7}",
+                "{:<6} {:<6} {:>10.1?} {:>10.1?} {:>11.1?} {:>11.1?} {:>11.0} {:>10.1?} {:>10.1?} {:>7}",
                 round,
                 if tls { "tls" } else { "plain" },
+                o.call_p50,
+                o.call_p99,
                 o.lookup_p50,
                 o.lookup_p99,
                 o.register_ops,

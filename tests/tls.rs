@@ -277,10 +277,23 @@ async fn ring_port_refuses_plaintext_other_ca_and_expired_peers_naming_each_in_t
     // A whole agent with a certificate from another CA cannot join.
     let odir = dir.path().join("other");
     let ofiles = NodeFiles::write(&odir, &other.leaf("o", false), &other.ca.cert_pem);
-    let mut cmd = agent_command(Some(&ring), "127.0.0.1:0", "127.0.0.1:0", &[]);
-    cmd.args(ofiles.flags())
+    cannot_join(&ring, &ofiles, &[], &odir.join("data"));
+    let nodes = cli(
+        &agent.url(),
+        &Client::full(&ca, &dir),
+        &["-o", "json", "ring", "show"],
+    );
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).expect("json");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+}
+
+/// An agent with `files` and `extra` flags tries to join through `seed`; it must give up
+/// (exit non-zero) within 30 s.
+fn cannot_join(seed: &str, files: &NodeFiles, extra: &[&str], data: &Path) {
+    let mut cmd = agent_command(Some(seed), "127.0.0.1:0", "127.0.0.1:0", extra);
+    cmd.args(files.flags())
         .arg("--data-dir")
-        .arg(odir.join("data"))
+        .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = crate::support::procs::Reaped(cmd.spawn().expect("spawn"));
@@ -292,14 +305,7 @@ async fn ring_port_refuses_plaintext_other_ca_and_expired_peers_naming_each_in_t
             .flatten()
             .ok_or("still running".to_string())
     });
-    assert!(!status.success(), "an agent from another CA joined");
-    let nodes = cli(
-        &agent.url(),
-        &Client::full(&ca, &dir),
-        &["-o", "json", "ring", "show"],
-    );
-    let nodes: serde_json::Value = serde_json::from_str(&nodes).expect("json");
-    assert_eq!(nodes.as_array().map(Vec::len), Some(1), "{nodes}");
+    assert!(!status.success(), "{extra:?} joined a ring it should not");
 }
 
 fn der_of_file(path: &Path) -> CertificateDer<'static> {
@@ -482,6 +488,52 @@ fn the_whole_cli_works_over_https_with_client_certificates_and_is_refused_withou
         "show",
     ]);
     assert_ne!(Run::of(cmd).code_of(), Some(0));
+}
+
+#[test]
+fn the_cluster_secret_and_the_api_token_keep_working_inside_tls() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = |name: &str| {
+        NodeFiles::write(
+            &dir.path().join(name),
+            &ca.leaf(name, false),
+            &ca.ca.cert_pem,
+        )
+    };
+    let guarded = [
+        "--cluster-secret",
+        "ring-secret-for-tls",
+        "--api-token",
+        "tls-token",
+    ];
+    let a = LoggedAgent::start(None, &node("a"), &guarded);
+    let b = LoggedAgent::start(Some(&a.proc.ring), &node("b"), &guarded);
+    let tls = Client::full(&ca, &dir);
+    poll(Duration::from_secs(30), "a ring of two", || {
+        let out = cli_try(
+            &b.url(),
+            &tls,
+            &["--token", "tls-token", "-o", "json", "ring", "show"],
+        )?;
+        let nodes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        (nodes.as_array().map(Vec::len) == Some(2))
+            .then_some(())
+            .ok_or(out)
+    });
+    // The token: required over HTTPS as over HTTP.
+    Run::of(cli_command(&b.url(), &tls, &["ring", "show"]))
+        .code(1)
+        .stderr_has("token");
+    // The secret: a member with a good certificate but another secret cannot join.
+    let data = dir.path().join("c-data");
+    cannot_join(
+        &a.proc.ring,
+        &node("c"),
+        &["--cluster-secret", "another-secret"],
+        &data,
+    );
+    a.expect_log("", "cluster authentication failed");
 }
 
 /// A client loop registering through every agent in turn until `stop`; counts successes and

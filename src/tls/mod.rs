@@ -439,3 +439,114 @@ async fn next_hangup(hup: &mut Hangups) {
     let _ = hup;
     std::future::pending::<()>().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::create::{make_ca, make_cert, CertSpec, Made};
+
+    fn leaf(ca: &Made, name: &str) -> Made {
+        let spec = CertSpec {
+            name: name.into(),
+            ips: vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            days: 2,
+            ..CertSpec::default()
+        };
+        make_cert(&ca.cert_pem, &ca.key_pem, &spec).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn write(files: &TlsFiles, leaf: &Made, ca: &Made) {
+        for (path, text) in [
+            (&files.cert, &leaf.cert_pem),
+            (&files.key, &leaf.key_pem),
+            (&files.ca, &ca.cert_pem),
+        ] {
+            std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
+    fn reloads_take_changes_once_and_keep_the_old_material_on_failure() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let files = TlsFiles {
+            cert: dir.path().join("c.pem"),
+            key: dir.path().join("k.pem"),
+            ca: dir.path().join("ca.pem"),
+        };
+        let ca = make_ca("unit CA", 2).unwrap_or_else(|e| panic!("{e}"));
+        write(&files, &leaf(&ca, "a"), &ca);
+        let tls = Tls::load(files.clone(), false).unwrap_or_else(|e| panic!("{e}"));
+        let served = || tls.material().ring_server.clone();
+        let first = served();
+        assert_eq!(tls.reload(false), Ok(false), "nothing changed");
+        assert!(Arc::ptr_eq(&first, &served()));
+
+        write(&files, &leaf(&ca, "b"), &ca);
+        assert_eq!(tls.reload(false), Ok(true));
+        assert_eq!(tls.generation(), 1);
+        let second = served();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "new connections get the new material"
+        );
+
+        // A key that is not the certificate's: refused, counted once, the old material kept.
+        let other = leaf(&ca, "c");
+        std::fs::write(&files.key, &other.key_pem).unwrap_or_else(|e| panic!("{e}"));
+        let err = tls.reload(false).err().unwrap_or_default();
+        assert!(err.contains("do not go together"), "{err}");
+        assert_eq!((tls.reload_failures(), tls.generation()), (1, 1));
+        assert!(Arc::ptr_eq(&second, &served()));
+        assert_eq!(
+            tls.reload(false),
+            Ok(false),
+            "the same broken files count once"
+        );
+        assert!(tls.reload(true).is_err(), "SIGHUP tries again");
+        assert_eq!(tls.reload_failures(), 2);
+
+        // A missing file, then not PEM: both refused with the file named.
+        std::fs::remove_file(&files.ca).unwrap_or_else(|e| panic!("{e}"));
+        let err = tls.reload(true).err().unwrap_or_default();
+        assert!(err.contains("ca.pem"), "{err}");
+        std::fs::write(&files.ca, "junk").unwrap_or_else(|e| panic!("{e}"));
+        let err = tls.reload(true).err().unwrap_or_default();
+        assert!(err.contains("ca.pem"), "{err}");
+        assert!(Arc::ptr_eq(&second, &served()));
+
+        let mut text = String::new();
+        tls.render_metrics(&mut text);
+        assert!(
+            text.contains("chordctl_tls_reload_failures_total 4"),
+            "{text}"
+        );
+        assert!(text.contains("chordctl_tls_reloads_total 1"), "{text}");
+        assert!(
+            text.contains("chordctl_tls_cert_expiry_seconds{file="),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_bad_file_at_start_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let files = TlsFiles {
+            cert: dir.path().join("c.pem"),
+            key: dir.path().join("k.pem"),
+            ca: dir.path().join("missing-ca.pem"),
+        };
+        let err = Tls::load(files, false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("c.pem"), "{err}");
+    }
+
+    #[test]
+    fn server_names_come_from_the_dialled_host() {
+        assert!(server_name("127.0.0.1:7400").is_ok());
+        assert!(server_name("[::1]:7400").is_ok());
+        assert!(server_name("node1.internal:7400").is_ok());
+        assert!(server_name("bad name:1").is_err());
+    }
+}
