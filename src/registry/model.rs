@@ -137,7 +137,7 @@ impl Status {
 }
 
 /// One registered instance of a service; serializes exactly as API.md's INSTANCE.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Instance {
     /// The service this instance belongs to.
     pub service: String,
@@ -161,8 +161,35 @@ pub struct Instance {
     pub status: Status,
     /// Held in its worse state by flap damping (API.md, "Health beyond a state"); omitted from
     /// the JSON when false, so an INSTANCE keeps its documented shape.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub flapping: bool,
+}
+
+/// By hand for one field: `flapping` is left out of JSON when false (an INSTANCE keeps its
+/// documented shape), but always written in the ring's binary encoding, whose fields are
+/// positional (`skip_serializing_if` would make it undecodable).
+impl Serialize for Instance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let flag = self.flapping || !s.is_human_readable();
+        let mut st = s.serialize_struct("Instance", if flag { 11 } else { 10 })?;
+        st.serialize_field("service", &self.service)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("address", &self.address)?;
+        st.serialize_field("port", &self.port)?;
+        st.serialize_field("tags", &self.tags)?;
+        st.serialize_field("metadata", &self.metadata)?;
+        st.serialize_field("weight", &self.weight)?;
+        st.serialize_field("ttl_secs", &self.ttl_secs)?;
+        st.serialize_field("registered_at", &self.registered_at)?;
+        st.serialize_field("status", &self.status)?;
+        if flag {
+            st.serialize_field("flapping", &self.flapping)?;
+        } else {
+            st.skip_field("flapping")?;
+        }
+        st.end()
+    }
 }
 
 /// The version of one instance's last change, and the service's change index it was made at.
@@ -770,6 +797,15 @@ pub(super) mod tests {
         );
         let back: Instance = serde_json::from_value(json).unwrap();
         assert_eq!(&back, inst);
+        // Between agents (postcard, positional), flapping or not.
+        for flapping in [false, true] {
+            let mut inst = inst.clone();
+            inst.flapping = flapping;
+            let wire = postcard::to_allocvec(&inst).unwrap();
+            assert_eq!(postcard::from_bytes::<Instance>(&wire).unwrap(), inst);
+            let json = serde_json::to_value(&inst).unwrap();
+            assert_eq!(json.get("flapping").is_some(), flapping);
+        }
     }
 
     #[test]
