@@ -124,8 +124,14 @@ _chordctl() {
             chordctl__subcmd__help__subcmd__svc,discover)
                 cmd="chordctl__subcmd__help__subcmd__svc__subcmd__discover"
                 ;;
+            chordctl__subcmd__help__subcmd__svc,explain)
+                cmd="chordctl__subcmd__help__subcmd__svc__subcmd__explain"
+                ;;
             chordctl__subcmd__help__subcmd__svc,list)
                 cmd="chordctl__subcmd__help__subcmd__svc__subcmd__list"
+                ;;
+            chordctl__subcmd__help__subcmd__svc,policy)
+                cmd="chordctl__subcmd__help__subcmd__svc__subcmd__policy"
                 ;;
             chordctl__subcmd__help__subcmd__svc,register)
                 cmd="chordctl__subcmd__help__subcmd__svc__subcmd__register"
@@ -181,11 +187,17 @@ _chordctl() {
             chordctl__subcmd__svc,discover)
                 cmd="chordctl__subcmd__svc__subcmd__discover"
                 ;;
+            chordctl__subcmd__svc,explain)
+                cmd="chordctl__subcmd__svc__subcmd__explain"
+                ;;
             chordctl__subcmd__svc,help)
                 cmd="chordctl__subcmd__svc__subcmd__help"
                 ;;
             chordctl__subcmd__svc,list)
                 cmd="chordctl__subcmd__svc__subcmd__list"
+                ;;
+            chordctl__subcmd__svc,policy)
+                cmd="chordctl__subcmd__svc__subcmd__policy"
                 ;;
             chordctl__subcmd__svc,register)
                 cmd="chordctl__subcmd__svc__subcmd__register"
@@ -199,11 +211,17 @@ _chordctl() {
             chordctl__subcmd__svc__subcmd__help,discover)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__discover"
                 ;;
+            chordctl__subcmd__svc__subcmd__help,explain)
+                cmd="chordctl__subcmd__svc__subcmd__help__subcmd__explain"
+                ;;
             chordctl__subcmd__svc__subcmd__help,help)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__help"
                 ;;
             chordctl__subcmd__svc__subcmd__help,list)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__list"
+                ;;
+            chordctl__subcmd__svc__subcmd__help,policy)
+                cmd="chordctl__subcmd__svc__subcmd__help__subcmd__policy"
                 ;;
             chordctl__subcmd__svc__subcmd__help,register)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__register"
@@ -892,7 +910,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__help__subcmd__svc)
-            opts="register deregister discover list watch"
+            opts="register deregister discover list policy explain watch"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -933,7 +951,35 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__help__subcmd__svc__subcmd__explain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__help__subcmd__svc__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__help__subcmd__svc__subcmd__policy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1396,7 +1442,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__svc)
-            opts="-o -h -V --agent --output --token --help --version register deregister discover list watch help"
+            opts="-o -h -V --agent --output --token --help --version register deregister discover list policy explain watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1493,8 +1539,46 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__svc__subcmd__explain)
+            opts="-o -h -V --healthy --tag --pick --agent --output --token --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --tag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pick)
+                    COMPREPLY=($(compgen -W "best round-robin random weighted least-load" -- "${cur}"))
+                    return 0
+                    ;;
+                --agent)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__svc__subcmd__help)
-            opts="register deregister discover list watch help"
+            opts="register deregister discover list policy explain watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1535,6 +1619,20 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__svc__subcmd__help__subcmd__explain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__svc__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1550,6 +1648,20 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__svc__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__svc__subcmd__help__subcmd__policy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1598,6 +1710,52 @@ _chordctl() {
                 return 0
             fi
             case "${prev}" in
+                --agent)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__svc__subcmd__policy)
+            opts="-o -h -V --failures-before-critical --successes-before-passing --flap-half-life --panic-threshold --agent --output --token --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --failures-before-critical)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --successes-before-passing)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --flap-half-life)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --panic-threshold)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --agent)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
