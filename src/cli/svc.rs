@@ -27,6 +27,9 @@ struct Instance {
     registered_at: Option<DateTime<Utc>>,
     #[serde(default)]
     status: Status,
+    /// Held in its worse state by flap damping (absent: not).
+    #[serde(default)]
+    flapping: bool,
 }
 
 impl Instance {
@@ -472,7 +475,11 @@ fn instances_table(instances: &[Instance]) -> String {
             row.push(Cell::new(endpoint(i)));
         }
         row.extend([
-            output::state_cell(s.state.as_deref().unwrap_or("-"), color),
+            output::state_cell(
+                s.state.as_deref().unwrap_or("-"),
+                if i.flapping { " (flapping)" } else { "" },
+                color,
+            ),
             Cell::new(or_dash(
                 s.success_rate
                     .filter(|_| reported)
@@ -665,5 +672,35 @@ mod tests {
             "{text}"
         );
         assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+    }
+
+    #[test]
+    fn a_flapping_instance_says_so_in_its_state_column() {
+        let mut flapping = inst("a", "10.0.0.1", 80);
+        flapping.flapping = true;
+        let text = instances_table(&[flapping, inst("b", "10.0.0.1", 81)]);
+        assert!(text.contains("maintenance (flapping)"), "{text}");
+        assert_eq!(text.matches("(flapping)").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn explain_prints_a_reasons_column_the_scores_and_the_pick() {
+        let e: Explanation = serde_json::from_value(json!({
+            "service": "pay", "filters": {}, "panic": true, "picked": "a",
+            "instances": [
+                {"id": "a", "returned": true, "reasons": [], "score": {"rank": 1, "load": 0.5}},
+                {"id": "b", "returned": false, "reasons": ["no tag v2", "in maintenance"],
+                 "score": null}
+            ]
+        }))
+        .expect("explanation");
+        let text = explain_text(&e, true);
+        assert!(text.to_lowercase().contains("reasons"), "{text}");
+        assert!(text.contains("no tag v2; in maintenance"), "{text}");
+        assert!(text.contains("load=0.5 rank=1"), "{text}");
+        assert!(text.contains("picked a"), "{text}");
+        assert!(text.contains("pay is in panic"), "{text}");
+        let text = explain_text(&e, false);
+        assert!(!text.to_lowercase().contains("score"), "{text}");
     }
 }
