@@ -279,9 +279,13 @@ impl<'a> StoredInstance<'a> {
 
 // ---- units (0.2) ---------------------------------------------------------------------------
 
+/// The head of a unit, for tests that look at what follows it.
+#[cfg(test)]
+pub(super) type UnitHeadForTests = UnitHead;
+
 /// The head of a unit: its version and index, readable without the rest.
 #[derive(Serialize, Deserialize)]
-struct UnitHead {
+pub(super) struct UnitHead {
     wall_ms: u64,
     logical: u32,
     node: u64,

@@ -137,6 +137,15 @@ impl Policy {
         .max(1)
     }
 
+    /// Whether this is the default behaviour: every report takes effect at once, no damping.
+    /// Instances of such a service keep no health bookkeeping at all, so their stored form is
+    /// the one agents before the policy existed read.
+    pub fn is_plain(&self) -> bool {
+        self.needed(State::Critical) == 1
+            && self.needed(State::Passing) == 1
+            && self.half_life().is_none()
+    }
+
     /// The half-life, when damping is on.
     fn half_life(&self) -> Option<TimeDelta> {
         let secs = i64::try_from(self.flap_half_life_secs).ok()?;
@@ -222,9 +231,14 @@ impl Health {
         policy: &Policy,
         now: DateTime<Utc>,
     ) -> State {
+        if policy.is_plain() {
+            *self = Health::default();
+            return reported;
+        }
         let before = self.judged.unwrap_or(shown);
         let count = match self.streak {
-            Some((state, n)) if state == reported => n.saturating_add(1),
+            // Capped: no threshold asks for more, and the stored number stays small.
+            Some((state, n)) if state == reported => n.saturating_add(1).min(MAX_THRESHOLD as u32),
             _ => 1,
         };
         self.streak = Some((reported, count));

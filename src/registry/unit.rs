@@ -611,6 +611,29 @@ mod tests {
     }
 
     #[test]
+    fn without_a_policy_an_instance_is_stored_as_before_the_policy_existed() {
+        use crate::registry::State;
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        let before = a.rec.unit("x").expect("unit").to_bytes().expect("encode");
+        let critical = StatusBody {
+            state: Some(State::Critical),
+            ..StatusBody::default()
+        };
+        a.rec.report("x", &critical, at(1)).expect("report");
+        a.stamp("x", at(1));
+        let after = a.rec.unit("x").expect("unit").to_bytes().expect("encode");
+        // The body's variant (after the tag, format and head) is `Present` (0) in both.
+        let variant = |b: &[u8]| {
+            let (_, rest): (super::super::codec::UnitHeadForTests, &[u8]) =
+                postcard::take_from_bytes(&b[2..]).expect("head");
+            rest[0]
+        };
+        assert_eq!(variant(&before), 0);
+        assert_eq!(variant(&after), 0);
+    }
+
+    #[test]
     fn health_bookkeeping_travels_with_the_instance() {
         use crate::registry::health::Policy;
         use crate::registry::State;
