@@ -184,9 +184,26 @@ async fn panic_turns_on_below_the_healthy_share_and_off_again_on_every_route() {
     assert!(!panic, "no panic header at 75%");
     assert!(answer.get("panic").is_none(), "{answer}");
     assert_eq!(ids(&answer).len(), 3);
-    // Three of four critical: 25% healthy, below 50%: every instance, marked.
+    // Two of four critical: 50% healthy, at the threshold, not below it.
     report(&url, "pan", "10.1.0.2", json!({"state": "critical"})).await;
+    let (_, headers, answer) = call_with_headers("GET", &healthy(2), None).await;
+    assert_eq!(ids(&answer).len(), 2, "{answer}");
+    assert!(answer.get("panic").is_none(), "{answer}");
+    // A blocking healthy-only query waiting past this index wakes into panic too.
+    let index = headers
+        .get("x-chordctl-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("an index");
+    let waiting = format!("{}&index={index}&wait=30s", healthy(2));
+    let blocking = tokio::spawn(async move { call_with_panic("GET", &waiting, None).await });
+    // Three of four critical: 25% healthy, below 50%: every instance, marked.
     report(&url, "pan", "v1-a", json!({"state": "critical"})).await;
+    let (status, panic, answer) = blocking.await.expect("the blocking query");
+    assert_eq!(status, 200, "{answer}");
+    assert!(panic, "the blocking answer's header");
+    assert_eq!(answer["panic"], true, "{answer}");
+    assert_eq!(ids(&answer).len(), 4, "{answer}");
     for i in 0..3 {
         let (status, panic, answer) = call_with_panic("GET", &healthy(i), None).await;
         assert_eq!(status, 200);
