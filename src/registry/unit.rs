@@ -586,6 +586,11 @@ mod tests {
         a.rec.set_policy(policy);
         a.stamp(POLICY_UNIT, at(1));
         let unit = a.rec.unit(POLICY_UNIT).expect("the policy unit");
+        // Anti-entropy sees its version like an instance's.
+        let key = unit_key("svc", POLICY_UNIT);
+        let mark = Mark::of(&key, &unit.to_bytes().expect("encode"));
+        assert_eq!(Some(mark.version), a.rec.version_of(POLICY_UNIT));
+        assert_ne!(mark, Mark::default());
         assert_eq!(
             split_unit_key(&unit_key("svc", POLICY_UNIT)),
             Some(("svc", POLICY_UNIT))
