@@ -130,8 +130,14 @@ _chordctl() {
             chordctl__subcmd__help__subcmd__svc,discover)
                 cmd="chordctl__subcmd__help__subcmd__svc__subcmd__discover"
                 ;;
+            chordctl__subcmd__help__subcmd__svc,explain)
+                cmd="chordctl__subcmd__help__subcmd__svc__subcmd__explain"
+                ;;
             chordctl__subcmd__help__subcmd__svc,list)
                 cmd="chordctl__subcmd__help__subcmd__svc__subcmd__list"
+                ;;
+            chordctl__subcmd__help__subcmd__svc,policy)
+                cmd="chordctl__subcmd__help__subcmd__svc__subcmd__policy"
                 ;;
             chordctl__subcmd__help__subcmd__svc,register)
                 cmd="chordctl__subcmd__help__subcmd__svc__subcmd__register"
@@ -199,11 +205,17 @@ _chordctl() {
             chordctl__subcmd__svc,discover)
                 cmd="chordctl__subcmd__svc__subcmd__discover"
                 ;;
+            chordctl__subcmd__svc,explain)
+                cmd="chordctl__subcmd__svc__subcmd__explain"
+                ;;
             chordctl__subcmd__svc,help)
                 cmd="chordctl__subcmd__svc__subcmd__help"
                 ;;
             chordctl__subcmd__svc,list)
                 cmd="chordctl__subcmd__svc__subcmd__list"
+                ;;
+            chordctl__subcmd__svc,policy)
+                cmd="chordctl__subcmd__svc__subcmd__policy"
                 ;;
             chordctl__subcmd__svc,register)
                 cmd="chordctl__subcmd__svc__subcmd__register"
@@ -217,11 +229,17 @@ _chordctl() {
             chordctl__subcmd__svc__subcmd__help,discover)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__discover"
                 ;;
+            chordctl__subcmd__svc__subcmd__help,explain)
+                cmd="chordctl__subcmd__svc__subcmd__help__subcmd__explain"
+                ;;
             chordctl__subcmd__svc__subcmd__help,help)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__help"
                 ;;
             chordctl__subcmd__svc__subcmd__help,list)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__list"
+                ;;
+            chordctl__subcmd__svc__subcmd__help,policy)
+                cmd="chordctl__subcmd__svc__subcmd__help__subcmd__policy"
                 ;;
             chordctl__subcmd__svc__subcmd__help,register)
                 cmd="chordctl__subcmd__svc__subcmd__help__subcmd__register"
@@ -1078,7 +1096,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__help__subcmd__svc)
-            opts="register deregister discover list watch"
+            opts="register deregister discover list policy explain watch"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1119,7 +1137,35 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__help__subcmd__svc__subcmd__explain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__help__subcmd__svc__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__help__subcmd__svc__subcmd__policy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1760,7 +1806,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__svc)
-            opts="-o -h -V --agent --output --token --cacert --cert --key --help --version register deregister discover list watch help"
+            opts="-o -h -V --agent --output --token --cacert --cert --key --help --version register deregister discover list policy explain watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1893,8 +1939,58 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__svc__subcmd__explain)
+            opts="-o -h -V --healthy --tag --pick --agent --output --token --cacert --cert --key --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --tag)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pick)
+                    COMPREPLY=($(compgen -W "best round-robin random weighted least-load" -- "${cur}"))
+                    return 0
+                    ;;
+                --agent)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__svc__subcmd__help)
-            opts="register deregister discover list watch help"
+            opts="register deregister discover list policy explain watch help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1935,6 +2031,20 @@ _chordctl() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        chordctl__subcmd__svc__subcmd__help__subcmd__explain)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         chordctl__subcmd__svc__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
@@ -1950,6 +2060,20 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__svc__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__svc__subcmd__help__subcmd__policy)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1998,6 +2122,64 @@ _chordctl() {
                 return 0
             fi
             case "${prev}" in
+                --agent)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table json" -- "${cur}"))
+                    return 0
+                    ;;
+                --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        chordctl__subcmd__svc__subcmd__policy)
+            opts="-o -h -V --failures-before-critical --successes-before-passing --flap-half-life --panic-threshold --agent --output --token --cacert --cert --key --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --failures-before-critical)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --successes-before-passing)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --flap-half-life)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --panic-threshold)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --agent)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -191,21 +191,23 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l cert -d 'Cl
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l token -d 'Bearer token for an agent started with --api-token' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -l key -d 'The private key (PEM) of --cert' -r -F
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "deregister" -d 'Remove an instance'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "list" -d 'Every service on the ring with its instances counted by state'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list watch help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "deregister" -d 'Remove an instance'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "list" -d 'Every service on the ring with its instances counted by state'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "policy" -d 'Show SERVICE\'s health policy, or change it with the setter flags'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "explain" -d 'Why discover returns each instance of SERVICE or not, and the scores behind a pick'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l address -d 'Host or IP address callers use to reach the instance' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l port -d 'Port callers use to reach the instance' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l id -d 'Instance id [default: ADDRESS:PORT]' -r
@@ -256,6 +258,35 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l failures-before-critical -d 'A reported critical takes effect after N consecutive critical reports' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l successes-before-passing -d 'A reported passing takes effect after N consecutive passing reports' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l flap-half-life -d 'Flap damping\'s half-life (0 turns damping off)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l panic-threshold -d 'Below this healthy share (0-1), --healthy returns every instance (0 turns it off)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -s V -l version -d 'Print version'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l tag -d 'Only instances with this tag' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l pick -d 'Return one instance chosen by this strategy' -r -f -a "best\t'Highest success rate, then lowest latency, then lowest load, among the healthiest state'
+round-robin\t'Each instance in turn'
+random\t'Uniformly at random'
+weighted\t'At random in proportion to weight'
+least-load\t'Lowest load'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
+json\t'The agent\'s JSON, pretty-printed, for scripts'"
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l token -d 'Bearer token for an agent started with --api-token' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l cacert -d 'CA certificate(s) (PEM) to verify https:// agents with' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l key -d 'The private key (PEM) of --cert' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l healthy -d 'Only healthy instances (state passing or warning)'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l count -d 'Exit 0 after N events (snapshots and changes; bookmarks do not count)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
@@ -270,6 +301,8 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "deregister" -d 'Remove an instance'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every service on the ring with its instances counted by state'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "policy" -d 'Show SERVICE\'s health policy, or change it with the setter flags'
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "explain" -d 'Why discover returns each instance of SERVICE or not, and the scores behind a pick'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
@@ -406,6 +439,8 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "deregister" -d 'Remove an instance'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "list" -d 'Every service on the ring with its instances counted by state'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "policy" -d 'Show SERVICE\'s health policy, or change it with the setter flags'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "explain" -d 'Why discover returns each instance of SERVICE or not, and the scores behind a pick'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "report" -d 'Report an instance\'s state and call quality (also renews its TTL)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from status" -f -a "query" -d 'One instance\'s status, or every instance of SERVICE without ID'

@@ -5,6 +5,7 @@ mod bulk;
 mod cli;
 mod e2e;
 mod faults;
+mod health;
 mod install;
 mod metrics;
 mod outages;

@@ -182,6 +182,8 @@ pub struct Gauges {
     /// Watchers attached to this agent, and services it follows for them.
     pub watchers: usize,
     pub subscriptions: usize,
+    /// Whether this node holds back TTL removals (self-preservation).
+    pub self_preservation: bool,
 }
 
 impl Metrics {
@@ -433,6 +435,17 @@ impl Metrics {
             "Services this agent follows at their owners for its watchers.",
         );
         let _ = writeln!(out, "chordctl_watch_subscriptions {}", gauges.subscriptions);
+        family(
+            &mut out,
+            "chordctl_self_preservation",
+            "gauge",
+            "1 while this node holds back TTL removals because many of its leases lapsed at once.",
+        );
+        let _ = writeln!(
+            out,
+            "chordctl_self_preservation {}",
+            u8::from(gauges.self_preservation)
+        );
         counter(
             &mut out,
             "chordctl_watch_events_sent_total",

@@ -393,6 +393,10 @@ pub enum SvcCommand {
     Discover(DiscoverArgs),
     /// Every service on the ring with its instances counted by state
     List,
+    /// Show SERVICE's health policy, or change it with the setter flags
+    Policy(PolicyArgs),
+    /// Why discover returns each instance of SERVICE or not, and the scores behind a pick
+    Explain(DiscoverArgs),
     /// Follow the changes of SERVICE as they happen
     #[command(long_about = WATCH_ABOUT)]
     Watch(WatchArgs),
@@ -497,6 +501,45 @@ pub struct DiscoverArgs {
     /// Return one instance chosen by this strategy
     #[arg(long, value_name = "STRATEGY", value_parser = strategy_parser())]
     pub pick: Option<Strategy>,
+}
+
+/// `chordctl svc policy`: without a setter flag it shows the policy; with some, it changes
+/// those fields and keeps the others.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Service name
+    #[arg(value_parser = non_empty)]
+    pub service: String,
+    /// A reported critical takes effect after N consecutive critical reports
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub failures_before_critical: Option<u32>,
+    /// A reported passing takes effect after N consecutive passing reports
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub successes_before_passing: Option<u32>,
+    /// Flap damping's half-life (0 turns damping off)
+    #[arg(long = "flap-half-life", value_name = "DURATION", value_parser = parse_duration_secs)]
+    pub flap_half_life: Option<u64>,
+    /// Below this healthy share (0-1), --healthy returns every instance (0 turns it off)
+    #[arg(long, value_name = "F", value_parser = parse_share)]
+    pub panic_threshold: Option<f64>,
+}
+
+impl PolicyArgs {
+    /// Whether any setter flag was given.
+    pub fn changes(&self) -> bool {
+        self.failures_before_critical.is_some()
+            || self.successes_before_passing.is_some()
+            || self.flap_half_life.is_some()
+            || self.panic_threshold.is_some()
+    }
+}
+
+/// A share between 0 and 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number between 0 and 1, got {s:?}")),
+    }
 }
 
 /// STRATEGY for `--pick`: best, round-robin, random, weighted or least-load, parsed by the

@@ -74,9 +74,10 @@ pub(crate) fn render(table: &Table) -> String {
     text
 }
 
-/// The cell for an instance state, colored when `color` is on.
-pub(crate) fn state_cell(state: &str, color: bool) -> Cell {
-    let cell = Cell::new(state);
+/// The cell for an instance state with `mark` after it (`critical (flapping)`), colored by
+/// the state when `color` is on.
+pub(crate) fn state_cell(state: &str, mark: &str, color: bool) -> Cell {
+    let cell = Cell::new(format!("{state}{mark}"));
     if !color {
         return cell;
     }

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::args::{OutputFormat, ReportArgs, StatusCommand, SvcCommand};
+use super::args::{DiscoverArgs, OutputFormat, PolicyArgs, ReportArgs, StatusCommand, SvcCommand};
 use super::client::Client;
 use super::output;
 use super::{from_agent, Failure};
@@ -27,6 +27,9 @@ struct Instance {
     registered_at: Option<DateTime<Utc>>,
     #[serde(default)]
     status: Status,
+    /// Held in its worse state by flap damping (absent: not).
+    #[serde(default)]
+    flapping: bool,
 }
 
 impl Instance {
@@ -130,18 +133,10 @@ pub(crate) fn run(
             )
         }
         SvcCommand::Discover(args) => {
-            let mut query = Vec::new();
-            if args.healthy {
-                query.push(("healthy", "true"));
-            }
-            if let Some(tag) = &args.tag {
-                query.push(("tag", tag.as_str()));
-            }
-            if let Some(pick) = args.pick {
-                query.push(("pick", pick.as_str()));
-            }
-            discover(client, &args.service, &query, format)
+            discover(client, &args.service, &discover_query(args), format)
         }
+        SvcCommand::Explain(args) => explain(client, args, format),
+        SvcCommand::Policy(args) => policy(client, args, format),
         SvcCommand::List => {
             // The agent asks every node of the ring in turn.
             let spinner = output::delayed_spinner(
@@ -261,6 +256,172 @@ fn discover(
     }
 }
 
+/// The query of a discover (or an explain) with these filters.
+fn discover_query(args: &DiscoverArgs) -> Vec<(&'static str, &str)> {
+    let mut query = Vec::new();
+    if args.healthy {
+        query.push(("healthy", "true"));
+    }
+    if let Some(tag) = &args.tag {
+        query.push(("tag", tag.as_str()));
+    }
+    if let Some(pick) = args.pick {
+        query.push(("pick", pick.as_str()));
+    }
+    query
+}
+
+/// One instance of an explain answer.
+#[derive(Debug, Deserialize)]
+struct Explained {
+    id: String,
+    returned: bool,
+    #[serde(default)]
+    reasons: Vec<String>,
+    #[serde(default)]
+    score: Value,
+}
+
+/// The explain answer.
+#[derive(Debug, Deserialize)]
+struct Explanation {
+    service: String,
+    #[serde(default)]
+    panic: bool,
+    #[serde(default)]
+    picked: Option<String>,
+    instances: Vec<Explained>,
+}
+
+/// `svc explain`: a table with a REASONS column (and a SCORE column with `--pick`).
+fn explain(client: &Client, args: &DiscoverArgs, format: OutputFormat) -> Result<(), Failure> {
+    let answer = client.get(
+        &["v1", "services", &args.service, "explain"],
+        &discover_query(args),
+    )?;
+    if format == OutputFormat::Json {
+        return output::print_json(&answer);
+    }
+    let e: Explanation = from_agent(answer)?;
+    output::print(&explain_text(&e, args.pick.is_some()))
+}
+
+fn explain_text(e: &Explanation, with_scores: bool) -> String {
+    if e.instances.is_empty() {
+        return format!("no instances of {}\n", e.service);
+    }
+    let mut headers = vec!["instance", "returned"];
+    if with_scores {
+        headers.push("score");
+    }
+    headers.push("reasons");
+    let mut table = output::table(&headers, &[]);
+    for i in &e.instances {
+        let mut row = vec![
+            i.id.clone(),
+            if i.returned { "yes" } else { "no" }.to_string(),
+        ];
+        if with_scores {
+            row.push(score_text(&i.score));
+        }
+        row.push(if i.reasons.is_empty() {
+            "-".to_string()
+        } else {
+            i.reasons.join("; ")
+        });
+        table.add_row(row);
+    }
+    let mut text = output::render(&table);
+    if e.panic {
+        text.push_str(&format!(
+            "{} is in panic: below its healthy share, --healthy returns every instance\n",
+            e.service
+        ));
+    }
+    if with_scores {
+        match &e.picked {
+            Some(id) => text.push_str(&format!("picked {id}\n")),
+            None => text.push_str("nothing to pick\n"),
+        }
+    }
+    text
+}
+
+/// A score object as `key=value` pairs.
+fn score_text(score: &Value) -> String {
+    match score {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `svc policy`: show the policy, or change the fields given and keep the others.
+fn policy(client: &Client, args: &PolicyArgs, format: OutputFormat) -> Result<(), Failure> {
+    let path = ["v1", "services", args.service.as_str(), "policy"];
+    let mut policy = if args.changes() {
+        // The current policy, or the defaults for a service that has none yet.
+        match client.get(&path, &[]) {
+            Ok(current) => current,
+            Err(Failure::NotFound(_)) => json!({}),
+            Err(e) => return Err(e),
+        }
+    } else {
+        let current = client.get(&path, &[])?;
+        return match format {
+            OutputFormat::Json => output::print_json(&current),
+            OutputFormat::Table => output::print(&policy_table(&current)),
+        };
+    };
+    let fields = [
+        (
+            "failures_before_critical",
+            args.failures_before_critical.map(|v| json!(v)),
+        ),
+        (
+            "successes_before_passing",
+            args.successes_before_passing.map(|v| json!(v)),
+        ),
+        ("flap_half_life_secs", args.flap_half_life.map(|v| json!(v))),
+        ("panic_threshold", args.panic_threshold.map(|v| json!(v))),
+    ];
+    for (name, value) in fields {
+        if let Some(value) = value {
+            policy[name] = value;
+        }
+    }
+    let answer = client.send(Method::PUT, &path, &[], Some(&policy))?;
+    match format {
+        OutputFormat::Json => output::print_json(&answer),
+        OutputFormat::Table => output::print(&policy_table(&answer)),
+    }
+}
+
+/// A policy as a two-column table.
+fn policy_table(policy: &Value) -> String {
+    let mut table = output::table(&["setting", "value"], &[1]);
+    let rows = [
+        "failures_before_critical",
+        "successes_before_passing",
+        "flap_half_life_secs",
+        "panic_threshold",
+    ];
+    for name in rows {
+        let value = policy
+            .get(name)
+            .map_or_else(|| "-".to_string(), Value::to_string);
+        table.add_row(vec![name.to_string(), value]);
+    }
+    output::render(&table)
+}
+
 /// The services with their instance counts, in total and by state.
 fn services_table(services: &[ServiceCount]) -> String {
     let headers = [
@@ -314,7 +475,11 @@ fn instances_table(instances: &[Instance]) -> String {
             row.push(Cell::new(endpoint(i)));
         }
         row.extend([
-            output::state_cell(s.state.as_deref().unwrap_or("-"), color),
+            output::state_cell(
+                s.state.as_deref().unwrap_or("-"),
+                if i.flapping { " (flapping)" } else { "" },
+                color,
+            ),
             Cell::new(or_dash(
                 s.success_rate
                     .filter(|_| reported)
@@ -507,5 +672,35 @@ mod tests {
             "{text}"
         );
         assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+    }
+
+    #[test]
+    fn a_flapping_instance_says_so_in_its_state_column() {
+        let mut flapping = inst("a", "10.0.0.1", 80);
+        flapping.flapping = true;
+        let text = instances_table(&[flapping, inst("b", "10.0.0.1", 81)]);
+        assert!(text.contains("maintenance (flapping)"), "{text}");
+        assert_eq!(text.matches("(flapping)").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn explain_prints_a_reasons_column_the_scores_and_the_pick() {
+        let e: Explanation = serde_json::from_value(json!({
+            "service": "pay", "filters": {}, "panic": true, "picked": "a",
+            "instances": [
+                {"id": "a", "returned": true, "reasons": [], "score": {"rank": 1, "load": 0.5}},
+                {"id": "b", "returned": false, "reasons": ["no tag v2", "in maintenance"],
+                 "score": null}
+            ]
+        }))
+        .expect("explanation");
+        let text = explain_text(&e, true);
+        assert!(text.to_lowercase().contains("reasons"), "{text}");
+        assert!(text.contains("no tag v2; in maintenance"), "{text}");
+        assert!(text.contains("load=0.5 rank=1"), "{text}");
+        assert!(text.contains("picked a"), "{text}");
+        assert!(text.contains("pay is in panic"), "{text}");
+        let text = explain_text(&e, false);
+        assert!(!text.to_lowercase().contains("score"), "{text}");
     }
 }

@@ -124,9 +124,13 @@ pub async fn resolution(
     }
 }
 
+/// The servicestate document. It lists every instance (the prototype never filtered by
+/// health); a service below its panic threshold says so in `X-Chordctl-Panic: true`, as a
+/// healthy-only discover does.
 fn state_doc(rec: &Record) -> Response {
+    let healthy = crate::registry::discover_with_panic(rec, true, None).1;
     match ServiceState::of(rec).to_json_pretty() {
-        Ok(doc) => html(StatusCode::OK, doc),
+        Ok(doc) => super::v1::with_panic(html(StatusCode::OK, doc), healthy),
         Err(e) => fail(e),
     }
 }

@@ -66,6 +66,7 @@ pub async fn scrape(State(agent): State<Arc<Agent>>) -> Response {
         records: agent.registry.record_counts().await.ok(),
         watchers,
         subscriptions,
+        self_preservation: agent.registry.self_preservation(),
     };
     let mut text = agent.metrics.render(&gauges);
     if let Some(tls) = &agent.tls {

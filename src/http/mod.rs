@@ -99,6 +99,11 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
         .route("/v1/agent/leave", post(ring::leave))
         .route("/v1/services", get(v1::list))
         .route("/v1/services/{service}", get(v1::discover_service))
+        .route(
+            "/v1/services/{service}/policy",
+            get(v1::get_policy).put(v1::put_policy),
+        )
+        .route("/v1/services/{service}/explain", get(v1::explain))
         .route("/v1/watch/services", get(watch::watch_catalog))
         .route("/v1/watch/services/{service}", get(watch::watch_service))
         .route(

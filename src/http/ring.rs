@@ -50,6 +50,8 @@ pub async fn ring_node(State(agent): State<Arc<Agent>>) -> Json<Value> {
             "member": c.is_member(),
         })
     });
+    let mut view = view;
+    view["self_preservation"] = Value::Bool(agent.registry.self_preservation());
     Json(view)
 }
 

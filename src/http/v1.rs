@@ -1,4 +1,5 @@
-//! The v1 service routes: register, deregister, status report and query, discover, list.
+//! The v1 service routes: register, deregister, status report and query, discover, list,
+//! the health policy and explain.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use super::ApiError;
 use crate::agent::Agent;
 use crate::registry::ops::{RegistryResponse, WriteOp};
 use crate::registry::{
-    discover, pick, validate_instance_id, validate_service, Instance, RegisterBody, StatusBody,
-    Strategy,
+    discover_with_panic, health, pick, validate_instance_id, validate_service, Instance, Policy,
+    RegisterBody, StatusBody, Strategy,
 };
 use crate::Error;
 
@@ -50,6 +51,20 @@ fn json_of<T: Serialize + ?Sized>(v: &T) -> Result<Response, ApiError> {
     let mut body = Vec::with_capacity(512);
     serde_json::to_writer(&mut body, v).map_err(|e| Error::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The header that says a healthy-only answer holds every instance because the service is in
+/// panic (API.md, "Health beyond a state").
+pub const PANIC_HEADER: &str = "x-chordctl-panic";
+
+/// `response` with `X-Chordctl-Panic: true` when `panic`.
+pub fn with_panic(mut response: Response, panic: bool) -> Response {
+    if panic {
+        response
+            .headers_mut()
+            .insert(PANIC_HEADER, header::HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// `response` with the service's change index in `X-Chordctl-Index`.
@@ -128,6 +143,46 @@ pub async fn discover_service(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     validate_service(&service)?;
+    let (healthy, tag, strategy) = filters(&params)?;
+    if let Some((index, wait)) = super::watch::blocking(&params)? {
+        super::watch::block(&agent, &service, index, wait, healthy, tag).await?;
+    }
+    match strategy {
+        // The owner makes the answer; a non-owner passes its JSON on as it is.
+        None => {
+            let (json, index, panic) =
+                match agent.registry.discover_json(&service, healthy, tag).await {
+                    Ok(found) => found,
+                    Err(e @ Error::NotFound(_)) => {
+                        return Ok(with_index(ApiError::from(e).into_response(), 0))
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            let response = (
+                [(header::CONTENT_TYPE, "application/json")],
+                json.into_bytes(),
+            )
+                .into_response();
+            Ok(with_panic(with_index(response, index), panic))
+        }
+        Some(s) => {
+            let Some(rec) = agent.registry.read(&service).await? else {
+                let e = Error::not_found(format!("service {service} not found"));
+                return Ok(with_index(ApiError::from(e).into_response(), 0));
+            };
+            let (found, panic) = discover_with_panic(&rec, healthy, tag);
+            let rr = agent.registry.next_rr();
+            let chosen = pick(&found, s, rr, &mut rand::thread_rng())
+                .ok_or_else(|| Error::not_found(format!("no instance of {service} to pick")))?;
+            Ok(with_panic(with_index(json_of(chosen)?, rec.index), panic))
+        }
+    }
+}
+
+/// `?healthy=` `?tag=` `?pick=` of a discover or an explain, checked.
+fn filters(
+    params: &HashMap<String, String>,
+) -> Result<(bool, Option<&str>, Option<Strategy>), ApiError> {
     let healthy = match params.get("healthy").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
@@ -142,39 +197,72 @@ pub async fn discover_service(
         .map(|s| s.parse())
         .transpose()
         .map_err(ApiError::from)?;
-    let tag = params.get("tag").map(String::as_str);
-    if let Some((index, wait)) = super::watch::blocking(&params)? {
-        super::watch::block(&agent, &service, index, wait, healthy, tag).await?;
-    }
-    match strategy {
-        // The owner makes the answer; a non-owner passes its JSON on as it is.
-        None => {
-            let (json, index) = match agent.registry.discover_json(&service, healthy, tag).await {
-                Ok(found) => found,
-                Err(e @ Error::NotFound(_)) => {
-                    return Ok(with_index(ApiError::from(e).into_response(), 0))
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let response = (
-                [(header::CONTENT_TYPE, "application/json")],
-                json.into_bytes(),
-            )
-                .into_response();
-            Ok(with_index(response, index))
-        }
-        Some(s) => {
-            let Some(rec) = agent.registry.read(&service).await? else {
-                let e = Error::not_found(format!("service {service} not found"));
-                return Ok(with_index(ApiError::from(e).into_response(), 0));
-            };
-            let found = discover(&rec, healthy, tag);
-            let rr = agent.registry.next_rr();
-            let chosen = pick(&found, s, rr, &mut rand::thread_rng())
-                .ok_or_else(|| Error::not_found(format!("no instance of {service} to pick")))?;
-            Ok(with_index(json_of(chosen)?, rec.index))
-        }
-    }
+    Ok((healthy, params.get("tag").map(String::as_str), strategy))
+}
+
+/// GET /v1/services/{service}/explain?healthy=true&tag=T&pick=STRATEGY: for every instance,
+/// whether discover with these filters returns it and why not.
+pub async fn explain(
+    State(agent): State<Arc<Agent>>,
+    Path(service): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    validate_service(&service)?;
+    let (healthy, tag, strategy) = filters(&params)?;
+    let rec = agent
+        .registry
+        .read(&service)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+    let filters = health::Filters { healthy, tag };
+    // A look at the next round-robin turn, without taking it.
+    let rr = agent.registry.peek_rr();
+    let answer = health::explain(
+        &rec,
+        &filters,
+        strategy,
+        rr,
+        &mut rand::thread_rng(),
+        chrono::Utc::now(),
+    );
+    Ok(with_panic(
+        with_index(json_of(&answer)?, rec.index),
+        answer.panic,
+    ))
+}
+
+/// GET /v1/services/{service}/policy
+pub async fn get_policy(
+    State(agent): State<Arc<Agent>>,
+    Path(service): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_service(&service)?;
+    let policy = agent
+        .registry
+        .policy(&service)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
+    json_of(&policy)
+}
+
+/// PUT /v1/services/{service}/policy: the body replaces the policy; omitted fields take their
+/// defaults.
+pub async fn put_policy(
+    State(agent): State<Arc<Agent>>,
+    Path(service): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    validate_service(&service)?;
+    let policy = Policy::from_json(&body(raw)?)?;
+    let answer = agent
+        .registry
+        .write(&service, WriteOp::SetPolicy { policy })
+        .await?;
+    let index = match answer {
+        RegistryResponse::Applied { index, .. } => index,
+        other => return Err(Error::internal(format!("unexpected answer {other:?}")).into()),
+    };
+    Ok(with_index(json_of(&policy)?, index))
 }
 
 /// GET /v1/services

@@ -21,7 +21,7 @@ use super::stream::{Handoff, Lean};
 use super::ApiError;
 use crate::agent::watch::{sse_frame, Attached, Event};
 use crate::agent::Agent;
-use crate::registry::{validate_service, Instance, ServiceSummary};
+use crate::registry::{health, validate_service, Instance, Policy, ServiceSummary};
 use crate::Error;
 
 /// A bookmark is sent after this long without an event.
@@ -73,14 +73,26 @@ pub async fn block(
     tag: Option<&str>,
 ) -> Result<(), ApiError> {
     let tag = tag.map(str::to_string);
+    // The panic threshold, as of the start of the wait (only a healthy-only query needs it).
+    let policy = if healthy {
+        agent
+            .registry
+            .policy(service)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    } else {
+        Policy::default()
+    };
     let visible = move |all: &[Arc<Instance>]| -> Value {
-        let shown: Vec<&Instance> = all
-            .iter()
-            .map(Arc::as_ref)
-            .filter(|i| !healthy || i.status.state.is_healthy())
-            .filter(|i| tag.as_ref().is_none_or(|t| i.tags.iter().any(|h| h == t)))
-            .collect();
-        serde_json::to_value(shown).unwrap_or(Value::Null)
+        let all: Vec<&Instance> = all.iter().map(Arc::as_ref).collect();
+        let filters = health::Filters {
+            healthy,
+            tag: tag.as_deref(),
+        };
+        let (shown, panic) = health::visible(&all, &filters, &policy);
+        serde_json::to_value((shown, panic)).unwrap_or(Value::Null)
     };
     agent
         .hub

@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
+use super::health::{Health, Policy};
 use super::hlc::{node_number, Hlc};
 use super::model::{Instance, Liveness, Record, Stamp, State, Status};
 use super::unit::{Unit, UnitBody};
@@ -143,6 +144,7 @@ impl Legacy {
             liveness: OrdMap::new(),
             removed: OrdMap::new(),
             stamps: OrdMap::new(),
+            policy: Policy::default(),
         };
         for (id, at) in &self.removed {
             rec.removed.insert(id.clone(), *at);
@@ -210,6 +212,7 @@ fn decode_binary(body: &[u8]) -> Result<Legacy> {
         let l = Liveness {
             last_seen: from_ts(last_seen)?,
             expired_from: expired.map(|(state, note)| (state, note.into_owned())),
+            health: Health::default(),
         };
         liveness.insert(id.into_owned(), l);
     }
@@ -269,15 +272,20 @@ impl<'a> StoredInstance<'a> {
                 note: self.note.into_owned(),
                 updated_at: from_ts(self.updated_at)?,
             },
+            flapping: false,
         })
     }
 }
 
 // ---- units (0.2) ---------------------------------------------------------------------------
 
+/// The head of a unit, for tests that look at what follows it.
+#[cfg(test)]
+pub(super) type UnitHeadForTests = UnitHead;
+
 /// The head of a unit: its version and index, readable without the rest.
 #[derive(Serialize, Deserialize)]
-struct UnitHead {
+pub(super) struct UnitHead {
     wall_ms: u64,
     logical: u32,
     node: u64,
@@ -297,6 +305,55 @@ enum StoredBody<'a> {
     Removed {
         at: Ts,
     },
+    /// A service's health policy (the unit under the empty id).
+    Policy {
+        failures_before_critical: u32,
+        successes_before_passing: u32,
+        flap_half_life_secs: u64,
+        panic_threshold: f64,
+    },
+    /// `Present` with health bookkeeping; an instance without any is written as `Present`, as
+    /// before the bookkeeping existed (an older agent reads it).
+    Tracked {
+        #[serde(borrow)]
+        instance: StoredInstance<'a>,
+        last_seen: Ts,
+        expired_from: Option<(State, Cow<'a, str>)>,
+        health: StoredHealth,
+    },
+}
+
+/// [`Health`] as stored: streak, judged, penalty, penalty_at, held, since.
+type StoredHealth = (
+    Option<(State, u32)>,
+    Option<State>,
+    f64,
+    Option<Ts>,
+    Option<State>,
+    Option<Ts>,
+);
+
+fn stored_health(h: &Health) -> StoredHealth {
+    (
+        h.streak,
+        h.judged,
+        h.penalty,
+        h.penalty_at.as_ref().map(ts),
+        h.held,
+        h.since.as_ref().map(ts),
+    )
+}
+
+fn health_of(s: StoredHealth) -> Result<Health> {
+    let (streak, judged, penalty, penalty_at, held, since) = s;
+    Ok(Health {
+        streak,
+        judged,
+        penalty,
+        penalty_at: penalty_at.map(from_ts).transpose()?,
+        held,
+        since: since.map(from_ts).transpose()?,
+    })
 }
 
 /// A service's own facts, under `s/SERVICE`.
@@ -320,15 +377,35 @@ pub(super) fn encode_unit(unit: &Unit) -> Result<Vec<u8>> {
         index: unit.stamp.index,
     };
     let body = match &unit.body {
-        UnitBody::Present { instance, liveness } => StoredBody::Present {
-            instance: StoredInstance::of(instance),
-            last_seen: ts(&liveness.last_seen),
-            expired_from: liveness
+        UnitBody::Present { instance, liveness } => {
+            let instance = StoredInstance::of(instance);
+            let last_seen = ts(&liveness.last_seen);
+            let expired_from = liveness
                 .expired_from
                 .as_ref()
-                .map(|(s, n)| (*s, Cow::Borrowed(n.as_str()))),
-        },
+                .map(|(s, n)| (*s, Cow::Borrowed(n.as_str())));
+            if liveness.health == Health::default() {
+                StoredBody::Present {
+                    instance,
+                    last_seen,
+                    expired_from,
+                }
+            } else {
+                StoredBody::Tracked {
+                    instance,
+                    last_seen,
+                    expired_from,
+                    health: stored_health(&liveness.health),
+                }
+            }
+        }
         UnitBody::Removed { at } => StoredBody::Removed { at: ts(at) },
+        UnitBody::Policy { policy } => StoredBody::Policy {
+            failures_before_critical: policy.failures_before_critical,
+            successes_before_passing: policy.successes_before_passing,
+            flap_half_life_secs: policy.flap_half_life_secs,
+            panic_threshold: policy.panic_threshold,
+        },
     };
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&[UNIT_TAG, UNIT_FORMAT]);
@@ -374,7 +451,7 @@ pub(super) fn unit_removed_at(bytes: &[u8]) -> Option<DateTime<Utc>> {
     }
     match postcard::from_bytes::<StoredBody<'_>>(rest).ok()? {
         StoredBody::Removed { at } => from_ts(at).ok(),
-        StoredBody::Present { .. } => None,
+        _ => None,
     }
 }
 
@@ -383,19 +460,47 @@ pub(super) fn decode_unit(service: &str, bytes: &[u8]) -> Result<Unit> {
     let (stamp, rest) = unit_parts(bytes)?;
     let body: StoredBody<'_> =
         postcard::from_bytes(rest).map_err(|e| corrupt("instance unit", e))?;
+    let present = |instance: StoredInstance<'_>,
+                   last_seen: Ts,
+                   expired_from: Option<(State, Cow<'_, str>)>,
+                   health: Health| {
+        let mut instance = instance.into_instance(service)?;
+        instance.flapping = health.is_flapping();
+        Ok::<_, Error>(UnitBody::Present {
+            instance: Arc::new(instance),
+            liveness: Liveness {
+                last_seen: from_ts(last_seen)?,
+                expired_from: expired_from.map(|(s, n)| (s, n.into_owned())),
+                health,
+            },
+        })
+    };
     let body = match body {
         StoredBody::Present {
             instance,
             last_seen,
             expired_from,
-        } => UnitBody::Present {
-            instance: Arc::new(instance.into_instance(service)?),
-            liveness: Liveness {
-                last_seen: from_ts(last_seen)?,
-                expired_from: expired_from.map(|(s, n)| (s, n.into_owned())),
+        } => present(instance, last_seen, expired_from, Health::default())?,
+        StoredBody::Tracked {
+            instance,
+            last_seen,
+            expired_from,
+            health,
+        } => present(instance, last_seen, expired_from, health_of(health)?)?,
+        StoredBody::Removed { at } => UnitBody::Removed { at: from_ts(at)? },
+        StoredBody::Policy {
+            failures_before_critical,
+            successes_before_passing,
+            flap_half_life_secs,
+            panic_threshold,
+        } => UnitBody::Policy {
+            policy: Policy {
+                failures_before_critical,
+                successes_before_passing,
+                flap_half_life_secs,
+                panic_threshold,
             },
         },
-        StoredBody::Removed { at } => UnitBody::Removed { at: from_ts(at)? },
     };
     Ok(Unit { stamp, body })
 }

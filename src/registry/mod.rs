@@ -7,7 +7,9 @@
 //!   copies merge ([`Record::apply_unit`]), store keys.
 //! - [`hlc`]: hybrid logical clocks, the versions of units.
 //! - [`validate`]: the limits of API.md, with messages that say exactly what was wrong.
-//! - [`ttl`]: TTL expiry (`Record::sweep`, `Record::next_deadline`).
+//! - [`ttl`]: TTL expiry (`Record::sweep`, `Record::next_deadline`), and self-preservation.
+//! - [`health`]: the per-service [`Policy`], consecutive thresholds, flap damping, panic, and
+//!   the one filtering decision discover and explain share.
 //! - [`pick`](mod@pick): [`discover`], [`Strategy`] and [`pick`](fn@pick).
 //! - [`duration`]: the CLI's DURATION syntax.
 //! - [`compat`]: the prototype's gVips, texts and JSON documents.
@@ -24,6 +26,7 @@
 pub mod codec;
 pub mod compat;
 pub mod duration;
+pub mod health;
 pub mod hlc;
 pub mod model;
 pub mod ops;
@@ -34,12 +37,13 @@ pub mod validate;
 pub mod watch;
 
 pub use duration::parse_duration;
+pub use health::{Policy, POLICY_UNIT};
 pub use hlc::{Clock, Hlc};
 pub use model::{
     Discovery, Instance, Record, RegisterBody, ServiceSummary, Stamp, State, Status, StatusBody,
     ValidRegistration,
 };
-pub use pick::{discover, pick, Strategy};
+pub use pick::{discover, discover_with_panic, pick, Strategy};
 pub use ttl::DEFAULT_GRACE_FACTOR;
 pub use unit::{Unit, UnitBody};
 pub use validate::{validate_instance_id, validate_service};

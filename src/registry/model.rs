@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::health::{Health, Policy};
 use super::hlc::Hlc;
 use super::validate::{
     validate_address, validate_instance_id, validate_metadata, validate_non_negative,
@@ -136,7 +137,7 @@ impl Status {
 }
 
 /// One registered instance of a service; serializes exactly as API.md's INSTANCE.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Instance {
     /// The service this instance belongs to.
     pub service: String,
@@ -158,6 +159,37 @@ pub struct Instance {
     pub registered_at: DateTime<Utc>,
     /// Last reported status.
     pub status: Status,
+    /// Held in its worse state by flap damping (API.md, "Health beyond a state"); omitted from
+    /// the JSON when false, so an INSTANCE keeps its documented shape.
+    #[serde(default)]
+    pub flapping: bool,
+}
+
+/// By hand for one field: `flapping` is left out of JSON when false (an INSTANCE keeps its
+/// documented shape), but always written in the ring's binary encoding, whose fields are
+/// positional (`skip_serializing_if` would make it undecodable).
+impl Serialize for Instance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let flag = self.flapping || !s.is_human_readable();
+        let mut st = s.serialize_struct("Instance", if flag { 11 } else { 10 })?;
+        st.serialize_field("service", &self.service)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("address", &self.address)?;
+        st.serialize_field("port", &self.port)?;
+        st.serialize_field("tags", &self.tags)?;
+        st.serialize_field("metadata", &self.metadata)?;
+        st.serialize_field("weight", &self.weight)?;
+        st.serialize_field("ttl_secs", &self.ttl_secs)?;
+        st.serialize_field("registered_at", &self.registered_at)?;
+        st.serialize_field("status", &self.status)?;
+        if flag {
+            st.serialize_field("flapping", &self.flapping)?;
+        } else {
+            st.skip_field("flapping")?;
+        }
+        st.end()
+    }
 }
 
 /// The version of one instance's last change, and the service's change index it was made at.
@@ -181,6 +213,9 @@ pub struct Liveness {
     /// by the next heartbeat unless that heartbeat sets its own.
     #[serde(default)]
     pub(super) expired_from: Option<(State, String)>,
+    /// Consecutive reports and the flap penalty (see `health.rs`).
+    #[serde(default)]
+    pub(super) health: Health,
 }
 
 impl Liveness {
@@ -188,6 +223,7 @@ impl Liveness {
         Liveness {
             last_seen: now,
             expired_from: None,
+            health: Health::default(),
         }
     }
 }
@@ -220,9 +256,13 @@ pub struct Record {
     /// copy does not bring it back.
     #[serde(default)]
     pub(super) removed: OrdMap<String, DateTime<Utc>>,
-    /// The version of every instance's last change, present or removed.
+    /// The version of every instance's last change, present or removed, and of the policy
+    /// (under [`POLICY_UNIT`](super::health::POLICY_UNIT)).
     #[serde(default)]
     pub(super) stamps: OrdMap<String, Stamp>,
+    /// The service's health policy (the default until one is set).
+    #[serde(default)]
+    pub(super) policy: Policy,
 }
 
 impl Record {
@@ -237,7 +277,30 @@ impl Record {
             liveness: OrdMap::new(),
             removed: OrdMap::new(),
             stamps: OrdMap::new(),
+            policy: Policy::default(),
         })
+    }
+
+    /// The service's health policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Set the service's health policy (the caller stamps [`POLICY_UNIT`](super::health::POLICY_UNIT)). Instances held by
+    /// flap damping are released by the next sweep when damping is turned off.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// Instance `id`'s health bookkeeping, if it has any.
+    pub fn health_of(&self, id: &str) -> Option<&Health> {
+        self.liveness.get(id).map(|l| &l.health)
+    }
+
+    /// The last sign of life of instance `id` when TTL expiry made it critical.
+    pub fn expired_since(&self, id: &str) -> Option<DateTime<Utc>> {
+        let l = self.liveness.get(id)?;
+        l.expired_from.as_ref().map(|_| l.last_seen)
     }
 
     /// The version of instance `id`'s last change (registration, report or removal), if any.
@@ -264,7 +327,8 @@ impl Record {
         self.index
     }
 
-    /// The ids of every instance this record knows of, present or removed.
+    /// The ids of every unit this record knows of: instances present or removed, and the
+    /// policy ([`POLICY_UNIT`](super::health::POLICY_UNIT)) once set.
     pub fn unit_ids(&self) -> impl Iterator<Item = &String> {
         self.stamps.keys()
     }
@@ -331,9 +395,9 @@ impl Record {
             Some(old) => {
                 // Only its registration time and status carry over: no copy of the rest (the
                 // old instance is usually shared with the cached copy of the record).
-                let (registered_at, mut status) = match Arc::try_unwrap(old) {
-                    Ok(old) => (old.registered_at, old.status),
-                    Err(shared) => (shared.registered_at, shared.status.clone()),
+                let (registered_at, mut status, flapping) = match Arc::try_unwrap(old) {
+                    Ok(old) => (old.registered_at, old.status, old.flapping),
+                    Err(shared) => (shared.registered_at, shared.status.clone(), shared.flapping),
                 };
                 if let Some((state, note)) = restored {
                     status.state = state;
@@ -343,6 +407,7 @@ impl Record {
                 Instance {
                     registered_at,
                     status,
+                    flapping,
                     ..valid.into_instance(&self.service, id, now)
                 }
             }
@@ -386,7 +451,14 @@ impl Record {
             instance.status.note = note;
         }
         liveness.last_seen = now;
+        let shown = instance.status.state;
         body.apply(&mut instance.status, now);
+        if let Some(reported) = body.state {
+            // The thresholds and flap damping decide what the report shows.
+            let health = &mut liveness.health;
+            instance.status.state = health.observe(shown, reported, &self.policy, now);
+            instance.flapping = health.is_flapping();
+        }
         Ok(instance)
     }
 
@@ -528,6 +600,7 @@ impl ValidRegistration {
             ttl_secs: self.ttl_secs,
             registered_at: now,
             status: Status::new(now),
+            flapping: false,
         }
     }
 }
@@ -724,6 +797,15 @@ pub(super) mod tests {
         );
         let back: Instance = serde_json::from_value(json).unwrap();
         assert_eq!(&back, inst);
+        // Between agents (postcard, positional), flapping or not.
+        for flapping in [false, true] {
+            let mut inst = inst.clone();
+            inst.flapping = flapping;
+            let wire = postcard::to_allocvec(&inst).unwrap();
+            assert_eq!(postcard::from_bytes::<Instance>(&wire).unwrap(), inst);
+            let json = serde_json::to_value(&inst).unwrap();
+            assert_eq!(json.get("flapping").is_some(), flapping);
+        }
     }
 
     #[test]

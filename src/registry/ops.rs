@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::health::Policy;
 use super::model::{Instance, Record, RegisterBody, ServiceSummary, StatusBody};
 use super::unit::Mark;
 use crate::ring::Id;
@@ -76,6 +77,11 @@ pub enum WriteOp {
     LsipCancel {
         /// The instance address and id.
         lsip: String,
+    },
+    /// Set the service's health policy (creating the service's record when it has none).
+    SetPolicy {
+        /// The policy, already checked.
+        policy: Policy,
     },
 }
 
@@ -223,6 +229,11 @@ pub enum RegistryRequest {
         /// How long to wait for a change, at most.
         wait_ms: u64,
     },
+    /// The service's health policy, at the owner.
+    Policy {
+        /// The service.
+        service: String,
+    },
 }
 
 /// The answer to a [`RegistryRequest`].
@@ -284,6 +295,18 @@ pub enum RegistryResponse {
     Watched(Vec<crate::registry::watch::WatchAnswer>),
     /// Done.
     Done,
+    /// A service's health policy (`None`: no such service).
+    Policy(Option<Policy>),
+    /// A healthy-only discover answer of a service in panic (API.md, "Health beyond a
+    /// state"): as `Json`, holding every instance; answered with `X-Chordctl-Panic: true`.
+    /// (A variant of its own rather than a field of `Json`, so that the usual answer keeps
+    /// its encoding.)
+    PanicJson {
+        /// The answer.
+        json: RawJson,
+        /// The service's change index.
+        index: u64,
+    },
 }
 
 /// JSON text made by one agent and passed through another untouched: over ring RPC it travels
@@ -342,22 +365,45 @@ impl<'de> Deserialize<'de> for RawJson {
     }
 }
 
-/// The discover answer, `{"service", "instances": [INSTANCE...]}`.
+/// The discover answer, `{"service", "instances": [INSTANCE...]}`, and `"panic": true` when
+/// the service is in panic.
 #[derive(Serialize)]
 struct Discovered<'a> {
     service: &'a str,
     instances: Vec<&'a Instance>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    panic: bool,
 }
 
 /// `record`'s instances that pass the filters, as the discover answer's JSON.
 pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> Result<RawJson> {
+    discovered(record, healthy, tag).map(|(json, _)| json)
+}
+
+/// [`discovered_json`], and whether the service is in panic for this query.
+pub fn discovered(record: &Record, healthy: bool, tag: Option<&str>) -> Result<(RawJson, bool)> {
+    let (instances, panic) = super::discover_with_panic(record, healthy, tag);
     let answer = Discovered {
         service: &record.service,
-        instances: super::discover(record, healthy, tag),
+        instances,
+        panic,
     };
     serde_json::to_vec(&answer)
-        .map(|v| RawJson(Bytes::from(v)))
+        .map(|v| (RawJson(Bytes::from(v)), panic))
         .map_err(|e| crate::Error::internal(format!("cannot encode a discover answer: {e}")))
+}
+
+impl RegistryResponse {
+    /// The answer to a `Discover` of `record`: `Json`, or `PanicJson` in panic.
+    pub fn discover_answer(record: &Record, healthy: bool, tag: Option<&str>) -> Result<Self> {
+        let (json, panic) = discovered(record, healthy, tag)?;
+        let index = record.index;
+        Ok(if panic {
+            RegistryResponse::PanicJson { json, index }
+        } else {
+            RegistryResponse::Json { json, index }
+        })
+    }
 }
 
 /// The anti-entropy digest of a range: SHA-1 over `key version` lines, sorted by key.

@@ -9,22 +9,29 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::health;
 use super::model::{Instance, Record};
 use crate::{Error, Result};
 
 /// The instances of `record` a discovery returns, ordered by id.
 ///
 /// With `healthy`, only instances whose state is passing or warning (see
-/// [`State::is_healthy`](super::State::is_healthy)); with `tag`, only instances carrying that tag
-/// (exact, case-sensitive match).
+/// [`State::is_healthy`](super::State::is_healthy)) — unless the service is in panic (its
+/// policy's `panic_threshold`), then every instance; with `tag`, only instances carrying that
+/// tag (exact, case-sensitive match). The decision is [`health::exclusions`], which explain
+/// shares.
 pub fn discover<'a>(record: &'a Record, healthy: bool, tag: Option<&str>) -> Vec<&'a Instance> {
-    record
-        .instances
-        .values()
-        .map(Arc::as_ref)
-        .filter(|inst| !healthy || inst.status.state.is_healthy())
-        .filter(|inst| tag.is_none_or(|t| inst.tags.iter().any(|have| have == t)))
-        .collect()
+    discover_with_panic(record, healthy, tag).0
+}
+
+/// [`discover`], and whether the service is in panic for this query.
+pub fn discover_with_panic<'a>(
+    record: &'a Record,
+    healthy: bool,
+    tag: Option<&str>,
+) -> (Vec<&'a Instance>, bool) {
+    let all: Vec<&Instance> = record.instances.values().map(Arc::as_ref).collect();
+    health::visible(&all, &health::Filters { healthy, tag }, record.policy())
 }
 
 /// How `discover --pick` chooses one instance among the candidates.
@@ -102,7 +109,7 @@ impl FromStr for Strategy {
 }
 
 /// `best`'s order: healthiest state, highest success rate, lowest latency, lowest load, id.
-fn best_order(a: &Instance, b: &Instance) -> Ordering {
+pub(super) fn best_order(a: &Instance, b: &Instance) -> Ordering {
     let (sa, sb) = (&a.status, &b.status);
     sa.state
         .rank()

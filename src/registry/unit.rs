@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::health::{Policy, POLICY_UNIT};
 use super::hlc::Hlc;
 use super::model::{Instance, Liveness, Record, Stamp};
 use crate::ring::Id;
@@ -47,6 +48,11 @@ pub enum UnitBody {
     Removed {
         /// When.
         at: DateTime<Utc>,
+    },
+    /// The service's health policy (the unit [`POLICY_UNIT`]).
+    Policy {
+        /// The policy.
+        policy: Policy,
     },
 }
 
@@ -176,7 +182,11 @@ impl Record {
     /// Instance `id` as a unit, if this record has a version of it.
     pub fn unit(&self, id: &str) -> Option<Unit> {
         let stamp = *self.stamps.get(id)?;
-        let body = if let Some(instance) = self.instances.get(id) {
+        let body = if id == POLICY_UNIT {
+            UnitBody::Policy {
+                policy: self.policy,
+            }
+        } else if let Some(instance) = self.instances.get(id) {
             let liveness = self.liveness.get(id).cloned().unwrap_or_else(|| {
                 Liveness::new(instance.registered_at.max(instance.status.updated_at))
             });
@@ -214,6 +224,10 @@ impl Record {
             }
         }
         match unit.body {
+            // Only under its own id: a policy is never an instance, nor the other way round.
+            UnitBody::Policy { policy } if id == POLICY_UNIT => self.policy = policy,
+            UnitBody::Policy { .. } => return false,
+            _ if id == POLICY_UNIT => return false,
             UnitBody::Present { instance, liveness } => {
                 self.removed.remove(id);
                 self.liveness.insert(id.to_string(), liveness);
@@ -556,5 +570,99 @@ mod tests {
         assert_eq!(service_id_of_key("gvip/10.0.0.1"), None);
         assert!(unit_key("pay", "x").starts_with(&unit_prefix("pay")));
         assert!(!unit_key("pay", "x").starts_with(&unit_prefix("pa")));
+    }
+
+    #[test]
+    fn the_policy_is_a_unit_that_replicates_merges_and_is_stored_like_an_instance() {
+        use crate::registry::health::{Policy, POLICY_UNIT};
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        let policy = Policy {
+            failures_before_critical: 3,
+            successes_before_passing: 2,
+            flap_half_life_secs: 60,
+            panic_threshold: 0.25,
+        };
+        a.rec.set_policy(policy);
+        a.stamp(POLICY_UNIT, at(1));
+        let unit = a.rec.unit(POLICY_UNIT).expect("the policy unit");
+        // Anti-entropy sees its version like an instance's.
+        let key = unit_key("svc", POLICY_UNIT);
+        let mark = Mark::of(&key, &unit.to_bytes().expect("encode"));
+        assert_eq!(Some(mark.version), a.rec.version_of(POLICY_UNIT));
+        assert_ne!(mark, Mark::default());
+        assert_eq!(
+            split_unit_key(&unit_key("svc", POLICY_UNIT)),
+            Some(("svc", POLICY_UNIT))
+        );
+        // Stored and read back (a restart).
+        let bytes = unit.to_bytes().expect("encode");
+        assert_eq!(Unit::from_bytes("svc", &bytes).expect("decode"), unit);
+        let stored =
+            Record::from_stored("svc", None, [(POLICY_UNIT, bytes.as_slice())]).expect("record");
+        assert_eq!(*stored.policy(), policy);
+        assert!(stored.instances.is_empty(), "not an instance");
+        // A replica (or a new owner) merging the copy takes it; an older policy loses.
+        let mut b = Owner::new(2, 0);
+        b.inherit(&a.rec);
+        assert_eq!(*b.rec.policy(), policy);
+        b.rec.set_policy(Policy::default());
+        b.stamp(POLICY_UNIT, at(2));
+        a.rec.merge_from(&b.rec);
+        assert_eq!(*a.rec.policy(), Policy::default(), "the newer one wins");
+        let mut stale = a.rec.clone();
+        stale.apply_unit(POLICY_UNIT, unit);
+        assert_eq!(*stale.policy(), Policy::default(), "an older one does not");
+    }
+
+    #[test]
+    fn without_a_policy_an_instance_is_stored_as_before_the_policy_existed() {
+        use crate::registry::State;
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        let before = a.rec.unit("x").expect("unit").to_bytes().expect("encode");
+        let critical = StatusBody {
+            state: Some(State::Critical),
+            ..StatusBody::default()
+        };
+        a.rec.report("x", &critical, at(1)).expect("report");
+        a.stamp("x", at(1));
+        let after = a.rec.unit("x").expect("unit").to_bytes().expect("encode");
+        // The body's variant (after the tag, format and head) is `Present` (0) in both.
+        let variant = |b: &[u8]| {
+            let (_, rest): (super::super::codec::UnitHeadForTests, &[u8]) =
+                postcard::take_from_bytes(&b[2..]).expect("head");
+            rest[0]
+        };
+        assert_eq!(variant(&before), 0);
+        assert_eq!(variant(&after), 0);
+    }
+
+    #[test]
+    fn health_bookkeeping_travels_with_the_instance() {
+        use crate::registry::health::Policy;
+        use crate::registry::State;
+        let mut a = Owner::new(1, 0);
+        a.rec.set_policy(Policy {
+            failures_before_critical: 3,
+            flap_half_life_secs: 100,
+            ..Policy::default()
+        });
+        a.register("x", 1, at(0));
+        let critical = StatusBody {
+            state: Some(State::Critical),
+            ..StatusBody::default()
+        };
+        a.rec.report("x", &critical, at(1)).expect("report");
+        a.rec.report("x", &critical, at(2)).expect("report");
+        a.stamp("x", at(2));
+        let bytes = a.rec.unit("x").expect("unit").to_bytes().expect("encode");
+        let mut b = Owner::new(2, 0);
+        b.rec
+            .apply_unit("x", Unit::from_bytes("svc", &bytes).expect("decode"));
+        b.rec.set_policy(*a.rec.policy());
+        // The third critical report at the new owner is the one that counts.
+        let s = b.rec.report("x", &critical, at(3)).expect("report");
+        assert_eq!(s.status.state, State::Critical, "the streak came along");
     }
 }

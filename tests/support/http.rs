@@ -4,6 +4,16 @@ use serde_json::Value;
 
 /// Send `method url` with an optional JSON body; returns (status, body as JSON or as a string).
 pub async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let (status, _, value) = call_with_headers(method, url, body).await;
+    (status, value)
+}
+
+/// [`call`], with the answer's headers.
+pub async fn call_with_headers(
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut req = client.request(method, url);
@@ -12,9 +22,10 @@ pub async fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) 
     }
     let resp = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let text = resp.text().await.expect("body");
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value)
+    (status, headers, value)
 }
 
 /// [`call`] that must answer 200; returns the body.

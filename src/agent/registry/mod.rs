@@ -35,6 +35,7 @@ use crate::registry::ops::{
     discovered_json, gvip_id, gvip_key, range_hash, routing_id, Entry, RawJson, RegistryRequest,
     RegistryResponse, WriteOp,
 };
+use crate::registry::ttl::Preservation;
 use crate::registry::unit::{meta_key, unit_prefix, Mark, Unit};
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult};
@@ -149,6 +150,8 @@ pub struct Registry {
     /// The services this node stamped since it last became their owner, with the predecessor
     /// it had then: the first change after an ownership change starts a new index epoch.
     claimed: Mutex<HashMap<String, Option<Id>>>,
+    /// Self-preservation over the TTL leases this node owns (see `sweep.rs`).
+    preservation: Mutex<Preservation>,
 }
 
 /// Most bytes of discover answers kept by [`DiscoveredCache`].
@@ -254,6 +257,7 @@ impl Registry {
             pause_threshold,
             feeds: feeds::Feeds::new(),
             claimed: Mutex::new(HashMap::new()),
+            preservation: Mutex::new(Preservation::default()),
         })
     }
 
@@ -276,6 +280,11 @@ impl Registry {
     /// A counter for round-robin picks made through this agent.
     pub fn next_rr(&self) -> u64 {
         self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The round-robin counter's next value, without taking it (explain).
+    pub fn peek_rr(&self) -> u64 {
+        self.rr.load(Ordering::Relaxed)
     }
 
     /// This agent's idea of the time (its wall clock, shifted in clock-skew tests).
@@ -569,8 +578,7 @@ impl Registry {
                     .ok_or_else(|| Error::not_found(format!("service {service} not found")))?;
                 let index = rec.index;
                 if healthy || tag.is_some() {
-                    let json = discovered_json(&rec, healthy, tag.as_deref())?;
-                    return Ok(RegistryResponse::Json { json, index });
+                    return RegistryResponse::discover_answer(&rec, healthy, tag.as_deref());
                 }
                 let cached = guard(&self.discovered).get(&rec);
                 let json = match cached {
@@ -604,6 +612,11 @@ impl Registry {
                 Ok(RegistryResponse::Same(range_hash(&mine) == hash))
             }
             RegistryRequest::Digest { items, range, span } => self.diff(items, range, span).await,
+            RegistryRequest::Policy { service } => {
+                self.check_owner(&Id::of_key(&service))?;
+                let rec = self.read_cached(&service).await?;
+                Ok(RegistryResponse::Policy(rec.map(|r| *r.policy())))
+            }
             RegistryRequest::ResolveGvip { gvip } => {
                 let id = gvip_id(&gvip);
                 self.check_owner(&id)?;

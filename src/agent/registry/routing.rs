@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{guard, Registry, LIST_CACHE_TTL, ROUTE_CACHE_MAX, ROUTE_CACHE_TTL, ROUTE_DEADLINE};
-use crate::registry::ops::{
-    discovered_json, gvip_id, RawJson, RegistryRequest, RegistryResponse, WriteOp,
-};
-use crate::registry::{Record, ServiceSummary};
+use crate::registry::ops::{gvip_id, RawJson, RegistryRequest, RegistryResponse, WriteOp};
+use crate::registry::{Policy, Record, ServiceSummary};
 use crate::ring::{Id, LookupResult, NodeRef};
 use crate::rpc::{CallError, Request, Response};
 use crate::{Error, Result};
@@ -94,10 +92,7 @@ impl Registry {
                             (
                                 RegistryRequest::Discover { healthy, tag, .. },
                                 RegistryResponse::Record(Some(rec)),
-                            ) => Ok(RegistryResponse::Json {
-                                json: discovered_json(&rec, *healthy, tag.as_deref())?,
-                                index: rec.index,
-                            }),
+                            ) => RegistryResponse::discover_answer(&rec, *healthy, tag.as_deref()),
                             (RegistryRequest::Discover { .. }, _) => {
                                 Err(Error::not_found(format!("service {service} not found")))
                             }
@@ -191,24 +186,36 @@ impl Registry {
         }
     }
 
-    /// The discover answer for `service` (`{"service", "instances"}`, filtered) and the
-    /// service's change index, made at the owner and passed on as JSON text: through a
-    /// non-owner this costs one RPC and no record decoding.
+    /// The discover answer for `service` (`{"service", "instances"}`, filtered), the
+    /// service's change index and whether it is in panic, made at the owner and passed on as
+    /// JSON text: through a non-owner this costs one RPC and no record decoding.
     pub async fn discover_json(
         self: &Arc<Self>,
         service: &str,
         healthy: bool,
         tag: Option<&str>,
-    ) -> Result<(RawJson, u64)> {
+    ) -> Result<(RawJson, u64, bool)> {
         let req = RegistryRequest::Discover {
             service: service.to_string(),
             healthy,
             tag: tag.map(str::to_string),
         };
         match self.route(Id::of_key(service), req).await {
-            Ok(RegistryResponse::Json { json, index }) => Ok((json, index)),
+            Ok(RegistryResponse::Json { json, index }) => Ok((json, index, false)),
+            Ok(RegistryResponse::PanicJson { json, index }) => Ok((json, index, true)),
             Ok(other) => Err(Error::internal(format!("unexpected answer {other:?}"))),
             Err(e) => Err(e),
+        }
+    }
+
+    /// `service`'s health policy, from its owner (`None`: no such service).
+    pub async fn policy(self: &Arc<Self>, service: &str) -> Result<Option<Policy>> {
+        let req = RegistryRequest::Policy {
+            service: service.to_string(),
+        };
+        match self.route(Id::of_key(service), req).await? {
+            RegistryResponse::Policy(p) => Ok(p),
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
         }
     }
 

@@ -1,6 +1,10 @@
 //! TTL expiry at the owner: the sweep wakes at the earliest deadline it knows of
 //! (`agent/deadlines.rs`), expires and removes what is due in each such service, and stores
-//! and replicates the instances it changed.
+//! and replicates the instances it changed; and self-preservation (`ttl.rs`, [`Preservation`]):
+//! the lapses and leases of the services this node owns, told to it here and by writes, decide
+//! whether removals are held back.
+//!
+//! [`Preservation`]: crate::registry::ttl::Preservation
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +13,7 @@ use chrono::Utc;
 
 use super::writes::Changes;
 use super::{feeds, guard, Registry};
+use crate::registry::ttl::{Leases, Turned, PRESERVATION_GRACE_PERIODS};
 use crate::registry::watch::ChangeOp;
 use crate::registry::DEFAULT_GRACE_FACTOR;
 use crate::ring::Id;
@@ -34,6 +39,7 @@ impl Registry {
         for service in due {
             if !self.owns(&Id::of_key(&service)) {
                 guard(&self.deadlines).remove(&service);
+                guard(&self.preservation).forget(&service);
                 continue;
             }
             let slot = self.slot(&service);
@@ -64,18 +70,81 @@ impl Registry {
     /// where it has them, so only uncached records are read).
     async fn rescan_deadlines(&self, predecessor: Option<Id>) -> Result<()> {
         guard(&self.deadlines).rescanning(Instant::now(), predecessor);
+        let hold = guard(&self.preservation).hold_until();
         for (service, owned) in self.held_services().await? {
             if !owned {
+                guard(&self.preservation).forget(&service);
                 continue;
             }
             let Some(rec) = self.read_cached(&service).await? else {
                 continue;
             };
-            if let Some(at) = rec.next_deadline(DEFAULT_GRACE_FACTOR) {
+            guard(&self.preservation).set(&service, rec.leases());
+            if let Some(at) = rec.next_deadline_holding(DEFAULT_GRACE_FACTOR, hold) {
                 guard(&self.deadlines).scanned(&service, at);
             }
         }
         Ok(())
+    }
+
+    /// Whether this node holds back TTL removals now (self-preservation).
+    pub fn self_preservation(&self) -> bool {
+        guard(&self.preservation).is_on()
+    }
+
+    /// A write at the owner changed `service`'s leases from `before` to `after`: instances
+    /// coming back may end self-preservation.
+    pub(super) fn leases_changed(&self, service: &str, before: Leases, after: Leases) {
+        if before == after {
+            return;
+        }
+        let turned = {
+            let mut p = guard(&self.preservation);
+            p.adjust(service, before, after);
+            p.update(self.now(), DEFAULT_GRACE_FACTOR)
+        };
+        self.preservation_turned(turned);
+    }
+
+    /// Log a change of self-preservation; when it ends, the removals it held back are due.
+    fn preservation_turned(&self, turned: Option<Turned>) {
+        match turned {
+            None => {}
+            Some(Turned::On {
+                lapsed,
+                held,
+                until,
+            }) => tracing::warn!(
+                lapsed,
+                held,
+                %until,
+                "self-preservation on: {lapsed} of the {held} TTL leases this node owns lapsed \
+                 within one TTL; they turn critical but none is removed until reports recover"
+            ),
+            Some(Turned::Off { timed_out, lapsed }) => {
+                if timed_out {
+                    tracing::info!(
+                        lapsed,
+                        "self-preservation off after {PRESERVATION_GRACE_PERIODS} grace periods: \
+                         the {lapsed} leases still lapsed are removed"
+                    );
+                } else {
+                    tracing::info!(lapsed, "self-preservation off: reports recovered");
+                }
+                let services = guard(&self.preservation).lapsed_services();
+                let now = Utc::now();
+                let mut wake = false;
+                {
+                    let mut deadlines = guard(&self.deadlines);
+                    for service in &services {
+                        wake |= deadlines.check_soon(service, now);
+                    }
+                }
+                if wake {
+                    self.sweep_wake.notify_one();
+                }
+            }
+        }
     }
 
     /// Sweep one owned service (under its slot lock): expire and remove what is due, forget
@@ -90,11 +159,23 @@ impl Registry {
         let before = rec.clone();
         let mut rec = Arc::unwrap_or_clone(rec);
         let forgotten = rec.forget_tombstones(now);
-        let changed = rec.sweep(now, DEFAULT_GRACE_FACTOR);
+        let hold = guard(&self.preservation).hold_until();
+        let swept = rec.sweep_holding(now, DEFAULT_GRACE_FACTOR, hold);
+        let changed = swept.changed;
         for id in &changed {
             self.stamp(&mut rec, id, now);
         }
-        let next = rec.next_deadline(DEFAULT_GRACE_FACTOR);
+        let turned = {
+            let mut p = guard(&self.preservation);
+            p.set(service, rec.leases());
+            for ttl in swept.lapsed {
+                p.lapsed(now, ttl);
+            }
+            p.update(now, DEFAULT_GRACE_FACTOR)
+        };
+        self.preservation_turned(turned);
+        let hold = guard(&self.preservation).hold_until();
+        let next = rec.next_deadline_holding(DEFAULT_GRACE_FACTOR, hold);
         if !changed.is_empty() || !forgotten.is_empty() {
             let watched = self.feeds.watched(service).then(|| {
                 let events = feeds::changes_of(

@@ -16,9 +16,10 @@ use chrono::{DateTime, Utc};
 use super::{feeds, guard, Pending, Registry};
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{gvip_id, Entry, RegistryRequest, RegistryResponse, WriteOp};
+use crate::registry::ttl::Leases;
 use crate::registry::unit::{meta_key, meta_value, unit_key};
 use crate::registry::watch::ChangeOp;
-use crate::registry::{Record, DEFAULT_GRACE_FACTOR};
+use crate::registry::{Record, DEFAULT_GRACE_FACTOR, POLICY_UNIT};
 use crate::ring::Id;
 use crate::store::Op;
 use crate::{Error, Result};
@@ -119,6 +120,7 @@ impl Registry {
         if changes.ids.is_empty() && !changes.created {
             return Ok(answers);
         }
+        let leases = lease_change(before.as_deref(), &rec, &changes.ids);
         let watched = self.feeds.watched(service).then(|| {
             let events = feeds::changes_of(
                 before.as_deref(),
@@ -130,6 +132,7 @@ impl Registry {
             (events, rec.index)
         });
         let entries = self.save(rec, changes).await?;
+        self.leases_changed(service, leases.0, leases.1);
         self.replicate(entries).await?;
         // Durable on a quorum: watchers may hear of it.
         if let Some((events, after)) = watched {
@@ -207,6 +210,12 @@ impl Registry {
         let r = match rec {
             Some(r) => r,
             None if creates => rec.insert(Record::new(service, None)?),
+            // A policy may come before the first instance: the record (and its meta entry)
+            // is made for it; the first registration gives the service its gVip.
+            None if matches!(op, WriteOp::SetPolicy { .. }) => {
+                changes.created = true;
+                rec.insert(Record::new(service, None)?)
+            }
             None => {
                 return match op {
                     WriteOp::LsipCancel { .. } => Ok(RegistryResponse::Applied {
@@ -252,6 +261,16 @@ impl Registry {
                 let inst = r.instances.get(lsip.as_str()).cloned();
                 (inst, Some(outcome.text().to_string()))
             }
+            WriteOp::SetPolicy { policy } => {
+                r.set_policy(*policy);
+                self.stamp(r, POLICY_UNIT, now);
+                changes.ids.push(POLICY_UNIT.to_string());
+                // Turning damping off releases the held instances at the next sweep.
+                if guard(&self.deadlines).check_soon(service, now) {
+                    self.sweep_wake.notify_one();
+                }
+                (None, None)
+            }
             WriteOp::LsipCancel { lsip } => {
                 let outcome = compat::cancel_lsip(Some(r), lsip);
                 if outcome == CancelOutcome::Deleted {
@@ -286,6 +305,23 @@ impl Registry {
         }
         Err(Error::unavailable("could not find a free gVip; retry"))
     }
+}
+
+/// The TTL leases of the instances `ids` before and after a group (for self-preservation).
+fn lease_change(before: Option<&Record>, after: &Record, ids: &[String]) -> (Leases, Leases) {
+    let mut seen: Vec<&String> = ids.iter().collect();
+    seen.sort_unstable();
+    seen.dedup();
+    let (mut was, mut is) = (Leases::default(), Leases::default());
+    for id in seen {
+        let b = before.map(|r| r.lease(id)).unwrap_or_default();
+        let a = after.lease(id);
+        was.held += b.held;
+        was.lapsed += b.lapsed;
+        is.held += a.held;
+        is.lapsed += a.lapsed;
+    }
+    (was, is)
 }
 
 impl Changes {
