@@ -80,22 +80,10 @@ impl Direct {
     /// socket takes.
     fn offer(&mut self, events: &[Arc<Event>], service: &str, metrics: &Metrics) {
         for ev in events {
-            // A change already covered (by a snapshot, or a replay) is not sent again; a
-            // snapshot always is.
-            if matches!(&**ev, Event::Change(..)) && ev.index() <= self.last {
-                continue;
+            if let Some(frame) = ev.frame_after(&mut self.last, service) {
+                metrics.watch_sent(1);
+                self.pending.push_back(frame);
             }
-            self.last = self.last.max(ev.index());
-            metrics.watch_sent(1);
-            let frame = match ev.change_frame(service) {
-                Some(frame) => frame.clone(),
-                None => {
-                    let mut data = ev.data(service);
-                    data["index"] = json!(self.last);
-                    sse_frame(ev.name(), self.last, &data.to_string())
-                }
-            };
-            self.pending.push_back(frame);
         }
         self.flush();
     }

@@ -78,16 +78,26 @@ impl Event {
         Event::Change(change, std::sync::OnceLock::new())
     }
 
-    /// A change's whole SSE frame, rendered on first use and then shared by every watcher it
-    /// is sent to (a clone of [`Bytes`] copies nothing); `None` for a snapshot (whose index
-    /// each watcher's stream may adjust).
-    pub fn change_frame(&self, service: &str) -> Option<&Bytes> {
-        match self {
-            Event::Change(c, frame) => Some(
-                frame.get_or_init(|| sse_frame("change", c.index, &self.data(service).to_string())),
-            ),
-            Event::Snapshot { .. } => None,
+    /// The frame to send a watcher that was last sent index `*last`, moving `*last` on; `None`
+    /// for a change it already has (covered by a snapshot or a replay). A change's frame is
+    /// rendered on first use and then shared by every watcher it is sent to (a clone of
+    /// [`Bytes`] copies nothing); a snapshot always goes, at the watcher's index, which never
+    /// goes back.
+    pub fn frame_after(&self, last: &mut u64, service: &str) -> Option<Bytes> {
+        if matches!(self, Event::Change(..)) && self.index() <= *last {
+            return None;
         }
+        *last = (*last).max(self.index());
+        Some(match self {
+            Event::Change(c, frame) => frame
+                .get_or_init(|| sse_frame("change", c.index, &self.data(service).to_string()))
+                .clone(),
+            Event::Snapshot { .. } => {
+                let mut data = self.data(service);
+                data["index"] = json!(*last);
+                sse_frame(self.name(), *last, &data.to_string())
+            }
+        })
     }
 
     /// The index the event brings its watcher to.

@@ -160,22 +160,10 @@ impl Watching {
     /// The frame of the next event in the queue that is still to be sent.
     fn pop(&mut self) -> Option<Bytes> {
         while let Some(ev) = self.queue.pop_front() {
-            // A change already covered (by a snapshot, or a replay) is not sent again; a
-            // snapshot always is.
-            if matches!(&*ev, Event::Change(..)) && ev.index() <= self.last {
-                continue;
+            if let Some(frame) = ev.frame_after(&mut self.last, &self.service) {
+                self.agent.metrics.watch_sent(1);
+                return Some(frame);
             }
-            self.last = self.last.max(ev.index());
-            self.agent.metrics.watch_sent(1);
-            return Some(match ev.change_frame(&self.service) {
-                // Above `last` (checked above): the frame rendered once for every watcher.
-                Some(frame) => frame.clone(),
-                None => {
-                    let mut data = ev.data(&self.service);
-                    data["index"] = json!(self.last);
-                    sse(ev.name(), self.last, &data)
-                }
-            });
         }
         None
     }
