@@ -66,9 +66,7 @@ impl Node {
 
     fn signal(&self, sig: i32) {
         if let Some(p) = &self.proc {
-            unsafe {
-                libc::kill(p.child.id() as i32, sig);
-            }
+            p.signal(sig);
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::cluster::{test_config, Configure, TestCluster};
 use crate::support::http;
+use crate::support::procs::{client, poll, AgentProc};
 
 const SECRET: &str = "ring-secret-for-tests";
 const TOKEN: &str = "api-token-for-tests";
@@ -450,28 +451,42 @@ async fn connections_over_the_cap_get_a_json_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_answers_cannot_stall_lookups_or_writes() {
-    let mut c = TestCluster::start(4).await;
-    c.settle().await;
-    // Node 3 turns into a black hole at the same address: it accepts connections and never
-    // reads or answers.
-    let addr = c.node(3).ring_addr();
-    c.kill(3).await;
-    let hole = TcpListener::bind(addr)
-        .await
-        .expect("rebind the dead node's port");
-    let held = Arc::new(tokio::sync::Mutex::new(Vec::new()));
-    let held2 = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = hole.accept().await {
-            held2.lock().await.push(s);
-        }
-    });
+    // Four agent processes; node 3 is then frozen with SIGSTOP: the kernel still accepts
+    // connections to its ports and buffers what peers send, but nothing is ever read or
+    // answered, and its open connections stay open. A frozen process (unlike a killed one
+    // whose port is rebound) is still in every peer's tables at the moment it stops.
+    let first = AgentProc::start(None, &[]);
+    let mut agents = vec![first];
+    for _ in 1..4 {
+        let seed = agents[0].ring.clone();
+        agents.push(AgentProc::start(Some(&seed), &[]));
+    }
+    let frozen = agents[3].id.clone();
+    let ring_ids = |url: &str| -> Result<Vec<String>, String> {
+        let out = client(url, &["ring", "show", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        Ok(v.as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter_map(|n| n["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    for a in &agents {
+        poll(Duration::from_secs(60), "the 4-node ring settles", || {
+            let ids = ring_ids(&a.url())?;
+            (ids.len() == 4).then_some(()).ok_or(format!("{ids:?}"))
+        });
+    }
+    agents[3].signal(libc::SIGSTOP);
     let budget = chordctl::http::REQUEST_TIMEOUT;
     for i in 0..12 {
         let started = Instant::now();
         let (status, body) = http::call(
             "PUT",
-            &format!("{}/v1/services/svc-{i}/instances/a", c.url(i % 3)),
+            &format!("{}/v1/services/svc-{i}/instances/a", agents[i % 3].url()),
             Some(json!({"address": "10.0.0.1", "port": 80})),
         )
         .await;
@@ -484,7 +499,7 @@ async fn a_peer_that_never_answers_cannot_stall_lookups_or_writes() {
         let started = Instant::now();
         let (status, body) = http::call(
             "GET",
-            &format!("{}/v1/locate/svc-{i}", c.url((i + 1) % 3)),
+            &format!("{}/v1/locate/svc-{i}", agents[(i + 1) % 3].url()),
             None,
         )
         .await;
@@ -496,16 +511,27 @@ async fn a_peer_that_never_answers_cannot_stall_lookups_or_writes() {
         );
         let (status, body) = http::call(
             "GET",
-            &format!("{}/v1/services/svc-{i}", c.url((i + 2) % 3)),
+            &format!("{}/v1/services/svc-{i}", agents[(i + 2) % 3].url()),
             None,
         )
         .await;
         assert_eq!(status, 200, "discover {i}: {body}");
     }
-    assert!(
-        !held.lock().await.is_empty(),
-        "the black hole was never dialled"
-    );
+    // The premise: the live agents did dial the frozen one, got no answer, and dropped it.
+    for a in &agents[..3] {
+        poll(
+            Duration::from_secs(60),
+            "the frozen node is dropped",
+            || {
+                let ids = ring_ids(&a.url())?;
+                (!ids.contains(&frozen))
+                    .then_some(())
+                    .ok_or(format!("{ids:?}"))
+            },
+        );
+    }
+    // A stopped process still dies of SIGKILL (Drop); let it go on so nothing is left frozen.
+    agents[3].signal(libc::SIGCONT);
 }
 
 // ---- hostile input ----

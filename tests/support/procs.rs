@@ -114,6 +114,14 @@ impl AgentProc {
         let _ = self.child.wait();
     }
 
+    /// Send `sig` (SIGSTOP, SIGCONT, ...) to the agent process.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) only sends a signal to our own child process; no memory is involved.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         unsafe {
