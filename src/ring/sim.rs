@@ -438,7 +438,7 @@ impl Sim {
     }
 
     /// Run a lookup from `from` against the current states (instant delivery, dead nodes
-    /// fail), as the agent would over the network.
+    /// and nodes across a partition fail), as the agent would over the network.
     pub fn lookup(&mut self, from: Id, key: Id) -> Result<LookupResult, String> {
         let first = self.nodes[&from].find_step(&key).ok_or("not a member")?;
         let (mut lookup, mut action) = Lookup::start(key, first);
@@ -447,7 +447,11 @@ impl Sim {
                 LookupAction::Done(r) => return Ok(r),
                 LookupAction::Failed(e) => return Err(e),
                 LookupAction::Ask(node) => {
-                    let step = self.nodes.get(&node.id).and_then(|c| c.find_step(&key));
+                    let step = self
+                        .nodes
+                        .get(&node.id)
+                        .filter(|_| !self.cut(&from, &node.id))
+                        .and_then(|c| c.find_step(&key));
                     action = match step {
                         Some(s) => lookup.on_step(s),
                         None => lookup.on_failure(&node),
@@ -685,7 +689,9 @@ mod tests {
     /// probability, as a background copy may be lost in a crash); a
     /// joiner takes what it owns from its successor; a leaver hands everything it holds to its
     /// first K successors; a crash loses the node's copies; repair (anti-entropy) pulls what
-    /// the replicas hold into the owner and pushes the owner's copy to them.
+    /// the replicas hold into the owner and pushes the owner's copy to them; under a
+    /// partition (`Sim::partition`) lookups and replica copies stop at the cut, and after the
+    /// heal a copy a node neither owns nor replicates goes back to its owner (`hand_back`).
     struct Data {
         k: usize,
         held: std::collections::HashMap<Id, std::collections::HashMap<String, Record>>,
@@ -793,7 +799,7 @@ mod tests {
             let replicas: Vec<Id> = self
                 .replica_set(sim, &owner)
                 .into_iter()
-                .filter(|r| sim.node(r).is_some())
+                .filter(|r| sim.node(r).is_some() && !sim.cut(&owner, r))
                 .collect();
             // The agent's rule (`unit::confirmations_needed`): the first W−1 replicas confirm
             // before the answer; the others receive the unit in the background, which a crash
@@ -867,6 +873,52 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Whether `n` keeps `service`: it owns it or replicates it (its key lies in the arc
+        /// from `n`'s K-th predecessor to `n`), as `Registry::kept_arc` decides.
+        fn keeps(&self, sim: &Sim, n: &Id, service: &str) -> bool {
+            let owner = sim.true_owner(&Id::of_key(service));
+            owner == *n || self.replica_set(sim, &owner).contains(n)
+        }
+
+        /// One round of `Registry::hand_back` on every member: a copy it neither owns nor
+        /// replicates goes to the owner where the owner lacks or holds older units, and is
+        /// deleted only once the owner already had everything. Returns the copies sent.
+        fn hand_back(&mut self, sim: &Sim) -> usize {
+            let mut sent = 0;
+            for n in sim.members() {
+                for rec in self.copies(&n) {
+                    if self.keeps(sim, &n, &rec.service) {
+                        continue;
+                    }
+                    let owner = sim.true_owner(&Id::of_key(&rec.service));
+                    let mut merged = self.copy(owner, &rec.service).clone();
+                    merged.merge_from(&rec);
+                    if Some(&merged) == self.held.get(&owner).and_then(|m| m.get(&rec.service)) {
+                        if let Some(m) = self.held.get_mut(&n) {
+                            m.remove(&rec.service);
+                        }
+                    } else {
+                        self.merge(owner, &rec);
+                        sent += 1;
+                    }
+                }
+            }
+            sent
+        }
+
+        /// Copies held by members that neither own nor replicate them.
+        fn strays(&self, sim: &Sim) -> Vec<String> {
+            let mut out = Vec::new();
+            for n in sim.members() {
+                for rec in self.copies(&n) {
+                    if !self.keeps(sim, &n, &rec.service) {
+                        out.push(format!("{} at {}", rec.service, n.short()));
+                    }
+                }
+            }
+            out
         }
 
         /// Acknowledged changes whose true owner does not hold that version or a newer one.
@@ -989,6 +1041,100 @@ mod tests {
             );
         }
         println!("churn with records: 25 rounds, {acked_writes} acknowledged changes, 0 lost");
+    }
+
+    #[test]
+    fn writes_acknowledged_on_both_sides_of_a_cut_into_arcs_reach_their_true_owners_after_the_heal()
+    {
+        let k = 3;
+        let mut sim = Sim::new(53, cfg(6));
+        grow(&mut sim, 16);
+        let mut data = Data::new(k);
+        let services: Vec<String> = (0..60).map(|i| format!("arc-{i}")).collect();
+        for service in &services {
+            assert!(data.write(&mut sim, service, "i0"), "initial write");
+        }
+        data.repair(&sim);
+        let (mut acked_in_cuts, mut refused_in_cuts, mut most_rounds) = (0, 0, 0);
+        for round in 0..12 {
+            // A contiguous arc of 1 to n−1 members against the rest (members() is in ring
+            // order), sometimes with a crash on one side while cut. Every third round cuts
+            // off one node and crashes it before the heal: whatever it acknowledged alone
+            // would be lost.
+            let members = sim.members();
+            let n = members.len();
+            let lone = round % 3 == 0;
+            let len = if lone { 1 } else { sim.rng.gen_range(1..n) };
+            let at = sim.rng.gen_range(0..n);
+            let arc: HashSet<Id> = (0..len).map(|i| members[(at + i) % n]).collect();
+            sim.partition = Some(arc.clone());
+            let mut crashed = false;
+            for _ in 0..8 {
+                let pause = sim.rng.gen_range(100..1_500);
+                sim.run_for(pause);
+                for _ in 0..15 {
+                    let service = services[sim.rng.gen_range(0..services.len())].clone();
+                    let id = format!("i{}", sim.rng.gen_range(0..6));
+                    if data.write(&mut sim, &service, &id) {
+                        acked_in_cuts += 1;
+                    } else {
+                        refused_in_cuts += 1;
+                    }
+                }
+                if !crashed && !lone && sim.members().len() > 8 && sim.rng.gen_bool(0.15) {
+                    let id = sim.random_member().expect("member");
+                    data.crash(&mut sim, id);
+                    crashed = true;
+                }
+            }
+            if lone {
+                let gone = arc.iter().next().copied().expect("the lone node");
+                data.crash(&mut sim, gone);
+            }
+            // Heal, then the agent's background rounds: hand-back and anti-entropy.
+            sim.partition = None;
+            sim.settle(600_000)
+                .unwrap_or_else(|e| panic!("round {round}: no one ring after the heal: {e}"));
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                let sent = data.hand_back(&sim);
+                data.repair(&sim);
+                if sent == 0 && data.strays(&sim).is_empty() {
+                    break;
+                }
+                assert!(
+                    rounds < 10,
+                    "round {round}: strays remain: {:?}",
+                    data.strays(&sim)
+                );
+            }
+            most_rounds = most_rounds.max(rounds);
+            assert_eq!(
+                data.lost(&sim),
+                Vec::<String>::new(),
+                "round {round}: acknowledged changes lost (arc of {len} of {n})"
+            );
+            assert_eq!(
+                data.diverged(&sim),
+                Vec::<String>::new(),
+                "round {round}: copies differ after repair"
+            );
+            while sim.members().len() < 16 {
+                sim.join();
+                sim.settle(600_000).expect("a rejoin settles");
+                for j in sim.take_joined() {
+                    data.joined(&sim, j);
+                }
+                data.repair(&sim);
+            }
+        }
+        assert!(acked_in_cuts > 0 && refused_in_cuts > 0);
+        println!(
+            "cuts into arcs: 12 rounds, {acked_in_cuts} writes acknowledged while cut \
+             ({refused_in_cuts} refused), every one at its true owner after at most \
+             {most_rounds} hand-back rounds"
+        );
     }
 
     #[test]
