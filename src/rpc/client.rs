@@ -15,6 +15,7 @@ use tokio_util::codec::Framed;
 use super::auth::{self, ClusterSecret, Opener, Sealer};
 use super::frame::{self, Envelope};
 use super::messages::{Request, Response};
+use super::socket::Socket;
 use crate::tls::Tls;
 
 /// Why a call got no answer.
@@ -55,6 +56,36 @@ struct Conn {
     heard: Arc<std::sync::atomic::AtomicBool>,
     /// The TLS generation it was made under ([`Tls::generation`]; 0 without TLS).
     generation: u64,
+    /// A second handle on the TCP socket, to reset it ([`Conn::reset_if_stuck`]).
+    socket: Mutex<Option<Socket>>,
+    /// The connection's writer and reader tasks.
+    tasks: [tokio::task::AbortHandle; 2],
+}
+
+impl Conn {
+    /// If some bytes written on this connection were never acknowledged by the peer, reset
+    /// it: abortive close, both tasks stopped, every call waiting on it failed. Returns
+    /// whether it did.
+    fn reset_if_stuck(&self) -> bool {
+        let Some(socket) = self
+            .socket
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take_if(|s| s.unacknowledged() > 0))
+        else {
+            return false;
+        };
+        socket.abort_on_close();
+        self.alive.store(false, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+        // Dropping `socket` closes this handle; the aborted tasks close the stream's.
+        true
+    }
 }
 
 /// A pool of connections to peers, keyed by ring address.
@@ -110,15 +141,41 @@ impl Pool {
     }
 
     /// Call `addr`, waiting at most `timeout` for connection and answer together.
+    ///
+    /// When the deadline passes while some of the connection's bytes were never acknowledged
+    /// by the peer, the connection is reset (RST, its queue dropped) and replaced: the call's
+    /// request must not reach the peer later, after the caller gave it up and maybe retried
+    /// it elsewhere. Bytes the peer's kernel did take are its to handle (a paused peer
+    /// refuses them when it wakes, `Registry`'s pause detector).
     pub async fn call_with_timeout(
         &self,
         addr: &str,
         req: Request,
         timeout: Duration,
     ) -> Result<Response, CallError> {
-        match tokio::time::timeout(timeout, self.call_inner(addr, req)).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || CallError::Timeout(addr.to_string(), timeout);
+        if self.blocked.lock().is_ok_and(|b| b.contains(addr)) {
+            return Err(CallError::Connect(
+                addr.to_string(),
+                "traffic cut (partition under test control)".to_string(),
+            ));
+        }
+        let conn = tokio::time::timeout_at(deadline, self.conn(addr))
+            .await
+            .map_err(|_| timed_out())??;
+        match tokio::time::timeout_at(deadline, self.exchange(addr, &conn, req)).await {
             Ok(r) => r,
-            Err(_) => Err(CallError::Timeout(addr.to_string(), timeout)),
+            Err(_) => {
+                if conn.reset_if_stuck() {
+                    self.drop_conn(addr, &conn);
+                    tracing::warn!(
+                        peer = %addr,
+                        "ring RPC call timed out with bytes the peer never took; connection reset"
+                    );
+                }
+                Err(timed_out())
+            }
         }
     }
 
@@ -130,14 +187,13 @@ impl Pool {
         }
     }
 
-    async fn call_inner(&self, addr: &str, req: Request) -> Result<Response, CallError> {
-        if self.blocked.lock().is_ok_and(|b| b.contains(addr)) {
-            return Err(CallError::Connect(
-                addr.to_string(),
-                "traffic cut (partition under test control)".to_string(),
-            ));
-        }
-        let conn = self.conn(addr).await?;
+    /// Send `req` on `conn` and wait for its answer.
+    async fn exchange(
+        &self,
+        addr: &str,
+        conn: &Arc<Conn>,
+        req: Request,
+    ) -> Result<Response, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = conn.pending.lock() {
@@ -148,13 +204,13 @@ impl Pool {
             id,
         };
         if conn.tx.send(Envelope { id, body: req }).await.is_err() {
-            self.drop_conn(addr, &conn);
+            self.drop_conn(addr, conn);
             return Err(CallError::Broken(addr.to_string()));
         }
         match rx.await {
             Ok(resp) => Ok(resp),
             Err(_) => {
-                self.drop_conn(addr, &conn);
+                self.drop_conn(addr, conn);
                 if self.secret.is_none()
                     && self.tls.is_none()
                     && !conn.heard.load(Ordering::Relaxed)
@@ -187,8 +243,9 @@ impl Pool {
             .await
             .map_err(|e| CallError::Connect(addr.to_string(), e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let conn = match &self.tls {
-            None => Arc::new(self.start(addr, stream, 0).await?),
+        let socket = Socket::of(&stream);
+        let mut conn = match &self.tls {
+            None => self.start(addr, stream, 0).await?,
             Some(tls) => {
                 let (connector, generation) = tls.ring_connector();
                 let name = crate::tls::server_name(addr)
@@ -197,9 +254,11 @@ impl Pool {
                     tracing::warn!(peer = %addr, "ring RPC TLS handshake failed: {e}");
                     CallError::Auth(addr.to_string(), format!("TLS: {e}"))
                 })?;
-                Arc::new(self.start(addr, stream, generation).await?)
+                self.start(addr, stream, generation).await?
             }
         };
+        conn.socket = Mutex::new(socket);
+        let conn = Arc::new(conn);
         if let Ok(mut conns) = self.conns.lock() {
             // Another call may have connected meanwhile; keep one.
             if let Some(c) = conns.get(addr) {
@@ -258,7 +317,7 @@ where
     let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
     let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let alive_w = alive.clone();
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         while let Some(env) = rx.recv().await {
             if frame::write_queued(&mut sink, &mut rx, env, &mut sealer)
                 .await
@@ -277,7 +336,7 @@ where
     let heard = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heard_r = heard.clone();
     let peer = peer.to_string();
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         while let Some(Ok(bytes)) = source.next().await {
             let env = match frame::decode_opened::<Response>(&bytes, &mut opener) {
                 Ok(env) => env,
@@ -312,5 +371,64 @@ where
         alive,
         heard,
         generation,
+        socket: Mutex::new(None),
+        tasks: [writer.abort_handle(), reader.abort_handle()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ops::{Entry, RegistryRequest};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpSocket;
+
+    /// A peer that accepts and never reads, with a tiny receive window: it takes a few KiB of
+    /// a big request and leaves the rest unacknowledged at the caller, as a cut network does.
+    /// After the caller's deadline the peer starts reading: it must never get the whole
+    /// request, or a write given up (and retried elsewhere) would be applied late.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_call_that_times_out_with_bytes_the_peer_never_took_is_never_delivered_late() {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(8).expect("listen");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+
+        let size = 8 << 20;
+        let pool = Pool::new(Duration::from_millis(500));
+        let req = Request::Registry(RegistryRequest::Handoff {
+            entries: vec![Entry {
+                key: "u/big/a".to_string(),
+                value: vec![7u8; size],
+            }],
+        });
+        let answer = pool.call(&addr, req).await;
+        assert!(matches!(answer, Err(CallError::Timeout(..))), "{answer:?}");
+
+        let mut peer = accepted.await.expect("join").expect("accept");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        let reading = async {
+            loop {
+                match peer.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+                if got >= size {
+                    return;
+                }
+            }
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(30), reading).await;
+        assert!(ended.is_ok(), "the connection neither ended nor delivered");
+        assert!(
+            got < size,
+            "the peer got the whole request ({got} bytes) after the caller gave it up"
+        );
     }
 }

@@ -10,13 +10,15 @@
 //!   connection handled concurrently (answered inline when the handler need not wait), with
 //!   caps on connections and on requests in flight per connection;
 //! - [`client`]: a pool of long-lived connections, one per peer, with many calls in flight on
-//!   each and a deadline on every call.
+//!   each and a deadline on every call; a call that times out with bytes the peer never took
+//!   resets its connection ([`socket`]), so they are not delivered late.
 
 pub mod auth;
 pub mod client;
 pub mod frame;
 pub mod messages;
 pub mod server;
+mod socket;
 
 pub use auth::ClusterSecret;
 pub use client::{CallError, Pool};
