@@ -233,7 +233,8 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
         .map(|w| rt.spawn(writer(w, urls.clone(), ledger.clone(), stop.clone(), seed)))
         .collect();
 
-    // The nemesis: one fault at a time, each undone before the next; a clock skew stays with
+    // The nemesis: one fault at a time (a cut sometimes with a crash on the other side), each
+    // undone before the next; a clock skew stays with
     // the restarted node until its next restart, so pauses, cuts and kills also meet nodes
     // whose clocks are 10 minutes apart.
     let started = Instant::now();
@@ -271,10 +272,29 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
                 let len = rng.gen_range(1..=2);
                 let at = rng.gen_range(0..NODES);
                 let arc: Vec<usize> = (0..len).map(|k| order[(at + k) % NODES]).collect();
-                log.push(format!("cut arc {arc:?} from the rest for {hold:?}"));
+                // A third of the cuts also crash a node on the other side while cut; it comes
+                // back after the heal.
+                let crash = rng.gen_bool(1.0 / 3.0).then(|| {
+                    let rest: Vec<usize> = (0..NODES).filter(|i| !arc.contains(i)).collect();
+                    rest[rng.gen_range(0..rest.len())]
+                });
+                log.push(format!(
+                    "cut arc {arc:?} from the rest for {hold:?}{}",
+                    crash.map_or(String::new(), |c| format!(", kill -9 node {c} while cut"))
+                ));
                 set_cut(&nodes, &arc);
-                std::thread::sleep(hold);
+                std::thread::sleep(hold / 2);
+                if let Some(c) = crash {
+                    if let Some(mut p) = nodes[c].proc.take() {
+                        p.kill9();
+                    }
+                }
+                std::thread::sleep(hold / 2);
                 set_cut(&nodes, &[]);
+                if let Some(c) = crash {
+                    let seed = seed_for(&nodes, c);
+                    nodes[c].start(Some(&seed), 0);
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(500..1500)));
