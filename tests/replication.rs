@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
 use chordctl::ring::Id;
+use chordctl::rpc::{Pool, Request, Response};
 use serde_json::json;
 
 use crate::support::cluster::TestCluster;
@@ -485,4 +487,115 @@ fn a_lone_agent_killed_9_under_load_keeps_every_acknowledged_registration() {
             );
         }
     });
+}
+
+/// A counter's value in `url`'s `/metrics`.
+async fn counter(url: &str, name: &str) -> u64 {
+    let (_, text) = call("GET", &format!("{url}/metrics"), None).await;
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_one_change_of_a_big_service_gets_it_through_the_hash_tree() {
+    let c = TestCluster::start(3).await;
+    c.settle().await;
+    let service = "tree";
+    let key = Id::of_key(service);
+    let order: Vec<usize> = {
+        let owner = c.true_owner(&key);
+        let start = (0..3)
+            .find(|i| c.node(*i).agent().ring.me().id == owner)
+            .expect("the owner is one of the three");
+        (0..3).map(|k| (start + k) % 3).collect()
+    };
+    let (owner, lagging) = (order[0], order[1]);
+    let url = c.url(owner);
+    // 2,000 instances, 16 writes at a time.
+    for batch in 0..125 {
+        let writes = (0..16).map(|k| {
+            let url = url.clone();
+            async move {
+                let id = format!("i{}", batch * 16 + k);
+                call(
+                    "PUT",
+                    &format!("{url}/v1/services/{service}/instances/{id}"),
+                    Some(json!({"address": "10.0.0.1", "port": 80})),
+                )
+                .await
+            }
+        });
+        for (status, body) in futures::future::join_all(writes).await {
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    // A node's own copy, read over ring RPC as a replica is.
+    let pool = Pool::new(Duration::from_secs(5));
+    let copy_has = |i: usize, id: &'static str| {
+        let addr = c.node(i).agent().ring.me().addr.clone();
+        let pool = &pool;
+        async move {
+            let req = Request::Registry(RegistryRequest::ReadReplica {
+                service: service.to_string(),
+            });
+            matches!(
+                pool.call(&addr, req).await,
+                Ok(Response::Registry(RegistryResponse::Record(Some(r))))
+                    if r.instances.contains_key(id)
+            )
+        }
+    };
+    eventually("every copy complete", Duration::from_secs(60), async || {
+        for i in 0..3 {
+            if !copy_has(i, "i1999").await {
+                return Err(format!("node {i} lacks i1999"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // Cut the owner from one replica, change one instance, heal.
+    let addr = |i: usize| c.node(i).agent().ring.me().addr.clone();
+    let flat_before = counter(&url, "chordctl_antientropy_flat_comparisons_total").await;
+    let tree_before = counter(&url, "chordctl_antientropy_comparisons_total").await;
+    c.node(owner)
+        .agent()
+        .ring
+        .pool()
+        .set_blocked([addr(lagging)]);
+    c.node(lagging)
+        .agent()
+        .ring
+        .pool()
+        .set_blocked([addr(owner)]);
+    let (status, body) = call(
+        "PUT",
+        &format!("{url}/v1/services/{service}/instances/extra"),
+        Some(json!({"address": "10.0.0.2", "port": 81})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!copy_has(lagging, "extra").await, "the cut replica got it");
+    c.node(owner).agent().ring.pool().set_blocked(Vec::new());
+    c.node(lagging).agent().ring.pool().set_blocked(Vec::new());
+    eventually(
+        "the replica repaired by anti-entropy",
+        Duration::from_secs(90),
+        async || {
+            if copy_has(lagging, "extra").await {
+                Ok(())
+            } else {
+                Err("the cut replica still lacks the change".to_string())
+            }
+        },
+    )
+    .await;
+    let flat = counter(&url, "chordctl_antientropy_flat_comparisons_total").await - flat_before;
+    let tree = counter(&url, "chordctl_antientropy_comparisons_total").await - tree_before;
+    assert_eq!(flat, 0, "the owner compared without the tree");
+    assert!(tree > 0, "the owner made no tree comparison");
 }

@@ -122,6 +122,9 @@ pub struct Metrics {
     lookups_failed: AtomicU64,
     hops: Mutex<Histogram>,
     replication_errors: AtomicU64,
+    tree_rounds: AtomicU64,
+    tree_exchanges: AtomicU64,
+    flat_rounds: AtomicU64,
     quorum_failures: AtomicU64,
     store_errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Bytes of keys and values read from and written to the store.
@@ -148,6 +151,9 @@ impl Default for Metrics {
             lookups_failed: AtomicU64::new(0),
             hops: Mutex::new(Histogram::new(HOP_BUCKETS)),
             replication_errors: AtomicU64::new(0),
+            tree_rounds: AtomicU64::new(0),
+            tree_exchanges: AtomicU64::new(0),
+            flat_rounds: AtomicU64::new(0),
             quorum_failures: AtomicU64::new(0),
             store_errors: Mutex::new(BTreeMap::new()),
             store_read_bytes: AtomicU64::new(0),
@@ -221,6 +227,18 @@ impl Metrics {
     /// A replica did not confirm a write, a repair or a hand-off sent to it.
     pub fn replication_error(&self) {
         self.replication_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One anti-entropy comparison with a replica walked the hash tree in `n` exchanges.
+    pub fn tree_exchanges(&self, n: usize) {
+        self.tree_rounds.fetch_add(1, Ordering::Relaxed);
+        self.tree_exchanges.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// One anti-entropy comparison with a replica went without the tree (an older replica,
+    /// or a range not known).
+    pub fn flat_comparison(&self) {
+        self.flat_rounds.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A write was refused (503) because fewer copies than the write quorum confirmed it.
@@ -384,6 +402,24 @@ impl Metrics {
             "chordctl_replication_errors_total",
             "Copies sent to a replica (writes, repairs, hand-offs) that it did not confirm.",
             self.replication_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "chordctl_antientropy_comparisons_total",
+            "Anti-entropy comparisons with a replica by the hash tree.",
+            self.tree_rounds.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "chordctl_antientropy_flat_comparisons_total",
+            "Anti-entropy comparisons with a replica without the tree (digests of every key).",
+            self.flat_rounds.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "chordctl_antientropy_tree_exchanges_total",
+            "Exchanges of tree hashes those comparisons took (one where the copies agree).",
+            self.tree_exchanges.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -15,6 +15,8 @@
 //! - [`compat`]: the prototype's gVips, texts and JSON documents.
 //! - [`codec`]: the stored form of units and meta entries, and 0.1.0's records (for the upgrade).
 //! - [`ops`]: the registry's requests and answers between agents.
+//! - [`merkle`]: anti-entropy as a hash tree over a key range: where an owner's and a
+//!   replica's copies differ, found in about log₁₆ n exchanges.
 //! - [`watch`]: change events, what a follower asks an owner, and the owner's [`watch::Feed`].
 //!
 //! Everything takes the current time (`now`) and randomness (`rng`) as arguments, so the agent,
@@ -28,6 +30,7 @@ pub mod compat;
 pub mod duration;
 pub mod health;
 pub mod hlc;
+pub mod merkle;
 pub mod model;
 pub mod ops;
 pub mod pick;

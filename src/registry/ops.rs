@@ -234,6 +234,29 @@ pub enum RegistryRequest {
         /// The service.
         service: String,
     },
+    /// Anti-entropy as a hash tree ([`crate::registry::merkle`]): the replica's hashes of
+    /// these nodes' children, over what it holds in the owner's range `(from, to]`.
+    /// (Appended last, so that older agents' variants keep their encoding; an older replica
+    /// fails to decode it and the owner falls back to `RangeHash` and `Digest`.)
+    TreeChildren {
+        /// Range start (exclusive).
+        from: Id,
+        /// Range end (inclusive).
+        to: Id,
+        /// The nodes, all of one level.
+        nodes: Vec<crate::registry::merkle::Node>,
+    },
+    /// A `Digest` of the owner's items under these tree nodes only, in its range `(from, to]`.
+    TreeDigest {
+        /// (store key, version) of the owner's items under `nodes`.
+        items: Vec<(String, Mark)>,
+        /// Range start (exclusive).
+        from: Id,
+        /// Range end (inclusive).
+        to: Id,
+        /// The nodes the walk found different.
+        nodes: Vec<crate::registry::merkle::Node>,
+    },
 }
 
 /// The answer to a [`RegistryRequest`].
@@ -307,6 +330,8 @@ pub enum RegistryResponse {
         /// The service's change index.
         index: u64,
     },
+    /// The children's hashes of the nodes a `TreeChildren` asked for, in order.
+    TreeChildren(Vec<[u64; crate::registry::merkle::FANOUT]>),
 }
 
 /// JSON text made by one agent and passed through another untouched: over ring RPC it travels

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{guard, version_item, Registry, TRANSFER_CHUNK};
 use crate::agent::progress::{Progress, Step};
+use crate::registry::merkle;
 use crate::registry::ops::{range_hash, Entry, RegistryRequest, RegistryResponse};
 use crate::registry::unit::Mark;
 use crate::registry::unit::{meta_key, meta_value, unit_key, unit_prefix};
@@ -24,6 +25,9 @@ pub const TRANSFER_BYTES: usize = 4 << 20;
 /// Most (key, version) items in one anti-entropy digest: a bigger range is compared in
 /// several digests, each over its own span of store keys.
 pub const DIGEST_ITEMS: usize = 8192;
+
+/// Tree nodes asked for in one `TreeChildren` request (an answer of 128 KiB).
+pub const TREE_NODES_PER_CALL: usize = 1024;
 
 /// How long a joiner's transfer snapshot is kept after the last page it asked for.
 const TRANSFER_IDLE: Duration = Duration::from_secs(60);
@@ -65,7 +69,7 @@ fn digest_spans(mut items: Vec<(String, Mark)>) -> Vec<(Vec<(String, Mark)>, Spa
 type Span = (String, Option<String>);
 
 /// Whether `key` lies in the span `[lo, hi)`.
-fn in_span(key: &str, (lo, hi): &Span) -> bool {
+pub(super) fn in_span(key: &str, (lo, hi): &Span) -> bool {
     key >= lo.as_str() && hi.as_deref().is_none_or(|hi| key < hi)
 }
 
@@ -159,42 +163,32 @@ impl Registry {
             return Ok(0);
         }
         let items: Vec<(String, Mark)> = owned.iter().map(version_item).collect();
-        let hash = range_hash(&items);
+        let tree = merkle::Items::new(&items);
         let mut sent = 0;
         for node in replicas {
-            // Cheap check first: one hash over the whole range; the full digest only when
-            // the replica's differs.
-            if let Some((from, to)) = range {
-                let req = RegistryRequest::RangeHash {
-                    from,
-                    to,
-                    hash: hash.clone(),
-                };
-                if let Ok(RegistryResponse::Same(true)) = self.call(&node, req).await {
-                    continue;
-                }
-            }
-            let mut need = Vec::new();
-            let mut answered = true;
-            for (items, span) in digest_spans(items.clone()) {
-                let req = RegistryRequest::Digest { items, range, span };
-                match self.call(&node, req).await {
-                    Ok(RegistryResponse::Diff { need: more, newer }) => {
-                        // What the replica holds newer in our range (we may have inherited
-                        // the range from a crashed node it was a replica of) comes to us first.
-                        if !newer.is_empty() {
-                            sent += self.pull(&node, newer).await?;
-                        }
-                        need.extend(more);
+            // The hash tree first: where the copies agree it costs one exchange, where one
+            // instance differs a few. A replica that cannot answer it (an older agent, or a
+            // failure) gets the flat comparison.
+            let compared = match range {
+                Some((from, to)) => match self.tree_compare(&node, from, to, &tree, &items).await {
+                    Ok(compared) => Some(compared),
+                    Err(e) => {
+                        tracing::debug!(peer = %node.addr, "tree anti-entropy failed ({e}); comparing flat");
+                        None
                     }
-                    _ => {
-                        self.ring.metrics().replication_error();
-                        answered = false;
-                        break;
-                    }
-                }
-            }
-            if !answered || need.is_empty() {
+                },
+                None => None,
+            };
+            let compared = match compared {
+                Some(c) => Some(c),
+                None => self.flat_compare(&node, range, &items).await,
+            };
+            let Some((need, pulled)) = compared else {
+                self.ring.metrics().replication_error();
+                continue;
+            };
+            sent += pulled;
+            if need.is_empty() {
                 continue;
             }
             let want: std::collections::HashSet<String> = need.into_iter().collect();
@@ -208,6 +202,130 @@ impl Registry {
             let _ = self.send_entries(&node, &entries).await;
         }
         Ok(sent)
+    }
+
+    /// Walk the hash tree of the range `(from, to]` with `node`, then compare the items under
+    /// the nodes that differ: (keys `node` needs, entries pulled from it).
+    async fn tree_compare(
+        self: &Arc<Self>,
+        node: &NodeRef,
+        from: Id,
+        to: Id,
+        tree: &merkle::Items,
+        items: &[(String, Mark)],
+    ) -> Result<(Vec<String>, usize)> {
+        let (mut walk, mut step) = merkle::Descent::start(tree);
+        let leaves = loop {
+            match step {
+                merkle::Step::Compare(leaves) => break leaves,
+                merkle::Step::Ask(nodes) => {
+                    let mut theirs = Vec::with_capacity(nodes.len());
+                    for part in nodes.chunks(TREE_NODES_PER_CALL) {
+                        let req = RegistryRequest::TreeChildren {
+                            from,
+                            to,
+                            nodes: part.to_vec(),
+                        };
+                        match self.call(node, req).await? {
+                            RegistryResponse::TreeChildren(c) if c.len() == part.len() => {
+                                theirs.extend(c)
+                            }
+                            other => {
+                                return Err(Error::internal(format!("unexpected answer {other:?}")))
+                            }
+                        }
+                    }
+                    step = walk.on_answer(&theirs);
+                }
+            }
+        };
+        self.ring.metrics().tree_exchanges(walk.exchanges);
+        if leaves.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        // The items under the differing nodes, in digests of bounded size: the nodes are cut
+        // into groups, each holding at most DIGEST_ITEMS of ours (a deepest node may hold more
+        // alone, and is sent alone).
+        let mut by_node: HashMap<merkle::Node, Vec<(String, Mark)>> = HashMap::new();
+        let cover = merkle::Cover::new(&leaves);
+        for (key, mark) in items {
+            if let Some(n) = cover.find(key) {
+                by_node.entry(n).or_default().push((key.clone(), *mark));
+            }
+        }
+        let (mut need, mut pulled) = (Vec::new(), 0);
+        let mut group: Vec<merkle::Node> = Vec::new();
+        let mut group_items: Vec<(String, Mark)> = Vec::new();
+        let mut leaves = leaves.into_iter().peekable();
+        while let Some(leaf) = leaves.next() {
+            let mine = by_node.remove(&leaf).unwrap_or_default();
+            group.push(leaf);
+            group_items.extend(mine);
+            let next_len = leaves
+                .peek()
+                .and_then(|n| by_node.get(n))
+                .map_or(0, Vec::len);
+            if leaves.peek().is_some()
+                && group_items.len() + next_len <= DIGEST_ITEMS
+                && group.len() < TREE_NODES_PER_CALL
+            {
+                continue;
+            }
+            let req = RegistryRequest::TreeDigest {
+                items: std::mem::take(&mut group_items),
+                from,
+                to,
+                nodes: std::mem::take(&mut group),
+            };
+            match self.call(node, req).await? {
+                RegistryResponse::Diff { need: more, newer } => {
+                    if !newer.is_empty() {
+                        pulled += self.pull(node, newer).await?;
+                    }
+                    need.extend(more);
+                }
+                other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
+            }
+        }
+        Ok((need, pulled))
+    }
+
+    /// The comparison without the tree (a replica of an older version, or an owner that
+    /// knows no predecessor): one hash over the range, then digests of every key in spans.
+    /// `None` when the replica did not answer.
+    async fn flat_compare(
+        self: &Arc<Self>,
+        node: &NodeRef,
+        range: Option<(Id, Id)>,
+        items: &[(String, Mark)],
+    ) -> Option<(Vec<String>, usize)> {
+        self.ring.metrics().flat_comparison();
+        if let Some((from, to)) = range {
+            let req = RegistryRequest::RangeHash {
+                from,
+                to,
+                hash: range_hash(items),
+            };
+            if let Ok(RegistryResponse::Same(true)) = self.call(node, req).await {
+                return Some((Vec::new(), 0));
+            }
+        }
+        let (mut need, mut pulled) = (Vec::new(), 0);
+        for (items, span) in digest_spans(items.to_vec()) {
+            let req = RegistryRequest::Digest { items, range, span };
+            match self.call(node, req).await {
+                Ok(RegistryResponse::Diff { need: more, newer }) => {
+                    // What the replica holds newer in our range (we may have inherited the
+                    // range from a crashed node it was a replica of) comes to us first.
+                    if !newer.is_empty() {
+                        pulled += self.pull(node, newer).await.ok()?;
+                    }
+                    need.extend(more);
+                }
+                _ => return None,
+            }
+        }
+        Some((need, pulled))
     }
 
     /// Send `entries` to `node` as `Handoff` messages of at most [`TRANSFER_CHUNK`] entries
@@ -577,7 +695,7 @@ impl Registry {
         &self,
         items: Vec<(String, Mark)>,
         range: Option<(Id, Id)>,
-        span: Span,
+        covers: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<RegistryResponse> {
         // One scan of the owner's range (everything when it knows no predecessor): what we
         // hold there, within the digest's span of keys, by key, with its version. Tombstones
@@ -588,7 +706,7 @@ impl Registry {
         };
         let mut mine: HashMap<String, Mark> = held
             .iter()
-            .filter(|e| in_span(&e.key, &span))
+            .filter(|e| covers(&e.key))
             .map(version_item)
             .collect();
         let mut need = Vec::new();

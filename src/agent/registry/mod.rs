@@ -16,6 +16,7 @@
 
 mod feeds;
 mod handoff;
+use handoff::in_span;
 mod replication;
 mod routing;
 mod sweep;
@@ -31,6 +32,7 @@ use chrono::{DateTime, Utc};
 use super::deadlines::Deadlines;
 use super::ring::RingDriver;
 use crate::registry::hlc::{node_number, Clock, Hlc};
+use crate::registry::merkle;
 use crate::registry::ops::{
     discovered_json, gvip_id, gvip_key, range_hash, routing_id, Entry, RawJson, RegistryRequest,
     RegistryResponse, WriteOp,
@@ -603,15 +605,35 @@ impl Registry {
                 Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
             }
             RegistryRequest::RangeHash { from, to, hash } => {
-                let mine: Vec<_> = self
-                    .entries_where(|id| id.in_half_open(&from, &to))
-                    .await?
-                    .iter()
-                    .map(version_item)
-                    .collect();
+                let mine = self.marks_in(from, to).await?;
                 Ok(RegistryResponse::Same(range_hash(&mine) == hash))
             }
-            RegistryRequest::Digest { items, range, span } => self.diff(items, range, span).await,
+            RegistryRequest::Digest { items, range, span } => {
+                self.diff(items, range, &|e| in_span(e, &span)).await
+            }
+            RegistryRequest::TreeChildren { from, to, nodes } => {
+                // At most this many nodes per request (answers of 128 bytes a node).
+                if nodes.len() > handoff::TREE_NODES_PER_CALL {
+                    return Err(Error::invalid(format!(
+                        "at most {} tree nodes per request",
+                        handoff::TREE_NODES_PER_CALL
+                    )));
+                }
+                let items = merkle::Items::new(&self.marks_in(from, to).await?);
+                Ok(RegistryResponse::TreeChildren(merkle::children(
+                    &items, &nodes,
+                )))
+            }
+            RegistryRequest::TreeDigest {
+                items,
+                from,
+                to,
+                nodes,
+            } => {
+                let cover = merkle::Cover::new(&nodes);
+                self.diff(items, Some((from, to)), &|key| cover.contains(key))
+                    .await
+            }
             RegistryRequest::Policy { service } => {
                 self.check_owner(&Id::of_key(&service))?;
                 let rec = self.read_cached(&service).await?;
@@ -663,6 +685,12 @@ impl Registry {
     /// identifier passes `keep`, except tombstones past their time, which no copy keeps,
     /// sends or reports ([`Unit::is_expired_tombstone`]): those the scan meets are deleted.
     /// (Call without holding a slot lock.)
+    /// (key, mark) of every entry held in the range `(from, to]`.
+    async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
+        let held = self.entries_where(|id| id.in_half_open(&from, &to)).await?;
+        Ok(held.iter().map(version_item).collect())
+    }
+
     async fn entries_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
         let (live, expired) = self.split_expired(self.stored_where(keep).await?);
         if !expired.is_empty() {
