@@ -362,6 +362,42 @@ mod tests {
     }
 
     #[test]
+    fn dns_settings_come_through_the_layers() {
+        let file = Partial::from_toml(
+            r#"
+            dns = "127.0.0.1:5353"
+            dns_domain = "Svc.Example."
+            dns_ttl = "1m"
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let flags = Partial {
+            dns_ttl_secs: Some(3),
+            ..Partial::default()
+        };
+        let c = merge(Start::Create, &[&flags, &file]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.dns, Some(addr("127.0.0.1:5353")));
+        assert_eq!(c.dns_domain, "svc.example");
+        assert_eq!(c.dns_ttl, Duration::from_secs(3), "the flag beats the file");
+        let d = merge(Start::Create, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (d.dns, d.dns_domain.as_str()),
+            (None, "chord"),
+            "off by default"
+        );
+        assert_eq!(d.dns_ttl, Duration::from_secs(5));
+        for bad in [
+            "dns_domain = \"a..b\"",
+            "dns_ttl = \"soon\"",
+            "dns = \"nowhere\"",
+        ] {
+            let e = Partial::from_toml(bad).err().unwrap_or_default();
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(e.starts_with(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn file_errors_name_the_key() {
         let err = Partial::from_toml("bind = \"127.0.0.1:1\"\nbogus_key = 1\n")
             .err()
