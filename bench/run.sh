@@ -16,6 +16,8 @@
 #   ONLY_TLS=1 bench/run.sh            # only the TLS benchmark: a ring of 5 without and with TLS,
 #                                     # ring lookup p50/p99 and registrations/s through a
 #                                     # non-owner agent, connections warm (examples/tls_bench.rs)
+#   ONLY_DNS=1 bench/run.sh            # only the DNS benchmark: one agent, UDP A queries with
+#                                     # many in flight; queries/s and p50/p99 (examples/dns_bench.rs)
 #
 # It installs what is missing (Debian packages etcd-server, wrk, redis-server, redis-tools,
 # curl, jq), builds chordctl in release mode, and starts everything on loopback in a temporary
@@ -41,6 +43,7 @@ SKIP_GROW=${SKIP_GROW:-$SKIP_SHAPES}              # new ids into 32 growing serv
 SKIP_RING3=${SKIP_RING3:-$SKIP_SHAPES}            # 3 agents --replicas 3 vs a 3-member etcd
 ONLY_WATCH=${ONLY_WATCH:-0}    # only the watch benchmark (issue 14)
 ONLY_TLS=${ONLY_TLS:-0}        # only the TLS benchmark (issue 15)
+ONLY_DNS=${ONLY_DNS:-0}        # only the DNS benchmark (issue 17)
 SKIP_WATCH=${SKIP_WATCH:-$ONLY_SHAPES}
 WATCHERS=${WATCHERS:-10000}    # watchers on one agent, spread over WATCH_SERVICES services,
 WATCH_SERVICES=${WATCH_SERVICES:-100}  # under WATCH_RATE registrations/s for DURATION s
@@ -258,6 +261,13 @@ if [[ $ONLY_TLS == 1 ]]; then
     say "TLS: a ring of 5 without and with TLS, ${DURATION}s of registrations, $CONNS at once"
     (cd "$ROOT" && cargo build --release --quiet --example tls_bench)
     SECS="$DURATION" CONNS="$CONNS" "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/tls_bench"
+    exit 0
+fi
+
+if [[ $ONLY_DNS == 1 ]]; then
+    say "DNS: one agent, ${DURATION}s of UDP A queries, many in flight"
+    (cd "$ROOT" && cargo build --release --quiet --example dns_bench)
+    SECS="$DURATION" "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/dns_bench"
     exit 0
 fi
 

@@ -386,7 +386,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__agent__subcmd__create)
-            opts="-o -h -V --bind --advertise --http --data-dir --redis --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --tls-cert --tls-key --tls-ca --http-verify-clients --print-config --agent --output --token --cacert --cert --key --help --version"
+            opts="-o -h -V --bind --advertise --http --dns --data-dir --redis --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --tls-cert --tls-key --tls-ca --http-verify-clients --dns-domain --dns-ttl --print-config --agent --output --token --cacert --cert --key --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -401,6 +401,10 @@ _chordctl() {
                     return 0
                     ;;
                 --http)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -456,6 +460,14 @@ _chordctl() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --dns-domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns-ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --agent)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -492,7 +504,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__agent__subcmd__dev)
-            opts="-o -h -V --nodes --tls --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --tls-cert --tls-key --tls-ca --http-verify-clients --print-config --agent --output --token --cacert --cert --key --help --version"
+            opts="-v -o -h -V --nodes --tls --verbose --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --tls-cert --tls-key --tls-ca --http-verify-clients --dns-domain --dns-ttl --print-config --agent --output --token --cacert --cert --key --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -543,6 +555,14 @@ _chordctl() {
                     return 0
                     ;;
                 --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns-domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns-ttl)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -652,7 +672,7 @@ _chordctl() {
             return 0
             ;;
         chordctl__subcmd__agent__subcmd__join)
-            opts="-o -h -V --bind --advertise --http --data-dir --redis --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --tls-cert --tls-key --tls-ca --http-verify-clients --print-config --agent --output --token --cacert --cert --key --help --version"
+            opts="-o -h -V --bind --advertise --http --dns --data-dir --redis --config --replicas --write-quorum --successors --cluster-secret --api-token --stabilize-ms --rpc-timeout-ms --tls-cert --tls-key --tls-ca --http-verify-clients --dns-domain --dns-ttl --print-config --agent --output --token --cacert --cert --key --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -667,6 +687,10 @@ _chordctl() {
                     return 0
                     ;;
                 --http)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -719,6 +743,14 @@ _chordctl() {
                     return 0
                     ;;
                 --tls-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns-domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns-ttl)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -59,6 +59,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l bind -d 'Ring RPC listen address (port 0: any free port)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l advertise -d 'Ring address other nodes dial [default: the bound address]' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l http -d 'HTTP API listen address (port 0: any free port)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l dns -d 'Serve DNS on UDP and TCP at this address (port 0: any free port); off unless given' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l data-dir -d 'Embedded store directory (the default store)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l redis -d 'Use Redis instead of the embedded store, e.g. redis://:secret@127.0.0.1:6379/0' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
@@ -72,6 +73,8 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-key -d 'The private key of --tls-cert (PEM)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l dns-domain -d 'The DNS zone: services answer as SERVICE.service.DOMAIN' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l dns-ttl -d 'The TTL of DNS records, e.g. 5s, 1m' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
@@ -86,6 +89,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l bind -d 'Ring RPC listen address (port 0: any free port)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l advertise -d 'Ring address other nodes dial [default: the bound address]' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l http -d 'HTTP API listen address (port 0: any free port)' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l dns -d 'Serve DNS on UDP and TCP at this address (port 0: any free port); off unless given' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l data-dir -d 'Embedded store directory (the default store)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l redis -d 'Use Redis instead of the embedded store, e.g. redis://:secret@127.0.0.1:6379/0' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l config -d 'Read settings from this TOML file (keys like the long flags: bind, data_dir, ...)' -r -F
@@ -99,6 +103,8 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-key -d 'The private key of --tls-cert (PEM)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l dns-domain -d 'The DNS zone: services answer as SERVICE.service.DOMAIN' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l dns-ttl -d 'The TTL of DNS records, e.g. 5s, 1m' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
@@ -122,6 +128,8 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-key -d 'The private key of --tls-cert (PEM)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l dns-domain -d 'The DNS zone: services answer as SERVICE.service.DOMAIN' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l dns-ttl -d 'The TTL of DNS records, e.g. 5s, 1m' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
@@ -130,6 +138,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l cert -d 'Client certificate (PEM) for agents that require one (--http-verify-clients)' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls -d 'Make a CA and certificates in the data directory and run the ring with TLS; prints the client flags to use'
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s v -l verbose -d 'Log at info level (the default is warnings only, so the table stays readable)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l http-verify-clients -d 'Also require client certificates from the CA on the HTTP port'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l print-config -d 'Print the settings in effect (secrets masked) and exit without starting'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -8,12 +8,15 @@
 //!   list, stabilization, lookups. Driven by the agent over TCP and by the simulator in tests.
 //! - [`rpc`]: ring RPC between agents: typed messages, framing, server, pooled client.
 //! - [`http`]: the HTTP API (v1 and the prototype-compatible routes).
+//! - [`dns`]: the DNS interface (`--dns`): answers built without I/O from a local view of each
+//!   service asked about, kept current by the agent's watch subscriptions; hickory's server.
 //! - [`registry`]: the service model: instances, status, TTL health, picking strategies.
 //! - [`store`]: `trait Store` and its backends (embedded redb, Redis).
 //! - [`tls`]: TLS on both ports (rustls), certificate reloads, `chordctl tls ... create`.
 
 pub mod agent;
 pub mod cli;
+pub mod dns;
 pub mod error;
 pub mod http;
 pub mod registry;

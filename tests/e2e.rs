@@ -778,8 +778,13 @@ fn agent_dev_runs_three_nodes_and_stops_on_sigterm() {
         }
     };
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let nodes = printed.iter().filter(|l| l.starts_with("node ")).count();
-    assert_eq!(nodes, 3, "one line per node: {printed:#?}");
+    // One table: a header, then one row per node (ring, HTTP and DNS addresses).
+    assert!(
+        printed.first().is_some_and(|h| h.starts_with("ID")),
+        "{printed:#?}"
+    );
+    let nodes = printed.iter().filter(|l| l.contains("127.0.0.1:")).count();
+    assert_eq!(nodes, 3, "one row per node: {printed:#?}");
 
     // The export line is printed once the ring has settled: usable at once, no waiting.
     let ids = settled_ring(&url).unwrap_or_else(|e| panic!("right after the export line: {e}"));

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bulk;
 mod cli;
+mod dns;
 mod e2e;
 mod faults;
 mod health;

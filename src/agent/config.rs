@@ -4,6 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `--dns-domain`'s default.
+pub const DEFAULT_DNS_DOMAIN: &str = "chord";
+
+/// `--dns-ttl`'s default.
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(5);
+
 /// How the agent enters a ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
@@ -52,6 +58,13 @@ pub struct AgentConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// `--http-verify-clients`: require client certificates on the HTTP port too.
     pub http_verify_clients: bool,
+    /// `--dns`: serve DNS on UDP and TCP at this address (port 0: any free port); off when
+    /// `None`.
+    pub dns: Option<SocketAddr>,
+    /// `--dns-domain`: the zone answered, `SERVICE.service.DOMAIN.`.
+    pub dns_domain: String,
+    /// `--dns-ttl`: the TTL of every DNS record.
+    pub dns_ttl: Duration,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -74,6 +87,9 @@ impl std::fmt::Debug for AgentConfig {
             .field("max_watchers", &self.max_watchers)
             .field("tls", &self.tls)
             .field("http_verify_clients", &self.http_verify_clients)
+            .field("dns", &self.dns)
+            .field("dns_domain", &self.dns_domain)
+            .field("dns_ttl", &self.dns_ttl)
             .finish()
     }
 }
@@ -107,6 +123,9 @@ impl Default for AgentConfig {
             max_watchers: crate::agent::watch::MAX_WATCHERS,
             tls: None,
             http_verify_clients: false,
+            dns: None,
+            dns_domain: DEFAULT_DNS_DOMAIN.to_string(),
+            dns_ttl: DEFAULT_DNS_TTL,
         }
     }
 }

@@ -141,7 +141,17 @@ pub struct Metrics {
     watch_resets: AtomicU64,
     /// From a change at its owner to its event here (seconds).
     notify_latency: Mutex<Histogram>,
+    /// DNS queries answered, by result ([`DNS_RESULTS`]), those truncated, and the services
+    /// the DNS view holds.
+    dns_queries: [AtomicU64; DNS_RESULTS.len()],
+    dns_truncated: AtomicU64,
+    dns_services: AtomicU64,
 }
+
+/// The results DNS queries are counted by: the response codes the agent gives, and `other`.
+pub const DNS_RESULTS: [&str; 7] = [
+    "noerror", "nxdomain", "servfail", "refused", "formerr", "notimp", "other",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -164,6 +174,9 @@ impl Default for Metrics {
             watch_events: AtomicU64::new(0),
             watch_resets: AtomicU64::new(0),
             notify_latency: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
+            dns_queries: Default::default(),
+            dns_truncated: AtomicU64::new(0),
+            dns_services: AtomicU64::new(0),
         }
     }
 }
@@ -262,6 +275,27 @@ impl Metrics {
     /// A ring RPC connection was refused: the most were open already.
     pub fn rpc_connection_refused(&self) {
         self.rpc_connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A DNS query was answered with `result` (one of [`DNS_RESULTS`]; anything else counts
+    /// as `other`), `truncated` when its UDP answer did not fit.
+    pub fn dns_query(&self, result: &str, truncated: bool) {
+        let slot = DNS_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(DNS_RESULTS.len() - 1);
+        if let Some(n) = self.dns_queries.get(slot) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        if truncated {
+            self.dns_truncated.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The DNS view holds `n` services now.
+    pub fn dns_services(&self, n: usize) {
+        self.dns_services
+            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// A change made at `at_ms` (its owner's clock) reached this agent's watchers now.
@@ -501,6 +535,33 @@ impl Metrics {
             "From a change at its owner to its event at this agent (the owner's clock against this one's).",
         );
         lock(&self.notify_latency).render(&mut out, "chordctl_watch_notify_seconds", "");
+        family(
+            &mut out,
+            "chordctl_dns_queries_total",
+            "counter",
+            "DNS queries answered, by result (the response code).",
+        );
+        for (result, n) in DNS_RESULTS.iter().zip(&self.dns_queries) {
+            let n = n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "chordctl_dns_queries_total{{result=\"{result}\"}} {n}");
+        }
+        counter(
+            &mut out,
+            "chordctl_dns_truncated_total",
+            "DNS answers sent over UDP with the TC bit: they did not fit the client's buffer.",
+            self.dns_truncated.load(Ordering::Relaxed),
+        );
+        family(
+            &mut out,
+            "chordctl_dns_services",
+            "gauge",
+            "Services the DNS view holds, each kept current by its watch subscription.",
+        );
+        let _ = writeln!(
+            out,
+            "chordctl_dns_services {}",
+            self.dns_services.load(Ordering::Relaxed)
+        );
         counter(
             &mut out,
             "chordctl_ring_peers_dropped_total",

@@ -95,6 +95,7 @@ pub struct AgentHandle {
     agent: Arc<Agent>,
     ring_addr: SocketAddr,
     http_addr: SocketAddr,
+    dns_addr: Option<SocketAddr>,
     tasks: JoinSet<()>,
     progress: Progress,
 }
@@ -107,6 +108,10 @@ impl AgentHandle {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+    /// The bound DNS address (UDP and TCP), when `--dns` is on.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns_addr
     }
     /// This node as others see it.
     pub fn node(&self) -> NodeRef {
@@ -191,6 +196,17 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     let http_listener = TcpListener::bind(config.http)
         .await
         .map_err(|e| Error::invalid(format!("cannot bind HTTP address {}: {e}", config.http)))?;
+    // The zone is checked and the DNS port bound before anything starts: a bad --dns fails
+    // the start like a bad --http.
+    let dns = match config.dns {
+        Some(addr) => {
+            let zone = crate::dns::Zone::new(&config.dns_domain, config.dns_ttl)
+                .map_err(Error::invalid)?;
+            Some((zone, crate::dns::server::bind(addr).await?))
+        }
+        None => None,
+    };
+    let dns_addr = dns.as_ref().map(|(_, (_, _, addr))| *addr);
     let ring_addr = ring_listener
         .local_addr()
         .map_err(|e| Error::internal(e.to_string()))?;
@@ -313,10 +329,14 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
         agent.clone(),
         stop.clone(),
     ));
+    if let Some((zone, (udp, tcp, _))) = dns {
+        tasks.spawn(crate::dns::serve(agent.clone(), zone, udp, tcp));
+    }
     Ok(AgentHandle {
         agent,
         ring_addr,
         http_addr,
+        dns_addr,
         tasks,
         progress,
     })
@@ -331,8 +351,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 /// [`run`], reporting joining and leaving to `progress` (the CLI draws it on a terminal).
 pub async fn run_with_progress(config: AgentConfig, progress: Progress) -> Result<()> {
     let handle = start_with_progress(config, progress).await?;
+    let dns = handle
+        .dns_addr()
+        .map(|a| format!(" dns={a}"))
+        .unwrap_or_default();
     println!(
-        "chordctl agent {} serving: ring={} http={}",
+        "chordctl agent {} serving: ring={} http={}{dns}",
         handle.node().id,
         handle.node().addr,
         handle.http_addr()
@@ -345,67 +369,97 @@ pub async fn run_with_progress(config: AgentConfig, progress: Progress) -> Resul
     Ok(())
 }
 
+/// One node of `agent dev`, as it announces it.
+#[derive(Debug, Clone)]
+pub struct DevNode {
+    /// The node's identifier (hex).
+    pub id: String,
+    /// Its ring address.
+    pub ring: String,
+    /// Its HTTP address.
+    pub http: SocketAddr,
+    /// Its DNS address (UDP and TCP).
+    pub dns: Option<SocketAddr>,
+}
+
+/// What `agent dev` has started, for the CLI to print once the ring has settled.
+#[derive(Debug, Clone)]
+pub struct DevRing {
+    /// The nodes, in the order they started.
+    pub nodes: Vec<DevNode>,
+    /// Where their stores are (removed on exit).
+    pub data_dir: std::path::PathBuf,
+    /// `https` with `--tls`, else `http`.
+    pub scheme: &'static str,
+    /// With `--tls`: the CA, the client certificate and its key to use.
+    pub client_tls: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
+    /// The DNS zone's domain.
+    pub dns_domain: String,
+}
+
 /// Run `nodes` agents in this process on loopback port 0 with embedded stores in a temporary
-/// directory (`chordctl agent dev`), until Ctrl-C. With `tls`, a fresh CA and certificates
-/// are made there first, and the ring runs with TLS on both ports.
-pub async fn run_dev(nodes: usize, tls: bool, base: AgentConfig) -> Result<()> {
+/// directory (`chordctl agent dev`), each serving DNS on a free port, until Ctrl-C; `announce`
+/// is shown what runs once the ring has settled. With `tls`, a fresh CA and certificates are
+/// made there first, and the ring runs with TLS on both ports.
+pub async fn run_dev(
+    nodes: usize,
+    tls: bool,
+    base: AgentConfig,
+    announce: impl FnOnce(&DevRing),
+) -> Result<()> {
     let nodes = nodes.max(1);
     let tmp = tempfile::Builder::new()
         .prefix("chordctl-dev-")
         .tempdir()
         .map_err(|e| Error::internal(format!("cannot create a temporary directory: {e}")))?;
-    println!("data in {} (removed on exit)", tmp.path().display());
     let (base, client_tls) = match tls {
         false => (base, None),
         true => {
-            let (files, client) = crate::tls::create::dev_certificates(&tmp.path().join("tls"))
-                .map_err(Error::internal)?;
+            let (files, (cert, key)) =
+                crate::tls::create::dev_certificates(&tmp.path().join("tls"))
+                    .map_err(Error::internal)?;
             let base = AgentConfig {
                 tls: Some(files.clone()),
                 ..base
             };
-            (base, Some((files.ca, client)))
+            (base, Some((files.ca, cert, key)))
         }
     };
     let mut handles: Vec<AgentHandle> = Vec::new();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     for i in 0..nodes {
-        let start = match handles.first() {
+        let how = match handles.first() {
             None => Start::Create,
             Some(first) => Start::Join(first.node().addr),
         };
         let config = AgentConfig {
-            start,
+            start: how,
             bind: any,
             http: any,
+            dns: Some(any),
             advertise: None,
             data_dir: Some(tmp.path().join(format!("node-{i}"))),
             redis: None,
             ..base.clone()
         };
-        let h = start_logged(config, i).await?;
-        handles.push(h);
+        handles.push(start(config).await?);
     }
     wait_settled(&handles).await;
-    if let Some(first) = handles.first() {
-        match &client_tls {
-            None => println!("export CHORDCTL_AGENT=http://{}", first.http_addr()),
-            Some((ca, (cert, key))) => {
-                println!("export CHORDCTL_AGENT=https://{}", first.http_addr());
-                println!("export CHORDCTL_CACERT={}", ca.display());
-                println!("export CHORDCTL_CERT={}", cert.display());
-                println!("export CHORDCTL_KEY={}", key.display());
-                println!(
-                    "# or as flags: --agent https://{} --cacert {} --cert {} --key {}",
-                    first.http_addr(),
-                    ca.display(),
-                    cert.display(),
-                    key.display()
-                );
-            }
-        }
-    }
-    println!("{} nodes running; Ctrl-C stops them", handles.len());
+    announce(&DevRing {
+        nodes: handles
+            .iter()
+            .map(|h| DevNode {
+                id: h.node().id.to_hex(),
+                ring: h.node().addr,
+                http: h.http_addr(),
+                dns: h.dns_addr(),
+            })
+            .collect(),
+        data_dir: tmp.path().to_path_buf(),
+        scheme: if tls { "https" } else { "http" },
+        client_tls,
+        dns_domain: base.dns_domain.clone(),
+    });
     shutdown_signal().await;
     for h in handles.into_iter().rev() {
         h.shutdown().await;
@@ -611,17 +665,6 @@ async fn wait_settled(handles: &[AgentHandle]) {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-}
-
-async fn start_logged(config: AgentConfig, i: usize) -> Result<AgentHandle> {
-    let h = start(config).await?;
-    println!(
-        "node {i}: id={} ring={} http={}",
-        h.node().id.short(),
-        h.node().addr,
-        h.http_addr()
-    );
-    Ok(h)
 }
 
 async fn shutdown_signal() {

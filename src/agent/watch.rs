@@ -272,7 +272,7 @@ impl Sub {
 }
 
 /// Apply one change to a state.
-fn apply_change(instances: &mut BTreeMap<String, Arc<Instance>>, c: &Change) {
+pub(crate) fn apply_change(instances: &mut BTreeMap<String, Arc<Instance>>, c: &Change) {
     match &c.instance {
         Some(i) => {
             instances.insert(c.id.clone(), i.clone());

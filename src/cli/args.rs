@@ -250,6 +250,9 @@ pub enum AgentCommand {
         /// the client flags to use
         #[arg(long)]
         tls: bool,
+        /// Log at info level (the default is warnings only, so the table stays readable)
+        #[arg(short, long)]
+        verbose: bool,
         /// Ring and API settings shared by every node.
         #[command(flatten)]
         tuning: TuningOpts,
@@ -273,6 +276,11 @@ pub struct NodeOpts {
     #[arg(long, env = "CHORDCTL_HTTP", value_name = "HOST:PORT",
           default_value = "127.0.0.1:7500", value_parser = parse_socket_addr)]
     pub http: SocketAddr,
+
+    /// Serve DNS on UDP and TCP at this address (port 0: any free port); off unless given
+    #[arg(long, env = "CHORDCTL_DNS", value_name = "HOST:PORT",
+          value_parser = parse_socket_addr)]
+    pub dns: Option<SocketAddr>,
 
     /// Embedded store directory (the default store)
     #[arg(long, env = "CHORDCTL_DATA_DIR", value_name = "DIR")]
@@ -358,6 +366,16 @@ pub struct TuningOpts {
     /// Also require client certificates from the CA on the HTTP port
     #[arg(long, env = "CHORDCTL_HTTP_VERIFY_CLIENTS")]
     pub http_verify_clients: bool,
+
+    /// The DNS zone: services answer as SERVICE.service.DOMAIN
+    #[arg(long, env = "CHORDCTL_DNS_DOMAIN", value_name = "DOMAIN", default_value = "chord",
+          value_parser = parse_dns_domain)]
+    pub dns_domain: String,
+
+    /// The TTL of DNS records, e.g. 5s, 1m
+    #[arg(long, env = "CHORDCTL_DNS_TTL", value_name = "DURATION", default_value = "5s",
+          value_parser = parse_duration_secs)]
+    pub dns_ttl: u64,
 
     /// Print the settings in effect (secrets masked) and exit without starting
     #[arg(long)]
@@ -734,6 +752,12 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
         _ => Err("expected a number from 0 to 1".into()),
     }
+}
+
+/// `--dns-domain`: a DNS name, kept lower-cased without the final dot.
+pub fn parse_dns_domain(s: &str) -> Result<String, String> {
+    let name = crate::dns::answer::parse_domain(s)?;
+    Ok(name.to_ascii().trim_end_matches('.').to_string())
 }
 
 /// A TTL: a duration of at least one second, in whole seconds.

@@ -35,6 +35,9 @@ pub(crate) struct Partial {
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub http_verify_clients: Option<bool>,
+    pub dns: Option<SocketAddr>,
+    pub dns_domain: Option<String>,
+    pub dns_ttl_secs: Option<u64>,
 }
 
 impl Partial {
@@ -61,6 +64,8 @@ impl Partial {
             tls_ca: tuning.tls_ca.clone().filter(|_| from("tls_ca")),
             http_verify_clients: Some(tuning.http_verify_clients)
                 .filter(|_| from("http_verify_clients")),
+            dns_domain: Some(tuning.dns_domain.clone()).filter(|_| from("dns_domain")),
+            dns_ttl_secs: Some(tuning.dns_ttl).filter(|_| from("dns_ttl")),
             ..Partial::default()
         };
         if let Some(node) = node {
@@ -69,6 +74,7 @@ impl Partial {
             p.http = Some(node.http).filter(|_| from("http"));
             p.data_dir = node.data_dir.clone().filter(|_| from("data_dir"));
             p.redis = take("redis", &node.redis);
+            p.dns = node.dns.filter(|_| from("dns"));
         }
         p
     }
@@ -125,6 +131,24 @@ impl Partial {
             tls_key: file.tls_key,
             tls_ca: file.tls_ca,
             http_verify_clients: file.http_verify_clients,
+            dns: file
+                .dns
+                .as_deref()
+                .map(args::parse_socket_addr)
+                .transpose()
+                .map_err(key("dns"))?,
+            dns_domain: file
+                .dns_domain
+                .as_deref()
+                .map(args::parse_dns_domain)
+                .transpose()
+                .map_err(key("dns_domain"))?,
+            dns_ttl_secs: file
+                .dns_ttl
+                .as_deref()
+                .map(args::parse_duration_secs)
+                .transpose()
+                .map_err(key("dns_ttl"))?,
         })
     }
 }
@@ -149,6 +173,9 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     http_verify_clients: Option<bool>,
+    dns: Option<String>,
+    dns_domain: Option<String>,
+    dns_ttl: Option<String>,
 }
 
 fn positive<T: PartialEq + From<u8>>(value: Option<T>) -> Result<Option<T>, String> {
@@ -188,6 +215,11 @@ pub(crate) fn merge(start: Start, layers: &[&Partial]) -> Result<AgentConfig, St
         max_watchers: defaults.max_watchers,
         tls: tls_files(first!(tls_cert), first!(tls_key), first!(tls_ca))?,
         http_verify_clients: first!(http_verify_clients).unwrap_or(false),
+        dns: first!(dns),
+        dns_domain: first!(dns_domain).unwrap_or(defaults.dns_domain),
+        dns_ttl: first!(dns_ttl_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.dns_ttl),
     };
 
     if let Some(url) = &config.redis {
@@ -278,6 +310,9 @@ pub(crate) fn describe(config: &AgentConfig) -> String {
     let _ = writeln!(out, "tls_key = {}", path(tls.map(|t| &t.key)));
     let _ = writeln!(out, "tls_ca = {}", path(tls.map(|t| &t.ca)));
     let _ = writeln!(out, "http_verify_clients = {}", config.http_verify_clients);
+    let _ = writeln!(out, "dns = {}", opt(config.dns.map(|a| a.to_string())));
+    let _ = writeln!(out, "dns_domain = {:?}", config.dns_domain);
+    let _ = writeln!(out, "dns_ttl = \"{}s\"", config.dns_ttl.as_secs());
     out
 }
 
@@ -324,6 +359,42 @@ mod tests {
         let d = AgentConfig::default();
         assert_eq!(c.rpc_timeout, d.rpc_timeout, "default when no layer says");
         assert_eq!(c.advertise, None);
+    }
+
+    #[test]
+    fn dns_settings_come_through_the_layers() {
+        let file = Partial::from_toml(
+            r#"
+            dns = "127.0.0.1:5353"
+            dns_domain = "Svc.Example."
+            dns_ttl = "1m"
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let flags = Partial {
+            dns_ttl_secs: Some(3),
+            ..Partial::default()
+        };
+        let c = merge(Start::Create, &[&flags, &file]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.dns, Some(addr("127.0.0.1:5353")));
+        assert_eq!(c.dns_domain, "svc.example");
+        assert_eq!(c.dns_ttl, Duration::from_secs(3), "the flag beats the file");
+        let d = merge(Start::Create, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (d.dns, d.dns_domain.as_str()),
+            (None, "chord"),
+            "off by default"
+        );
+        assert_eq!(d.dns_ttl, Duration::from_secs(5));
+        for bad in [
+            "dns_domain = \"a..b\"",
+            "dns_ttl = \"soon\"",
+            "dns = \"nowhere\"",
+        ] {
+            let e = Partial::from_toml(bad).err().unwrap_or_default();
+            let key = bad.split(' ').next().unwrap_or_default();
+            assert!(e.starts_with(key), "{bad}: {e}");
+        }
     }
 
     #[test]

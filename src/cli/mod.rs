@@ -149,9 +149,14 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         AgentCommand::Join { seed, node, tuning } => {
             (Start::Join(seed.clone()), Some(node), tuning, None, false)
         }
-        AgentCommand::Dev { nodes, tls, tuning } => {
-            (Start::Create, None, tuning, Some(*nodes), *tls)
-        }
+        AgentCommand::Dev {
+            nodes, tls, tuning, ..
+        } => (Start::Create, None, tuning, Some(*nodes), *tls),
+    };
+    // `agent dev` logs warnings only unless -v: a screen of info lines would bury its table.
+    let log_level = match command {
+        AgentCommand::Dev { verbose: false, .. } => tracing::Level::WARN,
+        _ => tracing::Level::INFO,
     };
     let flags = Partial::from_matches(sub, ValueSource::CommandLine, node, tuning);
     let env = Partial::from_matches(sub, ValueSource::EnvVariable, node, tuning);
@@ -180,7 +185,7 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         None => progress::for_agent(),
         Some(_) => None,
     };
-    init_tracing(progress.as_ref().map(|(_, bars)| bars.clone()));
+    init_tracing(progress.as_ref().map(|(_, bars)| bars.clone()), log_level);
     limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -188,7 +193,12 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the async runtime: {e}")))?;
     let result = match dev_nodes {
-        Some(nodes) => runtime.block_on(agent::run_dev(usize::from(nodes), dev_tls, config)),
+        Some(nodes) => runtime.block_on(agent::run_dev(
+            usize::from(nodes),
+            dev_tls,
+            config,
+            print_dev_ring,
+        )),
         None => match progress {
             Some((hook, _)) => runtime.block_on(agent::run_with_progress(config, hook)),
             None => runtime.block_on(agent::run(config)),
@@ -250,11 +260,17 @@ fn limit_malloc_arenas() {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; bad directives are skipped); above
 /// the progress bars of `bars` when there are any.
-fn init_tracing(bars: Option<indicatif::MultiProgress>) {
+fn init_tracing(bars: Option<indicatif::MultiProgress>, level: tracing::Level) {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter};
-    let filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
+    let mut filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::from_level(level).into())
         .from_env_lossy();
+    // hickory logs every DNS query at info: only its warnings, unless RUST_LOG says otherwise.
+    if std::env::var_os("RUST_LOG").is_none() {
+        if let Ok(quiet) = "hickory_server=warn".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // Fails only if a subscriber is already set, which then keeps logging.
     let _ = match bars {
@@ -263,6 +279,56 @@ fn init_tracing(bars: Option<indicatif::MultiProgress>) {
             .try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+/// What `agent dev` prints once its ring has settled: one table of its nodes, then the lines
+/// to try. The `export` lines start their lines, for scripts that read them.
+fn print_dev_ring(ring: &agent::DevRing) {
+    let mut table = output::table(&["id", "ring", "http", "dns"], &[]);
+    for node in &ring.nodes {
+        let dns = node.dns.map_or_else(|| "-".to_string(), |a| a.to_string());
+        table.add_row(vec![
+            output::short_id(&node.id).to_string(),
+            node.ring.clone(),
+            node.http.to_string(),
+            dns,
+        ]);
+    }
+    let mut text = output::render(&table);
+    let mut line = |l: String| {
+        text.push_str(&l);
+        text.push('\n');
+    };
+    line(String::new());
+    if let Some(first) = ring.nodes.first() {
+        line(format!(
+            "export CHORDCTL_AGENT={}://{}",
+            ring.scheme, first.http
+        ));
+        if let Some((ca, cert, key)) = &ring.client_tls {
+            line(format!("export CHORDCTL_CACERT={}", ca.display()));
+            line(format!("export CHORDCTL_CERT={}", cert.display()));
+            line(format!("export CHORDCTL_KEY={}", key.display()));
+        }
+        line("chordctl svc register web --address 127.0.0.1 --port 8080".into());
+        if let Some(dns) = first.dns {
+            line(format!(
+                "dig @{} -p {} web.service.{}",
+                dns.ip(),
+                dns.port(),
+                ring.dns_domain
+            ));
+        }
+        line(format!("open {}://{}/ui", ring.scheme, first.http));
+    }
+    line(format!(
+        "data in {} (removed on exit); Ctrl-C stops the {} node{}",
+        ring.data_dir.display(),
+        ring.nodes.len(),
+        if ring.nodes.len() == 1 { "" } else { "s" }
+    ));
+    // A closed stdout is no reason to stop the ring.
+    let _ = output::print(&text);
 }
 
 /// Reads an agent's JSON answer into the view a table is made from.

@@ -18,6 +18,8 @@ pub struct AgentProc {
     pub ring: String,
     /// HTTP address.
     pub http: String,
+    /// DNS address, when started with `--dns`.
+    pub dns: Option<String>,
     /// Hex identifier.
     pub id: String,
     /// The data directory made for it when the caller gave none (removed on drop).
@@ -89,6 +91,10 @@ impl AgentProc {
         };
         let ring = field("ring=");
         let http = field("http=");
+        let dns = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("dns="))
+            .map(String::from);
         let id = line
             .split_whitespace()
             .nth(2)
@@ -98,6 +104,7 @@ impl AgentProc {
             child,
             ring,
             http,
+            dns,
             id,
             _tmp: tmp,
         }

@@ -1,0 +1,181 @@
+//! The DNS server: hickory's UDP and TCP loops (framing, parsing, FORMERR for a malformed
+//! message, truncation with TC past a UDP answer's size) around one request handler, which
+//! asks the [`Zone`] what a question names, the [`Views`] for the service's local view, and
+//! the zone again for the records.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::DNSClass;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use super::answer::{Answer, Target, Zone};
+use super::cache::Views;
+use crate::agent::Metrics;
+use crate::{Error, Result};
+
+/// The largest UDP answer an EDNS0 client gets, whatever buffer it announces.
+pub const MAX_UDP_PAYLOAD: u16 = 4096;
+
+/// A TCP connection that sends no query for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Answers queued per TCP connection.
+const TCP_QUEUE: usize = 32;
+
+/// The request handler.
+pub struct Handler {
+    zone: Zone,
+    views: Arc<Views>,
+    metrics: Arc<Metrics>,
+    turns: AtomicUsize,
+}
+
+impl Handler {
+    /// A handler answering for `zone` from `views`.
+    pub fn new(zone: Zone, views: Arc<Views>, metrics: Arc<Metrics>) -> Handler {
+        Handler {
+            zone,
+            views,
+            metrics,
+            turns: AtomicUsize::new(0),
+        }
+    }
+
+    /// The answer to `request`, and the response code when the question is not answered.
+    async fn answer(&self, request: &Request) -> std::result::Result<Answer, ResponseCode> {
+        if request.metadata.op_code != OpCode::Query {
+            return Err(ResponseCode::NotImp);
+        }
+        let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
+        let query = info.query.original();
+        if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
+            return Err(ResponseCode::Refused);
+        }
+        let name = query.name();
+        let target = self.zone.target(name);
+        let view = match &target {
+            Target::Service { service, .. } => match self.views.get(service).await {
+                Ok(view) => Some(view),
+                Err(e) => {
+                    tracing::debug!(service, "DNS query: {e}");
+                    return Err(ResponseCode::ServFail);
+                }
+            },
+            _ => None,
+        };
+        let turn = self.turns.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .zone
+            .answer(name, query.query_type(), &target, view.as_deref(), turn))
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let answered = self.answer(request).await;
+        let code = match &answered {
+            Ok(a) => a.code,
+            Err(code) => *code,
+        };
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = code;
+        metadata.recursion_available = false;
+        metadata.authoritative = answered.is_ok() && code != ResponseCode::Refused;
+        let edns = request.edns.as_ref().map(|asked| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            edns
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let empty = Answer {
+            code,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            additional: Vec::new(),
+        };
+        let a = answered.as_ref().unwrap_or(&empty);
+        let message = builder.build(
+            metadata,
+            a.answers.iter(),
+            a.authority.iter(),
+            std::iter::empty(),
+            a.additional.iter(),
+        );
+        match response.send_response(message).await {
+            Ok(info) => {
+                self.metrics.dns_query(result_name(code), info.truncation);
+                info
+            }
+            Err(e) => {
+                tracing::debug!("sending a DNS answer failed: {e}");
+                self.metrics.dns_query("servfail", false);
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+/// The metric's name of a response code.
+fn result_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "noerror",
+        ResponseCode::NXDomain => "nxdomain",
+        ResponseCode::ServFail => "servfail",
+        ResponseCode::Refused => "refused",
+        ResponseCode::FormErr => "formerr",
+        ResponseCode::NotImp => "notimp",
+        _ => "other",
+    }
+}
+
+/// Bind UDP and TCP on `addr` (port 0: one free port for both); the bound address.
+pub async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener, SocketAddr)> {
+    let cannot = |e: std::io::Error| Error::invalid(format!("cannot bind DNS address {addr}: {e}"));
+    // With port 0 the UDP port the kernel picks may be taken for TCP: try a few.
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr).await.map_err(cannot)?;
+        let bound = udp.local_addr().map_err(cannot)?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(cannot(e)),
+        }
+    }
+    Err(cannot(last.unwrap_or_else(|| {
+        std::io::Error::other("no port free for both UDP and TCP")
+    })))
+}
+
+/// Serve `handler` on `udp` and `tcp` until `stop`.
+pub async fn serve(udp: UdpSocket, tcp: TcpListener, handler: Handler, stop: CancellationToken) {
+    let mut server = Server::new(handler);
+    server.register_socket(udp);
+    server.register_listener(tcp, TCP_IDLE, TCP_QUEUE);
+    stop.cancelled().await;
+    if let Err(e) = server.shutdown_gracefully().await {
+        tracing::debug!("DNS server stopped: {e}");
+    }
+}
