@@ -10,7 +10,7 @@ const TOKEN_KEY = "chordctl-token";
 const RING_EVERY_MS = 1000;
 const RETRY_MS = 1000;
 const SVG = "http://www.w3.org/2000/svg";
-const RADIUS = 170;
+const RADIUS = 160;
 const RING_BITS = 160n;
 const RING_SIZE = 1n << RING_BITS;
 const PALETTE = ["#3b6fd1", "#2e9d4f", "#c98a00", "#b14fc4", "#d33a3a", "#1a9aa8", "#7a6b3a", "#5a5fd6"];
@@ -74,6 +74,9 @@ function failed(error, what) {
 // --------------------------------------------------------------------------------- token
 
 function askToken(message) {
+  // Every loop of this start meets the 401: the first one says why (the others may have been
+  // cut off reading the reason by the stop).
+  if (!state.running) return;
   stop();
   setConn("token", "token required");
   document.body.dataset.needsToken = "true";
@@ -300,7 +303,7 @@ function renderRing() {
       g.append(svg("circle", { cx: 0, cy: 0, r: RADIUS, class: "share-arc", stroke: color.get(n.id) }));
     }
     g.append(svg("circle", { cx: x, cy: y, r: 7, class: "node-dot", fill: color.get(n.id) }));
-    const [lx, ly] = point(f, RADIUS + 30);
+    const [lx, ly] = point(f, RADIUS + 22);
     const anchor = lx > 20 ? "start" : lx < -20 ? "end" : "middle";
     const label = svg("text", { x: lx, y: ly, "text-anchor": anchor, class: "node-label" });
     label.append(svg("tspan", { x: lx, dy: "-0.2em" }, short(n.id)));
