@@ -20,6 +20,7 @@ mod slow;
 mod store;
 mod support;
 mod tls;
+mod ui;
 mod units;
 mod watch;
 mod watch_cli;

@@ -1,4 +1,5 @@
-//! `--api-token`: every route but `/healthz` requires `Authorization: Bearer TOKEN`.
+//! `--api-token`: every route but `/healthz` and the web view's assets (which hold no data)
+//! requires `Authorization: Bearer TOKEN`.
 //!
 //! The check is an axum middleware over the whole router (the prototype-compatible routes and
 //! unknown routes included), so no handler can forget it. Tokens are compared in constant time:
@@ -21,8 +22,15 @@ use super::ApiError;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The one route that answers without a token: load balancers and supervisors probe it.
-pub const OPEN_PATH: &str = "/healthz";
+/// The routes that answer without a token: `/healthz` (load balancers and supervisors probe
+/// it) and the web view's page, script and style sheet, which hold no data: the page asks for
+/// the token and sends it on every API call it makes.
+pub const OPEN_PATHS: [&str; 4] = [
+    "/healthz",
+    super::ui::PAGE_PATH,
+    super::ui::SCRIPT_PATH,
+    super::ui::STYLE_PATH,
+];
 
 const CONTEXT: &[u8] = b"chordctl api token";
 
@@ -90,9 +98,10 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
-/// The middleware: pass `/healthz` and requests with the right token, answer 401 otherwise.
+/// The middleware: pass [`OPEN_PATHS`] and requests with the right token, answer 401
+/// otherwise.
 pub async fn require_token(State(token): State<ApiToken>, req: Request, next: Next) -> Response {
-    if req.uri().path() == OPEN_PATH {
+    if OPEN_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     match bearer(&req) {

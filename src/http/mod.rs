@@ -6,7 +6,8 @@
 //! Limits ([`Limits`]): a body cap (413), a header-size cap (431), a deadline to send the
 //! request headers, after which the connection is closed (so a slow client cannot hold one), a
 //! deadline for the whole request (503 JSON), and a cap on open connections (503 JSON).
-//! With `--api-token`, every route but `/healthz` requires the bearer token ([`auth`]).
+//! With `--api-token`, every route but `/healthz` and the web view ([`ui`]) requires the
+//! bearer token ([`auth`]).
 //! With `--tls-*` the port speaks HTTPS only ([`crate::tls`]); `--http-verify-clients`
 //! also requires a client certificate from the CA.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod metrics;
 pub mod ring;
 pub mod stream;
+pub mod ui;
 pub mod v1;
 pub mod watch;
 
@@ -93,6 +95,9 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
     let app = Router::new()
         .route("/healthz", get(ring::healthz))
         .route("/metrics", get(metrics::scrape))
+        .route(ui::PAGE_PATH, get(ui::page))
+        .route(ui::SCRIPT_PATH, get(ui::script))
+        .route(ui::STYLE_PATH, get(ui::style))
         .route("/v1/ring", get(ring::ring_node))
         .route("/v1/ring/nodes", get(ring::ring_nodes))
         .route("/v1/locate/{key}", get(ring::locate))

@@ -1,10 +1,39 @@
+pub mod browser;
 pub mod cluster;
 pub mod http;
 pub mod procs;
 pub mod redis;
 pub mod run;
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// The path of `program` in one of PATH's directories, if it is there.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Whether `program` (from the Debian package `package`) is on PATH, so that `what` can run.
+/// Under `CI=true` a missing program is a failure (scripts/test.sh installs it), never a
+/// silent skip; elsewhere the skip is written to stderr, where the run's output shows it.
+pub fn required_program(program: &str, package: &str, what: &str) -> bool {
+    if find_on_path(program).is_some() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{program} is required under CI=true; install it: apt-get install -y {package}");
+    }
+    // Written to stderr directly, not with eprintln!, which the test harness captures.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {program} is not on PATH; {what} did not run"
+    );
+    false
+}
 
 /// Poll the async check `f` every 100 ms until it succeeds; panic with its last reason after
 /// `deadline` (generous: CI machines are small and noisy).

@@ -2,9 +2,8 @@
 //! (synced on every write unless a test asks for another `appendfsync`), stopped (killed) on
 //! demand or on Drop, restartable on the same port and data.
 
-use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,18 +30,7 @@ impl RedisServer {
 
     /// [`RedisServer::start`] with another AOF sync policy (`everysec`, `no`).
     pub fn start_with_appendfsync(appendfsync: &'static str) -> Option<RedisServer> {
-        if find_on_path("redis-server").is_none() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!(
-                    "redis-server is required under CI=true; install it: apt-get install -y redis-server"
-                );
-            }
-            // Written to stderr directly, not with eprintln!, which the test harness captures:
-            // a skipped test must be visible in the run's output.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: redis-server is not on PATH; this Redis store test did not run"
-            );
+        if !super::required_program("redis-server", "redis-server", "this Redis store test") {
             return None;
         }
         let dir = tempfile::tempdir().expect("temporary directory for redis-server");
@@ -199,12 +187,4 @@ fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(5)..].join("\n")
-}
-
-/// The path of `program` in one of PATH's directories, if it is there.
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }
