@@ -67,7 +67,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l write-quorum -d 'Copies (owner included) that must be durable before a write is acknowledged; default: a majority of K' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l successors -d 'Successor-list length' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l cluster-secret -d 'Shared secret every ring member must prove' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz and the web view (/ui)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
@@ -97,7 +97,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l write-quorum -d 'Copies (owner included) that must be durable before a write is acknowledged; default: a majority of K' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l successors -d 'Successor-list length' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l cluster-secret -d 'Shared secret every ring member must prove' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz and the web view (/ui)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F
@@ -122,7 +122,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l write-quorum -d 'Copies (owner included) that must be durable before a write is acknowledged; default: a majority of K' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l successors -d 'Successor-list length' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l cluster-secret -d 'Shared secret every ring member must prove' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l api-token -d 'Bearer token the HTTP API requires on every route but /healthz and the web view (/ui)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l stabilize-ms -d 'Milliseconds between stabilize rounds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l rpc-timeout-ms -d 'Deadline of one ring RPC call, in milliseconds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-cert -d 'This node\'s certificate (PEM): with --tls-key and --tls-ca, both ports speak TLS and ring peers must present a certificate signed by the CA. Reread when it changes' -r -F

@@ -46,7 +46,7 @@ pub struct AgentConfig {
     pub successors: usize,
     /// Shared secret every ring member must prove.
     pub cluster_secret: Option<String>,
-    /// Bearer token the HTTP API requires on every route but /healthz.
+    /// Bearer token the HTTP API requires on every route but /healthz and the web view (/ui).
     pub api_token: Option<String>,
     /// How often stabilize, fix-fingers and check-predecessor run.
     pub stabilize_interval: Duration,

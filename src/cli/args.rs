@@ -330,7 +330,7 @@ pub struct TuningOpts {
     )]
     pub cluster_secret: Option<String>,
 
-    /// Bearer token the HTTP API requires on every route but /healthz
+    /// Bearer token the HTTP API requires on every route but /healthz and the web view (/ui)
     #[arg(
         long,
         env = "CHORDCTL_API_TOKEN",
