@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -370,7 +371,8 @@ async fn unknown_names_are_nxdomain_with_an_soa_and_host_names_a_cname() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_whose_ttl_lapses_leaves_the_answer() {
+async fn an_instance_whose_reporter_is_killed_stays_while_it_reports_and_leaves_within_ttl_plus_a_sweep(
+) {
     let (agent, dns) = dns_agent(None);
     register(
         &agent,
@@ -386,16 +388,51 @@ async fn an_instance_whose_ttl_lapses_leaves_the_answer() {
         json!({"address": "10.3.0.2", "port": 1, "ttl_secs": 2}),
     )
     .await;
-    report(&agent, "pay", "dies", "passing").await;
-    expect_addresses(dns, "pay.service.chord.", &ips(&["10.3.0.1", "10.3.0.2"])).await;
-    // Its reporter stops: no report after this one.
-    let stopped = Instant::now();
+    // The instance's heartbeat loop, a process of its own (in its own process group, so that
+    // the SIGKILL below also takes a report in flight).
+    let script = format!(
+        "while true; do {} --agent {} status report pay dies --state passing >/dev/null; sleep 0.2; done",
+        bin(),
+        agent.url()
+    );
+    let mut reporter = Reaped(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("reporter"),
+    );
+    let both = ips(&["10.3.0.1", "10.3.0.2"]);
+    expect_addresses(dns, "pay.service.chord.", &both).await;
+    // While it reports, it stays in every answer for over two TTLs.
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(5) {
+        let m = ask(dns, "pay.service.chord.", RecordType::A, Via::Udp)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            addresses(&m),
+            both,
+            "an instance that reports left the answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let group = i32::try_from(reporter.0.id()).expect("pid");
+    // SAFETY: a plain kill(2) of the reporter's own process group.
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
+    let _ = reporter.0.wait();
+    let killed = Instant::now();
     expect_addresses(dns, "pay.service.chord.", &ips(&["10.3.0.1"])).await;
-    // The TTL (2 s) plus a sweep (0.5 s), with slack for a loaded machine.
-    let took = stopped.elapsed();
+    // Its last report came before the kill: critical (and out of the answer) one TTL (2 s)
+    // later, at the owner's next sweep (0.5 s); two more seconds of room for a loaded machine.
+    let took = killed.elapsed();
     assert!(
-        took < Duration::from_secs(15),
-        "left the answer after {took:?}"
+        took < Duration::from_millis(2_000 + 500 + 2_000),
+        "left the answer {took:?} after the kill"
     );
 }
 
