@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -388,22 +387,8 @@ async fn an_instance_whose_reporter_is_killed_stays_while_it_reports_and_leaves_
         json!({"address": "10.3.0.2", "port": 1, "ttl_secs": 2}),
     )
     .await;
-    // The instance's heartbeat loop, a process of its own (in its own process group, so that
-    // the SIGKILL below also takes a report in flight).
-    let script = format!(
-        "while true; do {} --agent {} status report pay dies --state passing >/dev/null; sleep 0.2; done",
-        bin(),
-        agent.url()
-    );
-    let mut reporter = Reaped(
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("reporter"),
-    );
+    // The instance's heartbeat loop, a process of its own.
+    let mut reporter = Reaped::reporter(&agent.url(), "pay", "dies");
     let both = ips(&["10.3.0.1", "10.3.0.2"]);
     expect_addresses(dns, "pay.service.chord.", &both).await;
     // While it reports, it stays in every answer for over two TTLs.
@@ -419,12 +404,7 @@ async fn an_instance_whose_reporter_is_killed_stays_while_it_reports_and_leaves_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let group = i32::try_from(reporter.0.id()).expect("pid");
-    // SAFETY: a plain kill(2) of the reporter's own process group.
-    unsafe {
-        libc::kill(-group, libc::SIGKILL);
-    }
-    let _ = reporter.0.wait();
+    reporter.kill_group();
     let killed = Instant::now();
     expect_addresses(dns, "pay.service.chord.", &ips(&["10.3.0.1"])).await;
     // Its last report came before the kill: critical (and out of the answer) one TTL (2 s)

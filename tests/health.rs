@@ -3,8 +3,6 @@
 //! panic on the v1 and the prototype's routes, explain, self-preservation at an owner, and the
 //! removal of an instance that stops reporting.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +12,7 @@ use serde_json::{json, Value};
 use crate::support::cluster::TestCluster;
 use crate::support::eventually;
 use crate::support::http::{call, call_ok, call_with_headers};
-use crate::support::procs::{bin, client, free_addr, poll, ring_order, AgentProc, Reaped};
+use crate::support::procs::{client, free_addr, poll, ring_order, AgentProc, Reaped};
 
 /// Generous: debug builds on a loaded two-core machine.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -522,21 +520,7 @@ async fn an_instance_whose_reporter_is_killed_is_removed_within_one_and_a_half_t
         String::from_utf8_lossy(&out.stderr)
     );
     // The instance's own heartbeat loop, a separate process, killed with SIGKILL below.
-    let script = format!(
-        "while true; do {} --agent {url} status report lone x --state passing >/dev/null; sleep 0.2; done",
-        bin()
-    );
-    // Its own process group, so that the kill below also takes a report in flight (a
-    // `chordctl` child of the loop) rather than leaving it to land after the kill.
-    let mut reporter = Reaped(
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("reporter"),
-    );
+    let mut reporter = Reaped::reporter(&url, "lone", "x");
     let instance = format!("{url}/v1/services/lone/instances/x");
     // Reports are arriving.
     let mut first = Value::Null;
@@ -555,12 +539,7 @@ async fn an_instance_whose_reporter_is_killed_is_removed_within_one_and_a_half_t
             .ok_or(v.to_string())
     })
     .await;
-    let group = i32::try_from(reporter.0.id()).expect("pid");
-    // SAFETY: a plain kill(2) of the reporter's own process group.
-    unsafe {
-        libc::kill(-group, libc::SIGKILL);
-    }
-    let _ = reporter.0.wait();
+    reporter.kill_group();
     // Its last report was sent before now: it must be gone within 1.5 × TTL + grace (ten
     // TTLs) from now, critical in between. A TTL of 2 s leaves a second of room for a loaded
     // machine.

@@ -192,6 +192,39 @@ impl Drop for Reaped {
     }
 }
 
+impl Reaped {
+    /// An instance's heartbeat loop, a process of its own: `status report SERVICE ID --state
+    /// passing` through `url` every 0.2 s. It runs in its own process group, so that
+    /// [`Reaped::kill_group`] also takes a report in flight (a `chordctl` child of the loop)
+    /// rather than leaving it to land after the kill.
+    pub fn reporter(url: &str, service: &str, id: &str) -> Reaped {
+        use std::os::unix::process::CommandExt;
+        let script = format!(
+            "while true; do {} --agent {url} status report {service} {id} --state passing >/dev/null; sleep 0.2; done",
+            bin()
+        );
+        Reaped(
+            Command::new("sh")
+                .args(["-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("reporter"),
+        )
+    }
+
+    /// SIGKILL the process's whole group, and reap it.
+    pub fn kill_group(&mut self) {
+        let group = i32::try_from(self.0.id()).expect("pid");
+        // SAFETY: a plain kill(2) of our own child's process group.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
 /// Run the client: `chordctl --agent URL ARGS...`.
 pub fn client(url: &str, args: &[&str]) -> Output {
     Command::new(bin())
