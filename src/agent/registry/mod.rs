@@ -107,6 +107,9 @@ struct Slot {
 /// The registry of one agent.
 pub struct Registry {
     ring: Arc<RingDriver>,
+    /// The hash tree of the range an owner is walking with this replica, kept for the walk
+    /// (one scan of the store serves its every level): (from, to, when made, items).
+    tree: Mutex<Option<TreeWalk>>,
     replicas: usize,
     /// Copies (owner included) durable before a write is acknowledged.
     quorum: usize,
@@ -199,6 +202,13 @@ pub(crate) fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// (store key, mark) of an entry, as anti-entropy compares it ([`Mark`]).
+/// A replica's hash tree of an owner's range: (from, to, when made, items).
+type TreeWalk = (Id, Id, Instant, Arc<merkle::Items>);
+
+/// How long a replica reuses the hash tree it made for an owner's walk (a walk is a few
+/// round trips; anti-entropy runs every 3 s).
+const TREE_WALK: Duration = Duration::from_secs(1);
+
 fn version_item(e: &Entry) -> (String, Mark) {
     (e.key.clone(), Mark::of(&e.key, &e.value))
 }
@@ -234,6 +244,7 @@ impl Registry {
         }
         let pause_threshold = (ring.pool().timeout() / 2).max(Duration::from_millis(100));
         Arc::new(Registry {
+            tree: Mutex::new(None),
             ring,
             replicas: replicas.max(1),
             quorum: quorum.clamp(1, replicas.max(1)),
@@ -619,7 +630,7 @@ impl Registry {
                         handoff::TREE_NODES_PER_CALL
                     )));
                 }
-                let items = merkle::Items::new(&self.marks_in(from, to).await?);
+                let items = self.tree_of(from, to).await?;
                 Ok(RegistryResponse::TreeChildren(merkle::children(
                     &items, &nodes,
                 )))
@@ -685,6 +696,24 @@ impl Registry {
     /// identifier passes `keep`, except tombstones past their time, which no copy keeps,
     /// sends or reports ([`Unit::is_expired_tombstone`]): those the scan meets are deleted.
     /// (Call without holding a slot lock.)
+    /// The hash tree of what this node holds in `(from, to]`: made by one scan and reused
+    /// for [`TREE_WALK`], so that an owner's walk down its levels scans the store once. A walk
+    /// that straddles a write sees the state at its start; the next round sees the write.
+    async fn tree_of(&self, from: Id, to: Id) -> Result<Arc<merkle::Items>> {
+        if let Ok(t) = self.tree.lock() {
+            if let Some((f, t2, made, items)) = t.as_ref() {
+                if (*f, *t2) == (from, to) && made.elapsed() < TREE_WALK {
+                    return Ok(items.clone());
+                }
+            }
+        }
+        let items = Arc::new(merkle::Items::new(&self.marks_in(from, to).await?));
+        if let Ok(mut t) = self.tree.lock() {
+            *t = Some((from, to, Instant::now(), items.clone()));
+        }
+        Ok(items)
+    }
+
     /// (key, mark) of every entry held in the range `(from, to]`.
     async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
         let held = self.entries_where(|id| id.in_half_open(&from, &to)).await?;
