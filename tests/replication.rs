@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::cluster::TestCluster;
 use crate::support::http::call;
-use crate::support::procs::{free_addr, ring_order, AgentProc};
+use crate::support::procs::{free_addr, ring_of, ring_order, three_with_a_slow_second, AgentProc};
 use crate::support::{eventually, expect_ttl_expiry, until_acknowledged};
 
 async fn count(url: &str, service: &str) -> usize {
@@ -562,6 +562,7 @@ async fn a_replica_that_missed_one_change_of_a_big_service_gets_it_through_the_h
     let addr = |i: usize| c.node(i).agent().ring.me().addr.clone();
     let flat_before = counter(&url, "chordctl_antientropy_flat_comparisons_total").await;
     let tree_before = counter(&url, "chordctl_antientropy_comparisons_total").await;
+    let prompted_before = prompted_rounds(&url).await;
     c.node(owner)
         .agent()
         .ring
@@ -598,4 +599,135 @@ async fn a_replica_that_missed_one_change_of_a_big_service_gets_it_through_the_h
     let tree = counter(&url, "chordctl_antientropy_comparisons_total").await - tree_before;
     assert_eq!(flat, 0, "the owner compared without the tree");
     assert!(tree > 0, "the owner made no tree comparison");
+    // The owner knew its message failed: it compared at its next round, not at the periodic
+    // full one (or the ring changed meanwhile, which compares too).
+    assert!(
+        prompted_rounds(&url).await > prompted_before,
+        "the repair waited for the periodic comparison"
+    );
+}
+
+/// Anti-entropy rounds the agent at `url` ran because it knew of a reason to compare: a
+/// replica that may lack a change, or a change of the ring.
+async fn prompted_rounds(url: &str) -> u64 {
+    counter(
+        url,
+        "chordctl_antientropy_rounds_total{reason=\"unsynced\"}",
+    )
+    .await
+        + counter(
+            url,
+            "chordctl_antientropy_rounds_total{reason=\"ring_change\"}",
+        )
+        .await
+}
+
+/// The sum of `name` over every agent of `urls`.
+async fn counter_sum(urls: &[String], name: &str) -> u64 {
+    let mut sum = 0;
+    for url in urls {
+        sum += counter(url, name).await;
+    }
+    sum
+}
+
+#[test]
+fn a_slow_replica_gets_many_groups_per_message_and_every_write_lands() {
+    // One of three agents stores every batch 150 ms late (a slow disk). The owners' streams
+    // to it have two messages out at a time; what queues meanwhile must leave together.
+    let agents = three_with_a_slow_second("150");
+    let urls: Vec<String> = agents.iter().map(AgentProc::url).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        ring_of(&urls, 3).await;
+        let groups_before = counter_sum(&urls, "chordctl_replication_groups_total").await;
+        let messages_before = counter_sum(&urls, "chordctl_replication_messages_total").await;
+        // 96 new instances over 32 services, all at once, through the first agent.
+        let url = urls[0].clone();
+        let writes = (0..96).map(|i| {
+            let url = url.clone();
+            async move {
+                let path = format!("{url}/v1/services/stream-{}/instances/i{i}", i % 32);
+                let body = json!({"address": "10.0.0.1", "port": 80});
+                // A write that meets a moment of ownership doubt is retried, as clients do.
+                for _ in 0..20 {
+                    let (st, v) = call("PUT", &path, Some(body.clone())).await;
+                    if st == 200 {
+                        return;
+                    }
+                    assert_eq!(st, 503, "{v}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                panic!("{path} never acknowledged");
+            }
+        });
+        futures::future::join_all(writes).await;
+        for s in 0..32 {
+            let service = format!("stream-{s}");
+            for url in &urls {
+                assert_eq!(count(url, &service).await, 3, "{service} through {url}");
+            }
+        }
+        let groups = counter_sum(&urls, "chordctl_replication_groups_total").await - groups_before;
+        let messages =
+            counter_sum(&urls, "chordctl_replication_messages_total").await - messages_before;
+        println!("{groups} groups went to replicas in {messages} messages");
+        assert!(groups >= 64, "only {groups} groups were replicated");
+        // One message per group would be `messages == groups`. Towards the fast replica a
+        // message may carry one group; towards the slow one, many.
+        assert!(
+            messages * 4 < groups * 3,
+            "{messages} messages for {groups} groups: the streams did not gather"
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_healthy_ring_does_not_compare_its_copies_every_round() {
+    let c = TestCluster::start(3).await;
+    c.settle().await;
+    let url = c.url(0);
+    for i in 0..5 {
+        let (status, body) = call(
+            "PUT",
+            &format!("{url}/v1/services/idle-{i}/instances/a"),
+            Some(json!({"address": "10.0.0.1", "port": 80})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let rounds = |reason: &'static str| {
+        let url = url.clone();
+        async move {
+            counter(
+                &url,
+                &format!("chordctl_antientropy_rounds_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+    // Wait for a round that compared nothing: from then on nothing is pending.
+    let idle_start = rounds("idle").await;
+    eventually("an idle round", Duration::from_secs(60), async || {
+        (rounds("idle").await > idle_start)
+            .then_some(())
+            .ok_or("no idle round yet".to_string())
+    })
+    .await;
+    let compared = counter(&url, "chordctl_antientropy_comparisons_total").await;
+    let idle = rounds("idle").await;
+    eventually("three more rounds", Duration::from_secs(60), async || {
+        let more = rounds("idle").await + rounds("periodic").await - idle;
+        (more >= 3)
+            .then_some(())
+            .ok_or(format!("{more} rounds so far"))
+    })
+    .await;
+    let more = counter(&url, "chordctl_antientropy_comparisons_total").await - compared;
+    // Comparing every round would be 2 replicas × 3 rounds; at most one of them is the
+    // periodic full comparison.
+    assert!(
+        more <= 2,
+        "{more} comparisons with replicas in three rounds of an idle, healthy ring"
+    );
 }

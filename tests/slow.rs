@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::eventually;
 use crate::support::http::call;
-use crate::support::procs::{ring_order, AgentProc};
+use crate::support::procs::{ring_of, ring_order, three_with_a_slow_second};
 
 /// Peers the agent at `url` dropped from its ring state as failed.
 async fn peers_dropped(url: &str) -> u64 {
@@ -24,18 +24,7 @@ async fn peers_dropped(url: &str) -> u64 {
 #[test]
 fn an_owner_whose_writes_outlast_the_rpc_deadline_stays_in_the_ring() {
     // The test agents' ring RPC deadline is 500 ms (`agent_command`).
-    let fast: [&str; 0] = [];
-    let first = AgentProc::start(None, &fast);
-    let seed = first.ring.clone();
-    let slow = AgentProc::start_env(
-        Some(&seed),
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        &fast,
-        &[("CHORDCTL_TEST_WRITE_DELAY_MS", "1500")],
-    );
-    let third = AgentProc::start(Some(&seed), &fast);
-    let agents = vec![first, slow, third];
+    let agents = three_with_a_slow_second("1500");
     let service = (0..10_000)
         .map(|i| format!("slow-{i}"))
         .find(|s| ring_order(&agents, s)[0] == 1)
@@ -43,14 +32,7 @@ fn an_owner_whose_writes_outlast_the_rpc_deadline_stays_in_the_ring() {
     let (caller, owner) = (agents[0].url(), agents[1].url());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        for url in [&caller, &owner] {
-            eventually("a ring of three", Duration::from_secs(60), async || {
-                let (_, v) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
-                let got = v.as_array().map_or(0, Vec::len);
-                (got == 3).then_some(()).ok_or(format!("{got} nodes"))
-            })
-            .await;
-        }
+        ring_of(&[caller.clone(), owner.clone()], 3).await;
         let before = peers_dropped(&caller).await;
         // Each of these outlasts the caller's 500 ms deadline at the owner (1.5 s to store).
         // Whatever the client is told (an answer once a retry joins a finished group, or 503

@@ -81,6 +81,7 @@ shared_suite!(
     concurrent_applies_all_land,
     reopen_keeps_data,
     check_succeeds_when_healthy,
+    get_many_answers_each_key_in_order,
 );
 
 fn put(key: &str, value: &[u8]) -> Op {
@@ -262,6 +263,49 @@ async fn reopen_keeps_data(backend: &Backend) {
         s.scan_prefix("r/").await.unwrap(),
         vec![("r/1".to_string(), b"one".to_vec())]
     );
+}
+
+/// `get_many` answers like one `get` per key, in the keys' order, whether the value is in the
+/// backend's durable part (written before a reopen) or only just written, deleted, or never
+/// there; more keys than one round trip carries included.
+async fn get_many_answers_each_key_in_order(backend: &Backend) {
+    let s = backend.open().await;
+    let old: Vec<Op> = (0..150)
+        .map(|i| put(&format!("m/old/{i:03}"), format!("o{i}").as_bytes()))
+        .collect();
+    s.apply(old).await.unwrap();
+    drop(s);
+    let s = backend.open().await;
+    let new: Vec<Op> = (0..150)
+        .map(|i| put(&format!("m/new/*{i:03}"), format!("n{i}").as_bytes()))
+        .collect();
+    s.apply(new).await.unwrap();
+    s.apply(vec![
+        Op::Delete("m/old/007".to_string()),
+        Op::Delete("m/new/*008".to_string()),
+        put("m/old/009", b"rewritten"),
+    ])
+    .await
+    .unwrap();
+    let mut keys = Vec::new();
+    for i in (0..150).rev() {
+        keys.push(format!("m/new/*{i:03}"));
+        keys.push(format!("m/old/{i:03}"));
+        keys.push(format!("m/never/{i}"));
+    }
+    let got = s.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    for (key, value) in keys.iter().zip(&got) {
+        assert_eq!(value, &s.get(key).await.unwrap(), "{key}");
+    }
+    let at = |k: &str| got[keys.iter().position(|x| x == k).unwrap()].clone();
+    assert_eq!(at("m/old/010"), Some(b"o10".to_vec()));
+    assert_eq!(at("m/new/*010"), Some(b"n10".to_vec()));
+    assert_eq!(at("m/old/009"), Some(b"rewritten".to_vec()));
+    assert_eq!(at("m/old/007"), None);
+    assert_eq!(at("m/new/*008"), None);
+    assert_eq!(at("m/never/3"), None);
+    assert!(s.get_many(&[]).await.unwrap().is_empty());
 }
 
 async fn check_succeeds_when_healthy(backend: &Backend) {

@@ -123,6 +123,11 @@ pub struct Metrics {
     hops: Mutex<Histogram>,
     replication_errors: AtomicU64,
     tree_rounds: AtomicU64,
+    /// Anti-entropy rounds by why they ran (or that they compared nothing): [`SyncRound`].
+    sync_rounds: [AtomicU64; 4],
+    /// Groups queued on replication streams, and the messages that carried them.
+    stream_groups: AtomicU64,
+    stream_messages: AtomicU64,
     tree_exchanges: AtomicU64,
     flat_rounds: AtomicU64,
     quorum_failures: AtomicU64,
@@ -162,6 +167,9 @@ impl Default for Metrics {
             hops: Mutex::new(Histogram::new(HOP_BUCKETS)),
             replication_errors: AtomicU64::new(0),
             tree_rounds: AtomicU64::new(0),
+            sync_rounds: Default::default(),
+            stream_groups: AtomicU64::new(0),
+            stream_messages: AtomicU64::new(0),
             tree_exchanges: AtomicU64::new(0),
             flat_rounds: AtomicU64::new(0),
             quorum_failures: AtomicU64::new(0),
@@ -240,6 +248,21 @@ impl Metrics {
     /// A replica did not confirm a write, a repair or a hand-off sent to it.
     pub fn replication_error(&self) {
         self.replication_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One anti-entropy round ran (or compared nothing), for `why`.
+    pub fn sync_round(&self, why: SyncRound) {
+        self.sync_rounds[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A group was queued on the replication stream to one replica.
+    pub fn stream_group(&self) {
+        self.stream_groups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A replication stream sent one message (of one or more groups).
+    pub fn stream_message(&self) {
+        self.stream_messages.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One anti-entropy comparison with a replica walked the hash tree in `n` exchanges.
@@ -443,6 +466,33 @@ impl Metrics {
             "Anti-entropy comparisons with a replica by the hash tree.",
             self.tree_rounds.load(Ordering::Relaxed),
         );
+        family(
+            &mut out,
+            "chordctl_antientropy_rounds_total",
+            "counter",
+            "Anti-entropy rounds, by why they compared (ring_change, unsynced: a replica may \
+             lack a change, periodic) or that they compared nothing (idle).",
+        );
+        for why in SyncRound::ALL {
+            let n = self.sync_rounds[why as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "chordctl_antientropy_rounds_total{{reason=\"{}\"}} {n}",
+                why.label()
+            );
+        }
+        counter(
+            &mut out,
+            "chordctl_replication_groups_total",
+            "Groups of changes queued on the replication streams to replicas (one per replica).",
+            self.stream_groups.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "chordctl_replication_messages_total",
+            "Messages the replication streams sent; each carries every group queued for it.",
+            self.stream_messages.load(Ordering::Relaxed),
+        );
         counter(
             &mut out,
             "chordctl_antientropy_flat_comparisons_total",
@@ -621,6 +671,18 @@ impl Store for MeteredStore {
         }
         self.count("get", r)
     }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let r = self.inner.get_many(keys).await;
+        if let Ok(values) = &r {
+            let bytes = keys
+                .iter()
+                .zip(values)
+                .filter_map(|(k, v)| v.as_ref().map(|v| (k.len() + v.len()) as u64))
+                .sum();
+            self.read(bytes);
+        }
+        self.count("get", r)
+    }
     async fn apply(&self, ops: Vec<Op>) -> Result<()> {
         let bytes: usize = ops
             .iter()
@@ -647,6 +709,38 @@ impl Store for MeteredStore {
     async fn check(&self) -> Result<()> {
         let r = self.inner.check().await;
         self.count("check", r)
+    }
+}
+
+/// Why an anti-entropy round compared the copies, or that it did not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRound {
+    /// The predecessor or successors changed.
+    RingChange = 0,
+    /// A replica may lack a change (a replication message failed, units arrived from
+    /// elsewhere).
+    Unsynced = 1,
+    /// The periodic full comparison.
+    Periodic = 2,
+    /// Nothing suggested a difference: no comparison.
+    Idle = 3,
+}
+
+impl SyncRound {
+    const ALL: [SyncRound; 4] = [
+        SyncRound::RingChange,
+        SyncRound::Unsynced,
+        SyncRound::Periodic,
+        SyncRound::Idle,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            SyncRound::RingChange => "ring_change",
+            SyncRound::Unsynced => "unsynced",
+            SyncRound::Periodic => "periodic",
+            SyncRound::Idle => "idle",
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use crate::{Error, Result};
 
 pub use config::{AgentConfig, Start};
 pub use metrics::Metrics;
+use metrics::SyncRound;
 pub use progress::Progress;
 pub use registry::Registry;
 pub use ring::RingDriver;
@@ -568,14 +569,18 @@ async fn follow_cut_file(ring: Arc<RingDriver>, path: std::path::PathBuf, stop: 
 pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Repair and anti-entropy: after any change of predecessor or successors (a join, a leave,
-/// a crash), and periodically, bring every replica of what this node owns up to date.
+/// a crash), when the registry knows a replica may lack something (a failed replication
+/// message), and every [`registry::FULL_SYNC_ROUNDS`]th round regardless, bring every replica
+/// of what this node owns up to date. A round that compares nothing costs nothing: the
+/// comparison scans what the node holds, which grows with the data.
 async fn anti_entropy(agent: Arc<Agent>) {
     let mut events = agent.ring.subscribe();
     let mut interval = tokio::time::interval(ANTI_ENTROPY_INTERVAL);
+    let mut quiet_rounds = 0;
     loop {
-        tokio::select! {
+        let changed = tokio::select! {
             _ = agent.stop.cancelled() => return,
-            _ = interval.tick() => {}
+            _ = interval.tick() => false,
             e = events.recv() => match e {
                 Ok(crate::ring::Event::PredecessorChanged { .. })
                 | Ok(crate::ring::Event::SuccessorsChanged(_))
@@ -583,15 +588,35 @@ async fn anti_entropy(agent: Arc<Agent>) {
                     // Let a burst of changes settle before repairing once.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     while events.try_recv().is_ok() {}
+                    true
                 }
                 Ok(_) => continue,
                 Err(_) => return,
             }
-        }
-        match agent.registry.sync_replicas().await {
-            Ok(n) if n > 0 => tracing::info!(count = n, "replicas repaired"),
-            Ok(_) => {}
-            Err(e) => tracing::debug!("anti-entropy round skipped: {e}"),
+        };
+        let unsynced = agent.registry.take_unsynced();
+        let why = if changed {
+            SyncRound::RingChange
+        } else if unsynced {
+            SyncRound::Unsynced
+        } else if quiet_rounds + 1 >= registry::FULL_SYNC_ROUNDS {
+            SyncRound::Periodic
+        } else {
+            SyncRound::Idle
+        };
+        agent.ring.metrics().sync_round(why);
+        if why != SyncRound::Idle {
+            quiet_rounds = 0;
+            match agent.registry.sync_replicas().await {
+                Ok(n) if n > 0 => tracing::info!(count = n, "replicas repaired"),
+                Ok(_) => {}
+                Err(e) => {
+                    agent.registry.mark_unsynced();
+                    tracing::debug!("anti-entropy round skipped: {e}");
+                }
+            }
+        } else {
+            quiet_rounds += 1;
         }
         // Copies this node no longer keeps go back to their owners, then away.
         if let Err(e) = agent.registry.hand_back().await {

@@ -272,6 +272,41 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        // What the memtable holds needs no read transaction; the rest share one, on one
+        // blocking task (not one task, and one transaction, per key).
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        {
+            let mem = read_mem(&self.mem);
+            for (i, key) in keys.iter().enumerate() {
+                match mem.map.get(key) {
+                    Some(value) => out.push(value.clone()),
+                    None => {
+                        out.push(None);
+                        missing.push((i, key.clone()));
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let found = self
+            .read(move |table| {
+                let mut found = Vec::with_capacity(missing.len());
+                for (i, key) in missing {
+                    found.push((i, table.get(key.as_str())?.map(|v| v.value().to_vec())));
+                }
+                Ok(found)
+            })
+            .await?;
+        for (i, value) in found {
+            out[i] = value;
+        }
+        Ok(out)
+    }
+
     async fn apply(&self, ops: Vec<Op>) -> Result<()> {
         if ops.is_empty() {
             return Ok(());

@@ -64,6 +64,16 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap health check: Ok when the backend is reachable and writable.
     async fn check(&self) -> Result<()>;
 
+    /// The values at `keys`, in their order: one read of the backend for all of them where
+    /// it can (what a replica does for every instance of a batch it receives).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
     /// Set one key.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
         self.apply(vec![Op::Put(key.to_string(), value)]).await

@@ -171,6 +171,18 @@ impl Store for RedisStore {
         self.run(cmd.query_async(&mut conn)).await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MGET_CHUNK) {
+            let full: Vec<String> = chunk.iter().map(|k| self.full_key(k)).collect();
+            let fetch = redis::cmd("MGET").arg(&full).clone();
+            let values: Vec<Option<Vec<u8>>> = self.run(fetch.query_async(&mut conn)).await?;
+            out.extend(values);
+        }
+        Ok(out)
+    }
+
     async fn apply(&self, ops: Vec<Op>) -> Result<()> {
         if ops.is_empty() {
             return Ok(());

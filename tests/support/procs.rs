@@ -251,6 +251,40 @@ pub fn poll<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Result<T, 
 
 /// Indexes into `agents` in ring order starting at the owner of `key` (by SHA-1, computed here):
 /// the owner, then its successors.
+/// Three agents in one ring, the second of which takes `delay_ms` longer to store every
+/// group of writes (the test-only `CHORDCTL_TEST_WRITE_DELAY_MS`: a slow disk).
+pub fn three_with_a_slow_second(delay_ms: &str) -> Vec<AgentProc> {
+    let fast: [&str; 0] = [];
+    let first = AgentProc::start(None, &fast);
+    let seed = first.ring.clone();
+    let slow = AgentProc::start_env(
+        Some(&seed),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &fast,
+        &[("CHORDCTL_TEST_WRITE_DELAY_MS", delay_ms)],
+    );
+    let third = AgentProc::start(Some(&seed), &fast);
+    vec![first, slow, third]
+}
+
+/// Wait until the agent at every one of `urls` lists `n` ring members.
+pub async fn ring_of(urls: &[String], n: usize) {
+    for url in urls {
+        crate::support::eventually(
+            "the whole ring",
+            std::time::Duration::from_secs(60),
+            async || {
+                let (_, v) =
+                    crate::support::http::call("GET", &format!("{url}/v1/ring/nodes"), None).await;
+                let got = v.as_array().map_or(0, Vec::len);
+                (got == n).then_some(()).ok_or(format!("{got} nodes"))
+            },
+        )
+        .await;
+    }
+}
+
 pub fn ring_order(agents: &[AgentProc], key: &str) -> Vec<usize> {
     let mut ids: Vec<(String, usize)> = agents
         .iter()

@@ -184,6 +184,7 @@ impl Registry {
                 None => self.flat_compare(&node, range, &items).await,
             };
             let Some((need, pulled)) = compared else {
+                self.mark_unsynced();
                 self.ring.metrics().replication_error();
                 continue;
             };
@@ -335,9 +336,10 @@ impl Registry {
             let req = RegistryRequest::Handoff {
                 entries: chunk.to_vec(),
             };
-            self.call(node, req)
-                .await
-                .inspect_err(|_| self.ring.metrics().replication_error())?;
+            self.call(node, req).await.inspect_err(|_| {
+                self.mark_unsynced();
+                self.ring.metrics().replication_error()
+            })?;
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 //!   one store batch and one replication message per group, every instance its own unit;
 //! - `replication.rs`: sending a group's units to the replicas, and merging units received
 //!   from other nodes (replication, hand-off, anti-entropy);
+//! - `stream.rs`: one stream of changes per replica, many groups (of many services) per
+//!   message;
 //! - `handoff.rs`: records moving with ownership (join, leave), anti-entropy with the
 //!   replicas, and the upgrade of a 0.1.0 store;
 //! - `sweep.rs`: TTL expiry at the owner.
@@ -19,6 +21,7 @@ mod handoff;
 use handoff::in_span;
 mod replication;
 mod routing;
+mod stream;
 mod sweep;
 mod writes;
 
@@ -85,9 +88,10 @@ const RECORD_CACHE_MAX: usize = 16 * 1024;
 /// milliseconds, to prove that versions do not trust wall clocks.
 pub const CLOCK_OFFSET_ENV: &str = "CHORDCTL_TEST_CLOCK_OFFSET_MS";
 
-/// Environment variable (tests only) that makes this agent, as an owner, take a number of
-/// milliseconds longer to store each group of writes: a slow disk, to prove that a slow peer
-/// is not taken for a dead one.
+/// Environment variable (tests only) that makes this agent take a number of milliseconds
+/// longer to store each group of writes, as an owner and as a replica (each batch of copies
+/// it receives): a slow disk, to prove that a slow peer is not taken for a dead one, and that
+/// replication streams gather what queues behind a slow replica.
 pub const WRITE_DELAY_ENV: &str = "CHORDCTL_TEST_WRITE_DELAY_MS";
 
 /// A write waiting for its group.
@@ -157,7 +161,19 @@ pub struct Registry {
     claimed: Mutex<HashMap<String, Option<Id>>>,
     /// Self-preservation over the TTL leases this node owns (see `sweep.rs`).
     preservation: Mutex<Preservation>,
+    /// The replication streams to this node's replicas (see `stream.rs`).
+    streams: stream::Streams,
+    /// Whether a replica may lack something this node owns: a replication message or a
+    /// transfer failed, or units of an owned service arrived from elsewhere (hand-off, a
+    /// pull). Anti-entropy compares when it is set (and on ring changes, and every
+    /// [`FULL_SYNC_ROUNDS`]th round regardless), so that an idle, healthy ring does not
+    /// rescan everything it holds every few seconds.
+    unsynced: AtomicBool,
 }
+
+/// Anti-entropy compares every copy at least every this many rounds even when nothing it
+/// knows of suggests a difference (a replica's data lost behind its back, a damaged copy).
+pub const FULL_SYNC_ROUNDS: u32 = 10;
 
 /// Most bytes of discover answers kept by [`DiscoveredCache`].
 const DISCOVERED_CACHE_BYTES: usize = 4 << 20;
@@ -271,6 +287,9 @@ impl Registry {
             feeds: feeds::Feeds::new(),
             claimed: Mutex::new(HashMap::new()),
             preservation: Mutex::new(Preservation::default()),
+            streams: stream::Streams::default(),
+            // Nothing is known of the replicas at start: compare.
+            unsynced: AtomicBool::new(true),
         })
     }
 
@@ -384,6 +403,17 @@ impl Registry {
     fn confirmations_needed(&self) -> usize {
         let members = self.ring.read(|c| c.known_members());
         crate::registry::unit::confirmations_needed(self.quorum, members)
+    }
+
+    /// A replica may lack something this node owns: the next anti-entropy round compares.
+    pub fn mark_unsynced(&self) {
+        self.unsynced.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether anti-entropy has something to look for (and clears it: a failure in the round
+    /// that follows sets it again).
+    pub fn take_unsynced(&self) -> bool {
+        self.unsynced.swap(false, Ordering::Relaxed)
     }
 
     /// The nodes that hold copies of what this node owns: the next K−1 successors.

@@ -1,13 +1,15 @@
-//! Replication: the owner sends each group's units to its replicas; every node merges units
+//! Replication: the owner sends each group's units to its replicas (through their streams,
+//! `stream.rs`); every node merges units
 //! it receives (replication, hand-off, anti-entropy) by the rules of `registry/unit.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures::StreamExt;
 
 use super::{guard, Registry};
-use crate::registry::ops::{Entry, RegistryRequest};
+use crate::registry::ops::Entry;
 use crate::registry::unit::{
     decode_meta_value, meta_key, meta_value, service_of_key, split_unit_key, unit_key, Mark, Unit,
 };
@@ -28,6 +30,7 @@ impl Registry {
             return Ok(());
         }
         if replicas.len() < needed {
+            self.mark_unsynced();
             self.ring.metrics().quorum_lost();
             return Err(Error::unavailable(format!(
                 "the write is stored at its owner but cannot reach its write quorum: {} of {} \
@@ -37,27 +40,22 @@ impl Registry {
                 self.ring.read(|c| c.known_members()),
             )));
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel(replicas.len().max(1));
+        // Each replica's stream carries this group with whatever else is queued for it.
         let entries = Arc::new(entries);
-        for node in replicas {
-            let me = self.clone();
-            let tx = tx.clone();
-            let entries = entries.clone();
-            tokio::spawn(async move {
-                let req = RegistryRequest::Handoff {
-                    entries: Vec::clone(&entries),
-                };
-                let r = me.call(&node, req).await;
-                let _ = tx.send(r).await;
-            });
-        }
-        drop(tx);
+        let mut answers: futures::stream::FuturesUnordered<_> = replicas
+            .iter()
+            .map(|node| self.stream_to(node, entries.clone()))
+            .collect();
         let mut confirmed = 0;
         let mut last = None;
         while confirmed < needed {
-            match rx.recv().await {
-                Some(Ok(_)) => confirmed += 1,
-                Some(Err(e)) => {
+            match answers.next().await {
+                Some(Ok(Ok(()))) => confirmed += 1,
+                Some(Err(_)) => {
+                    self.ring.metrics().replication_error();
+                    last = Some(Error::internal("a replication stream stopped"));
+                }
+                Some(Ok(Err(e))) => {
                     self.ring.metrics().replication_error();
                     last = Some(e);
                 }
@@ -67,6 +65,7 @@ impl Registry {
         if confirmed >= needed {
             return Ok(());
         }
+        self.mark_unsynced();
         self.ring.metrics().quorum_lost();
         Err(Error::unavailable(format!(
             "the write is stored at its owner but only {} of the {} copies it needs confirmed: {}",
@@ -109,11 +108,18 @@ impl Registry {
             held.push((service, slot, lock));
         }
         if !ops.is_empty() {
+            if let Some(delay) = self.write_delay {
+                tokio::time::sleep(delay).await;
+            }
             match self.store.apply(ops).await {
                 Ok(()) => {
                     let now = Utc::now();
                     let mut wake = false;
                     for (service, rec) in planned {
+                        if self.owns(&Id::of_key(&service)) {
+                            // Its replicas did not get this through the owner's stream.
+                            self.mark_unsynced();
+                        }
                         if let Some(rec) = rec {
                             // Watchers of what this node owns start again from the new state.
                             if self.feeds.watched(&service) && self.owns(&Id::of_key(&service)) {
@@ -225,13 +231,17 @@ impl Registry {
             }
             return Ok((ops, Some(rec)));
         }
-        // Compare with what the store holds, one key at a time: a replica does not load (or
-        // keep in memory) whole services it only copies.
-        for (id, (_, bytes)) in units {
-            let key = unit_key(service, &id);
+        // Compare with what the store holds, the keys of this batch only, in one read: a
+        // replica does not load (or keep in memory) whole services it only copies.
+        let meta = meta_key(service);
+        let mut keys: Vec<String> = units.keys().map(|id| unit_key(service, id)).collect();
+        keys.push(meta.clone());
+        let mut held = self.store.get_many(&keys).await?;
+        let held_meta = held.pop().flatten();
+        for ((key, (_, bytes)), held) in keys.into_iter().zip(units.into_values()).zip(held) {
             // Newer version, or (by a bug, or a damaged copy) another content under the same
             // version whose checksum is larger: the rule `Record::apply_unit` also follows.
-            let newer = match self.store.get(&key).await? {
+            let newer = match held {
                 None => true,
                 Some(held) => match Unit::stamp_of(&held) {
                     Ok(_) => Mark::of(&key, &bytes) > Mark::of(&key, &held),
@@ -243,14 +253,12 @@ impl Registry {
             }
         }
         // Every service a node holds has a meta entry (how it finds them).
-        let key = meta_key(service);
-        let held = self.store.get(&key).await?;
         let mut rec = Record::new(service, None)?;
-        if let Some(Ok((gvip, index))) = held.as_deref().map(decode_meta_value) {
+        if let Some(Ok((gvip, index))) = held_meta.as_deref().map(decode_meta_value) {
             rec.apply_meta(gvip, index);
         }
-        if apply_metas(&mut rec, &metas) || held.is_none() {
-            ops.push(Op::Put(key, meta_value(&rec)?));
+        if apply_metas(&mut rec, &metas) || held_meta.is_none() {
+            ops.push(Op::Put(meta, meta_value(&rec)?));
         }
         Ok((ops, None))
     }
