@@ -179,7 +179,7 @@ async fn copy_at(pool: &Pool, addr: &str, service: &str) -> Result<BTreeSet<Stri
     });
     match pool.call(addr, req).await {
         Ok(Response::Registry(RegistryResponse::Record(rec))) => Ok(rec
-            .map(|r| r.instances.keys().cloned().collect())
+            .map(|r| r.instances.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default()),
         other => Err(format!("{addr}: {other:?}")),
     }

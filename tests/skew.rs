@@ -217,8 +217,8 @@ async fn copies(
             Ok(Response::Registry(RegistryResponse::Record(rec))) => out.push(
                 rec.map(|r| {
                     (
-                        r.instances.keys().cloned().collect(),
-                        r.unit_ids().cloned().collect(),
+                        r.instances.keys().map(|k| k.to_string()).collect(),
+                        r.unit_ids().map(|k| k.to_string()).collect(),
                     )
                 })
                 .unwrap_or_default(),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::health::{Health, Policy};
 use super::hlc::{node_number, Hlc};
-use super::model::{Instance, Liveness, Record, Stamp, State, Status};
+use super::model::{Instance, Liveness, Name, Record, Stamp, State, Status};
 use super::unit::{Unit, UnitBody};
 use crate::{Error, Result};
 
@@ -147,8 +147,8 @@ impl Legacy {
             policy: Policy::default(),
         };
         for (id, at) in &self.removed {
-            rec.removed.insert(id.clone(), *at);
-            rec.stamps.insert(id.clone(), stamp(*at));
+            rec.removed.insert(Name::from(id.as_str()), *at);
+            rec.stamps.insert(Name::from(id.as_str()), stamp(*at));
         }
         for inst in self.instances {
             let live = self.liveness.get(&inst.id).cloned();
@@ -160,12 +160,14 @@ impl Legacy {
             if self.removed.get(&inst.id).is_some_and(|r| *r > changed) {
                 continue;
             }
-            rec.removed.remove(&inst.id);
-            rec.stamps.insert(inst.id.clone(), stamp(changed));
+            rec.removed.remove(inst.id.as_str());
+            rec.stamps
+                .insert(Name::from(inst.id.as_str()), stamp(changed));
             if let Some(l) = live {
-                rec.liveness.insert(inst.id.clone(), l);
+                rec.liveness.insert(Name::from(inst.id.as_str()), l);
             }
-            rec.instances.insert(inst.id.clone(), Arc::new(inst));
+            rec.instances
+                .insert(Name::from(inst.id.as_str()), Arc::new(inst));
         }
         rec
     }
@@ -633,7 +635,10 @@ mod tests {
         let rec = decode(&serde_json::to_vec(&json).unwrap()).unwrap();
         assert_eq!(rec.index, 12, "the index continues from the old counter");
         assert_eq!(rec.gvip.as_deref(), Some("10.212.0.7"));
-        assert_eq!(rec.instances.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            rec.instances.keys().map(|k| &**k).collect::<Vec<_>>(),
+            ["a"]
+        );
         assert_eq!(
             rec.version_of("a").unwrap().wall_ms,
             at(5).timestamp_millis() as u64

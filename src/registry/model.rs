@@ -228,6 +228,10 @@ impl Liveness {
     }
 }
 
+/// An instance id as a key of a record's maps: shared, so that the copy of a map's node that
+/// a change makes (the maps are persistent) copies no string and allocates nothing per key.
+pub type Name = Arc<str>;
+
 /// Everything a node holds about one service, in memory: its instances, their bookkeeping, and
 /// tombstones of removed ones.
 ///
@@ -248,18 +252,18 @@ pub struct Record {
     pub index: u64,
     /// Instances by id. Shared (`Arc`) so that copying a record for a write copies no
     /// instance: the write replaces or changes (`Arc::make_mut`) only the one it touches.
-    pub instances: OrdMap<String, Arc<Instance>>,
+    pub instances: OrdMap<Name, Arc<Instance>>,
     /// Heartbeat bookkeeping by instance id (see [`Liveness`]).
     #[serde(default)]
-    pub(super) liveness: OrdMap<String, Liveness>,
+    pub(super) liveness: OrdMap<Name, Liveness>,
     /// Tombstones: when each removed instance was deregistered or expired, so that a stale
     /// copy does not bring it back.
     #[serde(default)]
-    pub(super) removed: OrdMap<String, DateTime<Utc>>,
+    pub(super) removed: OrdMap<Name, DateTime<Utc>>,
     /// The version of every instance's last change, present or removed, and of the policy
     /// (under [`POLICY_UNIT`](super::health::POLICY_UNIT)).
     #[serde(default)]
-    pub(super) stamps: OrdMap<String, Stamp>,
+    pub(super) stamps: OrdMap<Name, Stamp>,
     /// The service's health policy (the default until one is set).
     #[serde(default)]
     pub(super) policy: Policy,
@@ -318,7 +322,7 @@ impl Record {
     pub fn stamp(&mut self, id: &str, version: Hlc) -> u64 {
         self.index = self.index.saturating_add(1);
         self.stamps.insert(
-            id.to_string(),
+            Name::from(id),
             Stamp {
                 version,
                 index: self.index,
@@ -329,7 +333,7 @@ impl Record {
 
     /// The ids of every unit this record knows of: instances present or removed, and the
     /// policy ([`POLICY_UNIT`](super::health::POLICY_UNIT)) once set.
-    pub fn unit_ids(&self) -> impl Iterator<Item = &String> {
+    pub fn unit_ids(&self) -> impl Iterator<Item = &Name> {
         self.stamps.keys()
     }
 
@@ -385,7 +389,7 @@ impl Record {
         }
         let liveness = self
             .liveness
-            .entry(id.to_string())
+            .entry(Name::from(id))
             .or_insert_with(|| Liveness::new(now));
         let restored = liveness.expired_from.take();
         liveness.last_seen = now;
@@ -415,7 +419,7 @@ impl Record {
         };
         let instance: &Instance = self
             .instances
-            .entry(id.to_string())
+            .entry(Name::from(id))
             .or_insert(Arc::new(instance));
         Ok(instance)
     }
@@ -444,7 +448,7 @@ impl Record {
         let instance = Arc::make_mut(instance);
         let liveness = self
             .liveness
-            .entry(id.to_string())
+            .entry(Name::from(id))
             .or_insert_with(|| Liveness::new(now));
         if let Some((state, note)) = liveness.expired_from.take() {
             instance.status.state = state;

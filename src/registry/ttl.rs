@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::model::{Liveness, Record, State};
+use super::model::{Liveness, Name, Record, State};
 
 /// Default grace period, as a multiple of the TTL, between an instance turning critical and its
 /// removal.
@@ -69,7 +69,7 @@ impl Record {
         let mut swept = Swept::default();
         let mut removed = Vec::new();
         let policy = self.policy;
-        let ids: Vec<String> = self.instances.keys().cloned().collect();
+        let ids: Vec<Name> = self.instances.keys().cloned().collect();
         for id in ids {
             if let (Some(instance), Some(liveness)) =
                 (self.instances.get_mut(&id), self.liveness.get_mut(&id))
@@ -82,7 +82,7 @@ impl Record {
                         Some((before, _)) => *before = state,
                         None => instance.status.state = state,
                     }
-                    swept.changed.push(id.clone());
+                    swept.changed.push(id.to_string());
                 }
             }
             let Some(last_seen) = self.last_seen(&id) else {
@@ -117,8 +117,8 @@ impl Record {
                 status.note = format!("TTL expired: no status report for {ttl}s");
                 status.updated_at = expiry;
                 swept.lapsed.push(ttl);
-                if swept.changed.last() != Some(&id) {
-                    swept.changed.push(id);
+                if swept.changed.last().map(String::as_str) != Some(&*id) {
+                    swept.changed.push(id.to_string());
                 }
             }
         }
@@ -126,8 +126,8 @@ impl Record {
             self.instances.remove(&id);
             self.liveness.remove(&id);
             self.tombstone(&id, at);
-            if swept.changed.last() != Some(&id) {
-                swept.changed.push(id);
+            if swept.changed.last().map(String::as_str) != Some(&*id) {
+                swept.changed.push(id.to_string());
             }
         }
         swept

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::health::{Policy, POLICY_UNIT};
 use super::hlc::Hlc;
-use super::model::{Instance, Liveness, Record, Stamp};
+use super::model::{Instance, Liveness, Name, Record, Stamp};
 use crate::ring::Id;
 use crate::Result;
 
@@ -230,16 +230,16 @@ impl Record {
             _ if id == POLICY_UNIT => return false,
             UnitBody::Present { instance, liveness } => {
                 self.removed.remove(id);
-                self.liveness.insert(id.to_string(), liveness);
-                self.instances.insert(id.to_string(), instance);
+                self.liveness.insert(Name::from(id), liveness);
+                self.instances.insert(Name::from(id), instance);
             }
             UnitBody::Removed { at } => {
                 self.instances.remove(id);
                 self.liveness.remove(id);
-                self.removed.insert(id.to_string(), at);
+                self.removed.insert(Name::from(id), at);
             }
         }
-        self.stamps.insert(id.to_string(), unit.stamp);
+        self.stamps.insert(Name::from(id), unit.stamp);
         true
     }
 
@@ -263,7 +263,7 @@ impl Record {
         for id in other.stamps.keys() {
             if let Some(unit) = other.unit(id) {
                 if self.apply_unit(id, unit) {
-                    changed.push(id.clone());
+                    changed.push(id.to_string());
                 }
             }
         }
@@ -273,7 +273,7 @@ impl Record {
 
     /// Remember that instance `id` was removed at `at` (the caller stamps the change).
     pub fn tombstone(&mut self, id: &str, at: DateTime<Utc>) {
-        self.removed.insert(id.to_string(), at);
+        self.removed.insert(Name::from(id), at);
     }
 
     /// Forget tombstones older than [`TOMBSTONE_TTL_SECS`] at `now`; returns the ids forgotten
@@ -283,11 +283,11 @@ impl Record {
             .removed
             .iter()
             .filter(|(_, at)| (now - **at).num_seconds() >= TOMBSTONE_TTL_SECS)
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.to_string())
             .collect();
         for id in &old {
-            self.removed.remove(id);
-            self.stamps.remove(id);
+            self.removed.remove(id.as_str());
+            self.stamps.remove(id.as_str());
         }
         old
     }
@@ -445,7 +445,7 @@ mod tests {
         assert!(!ab.merge_from(&b.rec).is_empty());
         let mut ba = b.rec.clone();
         ba.merge_from(&a.rec);
-        let ids: Vec<&String> = ab.instances.keys().collect();
+        let ids: Vec<&str> = ab.instances.keys().map(|k| &**k).collect();
         assert_eq!(ids, vec!["from-a", "from-b", "x"]);
         assert_eq!(ab.instances, ba.instances, "commutative");
         assert_eq!(ab.stamps, ba.stamps);

@@ -95,8 +95,8 @@ pub(super) fn changes_of(
         .into_iter()
         .filter_map(|id| {
             let index = after.index_of(id)?;
-            let was = before.is_some_and(|b| b.instances.contains_key(id));
-            let instance = after.instances.get(id).cloned();
+            let was = before.is_some_and(|b| b.instances.contains_key(id.as_str()));
+            let instance = after.instances.get(id.as_str()).cloned();
             let op = match (was, instance.is_some()) {
                 (false, true) => ChangeOp::Register,
                 (true, true) => ChangeOp::Update,
