@@ -535,6 +535,7 @@ fn agent_dev_prints_its_nodes_and_a_dig_line_that_answers() {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    let _tmp = crate::support::procs::private_tmp(&mut cmd);
     let mut dev = Reaped(
         cmd.spawn()
             .unwrap_or_else(|e| panic!("spawn agent dev: {e}")),

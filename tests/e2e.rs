@@ -750,6 +750,7 @@ fn agent_dev_runs_three_nodes_and_stops_on_sigterm() {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());
+    let _tmp = crate::support::procs::private_tmp(&mut cmd);
     let mut dev = Reaped(
         cmd.spawn()
             .unwrap_or_else(|e| panic!("spawn agent dev: {e}")),

@@ -900,6 +900,7 @@ fn agent_dev_tls_prints_client_settings_that_work() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    let _tmp = crate::support::procs::private_tmp(&mut cmd);
     let mut child = crate::support::procs::Reaped(cmd.spawn().expect("spawn"));
     let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();

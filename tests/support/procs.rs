@@ -251,6 +251,15 @@ pub fn poll<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Result<T, 
 
 /// Indexes into `agents` in ring order starting at the owner of `key` (by SHA-1, computed here):
 /// the owner, then its successors.
+/// A temporary directory of its own for `cmd` (its `TMPDIR`), removed when the returned value
+/// drops: what `agent dev` makes there goes even when the test kills it with SIGKILL. Hold
+/// it for as long as the process runs.
+pub fn private_tmp(cmd: &mut Command) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    cmd.env("TMPDIR", tmp.path());
+    tmp
+}
+
 /// Three agents in one ring, the second of which takes `delay_ms` longer to store every
 /// group of writes (the test-only `CHORDCTL_TEST_WRITE_DELAY_MS`: a slow disk).
 pub fn three_with_a_slow_second(delay_ms: &str) -> Vec<AgentProc> {
