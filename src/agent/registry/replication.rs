@@ -94,18 +94,44 @@ impl Registry {
         let mut held = Vec::with_capacity(by_service.len());
         let mut ops = Vec::new();
         let mut planned = Vec::new();
+        // Services held in memory are planned at once; the others compare with the store,
+        // all of them in one read.
+        let mut stored: Vec<Compare> = Vec::new();
         for (service, entries) in by_service {
             let slot = self.slot(&service);
             let lock = slot.lock.clone().lock_owned().await;
             match self.plan_service(&service, entries).await {
-                Ok((service_ops, rec)) if !service_ops.is_empty() => {
+                Ok(Plan::Cached(service_ops, rec)) if !service_ops.is_empty() => {
                     ops.extend(service_ops);
-                    planned.push((service.clone(), rec));
+                    planned.push((service.clone(), Some(rec)));
                 }
-                Ok(_) => {}
+                Ok(Plan::Cached(..)) => {}
+                Ok(Plan::Stored(compare)) => stored.push(compare),
                 Err(e) => result = Err(e),
             }
             held.push((service, slot, lock));
+        }
+        if !stored.is_empty() {
+            let keys: Vec<String> = stored.iter().flat_map(Compare::keys).collect();
+            match self.store.get_many(&keys).await {
+                Ok(values) => {
+                    let mut values = values.into_iter();
+                    for compare in stored {
+                        let n = compare.units.len() + 1;
+                        let mine: Vec<Option<Vec<u8>>> = values.by_ref().take(n).collect();
+                        let service = compare.service.clone();
+                        match compare.plan(mine) {
+                            Ok(service_ops) if !service_ops.is_empty() => {
+                                ops.extend(service_ops);
+                                planned.push((service, None));
+                            }
+                            Ok(_) => {}
+                            Err(e) => result = Err(e),
+                        }
+                    }
+                }
+                Err(e) => result = Err(e),
+            }
         }
         if !ops.is_empty() {
             if let Some(delay) = self.write_delay {
@@ -164,14 +190,11 @@ impl Registry {
         result
     }
 
-    /// What merging one service's entries changes: the store ops, and the record to cache
-    /// (when the service was cached). Call under the service's slot lock, so that no owner's
-    /// write interleaves between the comparison and the store write.
-    async fn plan_service(
-        &self,
-        service: &str,
-        entries: Vec<Entry>,
-    ) -> Result<(Vec<Op>, Option<Record>)> {
+    /// What merging one service's entries changes: for a record held in memory, the store ops
+    /// and the record to cache; otherwise what to compare with the store. Call under the
+    /// service's slot lock, so that no owner's write interleaves between the comparison and
+    /// the store write.
+    async fn plan_service(&self, service: &str, entries: Vec<Entry>) -> Result<Plan> {
         // Newest version of each key first: two versions of one unit in one batch store once.
         let mut units: BTreeMap<String, (Unit, Vec<u8>)> = BTreeMap::new();
         let mut metas = Vec::new();
@@ -229,16 +252,53 @@ impl Registry {
             if meta {
                 ops.push(Op::Put(meta_key(service), meta_value(&rec)?));
             }
-            return Ok((ops, Some(rec)));
+            return Ok(Plan::Cached(ops, rec));
         }
-        // Compare with what the store holds, the keys of this batch only, in one read: a
-        // replica does not load (or keep in memory) whole services it only copies.
-        let meta = meta_key(service);
-        let mut keys: Vec<String> = units.keys().map(|id| unit_key(service, id)).collect();
-        keys.push(meta.clone());
-        let mut held = self.store.get_many(&keys).await?;
+        // Compare with what the store holds, the keys of this batch only: a replica does not
+        // load (or keep in memory) whole services it only copies.
+        Ok(Plan::Stored(Compare {
+            service: service.to_string(),
+            units: units
+                .into_iter()
+                .map(|(id, (_, bytes))| (unit_key(service, &id), bytes))
+                .collect(),
+            metas,
+        }))
+    }
+}
+
+/// What merging one service's entries does.
+enum Plan {
+    /// Its record is in memory: the store ops and the record to cache.
+    Cached(Vec<Op>, Record),
+    /// It is not: compare with what the store holds.
+    Stored(Compare),
+}
+
+/// Received units and meta entries of a service not held in memory, to compare with the
+/// store's copies of the same keys.
+struct Compare {
+    service: String,
+    /// (store key, stored bytes), the newest received of each key.
+    units: Vec<(String, Vec<u8>)>,
+    metas: Vec<Vec<u8>>,
+}
+
+impl Compare {
+    /// The keys whose held values [`Compare::plan`] needs, in its order: the units, then the
+    /// meta entry.
+    fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.units
+            .iter()
+            .map(|(key, _)| key.clone())
+            .chain(std::iter::once(meta_key(&self.service)))
+    }
+
+    /// The store ops, given the values held under [`Compare::keys`].
+    fn plan(self, mut held: Vec<Option<Vec<u8>>>) -> Result<Vec<Op>> {
+        let mut ops = Vec::new();
         let held_meta = held.pop().flatten();
-        for ((key, (_, bytes)), held) in keys.into_iter().zip(units.into_values()).zip(held) {
+        for ((key, bytes), held) in self.units.into_iter().zip(held) {
             // Newer version, or (by a bug, or a damaged copy) another content under the same
             // version whose checksum is larger: the rule `Record::apply_unit` also follows.
             let newer = match held {
@@ -253,14 +313,14 @@ impl Registry {
             }
         }
         // Every service a node holds has a meta entry (how it finds them).
-        let mut rec = Record::new(service, None)?;
+        let mut rec = Record::new(&self.service, None)?;
         if let Some(Ok((gvip, index))) = held_meta.as_deref().map(decode_meta_value) {
             rec.apply_meta(gvip, index);
         }
-        if apply_metas(&mut rec, &metas) || held_meta.is_none() {
-            ops.push(Op::Put(meta, meta_value(&rec)?));
+        if apply_metas(&mut rec, &self.metas) || held_meta.is_none() {
+            ops.push(Op::Put(meta_key(&self.service), meta_value(&rec)?));
         }
-        Ok((ops, None))
+        Ok(ops)
     }
 }
 
