@@ -405,6 +405,13 @@ impl Registry {
         crate::registry::unit::confirmations_needed(self.quorum, members)
     }
 
+    /// The test-only slow disk ([`WRITE_DELAY_ENV`]): wait before a group's store write.
+    async fn slow_disk(&self) {
+        if let Some(delay) = self.write_delay {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// A replica may lack something this node owns: the next anti-entropy round compares.
     pub fn mark_unsynced(&self) {
         self.unsynced.store(true, Ordering::Relaxed);
@@ -722,10 +729,6 @@ impl Registry {
         answer
     }
 
-    /// Every stored entry (units, service meta entries and gVip claims) whose routing
-    /// identifier passes `keep`, except tombstones past their time, which no copy keeps,
-    /// sends or reports ([`Unit::is_expired_tombstone`]): those the scan meets are deleted.
-    /// (Call without holding a slot lock.)
     /// The hash tree of what this node holds in `(from, to]`: made by one scan and reused
     /// for [`TREE_WALK`], so that an owner's walk down its levels scans the store once. A walk
     /// that straddles a write sees the state at its start; the next round sees the write.
@@ -750,6 +753,10 @@ impl Registry {
         Ok(held.iter().map(version_item).collect())
     }
 
+    /// Every stored entry (units, service meta entries and gVip claims) whose routing
+    /// identifier passes `keep`, except tombstones past their time, which no copy keeps,
+    /// sends or reports ([`Unit::is_expired_tombstone`]): those the scan meets are deleted.
+    /// (Call without holding a slot lock.)
     async fn entries_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
         let (live, expired) = self.split_expired(self.stored_where(keep).await?);
         if !expired.is_empty() {

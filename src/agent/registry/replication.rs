@@ -52,6 +52,8 @@ impl Registry {
             match answers.next().await {
                 Some(Ok(Ok(()))) => confirmed += 1,
                 Some(Err(_)) => {
+                    // Its stream's task ended without answering: nothing marked it.
+                    self.mark_unsynced();
                     self.ring.metrics().replication_error();
                     last = Some(Error::internal("a replication stream stopped"));
                 }
@@ -65,7 +67,7 @@ impl Registry {
         if confirmed >= needed {
             return Ok(());
         }
-        self.mark_unsynced();
+        // (Every failed answer above marked the registry unsynced.)
         self.ring.metrics().quorum_lost();
         Err(Error::unavailable(format!(
             "the write is stored at its owner but only {} of the {} copies it needs confirmed: {}",
@@ -134,9 +136,7 @@ impl Registry {
             }
         }
         if !ops.is_empty() {
-            if let Some(delay) = self.write_delay {
-                tokio::time::sleep(delay).await;
-            }
+            self.slow_disk().await;
             match self.store.apply(ops).await {
                 Ok(()) => {
                     let now = Utc::now();

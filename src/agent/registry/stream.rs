@@ -26,11 +26,11 @@ use crate::Result;
 
 /// Messages a stream has outstanding at once: two keeps the link busy while the next batch
 /// gathers.
-pub(super) const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 2;
 
 /// Most entries in one message (more than one group's worth is cut at a group's end; a group
 /// larger than this goes alone).
-pub(super) const BATCH_ENTRIES: usize = TRANSFER_CHUNK;
+const BATCH_ENTRIES: usize = TRANSFER_CHUNK;
 
 /// One group waiting to be sent, and its writer's answer.
 struct Queued {

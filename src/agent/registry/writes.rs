@@ -145,9 +145,7 @@ impl Registry {
     /// note its TTL deadlines; returns the stored entries, for the caller to replicate. Call
     /// under the slot's lock.
     pub(super) async fn save(&self, rec: Record, changes: Changes) -> Result<Vec<Entry>> {
-        if let Some(delay) = self.write_delay {
-            tokio::time::sleep(delay).await;
-        }
+        self.slow_disk().await;
         let service = rec.service.clone();
         let mut ids = changes.ids;
         ids.sort_unstable();
