@@ -6,25 +6,34 @@
 //! commit") and makes it durable as one record of the write-ahead log ([`super::wal`]): one
 //! sequential write and one `fdatasync`, then every caller of the group is answered. The
 //! group also goes into an in-memory table of what the log holds and redb does not yet (the
-//! memtable: key → latest value, or deleted). The writer moves the memtable into redb in one
-//! durable transaction — a checkpoint — when it passes [`MEMTABLE_LIMIT`], when the log is
-//! three quarters full, and at most [`CHECKPOINT_EVERY`] after the last one when the queue is
-//! idle; then the log starts over. A key written many times between checkpoints (a service's
-//! record, rewritten at every registration) reaches redb once. A group too large for the log
-//! is committed straight to redb, memtable included.
+//! memtable: key → latest value, or deleted).
 //!
-//! Reads look at the memtable first, then redb (a read transaction on tokio's blocking pool;
-//! redb lets reads run alongside a write). A scan takes its memtable snapshot and opens its
-//! read transaction under the same lock, so a checkpoint cannot fall between the two.
+//! A checkpoint moves the memtable into redb in one durable transaction, in the background: the
+//! writer freezes the memtable, the log goes on in its other file, and a second thread (the
+//! checkpointer) commits the frozen table while the writer goes on logging new groups into a
+//! fresh one. So a write never waits for a checkpoint (a 4 MiB table takes redb tens of
+//! milliseconds), unless the log's file fills up before the previous checkpoint has finished.
+//! The writer starts a checkpoint when the memtable passes [`MEMTABLE_LIMIT`], when the log's
+//! file is three quarters full, and at most [`CHECKPOINT_EVERY`] after the last one when the
+//! queue is idle, each time only if none is under way. A key written many times between
+//! checkpoints (a service's record, rewritten at every registration) reaches redb once. A
+//! group too large for the log is committed straight to redb, memtable included.
+//!
+//! Reads look at the memtable, then the frozen one while its checkpoint runs, then redb (a read
+//! transaction on tokio's blocking pool; redb lets reads run alongside a write). A frozen table
+//! is dropped from reads only after its checkpoint has committed. A scan takes its memtable
+//! snapshot and opens its read transaction under the same lock, so a checkpoint's end cannot
+//! fall between the two.
 //!
 //! At open, the log's records after the last checkpoint (redb keeps the number of the last
 //! record it holds in the checkpoint's own transaction) are committed to redb before anything
 //! else: an acknowledged write survives a crash at any point.
 //!
-//! The writer is a dedicated thread rather than a task looping over `spawn_blocking` so that
-//! dropping the store can join it: when `drop` returns (and no cancelled read is still running),
-//! the memtable is checkpointed, the database file closed and its lock released, and the same
-//! directory can be reopened at once, e.g. by an agent restarted in the same process.
+//! The writer and the checkpointer are dedicated threads rather than tasks looping over
+//! `spawn_blocking` so that dropping the store can join them: when `drop` returns (and no
+//! cancelled read is still running), the memtable is checkpointed, the database file closed and
+//! its lock released, and the same directory can be reopened at once, e.g. by an agent
+//! restarted in the same process.
 //!
 //! Failures (disk full, I/O errors) come back as `Error::Unavailable` naming the file. After an
 //! I/O error on the log or during a checkpoint the writer refuses further writes (what reached
@@ -37,6 +46,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self as std_mpsc, TryRecvError};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,7 +55,7 @@ use async_trait::async_trait;
 use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::wal::{Wal, WAL_FILE, WAL_SIZE};
+use super::wal::{Wal, WAL_SIZE};
 use super::{Op, Store};
 use crate::{Error, Result};
 
@@ -62,7 +72,7 @@ const WAL_SEQ: &str = "wal_seq";
 /// The memtable is checkpointed into redb once its keys and values pass this many bytes.
 pub const MEMTABLE_LIMIT: usize = 4 << 20;
 
-/// An idle writer checkpoints a memtable at most this long after the last checkpoint.
+/// An idle writer starts a checkpoint at most this long after the last one started.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// How many batches may wait for the writer before `apply` callers wait for room (backpressure).
@@ -120,11 +130,45 @@ impl Memtable {
     }
 }
 
-fn read_mem(mem: &RwLock<Memtable>) -> RwLockReadGuard<'_, Memtable> {
+/// What the log holds and redb does not yet: the memtable the writer fills, and the one a
+/// checkpoint is moving into redb (read until that checkpoint has committed).
+#[derive(Debug, Default)]
+struct Mem {
+    active: Memtable,
+    frozen: Option<Arc<Memtable>>,
+}
+
+impl Mem {
+    /// The latest write of `key` that redb may not hold yet: `Some(None)` is a delete.
+    fn get(&self, key: &str) -> Option<&Option<Vec<u8>>> {
+        self.active
+            .map
+            .get(key)
+            .or_else(|| self.frozen.as_ref()?.map.get(key))
+    }
+
+    /// The writes under `prefix`, the frozen table's first: applied in order, the later wins.
+    fn overlay(&self, prefix: &str) -> Vec<(String, Option<Vec<u8>>)> {
+        self.frozen
+            .as_deref()
+            .into_iter()
+            .chain([&self.active])
+            .flat_map(|table| {
+                table
+                    .map
+                    .range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+            })
+            .collect()
+    }
+}
+
+fn read_mem(mem: &RwLock<Mem>) -> RwLockReadGuard<'_, Mem> {
     mem.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn write_mem(mem: &RwLock<Memtable>) -> RwLockWriteGuard<'_, Memtable> {
+fn write_mem(mem: &RwLock<Mem>) -> RwLockWriteGuard<'_, Mem> {
     mem.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -135,8 +179,8 @@ fn write_mem(mem: &RwLock<Memtable>) -> RwLockWriteGuard<'_, Memtable> {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
-    /// What the log holds and redb does not yet; written only by the writer thread.
-    mem: Arc<RwLock<Memtable>>,
+    /// What the log holds and redb does not yet; written by the writer and the checkpointer.
+    mem: Arc<RwLock<Mem>>,
     /// Why the writer refuses writes, once it does.
     failed: Arc<OnceLock<String>>,
     /// Batches for the writer thread; `None` only while dropping.
@@ -174,9 +218,9 @@ impl EmbeddedStore {
             e => unavailable(&path, e),
         })?;
         let applied = prepare(&db).map_err(|e| unavailable(&path, e))?;
-        let wal_path = dir.join(WAL_FILE);
-        let (wal, recovered) =
-            Wal::open(&wal_path, applied).map_err(|e| unavailable(&wal_path, e))?;
+        let (wal, recovered) = Wal::open(dir, applied).map_err(|e| {
+            unavailable(&path, format!("write-ahead log in {}: {e}", dir.display()))
+        })?;
         if recovered.last_seq > applied {
             tracing::info!(
                 writes = recovered.ops.len(),
@@ -187,18 +231,11 @@ impl EmbeddedStore {
         }
 
         let db = Arc::new(db);
-        let mem = Arc::new(RwLock::new(Memtable::default()));
+        let mem = Arc::new(RwLock::new(Mem::default()));
         let failed = Arc::new(OnceLock::new());
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = {
-            let writer = Writer {
-                db: db.clone(),
-                path: path.clone(),
-                wal,
-                mem: mem.clone(),
-                failed: failed.clone(),
-                last_checkpoint: Instant::now(),
-            };
+            let writer = Writer::new(db.clone(), path.clone(), wal, mem.clone(), failed.clone())?;
             std::thread::Builder::new()
                 .name("store-writer".into())
                 .spawn(move || writer.run(rx))
@@ -264,7 +301,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        if let Some(value) = read_mem(&self.mem).map.get(key) {
+        if let Some(value) = read_mem(&self.mem).get(key) {
             return Ok(value.clone());
         }
         let key = key.to_string();
@@ -280,7 +317,7 @@ impl Store for EmbeddedStore {
         {
             let mem = read_mem(&self.mem);
             for (i, key) in keys.iter().enumerate() {
-                match mem.map.get(key) {
+                match mem.get(key) {
                     Some(value) => out.push(value.clone()),
                     None => {
                         out.push(None);
@@ -324,17 +361,11 @@ impl Store for EmbeddedStore {
         let prefix = prefix.to_string();
         let (db, mem) = (self.db.clone(), self.mem.clone());
         let scan = move || -> std::result::Result<Vec<(String, Vec<u8>)>, redb::Error> {
-            // The memtable's part and the read transaction under one lock: a checkpoint moves
-            // entries from the one to the other only under the write lock.
+            // The memtables' part and the read transaction under one lock: a checkpoint drops
+            // its frozen table, after committing it, only under the write lock.
             let (overlay, txn) = {
                 let mem = read_mem(&mem);
-                let overlay: Vec<(String, Option<Vec<u8>>)> = mem
-                    .map
-                    .range(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(prefix.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                (overlay, db.begin_read()?)
+                (mem.overlay(&prefix), db.begin_read()?)
             };
             let table = txn.open_table(KV)?;
             let mut out = BTreeMap::new();
@@ -372,8 +403,8 @@ impl Store for EmbeddedStore {
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         // Closing the queue lets the writer commit what is still queued and exit; joining it
-        // releases its handle on the database, so the file is closed when `db` drops next.
-        // This blocks for at most one in-progress commit.
+        // (it joins the checkpointer) releases their handles on the database, so the file is
+        // closed when `db` drops next. This blocks for at most one checkpoint and one commit.
         self.queue.take();
         if let Some(writer) = self.writer.take() {
             if writer.join().is_err() {
@@ -383,19 +414,67 @@ impl Drop for EmbeddedStore {
     }
 }
 
-/// The writer thread's state: the log, the memtable it fills, and redb it checkpoints into.
+/// The writer thread's state: the log, the memtable it fills, and the checkpointer that moves
+/// frozen memtables into redb.
 struct Writer {
     db: Arc<Database>,
     path: PathBuf,
     wal: Wal,
-    mem: Arc<RwLock<Memtable>>,
+    mem: Arc<RwLock<Mem>>,
     failed: Arc<OnceLock<String>>,
     last_checkpoint: Instant,
+    /// Frozen memtables for the checkpointer; `None` once closing.
+    jobs: Option<std_mpsc::Sender<Flush>>,
+    /// One `()` per checkpoint the checkpointer has finished (committed, or failed and said so
+    /// in `failed`).
+    flushed: std_mpsc::Receiver<()>,
+    /// A checkpoint is under way: the log's other file is not free yet.
+    flushing: bool,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+/// A frozen memtable for the checkpointer, and the number of the last log record it holds.
+struct Flush {
+    table: Arc<Memtable>,
+    applied: u64,
 }
 
 impl Writer {
-    /// Take every batch queued, make them durable together, answer all; checkpoint when due.
-    /// Returns the number of groups written or attempted (for tests).
+    /// The writer's state, with its checkpointer thread started.
+    fn new(
+        db: Arc<Database>,
+        path: PathBuf,
+        wal: Wal,
+        mem: Arc<RwLock<Mem>>,
+        failed: Arc<OnceLock<String>>,
+    ) -> Result<Writer> {
+        let (jobs, queued) = std_mpsc::channel();
+        let (done, flushed) = std_mpsc::channel();
+        let checkpointer = {
+            let (db, file, mem, failed) = (db.clone(), path.clone(), mem.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("store-checkpoint".into())
+                .spawn(move || checkpointer(&db, &file, &mem, &failed, queued, done))
+                .map_err(|e| {
+                    unavailable(&path, format!("cannot start the checkpoint thread: {e}"))
+                })?
+        };
+        Ok(Writer {
+            db,
+            path,
+            wal,
+            mem,
+            failed,
+            last_checkpoint: Instant::now(),
+            jobs: Some(jobs),
+            flushed,
+            flushing: false,
+            checkpointer: Some(checkpointer),
+        })
+    }
+
+    /// Take every batch queued, make them durable together, answer all; start a checkpoint
+    /// when due. Returns the number of groups written or attempted (for tests).
     fn run(mut self, mut queue: mpsc::Receiver<Batch>) -> u64 {
         let mut groups = 0;
         while let Some(first) = queue.blocking_recv() {
@@ -420,28 +499,37 @@ impl Writer {
                 });
             }
             let idle = queue.is_empty();
-            let mem_full = read_mem(&self.mem).bytes >= MEMTABLE_LIMIT;
+            let mem_full = read_mem(&self.mem).active.bytes >= MEMTABLE_LIMIT;
             let log_full = self.wal.used() >= WAL_SIZE / 4 * 3;
             let stale = idle && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-            if mem_full || log_full || stale {
-                // A failure is logged and refuses the writes that follow.
-                let _ = self.checkpoint(&[]);
+            // Only one checkpoint at a time: while one runs, the next waits for a later group
+            // (or, when the log's file fills up, for that one to end; see `write`).
+            if (mem_full || log_full || stale) && self.settle(false) {
+                self.start_checkpoint();
             }
         }
         // Closing: leave redb whole, so that the next open has nothing to replay.
-        let _ = self.checkpoint(&[]);
+        let _ = self.commit_now(&[]);
         groups
     }
 
-    /// Make one group durable: a record of the log and the memtable, or, when it does not
-    /// fit in the log, a checkpoint that includes it.
+    /// Make one group durable: a record of the log and the memtable. When the log's file is
+    /// full, the log goes on in its other file (once that one's checkpoint is done); a group
+    /// that does not fit even there is committed straight to redb, with everything before it.
     fn write(&mut self, group: &[Batch]) -> Result<()> {
         if let Some(why) = self.failed.get() {
             return Err(unavailable(&self.path, why));
         }
         let ops = || group.iter().flat_map(|b| &b.ops);
         if !self.wal.fits(ops()) {
-            return self.checkpoint(group);
+            self.settle(true);
+            self.start_checkpoint();
+            if let Some(why) = self.failed.get() {
+                return Err(unavailable(&self.path, why));
+            }
+            if !self.wal.fits(ops()) {
+                return self.commit_now(group);
+            }
         }
         if let Err(e) = self.wal.append(ops()) {
             let why = format!("write-ahead log {}: {e}", self.wal.path().display());
@@ -451,32 +539,86 @@ impl Writer {
         }
         let mut mem = write_mem(&self.mem);
         for op in ops() {
-            mem.apply(op);
+            mem.active.apply(op);
         }
         Ok(())
     }
 
-    /// Move the memtable (and `extra`, a group the log could not take) into redb in one
-    /// durable transaction, then empty it and start the log over. When the commit fails the
-    /// writer refuses writes from now on.
-    fn checkpoint(&mut self, extra: &[Batch]) -> Result<()> {
+    /// Whether no checkpoint is under way, after waiting for the one that is when `wait`.
+    /// A checkpointer that is gone refuses writes from now on.
+    fn settle(&mut self, wait: bool) -> bool {
+        if !self.flushing {
+            return true;
+        }
+        let ended = match (wait, self.flushed.try_recv()) {
+            (_, Ok(())) => true,
+            (false, Err(TryRecvError::Empty)) => return false,
+            (true, Err(TryRecvError::Empty)) => self.flushed.recv().is_ok(),
+            (_, Err(TryRecvError::Disconnected)) => false,
+        };
+        self.flushing = false;
+        if !ended {
+            let _ = self
+                .failed
+                .set("the checkpoint thread has stopped".to_string());
+        }
+        true
+    }
+
+    /// Freeze the memtable, go on in the log's other file, and hand the frozen table to the
+    /// checkpointer. Only when no checkpoint is under way (the other file must be free).
+    fn start_checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        if self.flushing || self.failed.get().is_some() {
+            return;
+        }
+        let table = {
+            let mut mem = write_mem(&self.mem);
+            if mem.active.map.is_empty() {
+                return;
+            }
+            let table = Arc::new(std::mem::take(&mut mem.active));
+            mem.frozen = Some(table.clone());
+            table
+        };
+        let applied = self.wal.last_seq();
+        self.wal.rotate();
+        let sent = self
+            .jobs
+            .as_ref()
+            .map(|jobs| jobs.send(Flush { table, applied }));
+        if matches!(sent, Some(Ok(()))) {
+            self.flushing = true;
+        } else {
+            let _ = self
+                .failed
+                .set("the checkpoint thread has stopped".to_string());
+        }
+    }
+
+    /// Move the memtable (and `extra`, a group the log could not take) into redb now, in one
+    /// durable transaction, after the checkpoint under way; then empty it and start the log
+    /// over. When the commit fails the writer refuses writes from now on.
+    fn commit_now(&mut self, extra: &[Batch]) -> Result<()> {
+        self.settle(true);
         if let Some(why) = self.failed.get() {
             return Err(unavailable(&self.path, why));
         }
-        if extra.is_empty() && read_mem(&self.mem).map.is_empty() {
+        if extra.is_empty() && read_mem(&self.mem).active.map.is_empty() {
             self.last_checkpoint = Instant::now();
             return Ok(());
         }
         let committed = {
             let mem = read_mem(&self.mem);
             let writes = mem
+                .active
                 .writes()
                 .chain(extra.iter().flat_map(|b| &b.ops).map(op_write));
             checkpoint(&self.db, writes, self.wal.last_seq())
         };
         match committed {
             Ok(()) => {
-                *write_mem(&self.mem) = Memtable::default();
+                write_mem(&self.mem).active = Memtable::default();
                 self.wal.reset();
                 self.last_checkpoint = Instant::now();
                 Ok(())
@@ -487,6 +629,47 @@ impl Writer {
                 let _ = self.failed.set(why.clone());
                 Err(unavailable(&self.path, why))
             }
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Stop the checkpointer once it has done its last job, and wait for it: then nothing of
+    /// this writer holds the database any more.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(checkpointer) = self.checkpointer.take() {
+            if checkpointer.join().is_err() {
+                tracing::error!(path = %self.path.display(), "embedded store checkpointer panicked");
+            }
+        }
+    }
+}
+
+/// The checkpointer thread: commit each frozen memtable into redb, then drop it from reads
+/// (or, when the commit fails, refuse writes from now on); say so after each.
+fn checkpointer(
+    db: &Database,
+    path: &Path,
+    mem: &RwLock<Mem>,
+    failed: &OnceLock<String>,
+    jobs: std_mpsc::Receiver<Flush>,
+    done: std_mpsc::Sender<()>,
+) {
+    for Flush { table, applied } in jobs {
+        match checkpoint(db, table.writes(), applied) {
+            Ok(()) => {
+                write_mem(mem).frozen = None;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "embedded store checkpoint failed");
+                let _ = failed.set(format!("checkpoint failed: {e}"));
+            }
+        }
+        // The table is freed here, off the writer's thread.
+        drop(table);
+        if done.send(()).is_err() {
+            return;
         }
     }
 }
@@ -538,6 +721,7 @@ fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::wal::WAL_FILES;
     use redb::ReadableTableMetadata;
 
     /// A writer over a fresh database in `dir`, as `open` would make it.
@@ -545,15 +729,9 @@ mod tests {
         let path = dir.join(DB_FILE);
         let db = Database::create(&path).expect("create db");
         prepare(&db).expect("tables");
-        let (wal, _) = Wal::open(&dir.join(WAL_FILE), 0).expect("log");
-        Writer {
-            db: Arc::new(db),
-            path,
-            wal,
-            mem: Arc::new(RwLock::new(Memtable::default())),
-            failed: Arc::new(OnceLock::new()),
-            last_checkpoint: Instant::now(),
-        }
+        let (wal, _) = Wal::open(dir, 0).expect("log");
+        let mem = Arc::new(RwLock::new(Mem::default()));
+        Writer::new(Arc::new(db), path, wal, mem, Arc::new(OnceLock::new())).expect("writer")
     }
 
     fn queue(
@@ -623,7 +801,7 @@ mod tests {
             }];
             assert_eq!(w.write(&first), Ok(()));
             assert_eq!(
-                w.checkpoint(&[]),
+                w.commit_now(&[]),
                 Ok(()),
                 "a checkpoint: a and b are in redb"
             );
@@ -645,7 +823,8 @@ mod tests {
         let all = store.scan_prefix("svc/").await.expect("scan");
         assert_eq!(all, vec![("svc/a".to_string(), b"3".to_vec())]);
         // Recovery committed the log to redb: nothing is left only in memory.
-        assert!(read_mem(&store.mem).map.is_empty());
+        let mem = read_mem(&store.mem);
+        assert!(mem.active.map.is_empty() && mem.frozen.is_none());
     }
 
     /// Reads see the memtable over redb: a newer value, a delete, and keys only in one of
@@ -672,7 +851,7 @@ mod tests {
                 Op::Delete("p/3".into()),
                 put("p/2", "mem"),
             ] {
-                mem.apply(&op);
+                mem.active.apply(&op);
             }
         }
         assert_eq!(store.get("p/1").await, Ok(Some(b"mem".to_vec())));
@@ -690,5 +869,74 @@ mod tests {
                 ("p/2", &b"mem"[..])
             ]
         );
+    }
+
+    /// A checkpoint that takes long (here: redb's one write transaction is held by the test)
+    /// does not hold up writes: the log goes on in its other file, reads see the frozen table
+    /// and the new one, and once the checkpoint ends redb has the frozen writes. A crash then
+    /// loses nothing: the writes after the checkpoint come back from the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_go_on_while_a_checkpoint_is_under_way() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let value = vec![7u8; 64 << 10];
+        let puts = |from: usize, to: usize| -> Vec<Op> {
+            (from..to)
+                .map(|i| Op::Put(format!("k/{i:04}"), value.clone()))
+                .collect()
+        };
+        let blocker = store
+            .db
+            .begin_write()
+            .expect("hold redb's write transaction");
+        // Past the memtable's limit: the writer freezes it and a checkpoint starts, and waits.
+        let past_limit = MEMTABLE_LIMIT / value.len() + 1;
+        for i in 0..past_limit {
+            store.apply(puts(i, i + 1)).await.expect("write");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let frozen = loop {
+            if let Some(table) = &read_mem(&store.mem).frozen {
+                break table.map.len() as u64;
+            }
+            assert!(Instant::now() < deadline, "no checkpoint started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // Writes go on, acknowledged, while it cannot commit.
+        let more = tokio::time::timeout(Duration::from_secs(20), async {
+            for i in past_limit..past_limit + 20 {
+                store.apply(puts(i, i + 1)).await.expect("write");
+            }
+        })
+        .await;
+        assert!(more.is_ok(), "writes waited for the checkpoint");
+        assert!(
+            read_mem(&store.mem).frozen.is_some(),
+            "the checkpoint ended early"
+        );
+        assert_eq!(redb_len(&store.db), 0, "redb took the checkpoint early");
+        assert_eq!(store.get("k/0000").await, Ok(Some(value.clone())));
+        let last = format!("k/{:04}", past_limit + 19);
+        assert_eq!(store.get(&last).await, Ok(Some(value.clone())));
+        let all = store.scan_prefix("k/").await.expect("scan");
+        assert_eq!(all.len(), past_limit + 20);
+        // A crash now leaves the files as they are: a copy of them opens with every write,
+        // those of the frozen table and those after it, recovered from the log's two files.
+        let crashed = tempfile::tempdir().expect("tempdir");
+        for name in [DB_FILE, WAL_FILES[0], WAL_FILES[1]] {
+            std::fs::copy(dir.path().join(name), crashed.path().join(name)).expect("copy");
+        }
+        let image = EmbeddedStore::open(crashed.path()).expect("open the crash image");
+        let recovered = image.scan_prefix("k/").await.expect("scan");
+        assert_eq!(recovered, all);
+        drop(image);
+        // Let it commit: the frozen table leaves the reads once redb has it.
+        blocker.abort().expect("abort");
+        while read_mem(&store.mem).frozen.is_some() {
+            assert!(Instant::now() < deadline, "the checkpoint did not end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(redb_len(&store.db), frozen);
+        assert_eq!(store.scan_prefix("k/").await, Ok(all));
     }
 }

@@ -2,27 +2,33 @@
 //! sequential write and one `fdatasync`, instead of a redb commit (a dozen page writes and a
 //! sync) per group.
 //!
-//! The file, `chordctl.wal` beside the database, grows to at most [`WAL_SIZE`]; after each
-//! checkpoint the log starts over at offset 0, so that from then on appending is overwriting
-//! blocks the file system already holds: the sync flushes data only, with no journal commit
-//! for a growing file. (It is not filled up front: an agent on a nearly full disk still starts,
-//! and a write that finds no room is refused like any other.) Each group of writes is one
-//! record:
+//! There are two log files beside the database, `chordctl.wal` and `chordctl.wal.2`; one is
+//! written at a time, and each grows to at most [`WAL_SIZE`]. Appending always goes on in the
+//! active file. When the store checkpoints in the background, it freezes what the active file
+//! holds and the log [rotates](Wal::rotate) to the other file, from offset 0, while redb takes
+//! the frozen part; a file is written again only once everything in it is durably in redb. So
+//! from the second round on, appending is overwriting blocks the file system already holds: the
+//! sync flushes data only, with no journal commit for a growing file. (The files are not filled
+//! up front: an agent on a nearly full disk still starts, and a write that finds no room is
+//! refused like any other.) Each group of writes is one record:
 //!
 //! ```text
 //! u32 length of the payload | u32 CRC-32 of (seq, payload) | u64 seq | payload
 //! payload: per op, u8 tag (0 put, 1 delete) | u32 key length | key | [u32 value length | value]
 //! ```
 //!
-//! The log always starts at offset 0 with the record after the last checkpoint, whose sequence
-//! number redb holds (`meta/wal_seq`, written in the checkpoint's own transaction), and every
-//! record's number is its predecessor's plus one. Recovery reads records from offset 0 while
-//! they check out — right length, right CRC, the next number — keeps those after `wal_seq`,
+//! Every record's number is its predecessor's plus one, across both files. Recovery reads each
+//! file from offset 0 while its records check out — right length, right CRC, the next number —
 //! and stops at the first that does not: the end of the file, a write torn by a crash (never
-//! acknowledged: a group is acknowledged only after its sync), or older records left behind a
-//! reset. So a checkpoint
-//! needs no write to the log at all: once redb has committed it durably, the log starts over
-//! at offset 0 and whatever lies beyond is ignored.
+//! acknowledged: a group is acknowledged only after its sync), or older records left behind
+//! when the file was started over. Then it follows the numbers from the one after the last
+//! record redb holds (`meta/wal_seq`, written in each checkpoint's own transaction): the run
+//! that holds that number, then the run that starts right after it ends. What a file held
+//! before it was started over was in redb already, so its numbers are never the ones wanted. So
+//! a checkpoint needs no write to the log at all: once redb has committed it durably, the file
+//! it came from may start over and whatever lies beyond is ignored.
+//!
+//! A data directory of 0.1 has only `chordctl.wal`; it is read the same way.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -31,11 +37,11 @@ use std::path::{Path, PathBuf};
 
 use super::Op;
 
-/// The log file's name inside the data directory.
-pub const WAL_FILE: &str = "chordctl.wal";
+/// The log files' names inside the data directory.
+pub const WAL_FILES: [&str; 2] = ["chordctl.wal", "chordctl.wal.2"];
 
-/// The most the log file grows to; a group that does not fit where the log stands is
-/// committed straight to redb instead (with everything logged before it).
+/// The most a log file grows to; a group that does not fit in an empty file is committed
+/// straight to redb instead (with everything logged before it).
 pub const WAL_SIZE: u64 = 8 << 20;
 
 /// length, CRC, sequence number.
@@ -44,11 +50,12 @@ const HEADER: usize = 4 + 4 + 8;
 const PUT: u8 = 0;
 const DELETE: u8 = 1;
 
-/// The log, positioned where the next record goes.
+/// The log, positioned where the next record goes: in the active file, at `offset`.
 #[derive(Debug)]
 pub struct Wal {
-    file: File,
-    path: PathBuf,
+    files: [File; 2],
+    paths: [PathBuf; 2],
+    active: usize,
     offset: u64,
     next_seq: u64,
     buf: Vec<u8>,
@@ -64,29 +71,40 @@ pub struct Recovered {
 }
 
 impl Wal {
-    /// Open the log at `path` (creating it if missing) and read the records after `applied`, the number of the last record redb holds. The
-    /// log is positioned at offset 0: the caller commits what was recovered to redb (as
+    /// Open the log in `dir` (creating its files if missing) and read the records after
+    /// `applied`, the number of the last record redb holds. The log is positioned at offset 0
+    /// of its first file: the caller commits what was recovered to redb (as
     /// `applied = last_seq`) before appending anything.
-    pub fn open(path: &Path, applied: u64) -> io::Result<(Wal, Recovered)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let len = file.metadata()?.len();
-        if len == 0 {
-            if let Some(dir) = path.parent() {
-                // A new file's directory entry must survive a crash too.
-                File::open(dir)?.sync_all()?;
-            }
+    pub fn open(dir: &Path, applied: u64) -> io::Result<(Wal, Recovered)> {
+        let paths = WAL_FILES.map(|name| dir.join(name));
+        let mut created = false;
+        let mut runs = Vec::with_capacity(2);
+        let mut files = Vec::with_capacity(2);
+        for path in &paths {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            let len = file.metadata()?.len();
+            created |= len == 0;
+            let mut content = vec![0u8; len.min(WAL_SIZE) as usize];
+            file.read_exact_at(&mut content, 0)?;
+            runs.push(read_run(&content));
+            files.push(file);
         }
-        let mut content = vec![0u8; len.min(WAL_SIZE) as usize];
-        file.read_exact_at(&mut content, 0)?;
-        let recovered = recover(&content, applied);
+        if created {
+            // A new file's directory entry must survive a crash too.
+            File::open(dir)?.sync_all()?;
+        }
+        let recovered = follow(runs, applied);
+        let [first, second] = <[File; 2]>::try_from(files)
+            .map_err(|_| io::Error::other("write-ahead log: two files expected"))?;
         let wal = Wal {
-            file,
-            path: path.to_path_buf(),
+            files: [first, second],
+            paths,
+            active: 0,
             offset: 0,
             next_seq: recovered.last_seq + 1,
             buf: Vec::new(),
@@ -94,9 +112,9 @@ impl Wal {
         Ok((wal, recovered))
     }
 
-    /// The log file.
+    /// The file being written.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.paths[self.active]
     }
 
     /// The number of the last record appended (or recovered, or checkpointed).
@@ -104,12 +122,12 @@ impl Wal {
         self.next_seq - 1
     }
 
-    /// How far the log is filled, in bytes.
+    /// How far the active file is filled, in bytes.
     pub fn used(&self) -> u64 {
         self.offset
     }
 
-    /// Whether a record of `ops` fits in what is left of the file.
+    /// Whether a record of `ops` fits in what is left of the active file.
     pub fn fits<'a>(&self, ops: impl Iterator<Item = &'a Op>) -> bool {
         let size: u64 = ops.map(|op| encoded_len(op) as u64).sum::<u64>() + HEADER as u64;
         size <= WAL_SIZE - self.offset
@@ -132,8 +150,9 @@ impl Wal {
         if self.buf.len() as u64 > WAL_SIZE - self.offset {
             return Err(io::Error::other("write-ahead log record does not fit"));
         }
-        self.file.write_all_at(&self.buf, self.offset)?;
-        self.file.sync_data()?;
+        let file = &self.files[self.active];
+        file.write_all_at(&self.buf, self.offset)?;
+        file.sync_data()?;
         self.offset += self.buf.len() as u64;
         self.next_seq += 1;
         // A burst of large groups must not keep its buffer for good.
@@ -143,8 +162,16 @@ impl Wal {
         Ok(seq)
     }
 
-    /// Everything up to [`Wal::last_seq`] is in redb, durably: start over at offset 0.
+    /// Everything up to [`Wal::last_seq`] is in redb, durably: start over at offset 0 of the
+    /// active file.
     pub fn reset(&mut self) {
+        self.offset = 0;
+    }
+
+    /// Go on in the other file, from offset 0. Everything that file holds must be in redb,
+    /// durably (a checkpoint of it has committed); what the active file holds need not be yet.
+    pub fn rotate(&mut self) {
+        self.active = 1 - self.active;
         self.offset = 0;
     }
 }
@@ -170,14 +197,10 @@ fn encode_op(buf: &mut Vec<u8>, op: &Op) {
     }
 }
 
-/// The records from offset 0 while each checks out and follows the one before; those up to
-/// `applied` (redb has them) are skipped, and the first one kept must be `applied + 1`.
-fn recover(content: &[u8], applied: u64) -> Recovered {
-    let mut out = Recovered {
-        ops: Vec::new(),
-        last_seq: applied,
-    };
-    let mut previous: Option<u64> = None;
+/// A file's records from offset 0 while each checks out and follows the one before: the
+/// numbers and ops of one unbroken run.
+fn read_run(content: &[u8]) -> Vec<(u64, Vec<Op>)> {
+    let mut run: Vec<(u64, Vec<Op>)> = Vec::new();
     let mut at = 0usize;
     while let Some(header) = content.get(at..at + HEADER) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -185,10 +208,7 @@ fn recover(content: &[u8], applied: u64) -> Recovered {
         let mut seq_bytes = [0u8; 8];
         seq_bytes.copy_from_slice(&header[8..16]);
         let seq = u64::from_le_bytes(seq_bytes);
-        let follows = match previous {
-            None => seq <= applied + 1,
-            Some(p) => seq == p + 1,
-        };
+        let follows = run.last().is_none_or(|(p, _)| seq == p + 1);
         if len == 0 || !follows {
             break;
         }
@@ -201,14 +221,33 @@ fn recover(content: &[u8], applied: u64) -> Recovered {
         let Some(ops) = decode_ops(&record[8..]) else {
             break;
         };
-        if seq > applied {
-            out.ops.extend(ops);
-            out.last_seq = seq;
-        }
-        previous = Some(seq);
+        run.push((seq, ops));
         at += HEADER + len;
     }
-    out
+    run
+}
+
+/// The records after `applied`, in order, from the files' runs: the run that holds the next
+/// number wanted, then the one that goes on from its end. A run left from before its file
+/// started over holds only numbers redb has, and is never reached.
+fn follow(mut runs: Vec<Vec<(u64, Vec<Op>)>>, applied: u64) -> Recovered {
+    let mut out = Recovered {
+        ops: Vec::new(),
+        last_seq: applied,
+    };
+    loop {
+        let next = out.last_seq + 1;
+        let holds = |run: &Vec<(u64, Vec<Op>)>| matches!((run.first(), run.last()), (Some((a, _)), Some((b, _))) if *a <= next && next <= *b);
+        let Some(i) = runs.iter().position(holds) else {
+            return out;
+        };
+        for (seq, ops) in runs.swap_remove(i) {
+            if seq >= next {
+                out.ops.extend(ops);
+                out.last_seq = seq;
+            }
+        }
+    }
 }
 
 fn decode_ops(mut payload: &[u8]) -> Option<Vec<Op>> {
@@ -247,7 +286,7 @@ mod tests {
     }
 
     fn open(dir: &Path, applied: u64) -> (Wal, Recovered) {
-        Wal::open(&dir.join(WAL_FILE), applied).expect("open the log")
+        Wal::open(dir, applied).expect("open the log")
     }
 
     #[test]
@@ -302,7 +341,7 @@ mod tests {
         // A crash in the middle of the second write: its last bytes never reached the disk.
         let file = OpenOptions::new()
             .write(true)
-            .open(dir.path().join(WAL_FILE))
+            .open(dir.path().join(WAL_FILES[0]))
             .expect("open");
         let torn_from = end + HEADER as u64 + 3;
         file.write_all_at(&[0u8; 16], torn_from).expect("tear");
@@ -346,8 +385,81 @@ mod tests {
     #[test]
     fn garbage_in_the_log_recovers_nothing_and_does_not_panic() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join(WAL_FILE), vec![0xffu8; 4096]).expect("write");
+        std::fs::write(dir.path().join(WAL_FILES[0]), vec![0xffu8; 4096]).expect("write");
         let (_, rec) = open(dir.path(), 0);
         assert_eq!(rec, Recovered::default());
+    }
+
+    /// Records written in one file, then (after a rotation) in the other, come back in order;
+    /// once redb holds the first file's, only the second's.
+    #[test]
+    fn records_go_on_in_the_other_file_after_a_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = open(dir.path(), 0);
+        wal.append([put("a", "1")].iter()).expect("append");
+        wal.append([put("b", "2")].iter()).expect("append");
+        wal.rotate();
+        assert_eq!(wal.used(), 0);
+        assert_eq!(wal.path(), dir.path().join(WAL_FILES[1]));
+        assert_eq!(wal.append([put("a", "3")].iter()).expect("append"), 3);
+        drop(wal);
+        // The checkpoint of the first file had not committed: all three records.
+        let (_, rec) = open(dir.path(), 0);
+        assert_eq!(rec.ops, vec![put("a", "1"), put("b", "2"), put("a", "3")]);
+        assert_eq!(rec.last_seq, 3);
+        // It had: the second file's only.
+        let (_, rec) = open(dir.path(), 2);
+        assert_eq!(rec.ops, vec![put("a", "3")]);
+        assert_eq!(rec.last_seq, 3);
+    }
+
+    /// A file started over a second time holds new records at its start and older ones
+    /// (which redb has) beyond them; recovery follows the numbers through both files and never
+    /// takes the old ones.
+    #[test]
+    fn a_file_written_again_hands_back_only_its_new_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = open(dir.path(), 0);
+        for i in 0..4 {
+            wal.append([put("old", &"x".repeat(200 + i))].iter())
+                .expect("append");
+        }
+        wal.rotate();
+        wal.append([put("b", "5")].iter()).expect("append");
+        wal.append([put("b", "6")].iter()).expect("append");
+        // redb took records 1..=4: the first file is written again, from its start.
+        wal.rotate();
+        wal.append([put("c", "7")].iter()).expect("append");
+        drop(wal);
+        let (_, rec) = open(dir.path(), 4);
+        assert_eq!(rec.ops, vec![put("b", "5"), put("b", "6"), put("c", "7")]);
+        assert_eq!(rec.last_seq, 7);
+        let (_, rec) = open(dir.path(), 6);
+        assert_eq!(rec.ops, vec![put("c", "7")]);
+        // Everything in redb: nothing to replay, and numbering goes on from there.
+        let (wal, rec) = open(dir.path(), 7);
+        assert_eq!(rec.ops, Vec::<Op>::new());
+        assert_eq!(wal.last_seq(), 7);
+    }
+
+    /// The second file, torn in its first record by a crash, recovers the first file's
+    /// records and nothing of the torn one.
+    #[test]
+    fn a_torn_first_record_in_the_second_file_loses_only_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = open(dir.path(), 0);
+        wal.append([put("a", "1")].iter()).expect("append");
+        wal.rotate();
+        wal.append([put("b", "22222222")].iter()).expect("append");
+        drop(wal);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(WAL_FILES[1]))
+            .expect("open");
+        file.write_all_at(&[0u8; 8], HEADER as u64 + 2)
+            .expect("tear");
+        let (_, rec) = open(dir.path(), 0);
+        assert_eq!(rec.ops, vec![put("a", "1")]);
+        assert_eq!(rec.last_seq, 1);
     }
 }
