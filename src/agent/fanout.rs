@@ -22,12 +22,19 @@
 //! A watcher that closes its connection is seen at the next second's check of its socket
 //! (readiness already known to the runtime: no system call unless it is readable), or at the
 //! next write that fails.
+//!
+//! The fan-out tasks run on a runtime of their own ([`spawn`]: a thread per core), not on the
+//! workers that serve requests. A change to a service with a hundred
+//! watchers is a hundred socket writes (most of it the kernel's TCP path); on the request
+//! workers that queued every write's next step behind other services' fan-outs, so a busy
+//! agent acknowledged writes tens of milliseconds late, and notified late with them. On
+//! threads of their own the operating system shares the cores between the two kinds of work.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Context;
 use std::time::{Duration, Instant};
 
@@ -205,7 +212,27 @@ pub fn hand_over(attached: Attached, socket: TcpStream, last: u64, hold: OwnedSe
         writable: FuturesUnordered::new(),
     };
     drop(slot);
-    tokio::spawn(task.run(joins, stop));
+    spawn(task.run(joins, stop));
+}
+
+/// Run `task` on the fan-out runtime (started at the first call, for the whole process), or on
+/// the current runtime when no thread could be started for it.
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores.max(1))
+            .thread_name("watch-fanout")
+            .enable_all()
+            .build()
+            .map_err(|e| tracing::warn!("no runtime of their own for change streams: {e}"))
+            .ok()
+    });
+    match runtime {
+        Some(runtime) => drop(runtime.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
 }
 
 impl FanOut {
