@@ -630,3 +630,77 @@ fn agent_dev_prints_its_nodes_and_a_dig_line_that_answers() {
         "info lines without -v: {logged:#?}"
     );
 }
+
+/// DNS answers for a service first asked about while clients' watchers fill the agent's cap:
+/// the DNS cache follows services through the same subscriptions, but is neither held to the
+/// cap nor counted as a watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_answers_while_watchers_fill_the_agent() {
+    let c = crate::support::cluster::TestCluster::start_with(
+        1,
+        std::sync::Arc::new(|cfg: &mut chordctl::agent::AgentConfig| {
+            cfg.max_watchers = 1;
+            cfg.dns = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }),
+    )
+    .await;
+    let url = c.url(0);
+    let dns = c.node(0).dns_addr().expect("a DNS address");
+    call_ok(
+        "PUT",
+        &format!("{url}/v1/services/capped/instances/a"),
+        Some(json!({"address": "10.0.0.7", "port": 80})),
+    )
+    .await;
+    // One client's stream takes the only place.
+    let mut held = TcpStream::connect(c.node(0).http_addr())
+        .await
+        .expect("connect");
+    held.write_all(b"GET /v1/watch/services/other HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("ask for a stream");
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(DEADLINE, held.read(&mut buf))
+            .await
+            .expect("a stream's head in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "the stream closed: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let (status, body) = call(
+        "GET",
+        &format!("{url}/v1/services/capped?index=1&wait=1s"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 429, "the cap is full: {body}");
+    expect_addresses(dns, "capped.service.chord.", &ips(&["10.0.0.7"])).await;
+    // The cache's entry is not a watcher: the gauge shows the one stream.
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.lines().any(|l| l == "chordctl_watchers 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("watch"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(held);
+}

@@ -292,6 +292,8 @@ pub struct Attached {
     /// Everything after.
     pub rx: broadcast::Receiver<Arc<Event>>,
     hub: Arc<Hub>,
+    /// A client's watcher, counted against the agent's cap (a DNS cache entry is not).
+    counted: bool,
 }
 
 impl Attached {
@@ -323,7 +325,9 @@ impl Drop for Attached {
             st.idle_since = Instant::now();
         }
         drop(st);
-        self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            self.hub.watchers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -608,6 +612,22 @@ impl Hub {
                 self.max_watchers
             )));
         }
+        self.attach_as(service, since, true).await
+    }
+
+    /// Attach the agent's own DNS cache to `service`: not a client's watcher, so neither held
+    /// to the cap (the cache bounds its entries itself) nor counted as one. DNS keeps
+    /// answering when clients' watchers fill the agent.
+    pub async fn attach_cache(self: &Arc<Self>, service: &str) -> Result<Attached> {
+        self.attach_as(service, None, false).await
+    }
+
+    async fn attach_as(
+        self: &Arc<Self>,
+        service: &str,
+        since: Option<u64>,
+        counted: bool,
+    ) -> Result<Attached> {
         let sub = self.sub(service, since.unwrap_or(0));
         {
             let mut st = lock(&sub.state);
@@ -618,6 +638,7 @@ impl Hub {
             first,
             rx,
             hub: self.clone(),
+            counted,
         };
         // From here on a failure detaches (Drop) the watcher again.
         let mut out = attached(Vec::new(), sub.tx.subscribe());

@@ -185,7 +185,7 @@ impl Views {
     async fn follow(self: Arc<Self>, service: String, entry: Arc<Entry>) {
         let first = tokio::select! {
             _ = entry.gone.cancelled() => return,
-            r = async { tokio::join!(self.hub.attach(&service, None), self.policy(&service)) } => r,
+            r = async { tokio::join!(self.hub.attach_cache(&service), self.policy(&service)) } => r,
         };
         let (mut attached, mut policy) = match first {
             (Ok(attached), Ok(policy)) => (attached, policy),
