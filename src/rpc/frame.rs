@@ -48,6 +48,16 @@ pub enum FrameError {
     /// The body is not a valid message.
     #[error("undecodable message: {0}")]
     Decode(String),
+    /// The message's id reads, the rest does not: most likely a message of a newer agent (a
+    /// request this build does not know). The server answers it with an error rather than
+    /// dropping the connection and every other call on it.
+    #[error("unreadable message {id}: {why}")]
+    Unreadable {
+        /// The envelope's id, for the answer.
+        id: u64,
+        /// What did not decode.
+        why: String,
+    },
     /// The frame's authentication tag did not verify.
     #[error("{0}")]
     Auth(#[from] AuthError),
@@ -227,7 +237,13 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<Envelope<T>, FrameErr
             "{} bytes after the message",
             rest.len()
         ))),
-        Err(e) => Err(FrameError::Decode(e.to_string())),
+        Err(e) => match postcard::take_from_bytes::<u64>(body) {
+            Ok((id, rest)) if !rest.is_empty() => Err(FrameError::Unreadable {
+                id,
+                why: e.to_string(),
+            }),
+            _ => Err(FrameError::Decode(e.to_string())),
+        },
     }
 }
 
@@ -271,6 +287,19 @@ mod tests {
         assert!(matches!(
             decode::<Request>(&[PROTOCOL_VERSION, 0xff, 0xff, 0xff]),
             Err(FrameError::Decode(_))
+        ));
+    }
+
+    /// A request this build does not know (a variant past the last) still gives its id, so
+    /// that it can be answered.
+    #[test]
+    fn an_unknown_request_gives_its_id() {
+        let mut frame = vec![PROTOCOL_VERSION];
+        frame.extend_from_slice(&postcard::to_allocvec(&300u64).expect("varint"));
+        frame.extend_from_slice(&[0x7f, 1, 2, 3]);
+        assert!(matches!(
+            decode::<Request>(&frame),
+            Err(FrameError::Unreadable { id: 300, .. })
         ));
     }
 

@@ -20,7 +20,7 @@ use tokio_util::codec::{Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, ClusterSecret};
-use super::frame::{self, Envelope};
+use super::frame::{self, Envelope, FrameError};
 use super::messages::{Request, Response};
 use crate::tls::Tls;
 
@@ -274,15 +274,18 @@ where
                 Some(Err(e)) => break Some(Err(format!("bad frame: {e}"))),
                 Some(Ok(f)) => f,
             };
-            let env: Envelope<Request> = match frame::decode_opened(&frame, &mut opener) {
-                Ok(env) => env,
+            let answered_now = match frame::decode_opened(&frame, &mut opener) {
+                Ok(env) => answer(&handler, env, &tx, &in_flight),
                 Err(_) if first && !opener.is_authenticated() && auth::is_handshake(&frame) => {
                     break Some(Err(format!("refused: {}", auth::AuthError::PeerWithSecret)));
                 }
+                // A request this build cannot read (a newer agent's, during a rolling
+                // upgrade): an error answer; the connection and its other calls go on.
+                Err(FrameError::Unreadable { id, why }) => Some(unreadable(id, &why)),
                 Err(e) => break Some(Err(format!("bad frame: {e}"))),
             };
             first = false;
-            if let Some(env) = answer(&handler, env, &tx, &in_flight) {
+            if let Some(env) = answered_now {
                 frame::feed(&mut sink, &env, &mut sealer)
                     .await
                     .map_err(|e| format!("write failed: {e}"))?;
@@ -317,6 +320,24 @@ where
         }
         idle.as_mut()
             .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
+}
+
+/// The answer to request `id`, which this agent could not read (`why`): retryable, and saying
+/// that the sender is probably newer.
+fn unreadable(id: u64, why: &str) -> Envelope<Response> {
+    tracing::debug!(
+        id,
+        "ring RPC request unreadable ({why}); answered with an error"
+    );
+    let message = format!(
+        "this agent (chordctl {}) cannot read the request ({why}); the sender is probably a \
+         newer version: retry once the ring runs one version",
+        env!("CARGO_PKG_VERSION")
+    );
+    Envelope {
+        id,
+        body: Response::Error(crate::Error::unavailable(message)),
     }
 }
 
@@ -661,6 +682,37 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no log line: {text}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        stop.cancel();
+    }
+
+    /// A request this build does not know (a newer agent's) is answered with an error under
+    /// its id, and the connection goes on: the next request is answered as usual.
+    #[tokio::test]
+    async fn an_unknown_request_is_answered_with_an_error_and_the_connection_kept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, Gate::new(), stop.clone()));
+        let mut peer = Framed::new(
+            TcpStream::connect(addr).await.expect("connect"),
+            frame::codec(),
+        );
+        let mut unknown = vec![frame::PROTOCOL_VERSION];
+        unknown.extend_from_slice(&postcard::to_allocvec(&7u64).expect("varint"));
+        unknown.extend_from_slice(&[0x7f, 0, 1, 2]);
+        peer.send(Bytes::from(unknown)).await.expect("send");
+        let answer = recv(&mut peer).await;
+        assert_eq!(answer.id, 7);
+        match answer.body {
+            Response::Error(crate::Error::Unavailable(m)) => {
+                assert!(m.contains("cannot read the request"), "{m}")
+            }
+            other => panic!("an unavailable error, not {other:?}"),
+        }
+        send(&mut peer, 8, ping()).await;
+        let answer = recv(&mut peer).await;
+        assert_eq!(answer.id, 8);
+        assert_eq!(answer.body, Response::Ring(RingResponse::Ack));
         stop.cancel();
     }
 
