@@ -121,7 +121,7 @@ pub enum AuthError {
     #[error("malformed handshake message")]
     Malformed,
     /// The peer closed the connection mid-handshake.
-    #[error("the peer closed the connection during the handshake (does it have the same --cluster-secret?)")]
+    #[error("the peer closed the connection during the handshake: it has no --cluster-secret (or another one), or it is at its cap of ring connections")]
     Closed,
     /// The handshake did not complete in time.
     #[error("the handshake did not complete within {0:?}")]
