@@ -232,6 +232,18 @@ impl Liveness {
 /// a change makes (the maps are persistent) copies no string and allocates nothing per key.
 pub type Name = Arc<str>;
 
+/// Remove `id` from `map` only when it is there. imbl's `remove` makes its own every node on
+/// the way to where the key would be, present or not: on a map shared with the cached copy of
+/// the record that is a copy of one node (64 entries) per level for nothing, as for the
+/// tombstones at each registration of a new id in a service with churn.
+pub(super) fn remove_present<V: Clone>(map: &mut OrdMap<Name, V>, id: &str) -> Option<V> {
+    if map.contains_key(id) {
+        map.remove(id)
+    } else {
+        None
+    }
+}
+
 /// Everything a node holds about one service, in memory: its instances, their bookkeeping, and
 /// tombstones of removed ones.
 ///
@@ -393,7 +405,7 @@ impl Record {
             .or_insert_with(|| Liveness::new(now));
         let restored = liveness.expired_from.take();
         liveness.last_seen = now;
-        self.removed.remove(id);
+        remove_present(&mut self.removed, id);
 
         let instance = match self.instances.remove(id) {
             Some(old) => {
@@ -740,6 +752,23 @@ impl StatusBody {
 
 #[cfg(test)]
 pub(super) mod tests {
+
+    /// Removing an id a shared map does not hold leaves it shared: nothing is copied.
+    #[test]
+    fn removing_an_absent_id_copies_nothing() {
+        let map: OrdMap<Name, u32> = (0..1000u32)
+            .map(|i| (Name::from(format!("i{i:04}")), i))
+            .collect();
+        let mut copy = map.clone();
+        assert_eq!(remove_present(&mut copy, "absent"), None);
+        assert!(
+            copy.ptr_eq(&map),
+            "the absent id made the map copy its path"
+        );
+        assert_eq!(remove_present(&mut copy, "i0500"), Some(500));
+        assert!(!copy.ptr_eq(&map) && copy.len() == 999 && map.len() == 1000);
+    }
+
     use super::*;
     use chrono::TimeZone;
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::health::{Policy, POLICY_UNIT};
 use super::hlc::Hlc;
-use super::model::{Instance, Liveness, Name, Record, Stamp};
+use super::model::{remove_present, Instance, Liveness, Name, Record, Stamp};
 use crate::ring::Id;
 use crate::Result;
 
@@ -229,13 +229,13 @@ impl Record {
             UnitBody::Policy { .. } => return false,
             _ if id == POLICY_UNIT => return false,
             UnitBody::Present { instance, liveness } => {
-                self.removed.remove(id);
+                remove_present(&mut self.removed, id);
                 self.liveness.insert(Name::from(id), liveness);
                 self.instances.insert(Name::from(id), instance);
             }
             UnitBody::Removed { at } => {
-                self.instances.remove(id);
-                self.liveness.remove(id);
+                remove_present(&mut self.instances, id);
+                remove_present(&mut self.liveness, id);
                 self.removed.insert(Name::from(id), at);
             }
         }
