@@ -326,3 +326,178 @@ fn tombstones_past_their_time_are_forgotten_by_every_copy_and_do_not_come_back()
         .await;
     });
 }
+
+/// Review (review-merkle). `Registry::hand_back` (agent/registry/handoff.rs) lists a copy it
+/// no longer keeps with `store.scan_prefix`, which, unlike `entries_where`, does not leave out
+/// tombstones past their time. The owner has forgotten such a tombstone, so it "needs" it;
+/// it is sent, the owner's merge drops it, and the next round needs it again: the orphan copy
+/// is never deleted. It stays frozen while the owner moves on, and once the owner forgets the
+/// tombstone of an instance the orphan still holds as present, the orphan hands that stale
+/// registration back and the owner takes it: a deregistered instance comes back.
+///
+/// Four agents (K = 3); agent 3's clock runs an hour behind, which lets it hold a tombstone
+/// the others already consider forgotten (a skew, or a tombstone passing its time in the
+/// seconds between the last scan of a replica and its first hand-back, does the same).
+#[test]
+fn review_an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back() {
+    orphan_copy_then_a_forgotten_removal(true);
+}
+
+/// The control: the same orphan copy without the old tombstone is collected at once, and y
+/// stays removed. (Passes.)
+#[test]
+fn review_control_an_orphan_copy_without_an_old_tombstone_brings_nothing_back() {
+    orphan_copy_then_a_forgotten_removal(false);
+}
+
+fn orphan_copy_then_a_forgotten_removal(with_old_tombstone: bool) {
+    use chordctl::registry::hlc::Hlc;
+    use chordctl::registry::model::Stamp;
+    use chordctl::registry::ops::{Entry, RegistryRequest, RegistryResponse};
+    use chordctl::registry::unit::{Unit, UnitBody};
+    use chordctl::rpc::{Request, Response};
+    let start = |seed: Option<&str>, offset: i64| {
+        let offset = offset.to_string();
+        AgentProc::start_env(
+            seed,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &[],
+            &[("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str())],
+        )
+    };
+    let first = start(None, 0);
+    let seed = first.ring.clone();
+    let agents = vec![
+        first,
+        start(Some(&seed), 0),
+        start(Some(&seed), 0),
+        start(Some(&seed), -3_600_000),
+    ];
+    // A service agent 3 neither owns nor replicates.
+    let service = (0..10_000)
+        .map(|i| format!("orphan-{i}"))
+        .find(|s| ring_order(&agents, s)[3] == 3)
+        .expect("a service agent 3 does not keep");
+    let order = ring_order(&agents, &service);
+    let owner = &agents[order[0]];
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pool = chordctl::rpc::Pool::new(Duration::from_secs(5));
+    rt.block_on(async {
+        ring_of(&agents[0].url(), 4).await;
+        // Let the successor lists settle.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let inst = format!("{}/v1/services/{service}/instances", owner.url());
+        write_ok(
+            "PUT",
+            &format!("{inst}/y"),
+            Some(json!({"address": "h", "port": 1})),
+        )
+        .await;
+        let key_y = format!("u/{service}/y");
+        let fetch = Request::Registry(RegistryRequest::Fetch {
+            keys: vec![key_y.clone()],
+        });
+        let y_bytes = match pool.call(&owner.ring, fetch).await {
+            Ok(Response::Registry(RegistryResponse::Page { entries, .. })) => {
+                entries.into_iter().next().expect("y at its owner").value
+            }
+            other => panic!("fetch: {other:?}"),
+        };
+        let y = Unit::stamp_of(&y_bytes).expect("y's stamp");
+        let now = chrono::Utc::now();
+        let tomb = |at: chrono::DateTime<chrono::Utc>, version: Hlc| {
+            Unit {
+                stamp: Stamp {
+                    version,
+                    index: y.index + 1,
+                },
+                body: UnitBody::Removed { at },
+            }
+            .to_bytes()
+            .expect("encode")
+        };
+        let handoff = async |to: &AgentProc, entries: Vec<Entry>| match pool
+            .call(
+                &to.ring,
+                Request::Registry(RegistryRequest::Handoff { entries }),
+            )
+            .await
+        {
+            Ok(Response::Registry(RegistryResponse::Done)) => {}
+            other => panic!("handoff: {other:?}"),
+        };
+        // Agent 3 gets a copy of the service (as a partition, a join or a replica set that
+        // moved on leaves one): y as registered, and a tombstone 7 days and 10 minutes old,
+        // past its time for agents 0-2, not yet for agent 3.
+        let old = tomb(
+            now - chrono::Duration::days(7) - chrono::Duration::minutes(10),
+            Hlc {
+                wall_ms: y.version.wall_ms,
+                logical: 0,
+                node: 42,
+            },
+        );
+        let mut orphan = vec![Entry {
+            key: key_y.clone(),
+            value: y_bytes.clone(),
+        }];
+        if with_old_tombstone {
+            orphan.push(Entry {
+                key: format!("u/{service}/t"),
+                value: old,
+            });
+        }
+        handoff(&agents[3], orphan).await;
+        // y is then removed at the owner, by a removal that passes its time in a minute.
+        let removed = tomb(
+            now - chrono::Duration::days(7) + chrono::Duration::seconds(60),
+            Hlc {
+                logical: y.version.logical + 1,
+                ..y.version
+            },
+        );
+        handoff(
+            owner,
+            vec![Entry {
+                key: key_y.clone(),
+                value: removed,
+            }],
+        )
+        .await;
+        let at_owner = async || {
+            copies(&pool, std::slice::from_ref(owner), &service)
+                .await
+                .map(|c| c[0].0.clone())
+        };
+        // ... and on both replicas, as a tombstone (so no replica can bring it back).
+        let keepers: Vec<&AgentProc> = order[..3].iter().map(|i| &agents[*i]).collect();
+        eventually(
+            "y's tombstone on its three copies",
+            Duration::from_secs(30),
+            async || {
+                let mut all = Vec::new();
+                for a in &keepers {
+                    all.extend(copies(&pool, std::slice::from_ref(*a), &service).await?);
+                }
+                all.iter()
+                    .all(|(present, units)| present.is_empty() && units.contains(&"y".into()))
+                    .then_some(())
+                    .ok_or(format!("{all:?}"))
+            },
+        )
+        .await;
+        // Three minutes: the removal passes its time, and several anti-entropy rounds and
+        // hand-backs run. y must not come back.
+        let until = std::time::Instant::now() + Duration::from_secs(180);
+        while std::time::Instant::now() < until {
+            if let Ok(present) = at_owner().await {
+                assert!(
+                    !present.contains(&"y".to_string()),
+                    "y, removed, came back at its owner from agent 3's orphan copy: {present:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+}

@@ -56,7 +56,10 @@ fn ancestor(b: u32, level: u8) -> Node {
     if level == 0 {
         return ROOT;
     }
-    (level, b >> (32 - 4 * u32::from(level)))
+    // A level past 8 (32 bits of 4 each) comes only from a peer that is wrong: it gets the
+    // whole bucket, not an overflow.
+    let shift = 32u32.saturating_sub(4 * u32::from(level));
+    (level, b.checked_shr(shift).unwrap_or(0))
 }
 
 /// A set of nodes (of any levels), asked whether a key lies under one of them.
@@ -203,6 +206,16 @@ impl<'a> Descent<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A node a peer sends with a level deeper than the 32 bits of a bucket is no panic (in
+    /// builds with overflow checks): it covers nothing it should not.
+    #[test]
+    fn a_peer_node_deeper_than_32_bits_does_not_panic() {
+        let cover = Cover::new(&[(9, 0), (255, 7)]);
+        let _ = cover.contains("u/a/1");
+        assert!(Cover::new(&[ROOT]).contains("u/a/1"));
+    }
+
     use super::*;
     use crate::registry::hlc::Hlc;
 
