@@ -422,8 +422,9 @@ impl Registry {
             }
             let want: std::collections::HashSet<String> = need.into_iter().collect();
             let missing: Vec<Entry> = entries
-                .into_iter()
+                .iter()
                 .filter(|e| want.contains(&e.key))
+                .cloned()
                 .collect();
             sent += missing.len();
             self.send_entries(&owner, &missing).await?;
@@ -433,6 +434,12 @@ impl Registry {
                 owner = ?owner,
                 "handed copies this node does not keep back to their owner"
             );
+            // The owner has stored what it lacked (newest version wins), so it holds all of
+            // this copy or newer: the copy goes now. Waiting for a round in which the owner
+            // needs nothing never ends when it keeps "needing" a tombstone its merge drops
+            // as past its time, and the copy, frozen meanwhile, would later hand back an
+            // instance the owner has since removed and forgotten.
+            self.drop_copy(&service, &entries).await?;
         }
         Ok(sent)
     }
