@@ -15,28 +15,30 @@ const TEN_MINUTES_MS: i64 = 600_000;
 
 /// Three agents (K = 3): agent 0 with its clock shifted by `owner_offset_ms`, the two others
 /// by `next_offset_ms`; a service owned by agent 0; and the agents in ring order from it
+/// An agent whose clock runs `offset_ms` off (joining through `seed`, or creating a ring).
+fn start_skewed(seed: Option<&str>, offset_ms: i64) -> AgentProc {
+    let offset = offset_ms.to_string();
+    AgentProc::start_env(
+        seed,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[],
+        &[("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str())],
+    )
+}
+
 /// (owner, next owner, third).
 fn ring_with_a_skewed_clock(
     owner_offset_ms: i64,
     next_offset_ms: i64,
 ) -> (Vec<AgentProc>, String, Vec<usize>) {
     let offsets = [owner_offset_ms, next_offset_ms, next_offset_ms];
-    let start = |seed: Option<&str>, offset: i64| {
-        let offset = offset.to_string();
-        AgentProc::start_env(
-            seed,
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            &[],
-            &[("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str())],
-        )
-    };
-    let first = start(None, offsets[0]);
+    let first = start_skewed(None, offsets[0]);
     let seed = first.ring.clone();
     let agents = vec![
         first,
-        start(Some(&seed), offsets[1]),
-        start(Some(&seed), offsets[2]),
+        start_skewed(Some(&seed), offsets[1]),
+        start_skewed(Some(&seed), offsets[2]),
     ];
     let service = (0..10_000)
         .map(|i| format!("skew-{i}"))
@@ -345,23 +347,13 @@ fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back(
     use chordctl::registry::ops::{Entry, RegistryRequest, RegistryResponse};
     use chordctl::registry::unit::{Unit, UnitBody};
     use chordctl::rpc::{Request, Response};
-    let start = |seed: Option<&str>, offset: i64| {
-        let offset = offset.to_string();
-        AgentProc::start_env(
-            seed,
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-            &[],
-            &[("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str())],
-        )
-    };
-    let first = start(None, 0);
+    let first = start_skewed(None, 0);
     let seed = first.ring.clone();
     let agents = vec![
         first,
-        start(Some(&seed), 0),
-        start(Some(&seed), 0),
-        start(Some(&seed), -3_600_000),
+        start_skewed(Some(&seed), 0),
+        start_skewed(Some(&seed), 0),
+        start_skewed(Some(&seed), -3_600_000),
     ];
     // A service agent 3 neither owns nor replicates.
     let service = (0..10_000)
