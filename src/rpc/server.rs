@@ -441,6 +441,14 @@ mod tests {
         }
     }
 
+    /// `body` is an `Unavailable` error whose message holds `part`.
+    fn assert_unavailable(body: Response, part: &str) {
+        match body {
+            Response::Error(crate::Error::Unavailable(m)) => assert!(m.contains(part), "{m}"),
+            other => panic!("an unavailable error, not {other:?}"),
+        }
+    }
+
     async fn send<S: AsyncRead + AsyncWrite + Unpin>(
         peer: &mut Framed<S, frame::FrameCodec>,
         id: u64,
@@ -493,12 +501,7 @@ mod tests {
             let mut extra = Framed::new(connect().await, frame::codec());
             let notice = recv(&mut extra).await;
             assert_eq!(notice.id, 0);
-            match notice.body {
-                Response::Error(crate::Error::Unavailable(m)) => {
-                    assert!(m.contains("too many ring connections (2 open)"), "{m}")
-                }
-                other => panic!("not a refusal notice: {other:?}"),
-            }
+            assert_unavailable(notice.body, "too many ring connections (2 open)");
             let end = tokio::time::timeout(WAIT, extra.next())
                 .await
                 .expect("closed at once");
@@ -703,12 +706,7 @@ mod tests {
         peer.send(Bytes::from(unknown)).await.expect("send");
         let answer = recv(&mut peer).await;
         assert_eq!(answer.id, 7);
-        match answer.body {
-            Response::Error(crate::Error::Unavailable(m)) => {
-                assert!(m.contains("cannot read the request"), "{m}")
-            }
-            other => panic!("an unavailable error, not {other:?}"),
-        }
+        assert_unavailable(answer.body, "cannot read the request");
         send(&mut peer, 8, ping()).await;
         let answer = recv(&mut peer).await;
         assert_eq!(answer.id, 8);

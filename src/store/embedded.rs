@@ -406,11 +406,14 @@ impl Drop for EmbeddedStore {
         // (it joins the checkpointer) releases their handles on the database, so the file is
         // closed when `db` drops next. This blocks for at most one checkpoint and one commit.
         self.queue.take();
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!(path = %self.path.display(), "embedded store writer panicked");
-            }
-        }
+        join(self.writer.take(), &self.path, "writer");
+    }
+}
+
+/// Wait for one of the store's threads, if it runs; a panic in it is logged.
+fn join<T>(thread: Option<JoinHandle<T>>, path: &Path, which: &str) {
+    if thread.is_some_and(|t| t.join().is_err()) {
+        tracing::error!(path = %path.display(), "embedded store {which} panicked");
     }
 }
 
@@ -638,11 +641,7 @@ impl Drop for Writer {
     /// this writer holds the database any more.
     fn drop(&mut self) {
         self.jobs.take();
-        if let Some(checkpointer) = self.checkpointer.take() {
-            if checkpointer.join().is_err() {
-                tracing::error!(path = %self.path.display(), "embedded store checkpointer panicked");
-            }
-        }
+        join(self.checkpointer.take(), &self.path, "checkpointer");
     }
 }
 
