@@ -29,6 +29,10 @@ pub const DIGEST_ITEMS: usize = 8192;
 /// Tree nodes asked for in one `TreeChildren` request (an answer of 128 KiB).
 pub const TREE_NODES_PER_CALL: usize = 1024;
 
+/// Most bytes of keys a replica names in one anti-entropy answer as held newer than the
+/// owner's (the RPC frame limit is 16 MiB).
+pub const DIFF_NEWER_BYTES: usize = 4 << 20;
+
 /// How long a joiner's transfer snapshot is kept after the last page it asked for.
 const TRANSFER_IDLE: Duration = Duration::from_secs(60);
 
@@ -63,6 +67,47 @@ fn digest_spans(mut items: Vec<(String, Mark)>) -> Vec<(Vec<(String, Mark)>, Spa
         lo = hi.unwrap_or_default();
     }
     out
+}
+
+/// One side of an anti-entropy comparison, at the replica: of the owner's `items`, the keys
+/// this copy (`mine`) lacks or holds older (`need`); and, when the owner's range is known,
+/// the keys this copy holds that the owner lacks or holds older (`newer`), at most
+/// `newer_bytes` of them. A replica holding far more of the range than its owner (an owner
+/// that lost its store) names the first ones only, so its answer stays far below the RPC
+/// frame limit: the owner pulls those, no longer lacks them, and gets the next ones in the
+/// next round.
+fn compare(
+    mut mine: HashMap<String, Mark>,
+    items: Vec<(String, Mark)>,
+    range_known: bool,
+    newer_bytes: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut need = Vec::new();
+    for (key, theirs) in items {
+        match mine.remove(&key) {
+            None => need.push(key),
+            Some(v) if v < theirs => need.push(key),
+            Some(v) if v > theirs && range_known => {
+                mine.insert(key, v);
+            }
+            Some(_) => {}
+        }
+    }
+    // Left in `mine`: keys of the range the owner lacks or holds older.
+    let mut newer = Vec::new();
+    if range_known {
+        let mut left: Vec<String> = mine.into_keys().collect();
+        left.sort_unstable();
+        let mut bytes = 0;
+        for key in left {
+            bytes += key.len();
+            if bytes > newer_bytes && !newer.is_empty() {
+                break;
+            }
+            newer.push(key);
+        }
+    }
+    (need, newer)
 }
 
 /// The store keys one digest covers: `[lo, hi)`, `hi` `None` for no upper bound.
@@ -713,28 +758,12 @@ impl Registry {
             Some((from, to)) => self.entries_where(|id| id.in_half_open(&from, &to)).await?,
             None => self.entries_where(|_| true).await?,
         };
-        let mut mine: HashMap<String, Mark> = held
+        let mine: HashMap<String, Mark> = held
             .iter()
             .filter(|e| covers(&e.key))
             .map(version_item)
             .collect();
-        let mut need = Vec::new();
-        for (key, theirs) in items {
-            match mine.remove(&key) {
-                None => need.push(key),
-                Some(v) if v < theirs => need.push(key),
-                Some(v) if v > theirs && range.is_some() => {
-                    mine.insert(key, v);
-                }
-                Some(_) => {}
-            }
-        }
-        // Left in `mine`: keys of the range the owner lacks or holds older.
-        let newer = if range.is_some() {
-            mine.into_keys().collect()
-        } else {
-            Vec::new()
-        };
+        let (need, newer) = compare(mine, items, range.is_some(), DIFF_NEWER_BYTES);
         Ok(RegistryResponse::Diff { need, newer })
     }
 }
@@ -762,6 +791,69 @@ mod tests {
         let sizes: Vec<usize> = chunks(&huge).map(<[Entry]>::len).collect();
         assert_eq!(sizes, [1, 1], "an oversized entry travels alone");
         assert_eq!(chunks(&[]).count(), 0);
+    }
+
+    fn mark(version: u64) -> Mark {
+        Mark {
+            version: crate::registry::hlc::Hlc {
+                wall_ms: version,
+                logical: 0,
+                node: 0,
+            },
+            content: 0,
+        }
+    }
+
+    #[test]
+    fn a_replica_names_what_each_side_lacks_or_holds_older() {
+        let mine: HashMap<String, Mark> = [("a", 1), ("b", 2), ("c", 3), ("x", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), mark(v)))
+            .collect();
+        let theirs = vec![
+            ("a".to_string(), mark(1)),
+            ("b".to_string(), mark(3)),
+            ("c".to_string(), mark(2)),
+            ("d".to_string(), mark(1)),
+        ];
+        let (need, newer) = compare(mine.clone(), theirs.clone(), true, DIFF_NEWER_BYTES);
+        assert_eq!(need, ["b", "d"], "older here, and missing here");
+        assert_eq!(newer, ["c", "x"], "newer here, and missing at the owner");
+        let (need, newer) = compare(mine, theirs, false, DIFF_NEWER_BYTES);
+        assert_eq!(need, ["b", "d"]);
+        assert!(newer.is_empty(), "outside a known range nothing is offered");
+    }
+
+    #[test]
+    fn a_replica_holding_far_more_than_its_owner_answers_in_bounded_parts() {
+        // An owner that lost its store: it lists nothing, the replica holds every key.
+        let mut mine: HashMap<String, Mark> = (0..10_000)
+            .map(|i| (format!("u/s/{i:08}"), mark(1)))
+            .collect();
+        let cap = 1000;
+        let mut rounds = 0;
+        let mut owner: Vec<(String, Mark)> = Vec::new();
+        loop {
+            let (need, newer) = compare(mine.clone(), owner.clone(), true, cap);
+            assert!(need.is_empty());
+            if newer.is_empty() {
+                break;
+            }
+            let bytes: usize = newer.iter().map(String::len).sum();
+            assert!(bytes <= cap, "an answer of {bytes} bytes");
+            // The owner pulls what it was told of.
+            owner.extend(newer.into_iter().map(|k| {
+                let m = mine[&k];
+                (k, m)
+            }));
+            rounds += 1;
+            assert!(rounds < 1000, "no progress");
+        }
+        assert_eq!(owner.len(), 10_000, "every key reached the owner");
+        assert!(rounds > 1);
+        mine.clear();
+        let (_, newer) = compare(mine, Vec::new(), true, 0);
+        assert!(newer.is_empty());
     }
 
     #[test]
