@@ -416,6 +416,17 @@ async fn slow_clients_cannot_hold_http_connections() {
     }
 }
 
+/// `body` is the JSON answer to a connection over the agent's cap.
+pub fn assert_too_many_connections(body: &Value) {
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too many connections"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_get_a_json_503() {
     let c = TestCluster::start(1).await;
@@ -433,13 +444,7 @@ async fn connections_over_the_cap_get_a_json_503() {
     loop {
         let (status, body) = http::call("GET", &format!("http://{addr}/healthz"), None).await;
         if status == 503 {
-            assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("too many connections"),
-                "{body}"
-            );
+            assert_too_many_connections(&body);
             break;
         }
         assert!(Instant::now() < deadline, "never refused: {status} {body}");

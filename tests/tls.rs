@@ -930,3 +930,71 @@ fn agent_dev_tls_prints_client_settings_that_work() {
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     Run::of(cmd).code(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connections_over_the_cap_get_a_json_503_inside_tls() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = NodeFiles::write(dir.path(), &ca.leaf("n0", false), &ca.ca.cert_pem);
+    let tls = chordctl::tls::Tls::load(
+        chordctl::tls::TlsFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            ca: files.ca.clone(),
+        },
+        false,
+    )
+    .expect("load the TLS files");
+    let c = crate::support::cluster::TestCluster::start(1).await;
+    let limits = chordctl::http::Limits {
+        max_connections: 1,
+        ..chordctl::http::Limits::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = chordctl::http::router_with(c.node(0).agent().clone(), &limits);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(chordctl::http::serve_app_with(
+        listener,
+        app,
+        limits,
+        Some(tls),
+        stop.clone(),
+    ));
+    let client = || {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(ca.ca.cert_pem.as_bytes()).expect("root"),
+            )
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client")
+    };
+    let http = client();
+    let url = format!("https://127.0.0.1:{}/healthz", addr.port());
+    // The agent serves HTTPS, then one held connection fills it.
+    let ok = http.get(&url).send().await.expect("served");
+    assert!(ok.status().is_success(), "{}", ok.status());
+    drop(ok);
+    let _held = TcpStream::connect(addr).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A new client each time: no pooled connection is reused.
+        let http = client();
+        match http.get(&url).send().await {
+            Ok(r) if r.status().as_u16() == 503 => {
+                let body: serde_json::Value = r.json().await.expect("a JSON body");
+                crate::security::assert_too_many_connections(&body);
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "never refused inside TLS: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+}

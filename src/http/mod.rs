@@ -32,8 +32,8 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,10 @@ use crate::agent::Agent;
 use crate::tls::Tls;
 
 pub use error::ApiError;
+
+/// HTTPS connections over the cap answered with a 503 at once (each needs a TLS handshake);
+/// more are closed bare.
+const REFUSALS_TLS: usize = 16;
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -167,6 +171,7 @@ pub async fn serve_app_with(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let tls_refusals = Arc::new(Semaphore::new(REFUSALS_TLS));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -189,9 +194,25 @@ pub async fn serve_app_with(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "HTTP connection refused: {} connections open", limits.max_connections);
-            // A TLS client would read the plain 503 as garbage: it gets the bare close.
-            if tls.is_none() {
-                tokio::spawn(refuse(stream, limits.max_connections));
+            match &tls {
+                None => {
+                    tokio::spawn(refuse(stream, limits.max_connections));
+                }
+                // A TLS client reads the 503 only inside TLS: the handshake is made for it, by
+                // at most REFUSALS_TLS connections at a time (a handshake costs CPU, which an
+                // agent over its cap has little of); past that, the bare close.
+                Some(tls) => {
+                    if let Ok(refusal) = tls_refusals.clone().try_acquire_owned() {
+                        let accept = tls.http_acceptor().accept(stream);
+                        let (deadline, cap) = (limits.header_read_timeout, limits.max_connections);
+                        tokio::spawn(async move {
+                            if let Ok(Ok(stream)) = tokio::time::timeout(deadline, accept).await {
+                                refuse(stream, cap).await;
+                            }
+                            drop(refusal);
+                        });
+                    }
+                }
             }
             continue;
         };
@@ -252,7 +273,7 @@ pub async fn serve_app_with(
 
 /// Answer a connection over the cap with a JSON 503 and close it. The request is read first
 /// (briefly, bounded) so that closing does not reset the connection under the client.
-async fn refuse(mut stream: TcpStream, cap: usize) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, cap: usize) {
     let mut buf = [0u8; 8192];
     let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
     let body = serde_json::json!({"error": {
