@@ -731,3 +731,76 @@ async fn an_idle_healthy_ring_does_not_compare_its_copies_every_round() {
         "{more} comparisons with replicas in three rounds of an idle, healthy ring"
     );
 }
+
+/// `svc list` while a node joins: the joiner answers for its range only once it has taken it
+/// over (slowed here by a test-only slow disk, so the window lasts seconds), and its
+/// successor no longer counts the range as its own meanwhile. Every list through another agent
+/// still shows every service: the joiner's successor stands in for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svc_list_shows_every_service_while_a_node_takes_its_range_over() {
+    let first = AgentProc::start(None, &[]);
+    let second = AgentProc::start(Some(&first.ring), &[]);
+    let url = first.url();
+    let services: Vec<String> = (0..48).map(|i| format!("joinlist{i}")).collect();
+    for s in &services {
+        let put = format!("{url}/v1/services/{s}/instances/a");
+        let body = json!({"address": "10.0.0.1", "port": 80});
+        eventually(
+            "a registration acknowledged",
+            Duration::from_secs(30),
+            async || {
+                let (status, answer) = call("PUT", &put, Some(body.clone())).await;
+                (status == 200)
+                    .then_some(())
+                    .ok_or(format!("{status} {answer}"))
+            },
+        )
+        .await;
+    }
+    let seed = first.ring.clone();
+    let joiner = std::thread::spawn(move || {
+        AgentProc::start_env(
+            Some(&seed),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &[],
+            &[("CHORDCTL_TEST_WRITE_DELAY_MS", "4000")],
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut in_window = 0;
+    while !joiner.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the joiner never finished joining"
+        );
+        let (_, ring) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
+        let members = ring.as_array().map_or(0, Vec::len);
+        let (status, list) = call("GET", &format!("{url}/v1/services"), None).await;
+        assert_eq!(status, 200, "svc list failed while a node joined: {list}");
+        let listed: std::collections::BTreeSet<&str> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["service"].as_str())
+            .collect();
+        let missing: Vec<&String> = services
+            .iter()
+            .filter(|s| !listed.contains(s.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "svc list lost {missing:?} while a node joined ({members} members)"
+        );
+        if members == 3 && !joiner.is_finished() {
+            in_window += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let third = joiner.join().expect("the joiner's thread");
+    assert!(
+        in_window > 0,
+        "no list was made while the joiner was a member still taking its range over"
+    );
+    drop((first, second, third));
+}

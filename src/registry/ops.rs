@@ -257,6 +257,15 @@ pub enum RegistryRequest {
         /// The nodes the walk found different.
         nodes: Vec<crate::registry::merkle::Node>,
     },
+    /// The summaries of the records this node holds in the range `(from, to]`, owned or not:
+    /// `svc list` asks a node's successor for the node's range when the node cannot answer
+    /// (it is still taking its range over after a join, or it does not answer at all).
+    ListRange {
+        /// Range start (exclusive).
+        from: Id,
+        /// Range end (inclusive).
+        to: Id,
+    },
 }
 
 /// The answer to a [`RegistryRequest`].

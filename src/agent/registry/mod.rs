@@ -542,6 +542,31 @@ impl Registry {
         Ok(())
     }
 
+    /// The summaries of `services` as this node holds them (empty ones left out).
+    async fn summaries(&self, services: impl Iterator<Item = String>) -> Result<RegistryResponse> {
+        let mut out: Vec<ServiceSummary> = Vec::new();
+        for service in services {
+            if let Some(rec) = self.read_cached(&service).await? {
+                if !rec.is_empty() {
+                    out.push(rec.summary());
+                }
+            }
+        }
+        Ok(RegistryResponse::Summaries(out))
+    }
+
+    /// Refuse while this node is still taking its range over after a join: its copy of the
+    /// range is partial, and a partial answer would hide acknowledged instances.
+    fn check_ready(&self) -> Result<()> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(Error::routing(
+                "this node joined moments ago and is still taking over its records; retry",
+            ))
+        }
+    }
+
     /// The services this node holds anything of (a meta entry), with whether it owns them.
     async fn held_services(&self) -> Result<Vec<(String, bool)>> {
         Ok(self
@@ -579,18 +604,20 @@ impl Registry {
                 Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
             }
             RegistryRequest::ListOwned => {
-                let mut out: Vec<ServiceSummary> = Vec::new();
-                for (service, owned) in self.held_services().await? {
-                    if !owned {
-                        continue;
-                    }
-                    if let Some(rec) = self.read_cached(&service).await? {
-                        if !rec.is_empty() {
-                            out.push(rec.summary());
-                        }
-                    }
-                }
-                Ok(RegistryResponse::Summaries(out))
+                self.check_ready()?;
+                let held = self.held_services().await?;
+                self.summaries(held.into_iter().filter(|(_, owned)| *owned).map(|(s, _)| s))
+                    .await
+            }
+            RegistryRequest::ListRange { from, to } => {
+                self.check_ready()?;
+                let held = self.held_services().await?;
+                self.summaries(
+                    held.into_iter()
+                        .map(|(s, _)| s)
+                        .filter(|s| Id::of_key(s).in_half_open(&from, &to)),
+                )
+                .await
             }
             RegistryRequest::TakeRange { joiner, from } => self.range_page(joiner, from).await,
             RegistryRequest::Watch {

@@ -13,6 +13,10 @@ use crate::ring::{Id, LookupResult, NodeRef};
 use crate::rpc::{CallError, Request, Response};
 use crate::{Error, Result};
 
+/// How many of a node's successors `svc list` asks for the node's range when the node itself
+/// cannot answer.
+const STAND_INS: usize = 3;
+
 impl Registry {
     /// Send `req` to the owner of `key_id`, retrying while ownership settles.
     pub(super) async fn route(
@@ -248,21 +252,57 @@ impl Registry {
         Ok(list)
     }
 
+    /// Ask every node of the ring for the records of its range as the walk found it (from the
+    /// node before it): a node that knows a newer predecessor than the walk does, or that
+    /// took a joiner's range and is now its successor, still answers for the whole range from
+    /// what it holds. A node that cannot answer (still taking its range over after a join, or
+    /// gone without the ring knowing yet) is stood in for by its successors, which hold its
+    /// range: the first handed it over or keeps the copy it had as owner, the next ones keep
+    /// replicas. Only a range nobody answers for fails the list.
     async fn walk_list(self: &Arc<Self>) -> Result<Vec<ServiceSummary>> {
         let nodes = self.ring.walk(100_000).await?;
+        let n = nodes.len();
         let mut all: BTreeMap<String, ServiceSummary> = BTreeMap::new();
-        for (node, _, _) in nodes {
-            let got = if node.id == self.ring.me().id {
-                self.handle_local(RegistryRequest::ListOwned).await?
-            } else {
-                self.call(&node, RegistryRequest::ListOwned).await?
+        for (i, (node, _, _)) in nodes.iter().enumerate() {
+            let before = &nodes[(i + n - 1) % n].0;
+            let req = RegistryRequest::ListRange {
+                from: before.id,
+                to: node.id,
             };
-            if let RegistryResponse::Summaries(list) = got {
-                for s in list {
-                    all.insert(s.service.clone(), s);
+            let list = match self.ask(node, req.clone()).await {
+                Ok(list) => list,
+                Err(e) => {
+                    let mut stood_in = None;
+                    for j in 1..n.min(1 + STAND_INS) {
+                        if let Ok(list) = self.ask(&nodes[(i + j) % n].0, req.clone()).await {
+                            stood_in = Some(list);
+                            break;
+                        }
+                    }
+                    stood_in.ok_or(e)?
                 }
+            };
+            for s in list {
+                all.insert(s.service.clone(), s);
             }
         }
         Ok(all.into_values().collect())
+    }
+
+    /// The summaries `node` answers `req` with (this node answers itself).
+    async fn ask(
+        self: &Arc<Self>,
+        node: &NodeRef,
+        req: RegistryRequest,
+    ) -> Result<Vec<ServiceSummary>> {
+        let got = if node.id == self.ring.me().id {
+            self.handle_local(req).await?
+        } else {
+            self.call(node, req).await?
+        };
+        match got {
+            RegistryResponse::Summaries(list) => Ok(list),
+            other => Err(Error::internal(format!("unexpected answer {other:?}"))),
+        }
     }
 }
