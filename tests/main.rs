@@ -6,6 +6,7 @@ mod cli;
 mod dns;
 mod e2e;
 mod faults;
+mod gvip;
 mod health;
 mod install;
 mod metrics;

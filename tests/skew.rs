@@ -208,27 +208,19 @@ async fn copies(
     agents: &[AgentProc],
     service: &str,
 ) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
-    use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
-    use chordctl::rpc::{Request, Response};
-    let mut out = Vec::new();
-    for a in agents {
-        let req = Request::Registry(RegistryRequest::ReadReplica {
-            service: service.to_string(),
-        });
-        match pool.call(&a.ring, req).await {
-            Ok(Response::Registry(RegistryResponse::Record(rec))) => out.push(
-                rec.map(|r| {
-                    (
-                        r.instances.keys().map(|k| k.to_string()).collect(),
-                        r.unit_ids().map(|k| k.to_string()).collect(),
-                    )
-                })
-                .unwrap_or_default(),
-            ),
-            other => return Err(format!("{}: {other:?}", a.ring)),
-        }
-    }
-    Ok(out)
+    let recs = crate::support::procs::records_at(pool, agents, service).await?;
+    Ok(recs
+        .into_iter()
+        .map(|rec| {
+            rec.map(|r| {
+                (
+                    r.instances.keys().map(|k| k.to_string()).collect(),
+                    r.unit_ids().map(|k| k.to_string()).collect(),
+                )
+            })
+            .unwrap_or_default()
+        })
+        .collect())
 }
 
 #[test]

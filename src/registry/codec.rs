@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::health::{Health, Policy};
 use super::hlc::{node_number, Hlc};
 use super::model::{Instance, Liveness, Name, Record, Stamp, State, Status};
-use super::unit::{Unit, UnitBody};
+use super::unit::{Meta, Unit, UnitBody};
 use crate::{Error, Result};
 
 /// First byte of a unit (one instance). Neither JSON nor a 0.1.0 record starts with it.
@@ -36,6 +36,9 @@ const UNIT_TAG: u8 = 0xB2;
 const META_TAG: u8 = 0xB3;
 /// The layout of [`StoredUnit`] and [`StoredMeta`].
 const UNIT_FORMAT: u8 = 1;
+/// The layout of [`StoredMetaAssigned`]: a meta entry whose gVip carries the version at
+/// which it was assigned. An agent before it skips such an entry as unreadable.
+const META_FORMAT_ASSIGNED: u8 = 2;
 
 /// First byte of a 0.1.0 binary record. A JSON record starts with `{`, so the two never mix up.
 const TAG: u8 = 0xB1;
@@ -139,6 +142,8 @@ impl Legacy {
         let mut rec = Record {
             service: self.service.clone(),
             gvip: self.gvip.clone(),
+            // 0.1.0 kept no assignment version: the gVip counts as assigned before any other.
+            gvip_at: Hlc::default(),
             index: self.counter,
             instances: OrdMap::new(),
             liveness: OrdMap::new(),
@@ -358,11 +363,24 @@ fn health_of(s: StoredHealth) -> Result<Health> {
     })
 }
 
-/// A service's own facts, under `s/SERVICE`.
+/// A service's own facts, under `s/SERVICE` (format [`UNIT_FORMAT`]): the layout of every
+/// meta entry written before gVip assignment versions were kept, and still of those without
+/// one (no gVip, or a gVip of unknown assignment), so that they stay byte for byte what an
+/// older agent writes and reads.
 #[derive(Serialize, Deserialize)]
 struct StoredMeta<'a> {
     gvip: Option<Cow<'a, str>>,
     /// The service's change index is at least this (it survives forgotten tombstones).
+    index: u64,
+}
+
+/// A meta entry whose gVip has a known assignment version (format [`META_FORMAT_ASSIGNED`]):
+/// the version first, then [`StoredMeta`]'s fields.
+#[derive(Serialize, Deserialize)]
+struct StoredMetaAssigned<'a> {
+    /// The version at which the gVip was assigned (wall_ms, logical, node).
+    assigned: (u64, u32, u64),
+    gvip: Cow<'a, str>,
     index: u64,
 }
 
@@ -507,24 +525,57 @@ pub(super) fn decode_unit(service: &str, bytes: &[u8]) -> Result<Unit> {
     Ok(Unit { stamp, body })
 }
 
-/// A service's meta entry: its gVip and the floor of its change index.
-pub(super) fn encode_meta(gvip: Option<&str>, index: u64) -> Result<Vec<u8>> {
-    let meta = StoredMeta {
-        gvip: gvip.map(Cow::Borrowed),
-        index,
+/// A service's meta entry in its one stored form: format 2 when the gVip has an assignment
+/// version, else format 1 (as written before such versions were kept). A version without a
+/// gVip is not written: the encoding is a function of what [`Meta::merge`] compares, so two
+/// copies that agree hold the same bytes.
+pub(super) fn encode_meta(meta: &Meta) -> Result<Vec<u8>> {
+    let out = match &meta.gvip {
+        Some(gvip) if meta.gvip_at != Hlc::default() => {
+            let at = meta.gvip_at;
+            let stored = StoredMetaAssigned {
+                assigned: (at.wall_ms, at.logical, at.node),
+                gvip: Cow::Borrowed(gvip),
+                index: meta.index,
+            };
+            postcard::to_extend(&stored, vec![META_TAG, META_FORMAT_ASSIGNED])
+        }
+        gvip => {
+            let stored = StoredMeta {
+                gvip: gvip.as_deref().map(Cow::Borrowed),
+                index: meta.index,
+            };
+            postcard::to_extend(&stored, vec![META_TAG, UNIT_FORMAT])
+        }
     };
-    let mut out = vec![META_TAG, UNIT_FORMAT];
-    out = postcard::to_extend(&meta, out).map_err(|e| corrupt("service meta", e))?;
-    Ok(out)
+    out.map_err(|e| corrupt("service meta", e))
 }
 
-/// (gVip, index floor) from a meta entry.
-pub(super) fn decode_meta(bytes: &[u8]) -> Result<(Option<String>, u64)> {
+/// A meta entry, either format.
+pub(super) fn decode_meta(bytes: &[u8]) -> Result<Meta> {
     match bytes {
         [META_TAG, UNIT_FORMAT, body @ ..] => {
             let m: StoredMeta<'_> =
                 postcard::from_bytes(body).map_err(|e| corrupt("service meta", e))?;
-            Ok((m.gvip.map(Cow::into_owned), m.index))
+            Ok(Meta {
+                gvip: m.gvip.map(Cow::into_owned),
+                gvip_at: Hlc::default(),
+                index: m.index,
+            })
+        }
+        [META_TAG, META_FORMAT_ASSIGNED, body @ ..] => {
+            let m: StoredMetaAssigned<'_> =
+                postcard::from_bytes(body).map_err(|e| corrupt("service meta", e))?;
+            let (wall_ms, logical, node) = m.assigned;
+            Ok(Meta {
+                gvip: Some(m.gvip.into_owned()),
+                gvip_at: Hlc {
+                    wall_ms,
+                    logical,
+                    node,
+                },
+                index: m.index,
+            })
         }
         _ => Err(Error::internal("corrupt service meta: bad tag or format")),
     }
@@ -590,13 +641,62 @@ mod tests {
 
     #[test]
     fn meta_round_trips() {
-        let m = encode_meta(Some("10.212.0.7"), 42).unwrap();
-        assert_eq!(decode_meta(&m).unwrap(), (Some("10.212.0.7".into()), 42));
-        assert_eq!(
-            decode_meta(&encode_meta(None, 0).unwrap()).unwrap(),
-            (None, 0)
-        );
+        let meta = |gvip: Option<&str>, wall_ms, index| Meta {
+            gvip: gvip.map(String::from),
+            gvip_at: Hlc {
+                wall_ms,
+                logical: 0,
+                node: if wall_ms == 0 { 0 } else { 0xab },
+            },
+            index,
+        };
+        for m in [
+            meta(Some("10.212.0.7"), 0, 42),
+            meta(Some("10.212.0.7"), 1_700_000_000_000, 42),
+            meta(None, 0, 0),
+        ] {
+            assert_eq!(decode_meta(&encode_meta(&m).unwrap()).unwrap(), m);
+        }
         assert!(decode_meta(b"{}").is_err());
+        assert!(decode_meta(&[META_TAG, 3, 0]).is_err(), "a newer format");
+    }
+
+    /// A meta entry without an assignment version is written exactly as before versions were
+    /// kept (format 1), and one written then decodes as a gVip of unknown assignment.
+    #[test]
+    fn a_meta_entry_of_the_earlier_layout_still_decodes_and_is_written_the_same() {
+        let earlier = StoredMeta {
+            gvip: Some(Cow::Borrowed("10.212.0.7")),
+            index: 42,
+        };
+        let bytes = postcard::to_extend(&earlier, vec![META_TAG, UNIT_FORMAT]).unwrap();
+        let m = decode_meta(&bytes).unwrap();
+        assert_eq!(m.gvip.as_deref(), Some("10.212.0.7"));
+        assert_eq!(m.gvip_at, Hlc::default());
+        assert_eq!(m.index, 42);
+        assert_eq!(encode_meta(&m).unwrap(), bytes);
+        let assigned = Meta {
+            gvip_at: Hlc {
+                wall_ms: 5,
+                logical: 1,
+                node: 2,
+            },
+            ..m
+        };
+        assert_eq!(encode_meta(&assigned).unwrap()[..2], [META_TAG, 2]);
+        // A version without a gVip is not kept: the same bytes as no version.
+        let none = Meta {
+            gvip: None,
+            ..assigned
+        };
+        assert_eq!(
+            encode_meta(&none).unwrap(),
+            encode_meta(&Meta {
+                index: 42,
+                ..Meta::default()
+            })
+            .unwrap()
+        );
     }
 
     #[test]

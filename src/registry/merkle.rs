@@ -319,4 +319,44 @@ mod tests {
             }
         }
     }
+
+    /// Two copies whose units agree and whose meta entries of one service differ (another
+    /// gVip, as when a new owner assigned one after missing the first): the tree walk and
+    /// the flat digest both see it.
+    #[test]
+    fn copies_differing_only_in_a_meta_entry_are_seen_to_differ() {
+        use crate::registry::ops::range_hash;
+        use crate::registry::unit::{meta_bytes, meta_key, Meta};
+        let meta = |gvip: &str, wall_ms| Meta {
+            gvip: Some(gvip.to_string()),
+            gvip_at: Hlc {
+                wall_ms,
+                logical: 0,
+                node: 1,
+            },
+            index: 9,
+        };
+        let entry = |service: &str, m: &Meta| {
+            let key = meta_key(service);
+            let mark = Mark::of(&key, &meta_bytes(m).expect("encode"));
+            (key, mark)
+        };
+        let mut a = set(5_000);
+        for i in 0..50 {
+            a.push(entry(&format!("svc-{i}"), &meta("10.212.0.7", 1_000)));
+        }
+        let mut b = a.clone();
+        let differing = b.len() - 7;
+        let (key, _) = b[differing].clone();
+        b[differing] = entry(&key["s/".len()..], &meta("10.212.9.9", 2_000));
+        assert_ne!(range_hash(&a), range_hash(&b), "the flat digest");
+        let (leaves, _) = walk(&a, &b);
+        assert!(keys_under(&a, &leaves).contains(&key), "the tree walk");
+        // And one copy without the meta entry at all.
+        let mut c = a.clone();
+        c.retain(|(k, _)| *k != key);
+        assert_ne!(range_hash(&a), range_hash(&c));
+        let (leaves, _) = walk(&a, &c);
+        assert!(keys_under(&a, &leaves).contains(&key));
+    }
 }

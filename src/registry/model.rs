@@ -258,8 +258,15 @@ pub(super) fn remove_present<V: Clone>(map: &mut OrdMap<Name, V>, id: &str) -> O
 pub struct Record {
     /// The service name (the record's key on the ring).
     pub service: String,
-    /// The prototype-compatible virtual IP, assigned at the first registration, never changed.
+    /// The prototype-compatible virtual IP, assigned at the first registration. Copies that
+    /// hold different ones (each assigned by an owner that had not seen the other) agree on
+    /// the earliest assigned (`unit.rs`, [`Meta::merge`](super::unit::Meta::merge)).
     pub gvip: Option<String>,
+    /// The version at which `gvip` was assigned; zero when unknown (a meta entry written
+    /// before assignment versions were kept) or when there is no gVip. Not sent with a
+    /// record over RPC (readers do not need it; the meta entry carries it between copies).
+    #[serde(skip)]
+    pub gvip_at: Hlc,
     /// The service's change index: grows with every change, on every owner (`X-Chordctl-Index`).
     pub index: u64,
     /// Instances by id. Shared (`Arc`) so that copying a record for a write copies no
@@ -288,6 +295,7 @@ impl Record {
         Ok(Record {
             service: service.to_string(),
             gvip,
+            gvip_at: Hlc::default(),
             index: 0,
             instances: OrdMap::new(),
             liveness: OrdMap::new(),

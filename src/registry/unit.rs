@@ -58,8 +58,10 @@ pub enum UnitBody {
 
 /// What a copy holds under one store key, as anti-entropy compares it: a unit's version and
 /// a checksum of its stored bytes (so two different contents under one version — a bug, a
-/// damaged copy — are seen and repaired, the larger checksum winning everywhere). Meta
-/// entries and gVip claims carry zeros: they merge by their own rules, not by replacement.
+/// damaged copy — are seen and repaired, the larger checksum winning everywhere). A meta
+/// entry's mark is its gVip's assignment version and the checksum of its one stored form
+/// ([`Meta`]): two copies whose meta entries differ are seen to differ, and are then merged,
+/// not replaced ([`Mark::merges`]). gVip claims carry zeros: a claim is kept if none is held.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -73,6 +75,22 @@ pub struct Mark {
 impl Mark {
     /// The mark of the entry stored under `key` as `bytes`.
     pub fn of(key: &str, bytes: &[u8]) -> Mark {
+        if key.starts_with("s/") {
+            // The checksum of the value's one stored form, so that the same meta written in
+            // another layout (by an older agent) is not a difference.
+            return match decode_meta_value(bytes) {
+                Ok(meta) => Mark {
+                    version: meta.gvip_at,
+                    content: meta_bytes(&meta)
+                        .map(|b| crc32fast::hash(&b))
+                        .unwrap_or_else(|_| crc32fast::hash(bytes)),
+                },
+                Err(_) => Mark {
+                    version: Hlc::default(),
+                    content: crc32fast::hash(bytes),
+                },
+            };
+        }
         if !key.starts_with("u/") {
             return Mark::default();
         }
@@ -80,6 +98,13 @@ impl Mark {
             version: Unit::stamp_of(bytes).map(|s| s.version).unwrap_or_default(),
             content: crc32fast::hash(bytes),
         }
+    }
+
+    /// Whether two differing copies of `key` merge (each side takes the other's, and both end
+    /// with their join) rather than the one with the larger mark replacing the other: meta
+    /// entries.
+    pub fn merges(key: &str) -> bool {
+        key.starts_with("s/")
     }
 }
 
@@ -166,13 +191,63 @@ pub fn service_id_of_key(key: &str) -> Option<Id> {
     service_of_key(key).map(Id::of_key)
 }
 
-/// The meta entry's value for `rec`.
-pub fn meta_value(rec: &Record) -> Result<Vec<u8>> {
-    super::codec::encode_meta(rec.gvip.as_deref(), rec.index)
+/// A service's meta entry (`s/SERVICE`): its gVip with the version at which it was
+/// assigned, and the floor of its change index.
+///
+/// Copies merge by [`Meta::merge`]: of two gVips the one assigned first wins (the lower
+/// assignment version; a gVip of unknown assignment — written before versions were kept, or
+/// by 0.1.0 — counts as version zero, before any other; equal versions: the lower address),
+/// any gVip beats none, and the index floor is the larger. That is a join on a semilattice:
+/// commutative, associative, idempotent, so copies agree whatever order metas arrive in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The service's gVip.
+    pub gvip: Option<String>,
+    /// When `gvip` was assigned; zero when unknown, and when there is no gVip.
+    pub gvip_at: Hlc,
+    /// The service's change index is at least this.
+    pub index: u64,
 }
 
-/// (gVip, index floor) from a meta entry's value.
-pub fn decode_meta_value(bytes: &[u8]) -> Result<(Option<String>, u64)> {
+impl Meta {
+    /// What the gVip rule orders by: (assignment version, address), the lower winning.
+    fn claim(&self) -> Option<(Hlc, &str)> {
+        self.gvip.as_deref().map(|g| (self.gvip_at, g))
+    }
+
+    /// Merge `other` into this meta; whether anything changed.
+    pub fn merge(&mut self, other: &Meta) -> bool {
+        let mut changed = false;
+        let wins = match (other.claim(), self.claim()) {
+            (Some(theirs), Some(mine)) => theirs < mine,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if wins {
+            self.gvip = other.gvip.clone();
+            self.gvip_at = other.gvip_at;
+            changed = true;
+        }
+        if other.index > self.index {
+            self.index = other.index;
+            changed = true;
+        }
+        changed
+    }
+}
+
+/// The stored form of `meta`.
+pub fn meta_bytes(meta: &Meta) -> Result<Vec<u8>> {
+    super::codec::encode_meta(meta)
+}
+
+/// The meta entry's value for `rec`.
+pub fn meta_value(rec: &Record) -> Result<Vec<u8>> {
+    meta_bytes(&rec.meta())
+}
+
+/// A meta entry from its stored value (either layout).
+pub fn decode_meta_value(bytes: &[u8]) -> Result<Meta> {
     super::codec::decode_meta(bytes)
 }
 
@@ -243,18 +318,30 @@ impl Record {
         true
     }
 
-    /// Apply a service's meta entry: a gVip only fills a gap; the index never goes down.
-    pub fn apply_meta(&mut self, gvip: Option<String>, index: u64) -> bool {
-        let mut changed = false;
-        if self.gvip.is_none() && gvip.is_some() {
-            self.gvip = gvip;
-            changed = true;
+    /// This copy's meta entry.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            gvip: self.gvip.clone(),
+            gvip_at: if self.gvip.is_some() {
+                self.gvip_at
+            } else {
+                Hlc::default()
+            },
+            index: self.index,
         }
-        if index > self.index {
-            self.index = index;
-            changed = true;
+    }
+
+    /// Merge a service's meta entry into this copy by [`Meta::merge`] (the earliest assigned
+    /// gVip wins; the index never goes down). Returns whether anything changed.
+    pub fn apply_meta(&mut self, meta: &Meta) -> bool {
+        let mut mine = self.meta();
+        if !mine.merge(meta) {
+            return false;
         }
-        changed
+        self.gvip = mine.gvip;
+        self.gvip_at = mine.gvip_at;
+        self.index = mine.index;
+        true
     }
 
     /// Merge every unit of `other` into this copy; returns the ids that changed.
@@ -267,7 +354,7 @@ impl Record {
                 }
             }
         }
-        self.apply_meta(other.gvip.clone(), other.index);
+        self.apply_meta(&other.meta());
         changed
     }
 
@@ -301,8 +388,7 @@ impl Record {
     ) -> Result<Record> {
         let mut rec = Record::new(service, None)?;
         if let Some(meta) = meta {
-            let (gvip, index) = super::codec::decode_meta(meta)?;
-            rec.apply_meta(gvip, index);
+            rec.apply_meta(&decode_meta_value(meta)?);
         }
         for (id, bytes) in units {
             match Unit::from_bytes(service, bytes) {
@@ -664,5 +750,186 @@ mod tests {
         // The third critical report at the new owner is the one that counts.
         let s = b.rec.report("x", &critical, at(3)).expect("report");
         assert_eq!(s.status.state, State::Critical, "the streak came along");
+    }
+
+    // ---- meta entries ------------------------------------------------------------------
+
+    fn meta(gvip: Option<&str>, wall_ms: u64, node: u64, index: u64) -> Meta {
+        Meta {
+            gvip: gvip.map(String::from),
+            gvip_at: Hlc {
+                wall_ms,
+                logical: 0,
+                node,
+            },
+            index,
+        }
+    }
+
+    /// Metas of one service as copies may hold them: none, gVips of unknown assignment (an
+    /// earlier layout, 0.1.0), gVips assigned at different versions, two assigned at one
+    /// (wall, logical) by two nodes, index floors up and down. Each through its stored form.
+    fn metas() -> Vec<Meta> {
+        [
+            meta(None, 0, 0, 7),
+            meta(Some("10.212.0.9"), 0, 0, 3),
+            meta(Some("10.212.0.4"), 0, 0, 1),
+            meta(Some("10.212.1.1"), 2_000, 1, 12),
+            meta(Some("10.212.1.2"), 1_000, 2, 5),
+            meta(Some("10.212.1.3"), 1_000, 1, 9),
+            meta(Some("10.212.0.2"), 1_000, 1, 2),
+        ]
+        .into_iter()
+        .map(|m| decode_meta_value(&meta_bytes(&m).expect("encode")).expect("decode"))
+        .collect()
+    }
+
+    /// `metas` applied in this order to an empty copy: (gVip, its version, index, stored form).
+    fn applied(metas: &[&Meta]) -> (Option<String>, Hlc, u64, Vec<u8>) {
+        let mut r = rec();
+        for m in metas {
+            r.apply_meta(m);
+        }
+        let bytes = meta_value(&r).expect("encode");
+        (r.gvip.clone(), r.meta().gvip_at, r.index, bytes)
+    }
+
+    /// Every permutation of `items` (Heap's algorithm).
+    fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+        fn go<T: Clone>(k: usize, a: &mut Vec<T>, out: &mut Vec<Vec<T>>) {
+            if k <= 1 {
+                out.push(a.clone());
+                return;
+            }
+            for i in 0..k {
+                go(k - 1, a, out);
+                let j = if k.is_multiple_of(2) { i } else { 0 };
+                a.swap(j, k - 1);
+            }
+        }
+        let mut a = items.to_vec();
+        let mut out = Vec::new();
+        go(a.len(), &mut a, &mut out);
+        out
+    }
+
+    #[test]
+    fn meta_entries_merge_to_the_same_value_whatever_the_order_and_repetition() {
+        let all = metas();
+        let refs: Vec<&Meta> = all.iter().collect();
+        let expected = applied(&refs);
+        for order in permutations(&refs) {
+            assert_eq!(applied(&order), expected, "order {order:?}");
+            // Twice over, in that order: idempotent.
+            let twice: Vec<&Meta> = order.iter().chain(order.iter()).copied().collect();
+            assert_eq!(applied(&twice), expected);
+        }
+        // Commutative and associative pairwise, idempotent.
+        for a in &all {
+            let mut aa = a.clone();
+            assert!(!aa.merge(a), "a meta merged with itself changes nothing");
+            for b in &all {
+                let (mut ab, mut ba) = (a.clone(), b.clone());
+                ab.merge(b);
+                ba.merge(a);
+                assert_eq!(ab, ba, "{a:?} ⊔ {b:?}");
+                for c in &all {
+                    let mut left = a.clone();
+                    left.merge(b);
+                    left.merge(c);
+                    let mut bc = b.clone();
+                    bc.merge(c);
+                    let mut right = a.clone();
+                    right.merge(&bc);
+                    assert_eq!(left, right, "({a:?} ⊔ {b:?}) ⊔ {c:?}");
+                }
+            }
+        }
+        // A gVip of unknown assignment counts as the first (the lower address of two), the
+        // index floor is the largest.
+        assert_eq!(expected.0.as_deref(), Some("10.212.0.4"));
+        assert_eq!(expected.2, 12);
+    }
+
+    #[test]
+    fn the_first_assigned_gvip_wins_on_both_copies() {
+        // Copy A holds the gVip clients saw first; copy B missed it and, as the new owner,
+        // assigned another later. Each merges the other's meta entry.
+        let first = meta(Some("10.212.0.7"), 1_000, 0xa, 3);
+        let later = meta(Some("10.212.9.9"), 5_000, 0xb, 4);
+        let (mut a, mut b) = (rec(), rec());
+        a.apply_meta(&first);
+        b.apply_meta(&later);
+        let (ma, mb) = (a.meta(), b.meta());
+        a.apply_meta(&mb);
+        assert!(b.apply_meta(&ma));
+        assert_eq!(
+            a.gvip.as_deref(),
+            Some("10.212.0.7"),
+            "A keeps its own, the first"
+        );
+        assert_eq!(b.gvip, a.gvip);
+        // The index floor is the larger on both; the stored forms are the same bytes.
+        assert_eq!(a.index, 4);
+        assert_eq!(meta_value(&a).expect("a"), meta_value(&b).expect("b"));
+        // Two gVips under one version (which two owners cannot write, the version naming its
+        // node; but a damaged copy can) are ordered by address: the same on every copy.
+        let x = meta(Some("10.212.0.8"), 1_000, 0xa, 0);
+        let y = meta(Some("10.212.0.3"), 1_000, 0xa, 0);
+        assert_eq!(both_ways(&x, &y).gvip.as_deref(), Some("10.212.0.3"));
+    }
+
+    /// `x` merged into `y` and `y` into `x`: the same, returned.
+    fn both_ways(x: &Meta, y: &Meta) -> Meta {
+        let (mut xy, mut yx) = (x.clone(), y.clone());
+        xy.merge(y);
+        yx.merge(x);
+        assert_eq!(xy, yx, "{x:?} ⊔ {y:?}");
+        xy
+    }
+
+    #[test]
+    fn a_meta_entry_of_the_earlier_layout_converges_with_a_new_one() {
+        // Written before assignment versions were kept (or converted from 0.1.0): its gVip
+        // was there before any this version assigns, and wins on both copies.
+        let old = decode_meta_value(&meta_bytes(&meta(Some("10.212.3.3"), 0, 0, 8)).expect("e"))
+            .expect("d");
+        assert_eq!(old.gvip_at, Hlc::default());
+        let new = meta(Some("10.212.0.2"), 1_000, 1, 2);
+        let a = both_ways(&old, &new);
+        assert_eq!(a.gvip.as_deref(), Some("10.212.3.3"));
+        assert_eq!(a.index, 8);
+        // Two of the earlier layout: the lower address, on both.
+        let other = meta(Some("10.212.2.2"), 0, 0, 1);
+        assert_eq!(both_ways(&old, &other).gvip.as_deref(), Some("10.212.2.2"));
+    }
+
+    #[test]
+    fn meta_entries_that_differ_in_any_way_have_different_marks() {
+        let key = meta_key("svc");
+        let a = meta(Some("10.212.0.7"), 1_000, 1, 3);
+        let b = meta(Some("10.212.9.9"), 2_000, 2, 3);
+        let (ba, bb) = (meta_bytes(&a).expect("a"), meta_bytes(&b).expect("b"));
+        assert_ne!(Mark::of(&key, &ba), Mark::of(&key, &bb));
+        let none = meta_bytes(&Meta::default()).expect("none");
+        assert_ne!(
+            Mark::of(&key, &none),
+            Mark::of(&key, &ba),
+            "a gVip against none"
+        );
+        let floor = meta_bytes(&Meta {
+            index: 4,
+            ..a.clone()
+        })
+        .expect("floor");
+        assert_ne!(
+            Mark::of(&key, &floor),
+            Mark::of(&key, &ba),
+            "another index floor"
+        );
+        assert!(Mark::merges(&key));
+        assert!(!Mark::merges(&unit_key("svc", "x")));
+        // Merged both ways, the copies hold one value, hence one mark.
+        assert_eq!(both_ways(&a, &b), a);
     }
 }

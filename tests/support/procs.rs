@@ -295,6 +295,12 @@ pub async fn ring_of(urls: &[String], n: usize) {
 }
 
 pub fn ring_order(agents: &[AgentProc], key: &str) -> Vec<usize> {
+    let ids: Vec<&AgentProc> = agents.iter().collect();
+    ring_order_of(&ids, key)
+}
+
+/// [`ring_order`] of agents held by reference.
+pub fn ring_order_of(agents: &[&AgentProc], key: &str) -> Vec<usize> {
     let mut ids: Vec<(String, usize)> = agents
         .iter()
         .enumerate()
@@ -306,6 +312,28 @@ pub fn ring_order(agents: &[AgentProc], key: &str) -> Vec<usize> {
     (0..ids.len())
         .map(|k| ids[(first + k) % ids.len()].1)
         .collect()
+}
+
+/// Every agent's copy of `service` (`None`: it holds nothing of it), read over ring RPC
+/// (`ReadReplica`), in the order of `agents`.
+pub async fn records_at(
+    pool: &chordctl::rpc::Pool,
+    agents: impl IntoIterator<Item = &AgentProc>,
+    service: &str,
+) -> Result<Vec<Option<chordctl::registry::Record>>, String> {
+    use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
+    use chordctl::rpc::{Request, Response};
+    let mut out = Vec::new();
+    for a in agents {
+        let req = Request::Registry(RegistryRequest::ReadReplica {
+            service: service.to_string(),
+        });
+        match pool.call(&a.ring, req).await {
+            Ok(Response::Registry(RegistryResponse::Record(rec))) => out.push(rec),
+            other => return Err(format!("{}: {other:?}", a.ring)),
+        }
+    }
+    Ok(out)
 }
 
 /// A free loopback address for an agent that must come back on the same address (its

@@ -86,6 +86,14 @@ fn compare(
     for (key, theirs) in items {
         match mine.remove(&key) {
             None => need.push(key),
+            // A meta entry that differs goes both ways: each side merges the other's
+            // (`Meta::merge`), and both end with the same value.
+            Some(v) if v != theirs && Mark::merges(&key) => {
+                if range_known {
+                    mine.insert(key.clone(), v);
+                }
+                need.push(key);
+            }
             Some(v) if v < theirs => need.push(key),
             Some(v) if v > theirs && range_known => {
                 mine.insert(key, v);
@@ -460,7 +468,7 @@ impl Registry {
                     other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
                 }
             }
-            // The meta entry carries version zero: the owner "needs" it only if it has none.
+            // The owner "needs" the meta entry when its own differs: it merges this one in.
             if need.is_empty() {
                 self.drop_copy(&service, &entries).await?;
                 continue;

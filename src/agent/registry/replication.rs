@@ -11,7 +11,8 @@ use futures::StreamExt;
 use super::{guard, Registry};
 use crate::registry::ops::Entry;
 use crate::registry::unit::{
-    decode_meta_value, meta_key, meta_value, service_of_key, split_unit_key, unit_key, Mark, Unit,
+    decode_meta_value, meta_bytes, meta_key, service_of_key, split_unit_key, unit_key, Mark, Meta,
+    Unit,
 };
 use crate::registry::Record;
 use crate::ring::Id;
@@ -78,8 +79,9 @@ impl Registry {
     }
 
     /// Store entries received from another node: each unit only if it is newer than the one
-    /// held ([`Record::apply_unit`]), a meta entry's gVip only into a gap, a gVip claim only if
-    /// none is held. (A 0.1.0 peer cannot send anything: its protocol version is refused.)
+    /// held ([`Record::apply_unit`]), a meta entry merged with the one held ([`Meta::merge`]:
+    /// the first assigned gVip wins, the larger index floor), a gVip claim only if none is
+    /// held. (A 0.1.0 peer cannot send anything: its protocol version is refused.)
     pub async fn merge(&self, entries: Vec<Entry>) -> Result<()> {
         let mut by_service: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
         let mut claims = Vec::new();
@@ -242,15 +244,33 @@ impl Registry {
                     changed = true;
                 }
             }
-            let mut meta = apply_metas(&mut rec, &metas);
+            let gvip_before = rec.gvip.clone();
+            apply_metas(&mut rec, &metas);
+            if owned && rec.gvip != gvip_before {
+                // Two owners each assigned one (one had not seen the other's): the first
+                // assigned is kept on every copy and shown from now on.
+                tracing::warn!(
+                    service,
+                    kept = rec.gvip.as_deref().unwrap_or(""),
+                    dropped = gvip_before.as_deref().unwrap_or(""),
+                    "copies held different gVips for one service; keeping the first assigned"
+                );
+            }
+            let mut own = None;
             if changed && owned {
                 // The owner's copy changed by another copy's units: a change of the service
                 // like any other, so its index moves on (blocking queries and watchers see it).
                 rec.index = rec.index.saturating_add(1);
-                meta = true;
+                own = Some(rec.meta());
             }
-            if meta {
-                ops.push(Op::Put(meta_key(service), meta_value(&rec)?));
+            if !metas.is_empty() || own.is_some() {
+                // The stored entry is what it held merged with what arrived (and, at the
+                // owner, its index moved on): its own value, apart from the in-memory index,
+                // so that copies that received the same metas hold the same bytes.
+                let held = self.store.get(&meta_key(service)).await?;
+                if let Some(put) = merged_meta(held.as_deref(), &metas, own.as_ref())? {
+                    ops.push(Op::Put(meta_key(service), put));
+                }
             }
             return Ok(Plan::Cached(ops, rec));
         }
@@ -313,24 +333,49 @@ impl Compare {
             }
         }
         // Every service a node holds has a meta entry (how it finds them).
-        let mut rec = Record::new(&self.service, None)?;
-        if let Some(Ok((gvip, index))) = held_meta.as_deref().map(decode_meta_value) {
-            rec.apply_meta(gvip, index);
-        }
-        if apply_metas(&mut rec, &self.metas) || held_meta.is_none() {
-            ops.push(Op::Put(meta_key(&self.service), meta_value(&rec)?));
+        if let Some(put) = merged_meta(held_meta.as_deref(), &self.metas, None)? {
+            ops.push(Op::Put(meta_key(&self.service), put));
         }
         Ok(ops)
     }
 }
 
-/// Apply received meta entries to `rec`; whether anything changed. Undecodable ones are skipped.
+/// Apply received meta entries to `rec` ([`Meta::merge`]); whether anything changed.
+/// Undecodable ones are skipped.
 fn apply_metas(rec: &mut Record, metas: &[Vec<u8>]) -> bool {
     let mut changed = false;
-    for m in metas {
-        if let Ok((gvip, index)) = decode_meta_value(m) {
-            changed |= rec.apply_meta(gvip, index);
-        }
+    for m in decoded(metas) {
+        changed |= rec.apply_meta(&m);
     }
     changed
+}
+
+/// The received meta entries that decode (the others are skipped with a log line).
+fn decoded(metas: &[Vec<u8>]) -> impl Iterator<Item = Meta> + '_ {
+    metas.iter().filter_map(|m| match decode_meta_value(m) {
+        Ok(meta) => Some(meta),
+        Err(e) => {
+            tracing::warn!("skipping a received service meta entry: {e}");
+            None
+        }
+    })
+}
+
+/// The meta entry to store when `held` (the stored value, if any) meets the received
+/// `metas` (and `own`, the owner's own): their merge ([`Meta::merge`]) in its one stored
+/// form, or `None` when that is what is held already. A held value that does not decode is
+/// replaced by the merge of the rest.
+fn merged_meta(
+    held: Option<&[u8]>,
+    metas: &[Vec<u8>],
+    own: Option<&Meta>,
+) -> Result<Option<Vec<u8>>> {
+    let mut meta = held
+        .and_then(|h| decode_meta_value(h).ok())
+        .unwrap_or_default();
+    for m in decoded(metas).chain(own.cloned()) {
+        meta.merge(&m);
+    }
+    let bytes = meta_bytes(&meta)?;
+    Ok((held != Some(bytes.as_slice())).then_some(bytes))
 }

@@ -227,6 +227,10 @@ impl Registry {
         };
         if creates && r.gvip.is_none() {
             r.gvip = Some(self.assign_gvip(service).await?);
+            // When it was assigned: should another owner, that had not seen this one, assign
+            // another, every copy keeps the first assigned (`Meta::merge`).
+            let ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+            r.gvip_at = guard(&self.clock).now(ms);
             changes.created = true;
         }
         let (instance, text) = match op {
