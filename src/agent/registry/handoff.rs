@@ -833,6 +833,30 @@ mod tests {
     }
 
     #[test]
+    fn a_meta_entry_that_differs_goes_both_ways() {
+        let mine: HashMap<String, Mark> = [("s/pay".to_string(), mark(1))].into();
+        let theirs = vec![("s/pay".to_string(), mark(2))];
+        let (need, newer) = compare(mine.clone(), theirs.clone(), true, DIFF_NEWER_BYTES);
+        assert_eq!(
+            (need, newer),
+            (vec!["s/pay".to_string()], vec!["s/pay".to_string()])
+        );
+        let (need, newer) = compare(
+            mine.clone(),
+            vec![("s/pay".into(), mark(1))],
+            true,
+            DIFF_NEWER_BYTES,
+        );
+        assert!(
+            need.is_empty() && newer.is_empty(),
+            "equal metas: nothing to do"
+        );
+        let (need, newer) = compare(mine, theirs, false, DIFF_NEWER_BYTES);
+        assert_eq!(need, ["s/pay"]);
+        assert!(newer.is_empty());
+    }
+
+    #[test]
     fn a_replica_holding_far_more_than_its_owner_answers_in_bounded_parts() {
         // An owner that lost its store: it lists nothing, the replica holds every key.
         let mut mine: HashMap<String, Mark> = (0..10_000)
