@@ -10,6 +10,10 @@
 //! client → server   PROOF      marker 'P' | HMAC(secret, "client" | Nc | Ns)
 //! ```
 //!
+//! A server at its cap of ring connections answers a new connection with `marker 'B'` (BUSY)
+//! instead, and closes it: the client then knows to retry later, rather than suspect the
+//! secret.
+//!
 //! Each side proves it knows the secret over nonces it could not choose alone, so a recorded
 //! handshake cannot be replayed, and the labels keep one side's proof from being reflected as
 //! the other's. Both then derive a session key `HMAC(secret, "session" | Nc | Ns)`, and every
@@ -53,6 +57,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HELLO: u8 = b'H';
 const CHALLENGE: u8 = b'C';
 const PROOF: u8 = b'P';
+const BUSY: u8 = b'B';
 const TO_SERVER: u8 = b'c';
 const TO_CLIENT: u8 = b's';
 
@@ -123,6 +128,9 @@ pub enum AuthError {
     /// The peer closed the connection mid-handshake.
     #[error("the peer closed the connection during the handshake: it has no --cluster-secret (or another one), or it is at its cap of ring connections")]
     Closed,
+    /// The peer is at its cap of ring connections (it said BUSY).
+    #[error("the peer is at its cap of ring connections; retry later")]
+    Busy,
     /// The handshake did not complete in time.
     #[error("the handshake did not complete within {0:?}")]
     Timeout(Duration),
@@ -254,6 +262,12 @@ fn array(bytes: &[u8]) -> Result<[u8; NONCE_LEN], AuthError> {
     bytes.try_into().map_err(|_| AuthError::Malformed)
 }
 
+/// The BUSY message a server at its cap of ring connections sends a new connection instead
+/// of a CHALLENGE.
+pub fn busy() -> Bytes {
+    message(BUSY, &[])
+}
+
 /// Whether a frame received by a node without a secret is a handshake (the peer has one).
 pub fn is_handshake(frame: &[u8]) -> bool {
     frame.first() == Some(&HANDSHAKE_MARKER)
@@ -281,6 +295,9 @@ impl ClientHandshake {
 
     /// Check the server's CHALLENGE; the PROOF to send and this side's halves of the session.
     pub fn on_challenge(self, frame: &[u8]) -> Result<(Bytes, Sealer, Opener), AuthError> {
+        if frame == [HANDSHAKE_MARKER, BUSY] {
+            return Err(AuthError::Busy);
+        }
         let body = parse(frame, CHALLENGE, NONCE_LEN + TAG_LEN)?;
         let (ns, server_proof) = body.split_at(NONCE_LEN);
         let ns = array(ns)?;

@@ -37,6 +37,10 @@ pub enum CallError {
     /// `--cluster-secret` does to an agent without one.
     #[error("{0} closed the connection without answering: not a ring RPC port (an agent's HTTP port?), or a ring with --cluster-secret refusing agents without it")]
     Refused(String),
+    /// The peer is at its cap of ring connections (with `--cluster-secret`, its handshake
+    /// said so); retrying later may succeed.
+    #[error("{0} is at its cap of ring connections; retry later")]
+    Busy(String),
 }
 
 impl CallError {
@@ -281,6 +285,10 @@ impl Pool {
         let (sealer, opener) = auth::client(&mut framed, self.secret.as_ref())
             .await
             .map_err(|e| {
+                if e == auth::AuthError::Busy {
+                    // Not a verdict on this agent's secret: the caller retries.
+                    return CallError::Busy(addr.to_string());
+                }
                 tracing::warn!(peer = %addr, "ring RPC handshake failed: {e}");
                 CallError::Auth(addr.to_string(), e.to_string())
             })?;

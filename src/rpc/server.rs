@@ -114,6 +114,8 @@ pub async fn serve_with(
     // So does a TLS peer, which would read the plain frame as garbage.
     let notice = match (&secret, &tls) {
         (None, None) => refusal_notice(limits.max_connections),
+        // With a secret, a peer of this version reads BUSY in place of the challenge.
+        (Some(_), None) => framed(auth::busy()),
         _ => None,
     };
     let mut last_warning: Option<Instant> = None;
@@ -201,8 +203,12 @@ fn refusal_notice(max_connections: usize) -> Option<Bytes> {
             "too many ring connections ({max_connections} open); retry later"
         ))),
     };
+    framed(frame::encode(&env).ok()?)
+}
+
+/// `body` as one frame on the wire (its length first).
+fn framed(body: Bytes) -> Option<Bytes> {
     let mut out = BytesMut::new();
-    let body = frame::encode(&env).ok()?;
     frame::codec().encode(body, &mut out).ok()?;
     Some(out.freeze())
 }
@@ -469,25 +475,51 @@ mod tests {
         frame::decode(&frame).expect("an answer that decodes")
     }
 
-    /// Connections over the cap are sent a notice and closed at once, and counted; the
-    /// connections being served keep being answered, and a slot that frees is used again.
-    #[tokio::test]
-    async fn connections_over_the_cap_are_refused_at_once_and_counted() {
+    /// A server of `Gate`s on port 0 taking at most `max_connections`: (address, handler, stop).
+    async fn capped(
+        max_connections: usize,
+        security: Security,
+    ) -> (String, Arc<Gate>, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let handler = Gate::new();
         let stop = CancellationToken::new();
         let limits = Limits {
-            max_connections: 2,
+            max_connections,
             max_in_flight: MAX_IN_FLIGHT,
         };
         tokio::spawn(serve_with(
             listener,
             handler.clone(),
-            Security::default(),
+            security,
             limits,
             stop.clone(),
         ));
+        (addr, handler, stop)
+    }
+
+    /// Wait until `pool` gets `ack` from `addr` (a slot freed), within [`WAIT`].
+    async fn served_again(pool: &Pool, addr: &str, ack: &Response) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match pool.call(addr, ping()).await {
+                Ok(answer) => break assert_eq!(&answer, ack),
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no slot after a connection closed: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Connections over the cap are sent a notice and closed at once, and counted; the
+    /// connections being served keep being answered, and a slot that frees is used again.
+    #[tokio::test]
+    async fn connections_over_the_cap_are_refused_at_once_and_counted() {
+        let (addr, handler, stop) = capped(2, Security::default()).await;
         let ack = Response::Ring(RingResponse::Ack);
         let good = Pool::new(WAIT);
         assert_eq!(good.call(&addr, ping()).await, Ok(ack.clone()));
@@ -528,19 +560,31 @@ mod tests {
 
         // Once a served connection closes, its slot is used again.
         drop(held);
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            match late.call(&addr, ping()).await {
-                Ok(answer) => break assert_eq!(answer, ack),
-                Err(e) => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "no slot after a connection closed: {e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
+        served_again(&late, &addr, &ack).await;
+        stop.cancel();
+    }
+
+    /// With a cluster secret, a connection over the cap is told BUSY in place of the
+    /// handshake's challenge: the caller retries, and does not take it for a secret the
+    /// node refuses (which makes a join give up at once).
+    #[tokio::test]
+    async fn with_a_secret_a_connection_over_the_cap_is_told_busy_not_refused() {
+        let secret = crate::rpc::auth::ClusterSecret::new("s3cret");
+        let security = Security {
+            secret: Some(secret.clone()),
+            tls: None,
+        };
+        let (addr, handler, stop) = capped(1, security).await;
+        let ack = Response::Ring(RingResponse::Ack);
+        let first = Pool::with_secret(WAIT, Some(secret.clone()));
+        assert_eq!(first.call(&addr, ping()).await, Ok(ack.clone()));
+        let late = Pool::with_secret(WAIT, Some(secret));
+        let err = late.call(&addr, ping()).await.expect_err("over the cap");
+        assert!(matches!(err, CallError::Busy(_)) && !err.is_auth(), "{err}");
+        assert_eq!(handler.refused.load(Ordering::SeqCst), 1);
+        // Once the first connection closes, the slot is used again.
+        drop(first);
+        served_again(&late, &addr, &ack).await;
         stop.cancel();
     }
 
