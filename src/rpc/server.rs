@@ -6,7 +6,9 @@
 //! notice and closed at once) and, per connection, requests being worked on at once (at the cap
 //! the connection is not read until one finishes; nothing is refused or dropped).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +28,11 @@ use crate::tls::Tls;
 
 /// Connections served at once; one more is sent a notice and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Connections from one IP address served at once, so that one host cannot take every
+/// slot. A host running many agents (a development ring) holds one connection to each of its
+/// peers: 256 agents on one host still fit.
+pub const MAX_PER_ADDRESS: usize = 256;
 
 /// Requests of one connection being worked on at once (those that wait, on their own tasks;
 /// those answered inline do not count). Well above what one agent sends a peer under load,
@@ -53,6 +60,8 @@ pub trait Handler: Send + Sync + 'static {
 pub struct Limits {
     /// Connections served at once ([`MAX_CONNECTIONS`]).
     pub max_connections: usize,
+    /// Connections from one IP address served at once ([`MAX_PER_ADDRESS`]).
+    pub max_per_address: usize,
     /// Requests of one connection being worked on at once ([`MAX_IN_FLIGHT`]).
     pub max_in_flight: usize,
 }
@@ -61,6 +70,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: MAX_CONNECTIONS,
+            max_per_address: MAX_PER_ADDRESS,
             max_in_flight: MAX_IN_FLIGHT,
         }
     }
@@ -112,12 +122,15 @@ pub async fn serve_with(
     // With a secret the peer expects a handshake, and a plain frame would read as a peer
     // without one: it gets the bare close.
     // So does a TLS peer, which would read the plain frame as garbage.
-    let notice = match (&secret, &tls) {
-        (None, None) => refusal_notice(limits.max_connections),
+    let notice = |what: String| match (&secret, &tls) {
+        (None, None) => refusal_notice(what),
         // With a secret, a peer of this version reads BUSY in place of the challenge.
         (Some(_), None) => framed(auth::busy()),
         _ => None,
     };
+    let notice_all = notice(format!("{} open", limits.max_connections));
+    let notice_address = notice(format!("{} open from this address", limits.max_per_address));
+    let per_address = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
     let mut last_warning: Option<Instant> = None;
     let mut unreported = 0u64;
     loop {
@@ -133,22 +146,37 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            handler.connection_refused();
-            unreported += 1;
-            if last_warning.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
-                tracing::warn!(
-                    %peer,
-                    "ring RPC connection refused: {} connections open already ({unreported} \
-                     refused since the last such line; all counted in \
-                     chordctl_rpc_connections_refused_total)",
-                    limits.max_connections
-                );
-                last_warning = Some(Instant::now());
-                unreported = 0;
+        let taken = match slots.clone().try_acquire_owned() {
+            Err(_) => Err((limits.max_connections, "", notice_all.as_ref())),
+            Ok(permit) => {
+                match AddressSlot::take(&per_address, peer.ip(), limits.max_per_address) {
+                    Some(slot) => Ok((permit, slot)),
+                    None => Err((
+                        limits.max_per_address,
+                        " from this address",
+                        notice_address.as_ref(),
+                    )),
+                }
             }
-            refuse(stream, notice.as_ref());
-            continue;
+        };
+        let (permit, address_slot) = match taken {
+            Ok(taken) => taken,
+            Err((cap, from, notice)) => {
+                handler.connection_refused();
+                unreported += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                    tracing::warn!(
+                        %peer,
+                        "ring RPC connection refused: {cap} connections{from} open already \
+                         ({unreported} refused since the last such line; all counted in \
+                         chordctl_rpc_connections_refused_total)",
+                    );
+                    last_warning = Some(Instant::now());
+                    unreported = 0;
+                }
+                refuse(stream, notice);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
@@ -167,6 +195,7 @@ pub async fn serve_with(
             if let Err(e) = served {
                 tracing::warn!(%peer, "ring RPC connection dropped: {e}");
             }
+            drop(address_slot);
             drop(permit);
         });
     }
@@ -193,14 +222,48 @@ async fn accept_tls(
     }
 }
 
+/// One connection counted against its address's cap while it lives.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot for a connection from `ip`, if fewer than `cap` are open from it.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, cap: usize) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= cap.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// The frame sent on a refused connection: an error answer with id 0, which no call uses, so
 /// the peer's pool logs it and fails its calls as a broken connection (retryable), not as a
-/// closed one (which reads as a refusal of its credentials).
-fn refusal_notice(max_connections: usize) -> Option<Bytes> {
+/// closed one (which reads as a refusal of its credentials). `what`: the cap that was met.
+fn refusal_notice(what: String) -> Option<Bytes> {
     let env = Envelope {
         id: 0,
         body: Response::Error(crate::Error::unavailable(format!(
-            "too many ring connections ({max_connections} open); retry later"
+            "too many ring connections ({what}); retry later"
         ))),
     };
     framed(frame::encode(&env).ok()?)
@@ -480,14 +543,19 @@ mod tests {
         max_connections: usize,
         security: Security,
     ) -> (String, Arc<Gate>, CancellationToken) {
+        let limits = Limits {
+            max_connections,
+            ..Limits::default()
+        };
+        serving(limits, security).await
+    }
+
+    /// A server of `Gate`s on port 0 with `limits`: (address, handler, stop).
+    async fn serving(limits: Limits, security: Security) -> (String, Arc<Gate>, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let handler = Gate::new();
         let stop = CancellationToken::new();
-        let limits = Limits {
-            max_connections,
-            max_in_flight: MAX_IN_FLIGHT,
-        };
         tokio::spawn(serve_with(
             listener,
             handler.clone(),
@@ -564,6 +632,69 @@ mod tests {
         stop.cancel();
     }
 
+    /// One address cannot take every slot: past its own cap its connections are refused
+    /// (with a notice that names the address cap, and counted) while other addresses are
+    /// still served; its slots free as its connections close.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_connection() {
+        let limits = Limits {
+            max_connections: 8,
+            max_per_address: 2,
+            max_in_flight: MAX_IN_FLIGHT,
+        };
+        let (addr, handler, stop) = serving(limits, Security::default()).await;
+        let from = |ip: &'static str| {
+            let addr = addr.clone();
+            async move {
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket
+                    .bind(format!("{ip}:0").parse().expect("address"))
+                    .expect("bind the source address");
+                let stream = socket
+                    .connect(addr.parse().expect("address"))
+                    .await
+                    .expect("connect");
+                Framed::new(stream, frame::codec())
+            }
+        };
+        let mut held = Vec::new();
+        for id in 0..2 {
+            let mut c = from("127.0.0.1").await;
+            send(&mut c, id, ping()).await;
+            assert_eq!(recv(&mut c).await.id, id);
+            held.push(c);
+        }
+        let mut over = from("127.0.0.1").await;
+        let notice = recv(&mut over).await;
+        assert_unavailable(notice.body, "2 open from this address");
+        assert_eq!(handler.refused.load(Ordering::SeqCst), 1);
+        // Another address is served meanwhile.
+        let mut other = from("127.0.0.2").await;
+        send(&mut other, 7, ping()).await;
+        assert_eq!(recv(&mut other).await.id, 7);
+        // A connection that closes frees its address's slot.
+        held.pop();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let mut again = from("127.0.0.1").await;
+            send(&mut again, 9, ping()).await;
+            let answer = tokio::time::timeout(WAIT, again.next()).await;
+            match answer {
+                Ok(Some(Ok(frame)))
+                    if frame::decode::<Response>(&frame).is_ok_and(|e| e.id == 9) =>
+                {
+                    break;
+                }
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "no slot for the address after one of its connections closed: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+    }
+
     /// With a cluster secret, a connection over the cap is told BUSY in place of the
     /// handshake's challenge: the caller retries, and does not take it for a secret the
     /// node refuses (which makes a join give up at once).
@@ -597,6 +728,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(64 << 10);
         let limits = Limits {
             max_connections: 1,
+            max_per_address: MAX_PER_ADDRESS,
             max_in_flight: 2,
         };
         let stop = CancellationToken::new();
