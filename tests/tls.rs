@@ -998,3 +998,71 @@ async fn https_connections_over_the_cap_get_a_json_503_inside_tls() {
     }
     stop.cancel();
 }
+
+/// Answers every ring request with an acknowledgement.
+struct Acks;
+
+#[async_trait::async_trait]
+impl chordctl::rpc::Handler for Acks {
+    async fn handle(&self, _req: chordctl::rpc::Request) -> chordctl::rpc::Response {
+        chordctl::rpc::Response::Ring(chordctl::ring::RingResponse::Ack)
+    }
+}
+
+/// Over mutual TLS, with and without a cluster secret, a ring connection over the agent's cap
+/// is told so inside TLS: the caller sees a peer at its cap (it retries, and a join does not
+/// give up), not a TLS failure that reads as a refusal of its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_connections_over_the_cap_are_told_so_inside_tls() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = NodeFiles::write(dir.path(), &ca.leaf("n0", false), &ca.ca.cert_pem);
+    let load = || {
+        chordctl::tls::Tls::load(
+            chordctl::tls::TlsFiles {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                ca: files.ca.clone(),
+            },
+            false,
+        )
+        .expect("load the TLS files")
+    };
+    for secret in [None, Some(chordctl::rpc::ClusterSecret::new("s3cret"))] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let security = chordctl::rpc::Security {
+            secret: secret.clone(),
+            tls: Some(load()),
+        };
+        let limits = chordctl::rpc::Limits {
+            max_connections: 1,
+            ..chordctl::rpc::Limits::default()
+        };
+        tokio::spawn(chordctl::rpc::serve_with(
+            listener,
+            Arc::new(Acks),
+            security,
+            limits,
+            stop.clone(),
+        ));
+        let pool = || {
+            chordctl::rpc::Pool::with_security(Duration::from_secs(5), secret.clone(), Some(load()))
+        };
+        let ping = || chordctl::rpc::Request::Ring(chordctl::ring::RingRequest::Ping);
+        let first = pool();
+        let answer = first.call(&addr, ping()).await;
+        assert!(answer.is_ok(), "the first connection is served: {answer:?}");
+        let late = pool();
+        let err = late.call(&addr, ping()).await.expect_err("over the cap");
+        assert!(
+            matches!(err, chordctl::rpc::CallError::Busy(_)) && !err.is_auth(),
+            "secret {}: {err}",
+            secret.is_some()
+        );
+        stop.cancel();
+    }
+}

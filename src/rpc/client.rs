@@ -37,8 +37,8 @@ pub enum CallError {
     /// `--cluster-secret` does to an agent without one.
     #[error("{0} closed the connection without answering: not a ring RPC port (an agent's HTTP port?), or a ring with --cluster-secret refusing agents without it")]
     Refused(String),
-    /// The peer is at its cap of ring connections (with `--cluster-secret`, its handshake
-    /// said so); retrying later may succeed.
+    /// The peer is at a cap of ring connections (it said so before closing the connection:
+    /// a notice, or with `--cluster-secret` its handshake's BUSY); retrying later may succeed.
     #[error("{0} is at its cap of ring connections; retry later")]
     Busy(String),
 }
@@ -58,6 +58,8 @@ struct Conn {
     alive: Arc<std::sync::atomic::AtomicBool>,
     /// Whether any frame arrived on this connection.
     heard: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the peer said it is at a cap of connections before closing this one.
+    busy: Arc<std::sync::atomic::AtomicBool>,
     /// The TLS generation it was made under ([`Tls::generation`]; 0 without TLS).
     generation: u64,
     /// A second handle on the TCP socket, to reset it ([`Conn::reset_if_stuck`]).
@@ -215,6 +217,9 @@ impl Pool {
             Ok(resp) => Ok(resp),
             Err(_) => {
                 self.drop_conn(addr, conn);
+                if conn.busy.load(Ordering::Relaxed) {
+                    return Err(CallError::Busy(addr.to_string()));
+                }
                 if self.secret.is_none()
                     && self.tls.is_none()
                     && !conn.heard.load(Ordering::Relaxed)
@@ -343,6 +348,8 @@ where
     let alive_r = alive.clone();
     let heard = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heard_r = heard.clone();
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy_r = busy.clone();
     let peer = peer.to_string();
     let reader = tokio::spawn(async move {
         while let Some(Ok(bytes)) = source.next().await {
@@ -363,6 +370,7 @@ where
                 // serves as many connections as it can already).
                 (None, Response::Error(e)) if env.id == 0 => {
                     tracing::warn!(%peer, "ring RPC peer closed the connection: {e}");
+                    busy_r.store(true, Ordering::Relaxed);
                 }
                 (None, _) => {}
             }
@@ -378,6 +386,7 @@ where
         pending,
         alive,
         heard,
+        busy,
         generation,
         socket: Mutex::new(None),
         tasks: [writer.abort_handle(), reader.abort_handle()],

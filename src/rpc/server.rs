@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -28,6 +28,10 @@ use crate::tls::Tls;
 
 /// Connections served at once; one more is sent a notice and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// TLS connections over a cap told why at once (each needs a TLS handshake); more are closed
+/// bare.
+const REFUSALS_TLS: usize = 16;
 
 /// Connections from one IP address served at once, so that one host cannot take every
 /// slot. A host running many agents (a development ring) holds one connection to each of its
@@ -119,15 +123,15 @@ pub async fn serve_with(
 ) {
     let Security { secret, tls } = security;
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    // With a secret the peer expects a handshake, and a plain frame would read as a peer
-    // without one: it gets the bare close.
-    // So does a TLS peer, which would read the plain frame as garbage.
-    let notice = |what: String| match (&secret, &tls) {
-        (None, None) => refusal_notice(what),
-        // With a secret, a peer of this version reads BUSY in place of the challenge.
-        (Some(_), None) => framed(auth::busy()),
-        _ => None,
+    // What a connection over a cap is told before it is closed. With a secret the peer
+    // expects a handshake, and reads BUSY in place of the challenge. A TLS peer reads either
+    // only inside TLS: the handshake is made for it, by at most REFUSALS_TLS at a time (a
+    // handshake costs CPU); past that, the bare close.
+    let notice = |what: String| match &secret {
+        None => refusal_notice(what),
+        Some(_) => framed(auth::busy()),
     };
+    let tls_refusals = Arc::new(Semaphore::new(REFUSALS_TLS));
     let notice_all = notice(format!("{} open", limits.max_connections));
     let notice_address = notice(format!("{} open from this address", limits.max_per_address));
     let per_address = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
@@ -174,7 +178,19 @@ pub async fn serve_with(
                     last_warning = Some(Instant::now());
                     unreported = 0;
                 }
-                refuse(stream, notice);
+                match &tls {
+                    None => refuse(stream, notice),
+                    Some(tls) => {
+                        if let Ok(refusal) = tls_refusals.clone().try_acquire_owned() {
+                            let (tls, notice) = (tls.clone(), notice.cloned());
+                            let shutdown = shutdown.clone();
+                            tokio::spawn(async move {
+                                refuse_in_tls(&tls, stream, notice, &shutdown).await;
+                                drop(refusal);
+                            });
+                        }
+                    }
+                }
                 continue;
             }
         };
@@ -220,6 +236,25 @@ async fn accept_tls(
             )),
         },
     }
+}
+
+/// Tell a TLS connection over a cap why it is closed: `notice` inside TLS, once the
+/// handshake (bounded like any other) is made.
+async fn refuse_in_tls(
+    tls: &Tls,
+    stream: TcpStream,
+    notice: Option<Bytes>,
+    shutdown: &CancellationToken,
+) {
+    let (Ok(Some(mut stream)), Some(notice)) = (accept_tls(tls, stream, shutdown).await, notice)
+    else {
+        return;
+    };
+    let _ = tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, async {
+        stream.write_all(&notice).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// One connection counted against its address's cap while it lives.
@@ -617,14 +652,12 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(good.call(&addr, ping()).await, Ok(ack.clone()));
         }
-        // An agent that connects now fails at once, as a broken connection (it retries), not
-        // as a peer that refuses its credentials (which makes a join give up).
+        // An agent that connects now fails at once, as a peer at its cap (it retries, and
+        // does not suspect the node), not as a peer that refuses its credentials (which
+        // makes a join give up).
         let late = Pool::new(WAIT);
         let err = late.call(&addr, ping()).await.expect_err("refused");
-        assert!(
-            matches!(err, CallError::Broken(_)) && !err.is_auth(),
-            "{err}"
-        );
+        assert!(matches!(err, CallError::Busy(_)) && !err.is_auth(), "{err}");
 
         // Once a served connection closes, its slot is used again.
         drop(held);

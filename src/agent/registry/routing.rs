@@ -13,10 +13,6 @@ use crate::ring::{Id, LookupResult, NodeRef};
 use crate::rpc::{CallError, Request, Response};
 use crate::{Error, Result};
 
-/// How many of a node's successors `svc list` asks for the node's range when the node itself
-/// cannot answer.
-const STAND_INS: usize = 3;
-
 impl Registry {
     /// Send `req` to the owner of `key_id`, retrying while ownership settles.
     pub(super) async fn route(
@@ -162,6 +158,8 @@ impl Registry {
                 self.ring.probe(node).await;
                 Err(Error::routing(e.to_string()))
             }
+            // Alive, at a cap of connections: not a sign of failure.
+            Err(e @ CallError::Busy(_)) => Err(Error::routing(e.to_string())),
             Err(e) => {
                 // Refused, broken or unauthenticated: the peer is gone (or not one of us).
                 self.ring.with(|c| c.suspect(&node.id));
@@ -257,8 +255,10 @@ impl Registry {
     /// took a joiner's range and is now its successor, still answers for the whole range from
     /// what it holds. A node that cannot answer (still taking its range over after a join, or
     /// gone without the ring knowing yet) is stood in for by its successors, which hold its
-    /// range: the first handed it over or keeps the copy it had as owner, the next ones keep
-    /// replicas. Only a range nobody answers for fails the list.
+    /// range: the first handed it over or keeps the copy it had as owner, the next K−2 keep
+    /// replicas. Only a range nobody holding it answers for fails the list. (With K = 1 a
+    /// node gone leaves its successor answering with nothing of its range: its services
+    /// are missing from the list, as they are from discover.)
     async fn walk_list(self: &Arc<Self>) -> Result<Vec<ServiceSummary>> {
         let nodes = self.ring.walk(100_000).await?;
         let n = nodes.len();
@@ -272,14 +272,24 @@ impl Registry {
             let list = match self.ask(node, req.clone()).await {
                 Ok(list) => list,
                 Err(e) => {
+                    // Only successors that hold the range: the first (it handed the range to
+                    // a joiner, or keeps the first copy), and the others that keep copies.
+                    let holders = self.replicas.saturating_sub(1).max(1);
                     let mut stood_in = None;
-                    for j in 1..n.min(1 + STAND_INS) {
+                    for j in 1..n.min(1 + holders) {
                         if let Ok(list) = self.ask(&nodes[(i + j) % n].0, req.clone()).await {
                             stood_in = Some(list);
                             break;
                         }
                     }
-                    stood_in.ok_or(e)?
+                    match stood_in {
+                        Some(list) => list,
+                        // An agent of an earlier build does not know ListRange.
+                        None => self
+                            .ask(node, RegistryRequest::ListOwned)
+                            .await
+                            .map_err(|_| e)?,
+                    }
                 }
             };
             for s in list {
