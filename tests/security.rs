@@ -112,6 +112,42 @@ async fn nodes_with_another_secret_or_none_cannot_join_and_are_never_members() {
     assert_eq!(nodes.as_array().map(Vec::len), Some(2), "{nodes}");
 }
 
+/// A seed with a cluster secret whose ring port is full (here: every slot one address may
+/// hold, taken by connections that never authenticate) says BUSY; a join through it waits
+/// and succeeds once slots free (the silent connections are dropped at the handshake
+/// deadline), instead of giving up at once as if the secret were wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_through_a_seed_at_its_connection_cap_waits_and_succeeds() {
+    let c = TestCluster::start_with(1, with_secret(Some(SECRET))).await;
+    let seed = c.seed();
+    let mut held = Vec::new();
+    for _ in 0..chordctl::rpc::server::MAX_PER_ADDRESS {
+        held.push(TcpStream::connect(&seed).await.expect("connect"));
+    }
+    // The next one from this address is told BUSY and closed.
+    let mut over = TcpStream::connect(&seed).await.expect("connect");
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut got))
+        .await
+        .expect("closed at once")
+        .expect("read");
+    assert!(
+        got.ends_with(&[chordctl::rpc::auth::HANDSHAKE_MARKER, b'B']),
+        "not BUSY: {got:?}"
+    );
+
+    let addr = free_addr().await;
+    let dir = c.tmp.path().join("joiner");
+    let config = AgentConfig {
+        bind: addr,
+        cluster_secret: Some(SECRET.to_string()),
+        ..test_config(Start::Join(seed), &dir)
+    };
+    let joined = agent::start(config).await;
+    assert!(joined.is_ok(), "the join gave up: {:?}", joined.err());
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_secret_cannot_join_a_ring_without_one() {
     let c = TestCluster::start(1).await;
