@@ -380,15 +380,22 @@ impl Record {
     }
 
     /// A record built from its stored entries: the meta entry (if any) and every unit.
-    /// Undecodable units are skipped with a log line (they are repaired from other copies).
+    /// An undecodable meta entry or unit is skipped with a log line (it is repaired from
+    /// other copies).
     pub fn from_stored<'a>(
         service: &str,
         meta: Option<&[u8]>,
         units: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Record> {
         let mut rec = Record::new(service, None)?;
-        if let Some(meta) = meta {
-            rec.apply_meta(&decode_meta_value(meta)?);
+        // A damaged meta entry does not make the service unreadable: it is skipped like a
+        // damaged unit, and anti-entropy (whose mark sees it differ) merges a good one back.
+        match meta.map(decode_meta_value) {
+            Some(Ok(meta)) => {
+                rec.apply_meta(&meta);
+            }
+            Some(Err(e)) => tracing::warn!(service, "skipping a stored service meta entry: {e}"),
+            None => {}
         }
         for (id, bytes) in units {
             match Unit::from_bytes(service, bytes) {
@@ -753,6 +760,26 @@ mod tests {
     }
 
     // ---- meta entries ------------------------------------------------------------------
+
+    #[test]
+    fn a_damaged_meta_entry_leaves_the_service_readable_and_is_merged_over() {
+        let mut a = Owner::new(1, 0);
+        a.register("x", 80, at(1));
+        let unit = a.rec.unit("x").expect("unit");
+        let bytes = unit.to_bytes().expect("encode");
+        let damaged = [0xFFu8, 0x00, 0x13];
+        assert!(decode_meta_value(&damaged).is_err());
+        let mut stored = Record::from_stored("svc", Some(&damaged), [("x", bytes.as_slice())])
+            .expect("a damaged meta entry does not make the service unreadable");
+        assert!(stored.instances.contains_key("x"), "its instances are read");
+        assert_eq!(stored.gvip, None);
+        // Its mark differs from a good copy's, so anti-entropy merges the good one in.
+        let good = meta(Some("10.212.0.7"), 1_000, 1, 4);
+        let good_bytes = meta_bytes(&good).expect("encode");
+        assert_ne!(Mark::of("s/svc", &damaged), Mark::of("s/svc", &good_bytes));
+        assert!(stored.apply_meta(&decode_meta_value(&good_bytes).expect("decode")));
+        assert_eq!(stored.gvip.as_deref(), Some("10.212.0.7"));
+    }
 
     fn meta(gvip: Option<&str>, wall_ms: u64, node: u64, index: u64) -> Meta {
         Meta {
