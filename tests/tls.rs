@@ -931,8 +931,17 @@ fn agent_dev_tls_prints_client_settings_that_work() {
     Run::of(cmd).code(0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_connections_over_the_cap_get_a_json_503_inside_tls() {
+/// One agent in this process serving HTTPS on port 0 with `limits`: its address, a maker of
+/// clients that trust its CA, the token that stops the server, and what keeps the agent and
+/// its files alive.
+async fn https_agent(
+    limits: chordctl::http::Limits,
+) -> (
+    std::net::SocketAddr,
+    impl Fn() -> reqwest::Client,
+    tokio_util::sync::CancellationToken,
+    (crate::support::cluster::TestCluster, tempfile::TempDir),
+) {
     let ca = Ca::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let files = NodeFiles::write(dir.path(), &ca.leaf("n0", false), &ca.ca.cert_pem);
@@ -946,10 +955,6 @@ async fn https_connections_over_the_cap_get_a_json_503_inside_tls() {
     )
     .expect("load the TLS files");
     let c = crate::support::cluster::TestCluster::start(1).await;
-    let limits = chordctl::http::Limits {
-        max_connections: 1,
-        ..chordctl::http::Limits::default()
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -963,15 +968,103 @@ async fn https_connections_over_the_cap_get_a_json_503_inside_tls() {
         Some(tls),
         stop.clone(),
     ));
-    let client = || {
+    let root = ca.ca.cert_pem.clone();
+    let client = move || {
         reqwest::Client::builder()
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(ca.ca.cert_pem.as_bytes()).expect("root"),
-            )
+            .add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).expect("root"))
             .timeout(Duration::from_secs(10))
             .build()
             .expect("client")
     };
+    (addr, client, stop, (c, dir))
+}
+
+/// An HTTPS change stream (served without hyper) sends its snapshot and then each change,
+/// a malformed one is answered with a JSON 400, and other HTTPS requests on new connections
+/// (to hyper, the bytes read to tell them apart put back) are answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_change_stream_sends_its_changes_and_other_requests_still_work() {
+    let (addr, client, stop, _agent) = https_agent(chordctl::http::Limits::default()).await;
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let put = |id: &'static str| {
+        let (http, url) = (client(), format!("{base}/v1/services/pay/instances/{id}"));
+        async move {
+            let r = http
+                .put(url)
+                .json(&serde_json::json!({"address": "10.0.0.1", "port": 80}))
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    put("a").await;
+    let mut stream = client()
+        .get(format!("{base}/v1/watch/services/pay"))
+        .send()
+        .await
+        .expect("a stream");
+    assert_eq!(stream.status().as_u16(), 200);
+    let mut seen = String::new();
+    let mut wrote = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("\"b\"") {
+        assert!(
+            Instant::now() < deadline,
+            "no change seen on the stream: {seen}"
+        );
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("a frame in time")
+            .expect("the stream goes on")
+            .expect("a frame");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if !wrote && seen.contains("snapshot") {
+            // The snapshot came: now a change.
+            put("b").await;
+            wrote = true;
+        }
+    }
+    assert!(seen.contains("\"a\""), "the snapshot: {seen}");
+    // A stream request with a body is refused as over plain HTTP.
+    let bad = client()
+        .get(format!("{base}/v1/watch/services/pay"))
+        .header("content-length", "2")
+        .body("{}")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(bad.status().as_u16(), 400);
+    let body: serde_json::Value = bad.json().await.expect("a JSON body");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    // Other requests on new connections still go to hyper.
+    let health = client()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("health");
+    assert!(health.status().is_success());
+    let found = client()
+        .get(format!("{base}/v1/services/pay"))
+        .send()
+        .await
+        .expect("discover");
+    let found: serde_json::Value = found.json().await.expect("JSON");
+    assert_eq!(
+        found["instances"].as_array().map(Vec::len),
+        Some(2),
+        "{found}"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connections_over_the_cap_get_a_json_503_inside_tls() {
+    let limits = chordctl::http::Limits {
+        max_connections: 1,
+        ..chordctl::http::Limits::default()
+    };
+    let (addr, client, stop, _agent) = https_agent(limits).await;
     let http = client();
     let url = format!("https://127.0.0.1:{}/healthz", addr.port());
     // The agent serves HTTPS, then one held connection fills it.

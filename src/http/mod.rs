@@ -237,11 +237,12 @@ pub async fn serve_app_with(
             });
             continue;
         };
-        // HTTPS: every connection through hyper (the lean path for change streams is plain
-        // HTTP only).
-        let service = TowerToHyperService::new(app.clone());
+        // HTTPS: a change stream is served without hyper (as over plain HTTP, though written
+        // by a task of its own rather than a subscription's fan-out: each connection encrypts
+        // its own frames); anything else through hyper.
         let accept = tls.http_acceptor().accept(stream);
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (app, builder, limits) = (app.clone(), builder.clone(), limits.clone());
+        let (watcher, stop) = (graceful.watcher(), shutdown.clone());
         let deadline = limits.header_read_timeout;
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(deadline, accept).await {
@@ -255,11 +256,21 @@ pub async fn serve_app_with(
                     return;
                 }
             };
-            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "HTTPS connection ended: {e}");
+            match stream::classify(stream, deadline).await {
+                None => {}
+                Some(stream::Tls::Watch(stream, start)) => {
+                    Box::pin(stream::serve_tls(stream, start, app, &limits, stop, permit)).await
+                }
+                Some(stream::Tls::Other(stream)) => {
+                    let service = TowerToHyperService::new(app);
+                    let conn =
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    if let Err(e) = Box::pin(conn).await {
+                        tracing::debug!(%peer, "HTTPS connection ended: {e}");
+                    }
+                    drop(permit);
+                }
             }
-            drop(permit);
         });
     }
     drop(listener);

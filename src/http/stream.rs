@@ -9,6 +9,10 @@
 //! (`Connection: close`, the body ends with the connection — so no chunked framing either). What
 //! stays for an idle watcher is its socket, its stream's state and one task.
 //!
+//! Over HTTPS the same, once the TLS handshake is made: the first bytes are read (`classify`)
+//! rather than peeked, a stream is written by a task of its own through TLS (`serve_tls`), and
+//! any other connection goes to hyper with those bytes put back in front (`Prefixed`).
+//!
 //! Anything else, and any request this path does not take (a body, a malformed head), goes to
 //! hyper or gets the answer hyper would give.
 
@@ -20,7 +24,7 @@ use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, Sta
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -66,19 +70,10 @@ pub async fn serve(
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let request = match Box::pin(read_request(&mut stream, limits)).await {
-        Ok(r) => r,
-        Err(Some(refused)) => return Box::pin(write_whole(&mut stream, refused.answer())).await,
-        Err(None) => return,
+    let Some(response) = Box::pin(answer(&mut stream, app, limits, Vec::new(), true)).await else {
+        return;
     };
-    let response = match Box::pin(app.oneshot(request)).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    };
-    if !response.status().is_success() {
-        return Box::pin(write_whole(&mut stream, response)).await;
-    }
-    let (mut parts, mut body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let handoff = parts
         .extensions
         .remove::<Handoff>()
@@ -94,8 +89,20 @@ pub async fn serve(
         }
         return;
     }
-    // The body ends with the connection: no length, no chunks.
-    if stream.write_all(&head).await.is_err() {
+    Box::pin(stream_body(stream, head, body, stop, permit)).await;
+}
+
+/// Write `head`, then `body` as it comes (it ends with the connection: no length, no chunks),
+/// until the client closes the connection, the agent stops or the body ends.
+async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    head: Vec<u8>,
+    mut body: Body,
+    stop: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    if wr.write_all(&head).await.is_err() || wr.flush().await.is_err() {
         return;
     }
     drop(head);
@@ -105,26 +112,49 @@ pub async fn serve(
         let frame = tokio::select! {
             _ = stop.cancelled() => break,
             // The client closed (or sent something, which is read and ignored).
-            ready = stream.readable() => {
-                if ready.is_err() {
-                    break;
-                }
-                match stream.try_read(&mut scratch) {
-                    Ok(0) => break,
-                    Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break,
-                    _ => continue,
-                }
-            }
+            read = rd.read(&mut scratch) => match read {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            },
             frame = body.frame() => frame,
         };
         let Some(Ok(frame)) = frame else { break };
         if let Ok(data) = frame.into_data() {
-            if stream.write_all(&data).await.is_err() {
+            if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
         }
     }
-    let _ = stream.shutdown().await;
+    let _ = wr.shutdown().await;
+}
+
+/// The connection's one request (its first bytes `start` read already) through `app`: the
+/// answer when it is a stream to write; `None` when it was answered whole (a refusal, an
+/// error) or the client went away.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    app: Router,
+    limits: &Limits,
+    start: Vec<u8>,
+    lean: bool,
+) -> Option<Response<Body>> {
+    let request = match read_request(stream, limits, start, lean).await {
+        Ok(r) => r,
+        Err(Some(refused)) => {
+            write_whole(stream, refused.answer()).await;
+            return None;
+        }
+        Err(None) => return None,
+    };
+    let response = match app.oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if !response.status().is_success() {
+        write_whole(stream, response).await;
+        return None;
+    }
+    Some(response)
 }
 
 /// An answer's status line and headers, `Connection: close` and `extra` (header lines) added,
@@ -155,14 +185,18 @@ fn head(parts: &axum::http::response::Parts, extra: &str) -> Vec<u8> {
 
 /// Read and parse the request head. `Err(Some(answer))`: answer that and close;
 /// `Err(None)`: just close (the client went away or was too slow, as hyper would).
-async fn read_request(
-    stream: &mut TcpStream,
+async fn read_request<S: AsyncRead + Unpin>(
+    stream: &mut S,
     limits: &Limits,
+    mut buf: Vec<u8>,
+    lean: bool,
 ) -> Result<Request<Body>, Option<Refused>> {
-    use tokio::io::AsyncReadExt;
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    buf.reserve(1024);
     loop {
+        if let Some(done) = parse_head(&buf, lean) {
+            return done;
+        }
         if buf.len() >= limits.max_header_bytes {
             return Err(Some(Refused(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -175,33 +209,35 @@ async fn read_request(
             _ => return Err(None),
         };
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Partial) => continue,
-            Ok(httparse::Status::Complete(len)) => {
-                if len < buf.len() {
-                    // Bytes after the head: a body or a pipelined request, neither of which a
-                    // change stream takes.
-                    return Err(Some(Refused(
-                        StatusCode::BAD_REQUEST,
-                        "a change stream request carries no body".into(),
-                    )));
-                }
-                return build(&parsed).map_err(Some);
-            }
-            Err(e) => {
-                return Err(Some(Refused(
-                    StatusCode::BAD_REQUEST,
-                    format!("malformed request: {e}"),
-                )))
-            }
-        }
+    }
+}
+
+/// The request in `buf` once its head is complete (`None`: not yet). `lean`: mark it for the
+/// hand-over to a fan-out task (plain connections only).
+fn parse_head(buf: &[u8], lean: bool) -> Option<Result<Request<Body>, Option<Refused>>> {
+    if buf.is_empty() {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Partial) => None,
+        // Bytes after the head: a body or a pipelined request, neither of which a change
+        // stream takes.
+        Ok(httparse::Status::Complete(len)) if len < buf.len() => Some(Err(Some(Refused(
+            StatusCode::BAD_REQUEST,
+            "a change stream request carries no body".into(),
+        )))),
+        Ok(httparse::Status::Complete(_)) => Some(build(&parsed, lean).map_err(Some)),
+        Err(e) => Some(Err(Some(Refused(
+            StatusCode::BAD_REQUEST,
+            format!("malformed request: {e}"),
+        )))),
     }
 }
 
 /// The parsed head as a request for the router.
-fn build(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Refused> {
+fn build(parsed: &httparse::Request<'_, '_>, lean: bool) -> Result<Request<Body>, Refused> {
     let bad = |m: &str| Refused(StatusCode::BAD_REQUEST, m.to_string());
     let mut request = Request::builder()
         .method(Method::GET)
@@ -216,8 +252,10 @@ fn build(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Refused> {
         let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad header value"))?;
         request = request.header(name, value);
     }
+    if lean {
+        request = request.extension(Lean);
+    }
     request
-        .extension(Lean)
         .body(Body::empty())
         .map_err(|_| bad("malformed request target"))
 }
@@ -239,7 +277,7 @@ impl Refused {
 }
 
 /// Write a whole (short) answer with its length, and close.
-async fn write_whole(stream: &mut TcpStream, response: Response<Body>) {
+async fn write_whole<S: AsyncWrite + Unpin>(stream: &mut S, response: Response<Body>) {
     let (parts, body) = response.into_parts();
     let body: Bytes = body
         .collect()
@@ -250,4 +288,115 @@ async fn write_whole(stream: &mut TcpStream, response: Response<Body>) {
     out.extend_from_slice(&body);
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
+}
+
+/// An HTTPS connection, its TLS handshake made: a change stream is served here, without
+/// hyper (its connection buffers would be most of an idle watcher's cost, as over plain
+/// HTTP); anything else goes to hyper with the bytes already read put back in front.
+pub enum Tls<S> {
+    /// The connection's first request is a change stream; served by [`serve_tls`].
+    Watch(S, Vec<u8>),
+    /// Anything else, for hyper.
+    Other(Prefixed<S>),
+}
+
+/// Read the start of the connection's first request, at most `wait`: whether it is a change
+/// stream. `None`: nothing came, or the connection failed.
+pub async fn classify<S: AsyncRead + Unpin>(mut stream: S, wait: Duration) -> Option<Tls<S>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = Vec::with_capacity(PREFIX.len());
+    while buf.len() < PREFIX.len() && PREFIX.starts_with(&buf) {
+        let mut chunk = [0u8; 64];
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(if buf.starts_with(PREFIX) {
+        Tls::Watch(stream, buf)
+    } else {
+        Tls::Other(Prefixed {
+            head: Bytes::from(buf),
+            inner: stream,
+        })
+    })
+}
+
+/// Serve an HTTPS change stream (its first bytes read already): the request through `app`,
+/// the answer's body written as it comes, and the connection closed when the client closes
+/// it, the agent stops or the stream ends.
+pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    start: Vec<u8>,
+    app: Router,
+    limits: &Limits,
+    stop: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some(response) = Box::pin(answer(&mut stream, app, limits, start, false)).await else {
+        return;
+    };
+    let (parts, body) = response.into_parts();
+    let head = head(&parts, "");
+    drop(parts);
+    Box::pin(stream_body(stream, head, body, stop, permit)).await;
+}
+
+/// A connection with bytes already read from it put back in front.
+pub struct Prefixed<S> {
+    head: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let part = self.head.split_to(n);
+            buf.put_slice(&part);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
