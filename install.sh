@@ -80,7 +80,10 @@ if [ -z "$binary" ]; then
     fi
     echo "building: cargo build --release --locked"
     (cd "$src" && cargo build --release --locked)
-    binary="$src/target/release/chordctl"
+    # Where cargo put it: CARGO_TARGET_DIR when set (relative to the source), else target/.
+    target_dir="${CARGO_TARGET_DIR:-target}"
+    case "$target_dir" in /*) ;; *) target_dir="$src/$target_dir" ;; esac
+    binary="$target_dir/release/chordctl"
 fi
 [ -f "$binary" ] && [ -x "$binary" ] || { echo "install.sh: $binary is not an executable file" >&2; exit 1; }
 binary="$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary")"

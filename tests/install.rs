@@ -112,3 +112,45 @@ fn install_sh_installs_again_and_uninstalls() {
     // Uninstalling again is not an error.
     install(&prefix, &["--uninstall"]);
 }
+
+/// Without `--binary`, install.sh builds with cargo and installs what cargo built, also when
+/// `CARGO_TARGET_DIR` puts it elsewhere than `target/`. (A stand-in `cargo` on PATH "builds"
+/// by copying this test run's binary where the real one would put it.)
+#[test]
+fn install_sh_finds_what_cargo_built_under_cargo_target_dir() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let bin_dir = tmp.path().join("fake-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap_or_else(|e| panic!("{e}"));
+    let cargo = bin_dir.join("cargo");
+    std::fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\nset -e\nmkdir -p \"$CARGO_TARGET_DIR/release\"\ncp '{BIN}' \"$CARGO_TARGET_DIR/release/chordctl\"\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let target = tmp.path().join("elsewhere");
+    let prefix = tmp.path().join("prefix");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(root().join("install.sh"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run install.sh: {e}"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&prefix.join("bin/chordctl")), read(Path::new(BIN)));
+}
