@@ -317,9 +317,11 @@ impl RingDriver {
                     action = match self.pool.call(&node.addr, req).await {
                         Ok(Response::Ring(RingResponse::Step(step))) => lookup.on_step(step),
                         Ok(_) => lookup.on_failure(&node),
-                        Err(_) => {
-                            self.with(|c| c.suspect(&node.id));
-                            suspected = true;
+                        Err(e) => {
+                            if e.means_peer_down() {
+                                self.with(|c| c.suspect(&node.id));
+                                suspected = true;
+                            }
                             lookup.on_failure(&node)
                         }
                     };
@@ -375,6 +377,8 @@ impl RingDriver {
             .await
         {
             Ok(_) => true,
+            // Alive, at its cap of connections.
+            Err(e) if !e.means_peer_down() => true,
             Err(_) => {
                 self.with(|c| c.suspect(&node.id));
                 false

@@ -126,7 +126,7 @@ pub enum AuthError {
     #[error("malformed handshake message")]
     Malformed,
     /// The peer closed the connection mid-handshake.
-    #[error("the peer closed the connection during the handshake: it has no --cluster-secret (or another one), or it is at its cap of ring connections")]
+    #[error("the peer closed the connection during the handshake (does it have the same --cluster-secret?)")]
     Closed,
     /// The peer is at its cap of ring connections (it said BUSY).
     #[error("the peer is at its cap of ring connections; retry later")]

@@ -48,6 +48,12 @@ impl CallError {
     pub fn is_auth(&self) -> bool {
         matches!(self, CallError::Auth(..) | CallError::Refused(_))
     }
+
+    /// Whether the failure is a sign that the peer is gone (and may be suspected): every
+    /// failure but a peer saying it is at its cap of connections.
+    pub fn means_peer_down(&self) -> bool {
+        !matches!(self, CallError::Busy(_))
+    }
 }
 
 type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;

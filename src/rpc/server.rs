@@ -292,8 +292,9 @@ impl Drop for AddressSlot {
 }
 
 /// The frame sent on a refused connection: an error answer with id 0, which no call uses, so
-/// the peer's pool logs it and fails its calls as a broken connection (retryable), not as a
-/// closed one (which reads as a refusal of its credentials). `what`: the cap that was met.
+/// the peer's pool logs it and fails its calls as `CallError::Busy` (retryable, the node not
+/// suspected), not as a closed connection (which reads as a refusal of its credentials).
+/// `what`: the cap that was met.
 fn refusal_notice(what: String) -> Option<Bytes> {
     let env = Envelope {
         id: 0,
@@ -744,7 +745,10 @@ mod tests {
         assert_eq!(first.call(&addr, ping()).await, Ok(ack.clone()));
         let late = Pool::with_secret(WAIT, Some(secret));
         let err = late.call(&addr, ping()).await.expect_err("over the cap");
-        assert!(matches!(err, CallError::Busy(_)) && !err.is_auth(), "{err}");
+        assert!(
+            matches!(err, CallError::Busy(_)) && !err.is_auth() && !err.means_peer_down(),
+            "{err}"
+        );
         assert_eq!(handler.refused.load(Ordering::SeqCst), 1);
         // Once the first connection closes, the slot is used again.
         drop(first);

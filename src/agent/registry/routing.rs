@@ -158,11 +158,12 @@ impl Registry {
                 self.ring.probe(node).await;
                 Err(Error::routing(e.to_string()))
             }
-            // Alive, at a cap of connections: not a sign of failure.
-            Err(e @ CallError::Busy(_)) => Err(Error::routing(e.to_string())),
             Err(e) => {
                 // Refused, broken or unauthenticated: the peer is gone (or not one of us).
-                self.ring.with(|c| c.suspect(&node.id));
+                // One at its cap of connections is alive.
+                if e.means_peer_down() {
+                    self.ring.with(|c| c.suspect(&node.id));
+                }
                 Err(Error::routing(e.to_string()))
             }
         }
