@@ -774,8 +774,7 @@ async fn svc_list_shows_every_service_while_a_node_takes_its_range_over() {
             Instant::now() < deadline,
             "the joiner never finished joining"
         );
-        let (_, ring) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
-        let members = ring.as_array().map_or(0, Vec::len);
+        let members = ring_size(&url).await;
         let (status, list) = call("GET", &format!("{url}/v1/services"), None).await;
         assert_eq!(status, 200, "svc list failed while a node joined: {list}");
         let listed: std::collections::BTreeSet<&str> = list

@@ -126,11 +126,7 @@ async fn a_join_through_a_seed_at_its_connection_cap_waits_and_succeeds() {
     }
     // The next one from this address is told BUSY and closed.
     let mut over = TcpStream::connect(&seed).await.expect("connect");
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut got))
-        .await
-        .expect("closed at once")
-        .expect("read");
+    let got = read_until_closed(&mut over, Duration::from_secs(5)).await;
     assert!(
         got.ends_with(&[chordctl::rpc::auth::HANDSHAKE_MARKER, b'B']),
         "not BUSY: {got:?}"

@@ -333,7 +333,6 @@ fn tombstones_past_their_time_are_forgotten_by_every_copy_and_do_not_come_back()
 /// seconds between the last scan of a replica and its first hand-back, does the same).
 #[test]
 fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back() {
-    let with_old_tombstone = true;
     use chordctl::registry::hlc::Hlc;
     use chordctl::registry::model::Stamp;
     use chordctl::registry::ops::{Entry, RegistryRequest, RegistryResponse};
@@ -409,16 +408,16 @@ fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back(
                 node: 42,
             },
         );
-        let mut orphan = vec![Entry {
-            key: key_y.clone(),
-            value: y_bytes.clone(),
-        }];
-        if with_old_tombstone {
-            orphan.push(Entry {
+        let orphan = vec![
+            Entry {
+                key: key_y.clone(),
+                value: y_bytes.clone(),
+            },
+            Entry {
                 key: format!("u/{service}/t"),
                 value: old,
-            });
-        }
+            },
+        ];
         handoff(&agents[3], orphan).await;
         // y is then removed at the owner, by a removal that passes its time in 20 s.
         let removed = tomb(

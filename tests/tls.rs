@@ -79,6 +79,19 @@ impl NodeFiles {
         replace(&self.cert, &leaf.cert_pem);
     }
 
+    /// The files loaded as an agent loads them (HTTP clients not verified).
+    fn load(&self) -> Arc<chordctl::tls::Tls> {
+        chordctl::tls::Tls::load(
+            chordctl::tls::TlsFiles {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                ca: self.ca.clone(),
+            },
+            false,
+        )
+        .expect("load the TLS files")
+    }
+
     fn flags(&self) -> Vec<String> {
         let path = |p: &PathBuf| p.display().to_string();
         vec![
@@ -945,15 +958,7 @@ async fn https_agent(
     let ca = Ca::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let files = NodeFiles::write(dir.path(), &ca.leaf("n0", false), &ca.ca.cert_pem);
-    let tls = chordctl::tls::Tls::load(
-        chordctl::tls::TlsFiles {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            ca: files.ca.clone(),
-        },
-        false,
-    )
-    .expect("load the TLS files");
+    let tls = files.load();
     let c = crate::support::cluster::TestCluster::start(1).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -1110,17 +1115,7 @@ async fn ring_connections_over_the_cap_are_told_so_inside_tls() {
     let ca = Ca::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let files = NodeFiles::write(dir.path(), &ca.leaf("n0", false), &ca.ca.cert_pem);
-    let load = || {
-        chordctl::tls::Tls::load(
-            chordctl::tls::TlsFiles {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                ca: files.ca.clone(),
-            },
-            false,
-        )
-        .expect("load the TLS files")
-    };
+    let load = || files.load();
     for secret in [None, Some(chordctl::rpc::ClusterSecret::new("s3cret"))] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -95,14 +95,13 @@ pub async fn serve(
 /// Write `head`, then `body` as it comes (it ends with the connection: no length, no chunks),
 /// until the client closes the connection, the agent stops or the body ends.
 async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: S,
+    mut stream: S,
     head: Vec<u8>,
     mut body: Body,
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    if wr.write_all(&head).await.is_err() || wr.flush().await.is_err() {
+    if stream.write_all(&head).await.is_err() || stream.flush().await.is_err() {
         return;
     }
     drop(head);
@@ -112,7 +111,7 @@ async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
         let frame = tokio::select! {
             _ = stop.cancelled() => break,
             // The client closed (or sent something, which is read and ignored).
-            read = rd.read(&mut scratch) => match read {
+            read = stream.read(&mut scratch) => match read {
                 Ok(n) if n > 0 => continue,
                 _ => break,
             },
@@ -120,17 +119,18 @@ async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let Some(Ok(frame)) = frame else { break };
         if let Ok(data) = frame.into_data() {
-            if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
+            if stream.write_all(&data).await.is_err() || stream.flush().await.is_err() {
                 break;
             }
         }
     }
-    let _ = wr.shutdown().await;
+    let _ = stream.shutdown().await;
 }
 
 /// The connection's one request (its first bytes `start` read already) through `app`: the
 /// answer when it is a stream to write; `None` when it was answered whole (a refusal, an
-/// error) or the client went away.
+/// error) or the client went away. `lean`: the handler may hand the connection over
+/// ([`Handoff`]; plain connections only).
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     app: Router,
@@ -138,7 +138,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     start: Vec<u8>,
     lean: bool,
 ) -> Option<Response<Body>> {
-    let request = match read_request(stream, limits, start, lean).await {
+    let mut request = match read_request(stream, limits, start).await {
         Ok(r) => r,
         Err(Some(refused)) => {
             write_whole(stream, refused.answer()).await;
@@ -146,6 +146,9 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(None) => return None,
     };
+    if lean {
+        request.extensions_mut().insert(Lean);
+    }
     let response = match app.oneshot(request).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -189,12 +192,11 @@ async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &Limits,
     mut buf: Vec<u8>,
-    lean: bool,
 ) -> Result<Request<Body>, Option<Refused>> {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     buf.reserve(1024);
     loop {
-        if let Some(done) = parse_head(&buf, lean) {
+        if let Some(done) = parse_head(&buf) {
             return done;
         }
         if buf.len() >= limits.max_header_bytes {
@@ -212,9 +214,8 @@ async fn read_request<S: AsyncRead + Unpin>(
     }
 }
 
-/// The request in `buf` once its head is complete (`None`: not yet). `lean`: mark it for the
-/// hand-over to a fan-out task (plain connections only).
-fn parse_head(buf: &[u8], lean: bool) -> Option<Result<Request<Body>, Option<Refused>>> {
+/// The request in `buf` once its head is complete (`None`: not yet).
+fn parse_head(buf: &[u8]) -> Option<Result<Request<Body>, Option<Refused>>> {
     if buf.is_empty() {
         return None;
     }
@@ -228,7 +229,7 @@ fn parse_head(buf: &[u8], lean: bool) -> Option<Result<Request<Body>, Option<Ref
             StatusCode::BAD_REQUEST,
             "a change stream request carries no body".into(),
         )))),
-        Ok(httparse::Status::Complete(_)) => Some(build(&parsed, lean).map_err(Some)),
+        Ok(httparse::Status::Complete(_)) => Some(build(&parsed).map_err(Some)),
         Err(e) => Some(Err(Some(Refused(
             StatusCode::BAD_REQUEST,
             format!("malformed request: {e}"),
@@ -237,7 +238,7 @@ fn parse_head(buf: &[u8], lean: bool) -> Option<Result<Request<Body>, Option<Ref
 }
 
 /// The parsed head as a request for the router.
-fn build(parsed: &httparse::Request<'_, '_>, lean: bool) -> Result<Request<Body>, Refused> {
+fn build(parsed: &httparse::Request<'_, '_>) -> Result<Request<Body>, Refused> {
     let bad = |m: &str| Refused(StatusCode::BAD_REQUEST, m.to_string());
     let mut request = Request::builder()
         .method(Method::GET)
@@ -251,9 +252,6 @@ fn build(parsed: &httparse::Request<'_, '_>, lean: bool) -> Result<Request<Body>
         }
         let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad header value"))?;
         request = request.header(name, value);
-    }
-    if lean {
-        request = request.extension(Lean);
     }
     request
         .body(Body::empty())

@@ -75,20 +75,13 @@ pub struct Mark {
 impl Mark {
     /// The mark of the entry stored under `key` as `bytes`.
     pub fn of(key: &str, bytes: &[u8]) -> Mark {
-        if key.starts_with("s/") {
-            // The checksum of the value's one stored form, so that the same meta written in
-            // another layout (by an older agent) is not a difference.
-            return match decode_meta_value(bytes) {
-                Ok(meta) => Mark {
-                    version: meta.gvip_at,
-                    content: meta_bytes(&meta)
-                        .map(|b| crc32fast::hash(&b))
-                        .unwrap_or_else(|_| crc32fast::hash(bytes)),
-                },
-                Err(_) => Mark {
-                    version: Hlc::default(),
-                    content: crc32fast::hash(bytes),
-                },
+        if Mark::merges(key) {
+            // Every meta value has one stored form, so its bytes' checksum tells values apart.
+            return Mark {
+                version: decode_meta_value(bytes)
+                    .map(|meta| meta.gvip_at)
+                    .unwrap_or_default(),
+                content: crc32fast::hash(bytes),
             };
         }
         if !key.starts_with("u/") {

@@ -150,6 +150,16 @@ pub(super) fn chunks(entries: &[Entry]) -> impl Iterator<Item = &[Entry]> {
     })
 }
 
+/// The entries of `entries` under the keys `need`.
+fn wanted(entries: &[Entry], need: Vec<String>) -> Vec<Entry> {
+    let want: std::collections::HashSet<String> = need.into_iter().collect();
+    entries
+        .iter()
+        .filter(|e| want.contains(&e.key))
+        .cloned()
+        .collect()
+}
+
 /// Every entry of `rec` as stored: its units and its meta entry.
 fn entries_of(rec: &Record) -> Result<Vec<Entry>> {
     let mut out = Vec::with_capacity(rec.unit_ids().count() + 1);
@@ -245,12 +255,7 @@ impl Registry {
             if need.is_empty() {
                 continue;
             }
-            let want: std::collections::HashSet<String> = need.into_iter().collect();
-            let entries: Vec<Entry> = owned
-                .iter()
-                .filter(|e| want.contains(&e.key))
-                .cloned()
-                .collect();
+            let entries = wanted(&owned, need);
             sent += entries.len();
             // Counted as a replication error inside; the next round tries again.
             let _ = self.send_entries(&node, &entries).await;
@@ -417,10 +422,10 @@ impl Registry {
     /// Copies this node neither owns nor replicates (left by a partition, a join, or a
     /// replica set that moved on) go back to their owner, and are then deleted here.
     ///
-    /// For each such service the owner is asked which of its units it lacks or holds older;
-    /// those are sent to it. Only when the owner already had everything (so its own
-    /// anti-entropy has had a round to copy it to its replicas) is the local copy deleted,
-    /// entry by entry and only where it is unchanged. Returns how many entries were sent.
+    /// For each such service the owner is asked which of its units it lacks or holds older
+    /// (and whether its meta entry differs, to merge this one in); those are sent to it. The
+    /// local copy is then deleted, in one batch and only if it is unchanged meanwhile.
+    /// Returns how many entries were sent.
     pub async fn hand_back(self: &Arc<Self>) -> Result<usize> {
         if self.leaving.load(Ordering::Relaxed) || !self.ready.load(Ordering::Relaxed) {
             return Ok(0);
@@ -468,30 +473,22 @@ impl Registry {
                     other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
                 }
             }
-            // The owner "needs" the meta entry when its own differs: it merges this one in.
-            if need.is_empty() {
-                self.drop_copy(&service, &entries).await?;
-                continue;
+            if !need.is_empty() {
+                let missing = wanted(&entries, need);
+                sent += missing.len();
+                self.send_entries(&owner, &missing).await?;
+                tracing::info!(
+                    service,
+                    count = missing.len(),
+                    owner = ?owner,
+                    "handed copies this node does not keep back to their owner"
+                );
             }
-            let want: std::collections::HashSet<String> = need.into_iter().collect();
-            let missing: Vec<Entry> = entries
-                .iter()
-                .filter(|e| want.contains(&e.key))
-                .cloned()
-                .collect();
-            sent += missing.len();
-            self.send_entries(&owner, &missing).await?;
-            tracing::info!(
-                service,
-                count = missing.len(),
-                owner = ?owner,
-                "handed copies this node does not keep back to their owner"
-            );
-            // The owner has stored what it lacked (newest version wins), so it holds all of
-            // this copy or newer: the copy goes now. Waiting for a round in which the owner
-            // needs nothing never ends when it keeps "needing" a tombstone its merge drops
-            // as past its time, and the copy, frozen meanwhile, would later hand back an
-            // instance the owner has since removed and forgotten.
+            // The owner holds all of this copy or newer now (it stored what it lacked, newest
+            // version wins): the copy goes. Waiting for a round in which the owner needs
+            // nothing never ends when it keeps "needing" a tombstone its merge drops as past
+            // its time, and the copy, frozen meanwhile, would later hand back an instance the
+            // owner has since removed and forgotten.
             self.drop_copy(&service, &entries).await?;
         }
         Ok(sent)

@@ -534,12 +534,7 @@ impl Registry {
         if !self.owns(id) {
             return Err(not_owner());
         }
-        if !self.ready.load(Ordering::Relaxed) {
-            return Err(Error::routing(
-                "this node joined moments ago and is still taking over its records; retry",
-            ));
-        }
-        Ok(())
+        self.check_ready()
     }
 
     /// The summaries of `services` as this node holds them (empty ones left out).
@@ -671,11 +666,7 @@ impl Registry {
             RegistryRequest::ReadReplica { service } => {
                 // A joiner's copy is incomplete until it has taken its range: it stands in
                 // for nobody (a partial list, or a 404, would hide acknowledged instances).
-                if !self.ready.load(Ordering::Relaxed) {
-                    return Err(Error::routing(
-                        "this node joined moments ago and is still taking over its records; retry",
-                    ));
-                }
+                self.check_ready()?;
                 let rec = self.read_cached(&service).await?;
                 Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
             }

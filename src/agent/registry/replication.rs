@@ -221,7 +221,12 @@ impl Registry {
                     }
                 }
             } else if e.key == meta_key(service) {
-                metas.push(e.value);
+                match decode_meta_value(&e.value) {
+                    Ok(meta) => metas.push(meta),
+                    Err(err) => {
+                        tracing::warn!(service, "skipping a received service meta entry: {err}")
+                    }
+                }
             }
         }
         self.observe(units.values().map(|(u, _)| u.stamp.version).max());
@@ -245,7 +250,9 @@ impl Registry {
                 }
             }
             let gvip_before = rec.gvip.clone();
-            apply_metas(&mut rec, &metas);
+            for meta in &metas {
+                rec.apply_meta(meta);
+            }
             if owned && rec.gvip != gvip_before {
                 // Two owners each assigned one (one had not seen the other's): the first
                 // assigned is kept on every copy and shown from now on.
@@ -256,19 +263,18 @@ impl Registry {
                     "copies held different gVips for one service; keeping the first assigned"
                 );
             }
-            let mut own = None;
             if changed && owned {
                 // The owner's copy changed by another copy's units: a change of the service
                 // like any other, so its index moves on (blocking queries and watchers see it).
+                // Its meta entry is its own (which holds what was stored and what arrived).
                 rec.index = rec.index.saturating_add(1);
-                own = Some(rec.meta());
-            }
-            if !metas.is_empty() || own.is_some() {
-                // The stored entry is what it held merged with what arrived (and, at the
-                // owner, its index moved on): its own value, apart from the in-memory index,
-                // so that copies that received the same metas hold the same bytes.
+                ops.push(Op::Put(meta_key(service), meta_bytes(&rec.meta())?));
+            } else if !metas.is_empty() {
+                // The stored entry is what it held merged with what arrived: its own value,
+                // apart from the in-memory index, so that copies that received the same metas
+                // hold the same bytes.
                 let held = self.store.get(&meta_key(service)).await?;
-                if let Some(put) = merged_meta(held.as_deref(), &metas, own.as_ref())? {
+                if let Some(put) = merged_meta(held.as_deref(), &metas)? {
                     ops.push(Op::Put(meta_key(service), put));
                 }
             }
@@ -301,7 +307,7 @@ struct Compare {
     service: String,
     /// (store key, stored bytes), the newest received of each key.
     units: Vec<(String, Vec<u8>)>,
-    metas: Vec<Vec<u8>>,
+    metas: Vec<Meta>,
 }
 
 impl Compare {
@@ -333,48 +339,22 @@ impl Compare {
             }
         }
         // Every service a node holds has a meta entry (how it finds them).
-        if let Some(put) = merged_meta(held_meta.as_deref(), &self.metas, None)? {
+        if let Some(put) = merged_meta(held_meta.as_deref(), &self.metas)? {
             ops.push(Op::Put(meta_key(&self.service), put));
         }
         Ok(ops)
     }
 }
 
-/// Apply received meta entries to `rec` ([`Meta::merge`]); whether anything changed.
-/// Undecodable ones are skipped.
-fn apply_metas(rec: &mut Record, metas: &[Vec<u8>]) -> bool {
-    let mut changed = false;
-    for m in decoded(metas) {
-        changed |= rec.apply_meta(&m);
-    }
-    changed
-}
-
-/// The received meta entries that decode (the others are skipped with a log line).
-fn decoded(metas: &[Vec<u8>]) -> impl Iterator<Item = Meta> + '_ {
-    metas.iter().filter_map(|m| match decode_meta_value(m) {
-        Ok(meta) => Some(meta),
-        Err(e) => {
-            tracing::warn!("skipping a received service meta entry: {e}");
-            None
-        }
-    })
-}
-
 /// The meta entry to store when `held` (the stored value, if any) meets the received
-/// `metas` (and `own`, the owner's own): their merge ([`Meta::merge`]) in its one stored
-/// form, or `None` when that is what is held already. A held value that does not decode is
-/// replaced by the merge of the rest.
-fn merged_meta(
-    held: Option<&[u8]>,
-    metas: &[Vec<u8>],
-    own: Option<&Meta>,
-) -> Result<Option<Vec<u8>>> {
+/// `metas`: their merge ([`Meta::merge`]) in its one stored form, or `None` when that is what
+/// is held already. A held value that does not decode is replaced by the merge of the rest.
+fn merged_meta(held: Option<&[u8]>, metas: &[Meta]) -> Result<Option<Vec<u8>>> {
     let mut meta = held
         .and_then(|h| decode_meta_value(h).ok())
         .unwrap_or_default();
-    for m in decoded(metas).chain(own.cloned()) {
-        meta.merge(&m);
+    for m in metas {
+        meta.merge(m);
     }
     let bytes = meta_bytes(&meta)?;
     Ok((held != Some(bytes.as_slice())).then_some(bytes))
