@@ -732,6 +732,54 @@ fn locate_lists_the_other_node_as_replica_on_two_nodes() {
     }
 }
 
+/// A script that starts three agents with `--replicas 3` and registers at once: the ring is
+/// still stabilizing (the first agent's successor list is empty), and every write used to be
+/// refused with "cannot reach its write quorum". The owner now waits for its replica set to
+/// form, so each registration is acknowledged (exit 0).
+#[test]
+fn writes_sent_the_moment_a_ring_of_three_starts_are_acknowledged() {
+    let dirs = [tempdir(), tempdir(), tempdir()];
+    let start = |seed: Option<&str>, dir: &TempDir| {
+        let data = dir.path().to_string_lossy().into_owned();
+        AgentProc::start(seed, &["--data-dir", &data, "--replicas", "3"])
+    };
+    let a = start(None, &dirs[0]);
+    let b = start(Some(&a.ring), &dirs[1]);
+    let c = start(Some(&a.ring), &dirs[2]);
+    let ua = a.url();
+    for i in 0..8 {
+        let svc = format!("early-{i}");
+        run(
+            &ua,
+            &[
+                "svc",
+                "register",
+                &svc,
+                "--address",
+                "10.0.0.1",
+                "--port",
+                "80",
+                "-o",
+                "json",
+            ],
+        )
+        .ok_json();
+    }
+    // And each is found through every agent.
+    for url in [&ua, &b.url(), &c.url()] {
+        for i in 0..8 {
+            let svc = format!("early-{i}");
+            poll(SETTLE, "an early registration is found", || {
+                let v = run(url, &["svc", "discover", &svc, "-o", "json"]).json();
+                let n = v["instances"].as_array().map_or(0, Vec::len);
+                (n == 1)
+                    .then_some(())
+                    .ok_or(format!("{svc} through {url}: {v}"))
+            });
+        }
+    }
+}
+
 #[test]
 fn agent_dev_runs_three_nodes_and_stops_on_sigterm() {
     let mut cmd = Command::new(bin());

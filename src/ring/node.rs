@@ -225,6 +225,12 @@ impl Chord {
         &self.succs
     }
 
+    /// Whether this node lost a member to failure and has not seen it since (so a short
+    /// successor list is a loss, not a ring still forming).
+    pub fn lost_any(&self) -> bool {
+        !self.lost.is_empty()
+    }
+
     /// How many members this node knows the ring to have, itself included: the distinct
     /// members it points at now, plus those it lost to failure and has not seen since. A
     /// node cut off from every peer still counts them; a ring that shrank by graceful leaves

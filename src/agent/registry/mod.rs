@@ -55,6 +55,13 @@ pub const ROUTE_DEADLINE: Duration = Duration::from_secs(8);
 /// enough to keep frames far below the RPC limit, large enough to cost few round trips.
 pub const TRANSFER_CHUNK: usize = 1024;
 
+/// How long a write waits at its owner for a replica set that is still forming
+/// ([`Registry::await_replica_set`]): a few stabilization rounds.
+pub const FORMING_WAIT: Duration = Duration::from_secs(3);
+
+/// How often that wait looks again.
+const FORMING_POLL: Duration = Duration::from_millis(20);
+
 /// How often the owner looks for expired TTLs.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -403,6 +410,28 @@ impl Registry {
     fn confirmations_needed(&self) -> usize {
         let members = self.ring.read(|c| c.known_members());
         crate::registry::unit::confirmations_needed(self.quorum, members)
+    }
+
+    /// Wait, at most [`FORMING_WAIT`], while this node's replica set is still forming: it
+    /// knows of more members than its successor list holds yet, and lost none of them to
+    /// failure (a ring just created or joined, or a successor that left gracefully). A write
+    /// sent the moment a ring starts is then acknowledged once stabilization has filled the
+    /// list, instead of refused. A node that lost members to failure does not wait: its short
+    /// list is a failure, and the write is refused at once (see [`Registry::replicate`]).
+    async fn await_replica_set(&self) {
+        let deadline = Instant::now() + FORMING_WAIT;
+        loop {
+            let forming = self.ring.read(|c| {
+                let members = c.known_members();
+                let needed = crate::registry::unit::confirmations_needed(self.quorum, members);
+                let have = c.successors().len().min(self.replicas - 1);
+                have < needed && !c.lost_any()
+            });
+            if !forming || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(FORMING_POLL).await;
+        }
     }
 
     /// The test-only slow disk ([`WRITE_DELAY_ENV`]): wait before a group's store write.

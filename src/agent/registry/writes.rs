@@ -98,8 +98,10 @@ impl Registry {
         key_id: &Id,
         ops: &[&WriteOp],
     ) -> Result<Vec<Result<RegistryResponse>>> {
-        // Ownership may have moved while the group waited for the lock, or the process was
-        // paused with this group in its socket.
+        // A ring that is still forming gets a moment to fill this node's replica set. Then:
+        // ownership may have moved while the group waited (for the lock or for the ring), or
+        // the process was paused with this group in its socket.
+        self.await_replica_set().await;
         self.check_owner(key_id)?;
         self.check_awake()?;
         let before = self.load(service).await?;
