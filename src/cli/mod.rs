@@ -186,7 +186,6 @@ fn run_agent(command: &AgentCommand, matches: &ArgMatches) -> Result<(), Failure
         Some(_) => None,
     };
     init_tracing(progress.as_ref().map(|(_, bars)| bars.clone()), log_level);
-    limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("chordctl-agent")
@@ -234,28 +233,6 @@ fn run_tls(command: &TlsCommand) -> Result<(), Failure> {
         }
     };
     output::print(&format!("{}\n{}\n", cert.display(), key.display()))
-}
-
-/// Caps glibc's malloc at two arenas before the runtime starts its threads (as
-/// `MALLOC_ARENA_MAX=2` would). By default every thread that ever allocated under contention
-/// gets an arena of its own (up to 8 per core) and keeps the memory it freed, which left an
-/// agent idle after a load at 24 MiB resident instead of 17 (docs/PERFORMANCE.md). An explicit
-/// `MALLOC_ARENA_MAX` in the environment wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        /// glibc's `M_ARENA_MAX` parameter of `mallopt`.
-        const M_ARENA_MAX: i32 = -8;
-        extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            // SAFETY: mallopt only sets an allocator tunable; called before other threads.
-            unsafe {
-                mallopt(M_ARENA_MAX, 2);
-            }
-        }
-    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; bad directives are skipped); above

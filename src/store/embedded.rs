@@ -89,8 +89,8 @@ struct Batch {
 }
 
 /// The writer's answer to a batch: the commit's result, and the batch's ops handed back so
-/// that the caller frees them. (Freed on the writer thread, memory a runtime thread allocated
-/// cost the writer a contended lock on glibc's arena per key and value.)
+/// that the caller frees them, on the thread that allocated them (the writer thread does not
+/// spend its time freeing runtime threads' memory).
 struct Done {
     result: Result<()>,
     _ops: Vec<Op>,
