@@ -187,8 +187,10 @@ impl Registry {
                 );
                 (events, rec.index)
             });
-            let entries = self.save(rec, Changes::of(changed, forgotten)).await?;
-            if let Err(e) = self.replicate(entries).await {
+            let replicated = self
+                .save_and_replicate(rec, Changes::of(changed, forgotten))
+                .await?;
+            if let Err(e) = replicated {
                 // Stored here; the replicas catch up through anti-entropy.
                 tracing::debug!("replicating a TTL change: {e}");
             }

@@ -5,7 +5,8 @@
 //! applies them as one group: each to the in-memory record (O(log n) whatever the service's
 //! size, the maps are persistent), each changed instance stamped with a new version, then one
 //! store batch of the changed units (the embedded store makes it one log append and one
-//! fsync), one replication message per replica, and every writer answered. Writes that arrive
+//! fsync) and, overlapping it, the group queued on each replica's stream; every writer is
+//! answered once both are done. Writes that arrive
 //! meanwhile queue up for the next group, so a hot service is not limited to one write per
 //! fsync and replication round trip.
 
@@ -133,9 +134,9 @@ impl Registry {
             );
             (events, rec.index)
         });
-        let entries = self.save(rec, changes).await?;
+        let replicated = self.save_and_replicate(rec, changes).await?;
         self.leases_changed(service, leases.0, leases.1);
-        self.replicate(entries).await?;
+        replicated?;
         // Durable on a quorum: watchers may hear of it.
         if let Some((events, after)) = watched {
             self.feeds.publish(service, before_index, events, after);
@@ -143,11 +144,19 @@ impl Registry {
         Ok(answers)
     }
 
-    /// Store the changed units of `rec` (and its meta entry when it was created), cache it and
-    /// note its TTL deadlines; returns the stored entries, for the caller to replicate. Call
-    /// under the slot's lock.
-    pub(super) async fn save(&self, rec: Record, changes: Changes) -> Result<Vec<Entry>> {
-        self.slow_disk().await;
+    /// Store the changed units of `rec` (and its meta entry when it was created) and, at the
+    /// same time, send them to the replicas; once stored, cache `rec` and note its TTL
+    /// deadlines. The owner's own `fdatasync` and the replicas' round trip overlap, as a Raft
+    /// leader's append does with its followers': nothing is acknowledged before both are done,
+    /// and a replica that stored a group its owner then failed to store holds a version the
+    /// owner's clock already passed, so it is merged like any other newer copy. Call under the
+    /// slot's lock. The outer error is the store's (the write failed here); the inner result
+    /// is the replication's.
+    pub(super) async fn save_and_replicate(
+        self: &Arc<Self>,
+        rec: Record,
+        changes: Changes,
+    ) -> Result<Result<()>> {
         let service = rec.service.clone();
         let mut ids = changes.ids;
         ids.sort_unstable();
@@ -175,7 +184,12 @@ impl Registry {
             .map(|e| Op::Put(e.key.clone(), e.value.clone()))
             .collect();
         batch.extend(deletes.into_iter().map(Op::Delete));
-        if let Err(e) = self.store.apply(batch).await {
+        let store = async {
+            self.slow_disk().await;
+            self.store.apply(batch).await
+        };
+        let (stored, replicated) = tokio::join!(store, self.replicate(entries));
+        if let Err(e) = stored {
             self.uncache(&service);
             return Err(e);
         }
@@ -193,7 +207,7 @@ impl Registry {
             self.sweep_wake.notify_one();
         }
         self.cache_record(rec);
-        Ok(entries)
+        Ok(replicated)
     }
 
     /// Apply one write to `rec` (created by a registration when missing), stamping what it
