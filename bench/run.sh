@@ -510,6 +510,10 @@ if [[ $SKIP_RING3 != 1 ]]; then
         [[ $owner == "${K_HTTP[0]}" ]] && K_OWNED=$((K_OWNED + 1))
     done
     R[ke_grow]=$(export SVC_PREFIX=kgrow SERVICES=32; wrk_run etcd_put_new.lua "http://${ETCDS[0]}")
+    # One client: a write's latency through the ring (route, owner's sync and a replica's
+    # round trip and sync) against etcd's (leader's append and a follower's), no queueing.
+    R[k_one]=$(export SVC_PREFIX=kone SERVICES=32; wrk_run chordctl_register_new.lua "http://${K_HTTP[0]}" 1)
+    R[ke_one]=$(export SVC_PREFIX=kone SERVICES=32; wrk_run etcd_put_new.lua "http://${ETCDS[0]}" 1)
     for i in 0 1 2; do
         R[k_disc$i]=$(wrk_run chordctl_discover.lua "http://${K_HTTP[$i]}")
     done
@@ -564,6 +568,8 @@ if ((ONE_AGENT_SHAPES)) || [[ $SKIP_RING3 != 1 ]]; then
     if [[ $SKIP_RING3 != 1 ]]; then
         row "3 agents   K=3, new ids, sent to the first (goal ≥ 3×)"     k_grow ke_grow
         row "           3-member etcd put, sent to the first"            ke_grow
+        row "3 agents   K=3, new ids, one client, sent to the first"      k_one ke_one
+        row "           3-member etcd put, one client"                    ke_one
         row "           discover via agent 1 (goal ≥ 2×)"                k_disc0 ke_range
         row "           discover via agent 2 (goal ≥ 2×)"                k_disc1 ke_range
         row "           discover via agent 3 (goal ≥ 2×)"                k_disc2 ke_range
