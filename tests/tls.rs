@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use chordctl::tls::create::{self, CertSpec, Made};
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::security::{plain_ping, read_until_closed};
@@ -953,7 +953,7 @@ async fn https_agent(
     std::net::SocketAddr,
     impl Fn() -> reqwest::Client,
     tokio_util::sync::CancellationToken,
-    (crate::support::cluster::TestCluster, tempfile::TempDir),
+    (crate::support::cluster::TestCluster, tempfile::TempDir, Ca),
 ) {
     let ca = Ca::new();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -981,7 +981,56 @@ async fn https_agent(
             .build()
             .expect("client")
     };
-    (addr, client, stop, (c, dir))
+    (addr, client, stop, (c, dir, ca))
+}
+
+/// One deadline covers an HTTPS connection's TLS handshake, its first bytes and the head of a
+/// change stream (the lean path): a client that spends most of the deadline on the handshake
+/// and then sends the head a byte at a time is closed once that deadline has passed. Each step
+/// used to get a deadline of its own, so such a client held its connection for up to three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_https_stream_head_gets_one_deadline_from_accept_not_one_per_step() {
+    let deadline = Duration::from_secs(2);
+    let limits = chordctl::http::Limits {
+        header_read_timeout: deadline,
+        ..chordctl::http::Limits::default()
+    };
+    let (addr, _client, stop, (_c, _dir, ca)) = https_agent(limits).await;
+    let connector = connector(&[&ca.ca.cert_pem], &ca.leaf("slow", false));
+    let started = Instant::now();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    // The slow client under test: three quarters of the deadline before its handshake.
+    tokio::time::sleep(deadline * 3 / 4).await;
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut s = connector
+        .connect(name, tcp)
+        .await
+        .expect("a handshake within the deadline");
+    // Then the head of a change stream, one byte every 100 ms, never finished.
+    let head = b"GET /v1/watch/services/pay HTTP/1.1\r\nhost: x\r\nx-slow: ";
+    let mut sent = 0usize;
+    let mut buf = [0u8; 512];
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the connection is still open after 30 s"
+        );
+        let byte = head.get(sent).copied().unwrap_or(b'a');
+        if s.write_all(&[byte]).await.is_err() || s.flush().await.is_err() {
+            break;
+        }
+        sent += 1;
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    let held = started.elapsed();
+    assert!(
+        held < deadline * 2,
+        "closed after {held:?} ({sent} bytes sent); the deadline from accept is {deadline:?}"
+    );
+    stop.cancel();
 }
 
 /// An HTTPS change stream (served without hyper) sends its snapshot and then each change,

@@ -217,14 +217,19 @@ pub async fn serve_app_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // One deadline for the whole head: TLS handshake, first bytes, the head itself (on the
+        // lean path; hyper times its own read of the head when it gets the connection).
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         let Some(tls) = &tls else {
             let (app, builder, limits) = (app.clone(), builder.clone(), limits.clone());
             let (watcher, stop) = (graceful.watcher(), shutdown.clone());
             tokio::spawn(async move {
                 // Each way is boxed so that this task is only as large as the way it took.
-                match stream::is_watch(&stream, limits.header_read_timeout).await {
+                match stream::is_watch(&stream, deadline).await {
                     None => {}
-                    Some(true) => Box::pin(stream::serve(stream, app, &limits, stop, permit)).await,
+                    Some(true) => {
+                        Box::pin(stream::serve(stream, app, &limits, deadline, stop, permit)).await
+                    }
                     Some(false) => {
                         let conn = builder
                             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
@@ -243,23 +248,24 @@ pub async fn serve_app_with(
         let accept = tls.http_acceptor().accept(stream);
         let (app, builder, limits) = (app.clone(), builder.clone(), limits.clone());
         let (watcher, stop) = (graceful.watcher(), shutdown.clone());
-        let deadline = limits.header_read_timeout;
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(deadline, accept).await {
+            let stream = match tokio::time::timeout_at(deadline, accept).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::warn!(%peer, "HTTPS connection refused: TLS handshake failed: {e}");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "HTTPS connection closed: no TLS handshake within {deadline:?}");
+                    tracing::debug!(%peer, "HTTPS connection closed: no TLS handshake within {:?}", limits.header_read_timeout);
                     return;
                 }
             };
             match stream::classify(stream, deadline).await {
                 None => {}
                 Some(stream::Tls::Watch(stream, start)) => {
-                    Box::pin(stream::serve_tls(stream, start, app, &limits, stop, permit)).await
+                    let serve =
+                        stream::serve_tls(stream, start, app, &limits, deadline, stop, permit);
+                    Box::pin(serve).await
                 }
                 Some(stream::Tls::Other(stream)) => {
                     let service = TowerToHyperService::new(app);

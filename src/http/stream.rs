@@ -17,7 +17,7 @@
 //! hyper or gets the answer hyper would give.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -43,6 +43,19 @@ pub struct Lean;
 #[derive(Clone)]
 pub struct Handoff(pub Arc<Mutex<Option<(Attached, u64)>>>);
 
+/// A request head as far as it was read, and when all of it must have come: one deadline for
+/// the connection's TLS handshake, its first bytes and its head, set when it was accepted.
+struct Head {
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+impl Head {
+    fn new(buf: Vec<u8>, deadline: Instant) -> Head {
+        Head { buf, deadline }
+    }
+}
+
 /// The start of a request this path serves.
 const PREFIX: &[u8] = b"GET /v1/watch/";
 
@@ -50,16 +63,18 @@ const PREFIX: &[u8] = b"GET /v1/watch/";
 const MAX_HEADERS: usize = 64;
 
 /// Whether the connection's first request is a change stream, from the bytes already there
-/// (without taking them). Waits for the first bytes at most `wait`; `None` when none came.
-pub async fn is_watch(stream: &TcpStream, wait: Duration) -> Option<bool> {
+/// (without taking them). Waits for the first bytes until `deadline` (the connection's header
+/// deadline); `None` when none came.
+pub async fn is_watch(stream: &TcpStream, deadline: Instant) -> Option<bool> {
     let mut first = [0u8; PREFIX.len()];
-    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(n)) if n > 0 => Some(n == PREFIX.len() && first == PREFIX),
         _ => None,
     }
 }
 
-/// Serve the connection's one request (a change stream) through `app`, then close it.
+/// Serve the connection's one request (a change stream) through `app`, then close it. Its
+/// head must have come by `deadline`, the connection's header deadline.
 ///
 /// The head's buffer and the router's future are boxed, so that they are freed once done
 /// rather than sized into this future, which lives as long as the watcher.
@@ -67,10 +82,12 @@ pub async fn serve(
     mut stream: TcpStream,
     app: Router,
     limits: &Limits,
+    deadline: Instant,
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let Some(response) = Box::pin(answer(&mut stream, app, limits, Vec::new(), true)).await else {
+    let at = Head::new(Vec::new(), deadline);
+    let Some(response) = Box::pin(answer(&mut stream, app, limits, at, true)).await else {
         return;
     };
     let (mut parts, body) = response.into_parts();
@@ -127,18 +144,18 @@ async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-/// The connection's one request (its first bytes `start` read already) through `app`: the
-/// answer when it is a stream to write; `None` when it was answered whole (a refusal, an
+/// The connection's one request (its first bytes read already, and the deadline of its head,
+/// in `at`) through `app`: the answer when it is a stream to write; `None` when it was answered whole (a refusal, an
 /// error) or the client went away. `lean`: the handler may hand the connection over
 /// ([`Handoff`]; plain connections only).
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     app: Router,
     limits: &Limits,
-    start: Vec<u8>,
+    at: Head,
     lean: bool,
 ) -> Option<Response<Body>> {
-    let mut request = match read_request(stream, limits, start).await {
+    let mut request = match read_request(stream, limits, at).await {
         Ok(r) => r,
         Err(Some(refused)) => {
             write_whole(stream, refused.answer()).await;
@@ -191,9 +208,9 @@ fn head(parts: &axum::http::response::Parts, extra: &str) -> Vec<u8> {
 async fn read_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &Limits,
-    mut buf: Vec<u8>,
+    at: Head,
 ) -> Result<Request<Body>, Option<Refused>> {
-    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    let Head { mut buf, deadline } = at;
     buf.reserve(1024);
     loop {
         if let Some(done) = parse_head(&buf) {
@@ -298,10 +315,9 @@ pub enum Tls<S> {
     Other(Prefixed<S>),
 }
 
-/// Read the start of the connection's first request, at most `wait`: whether it is a change
+/// Read the start of the connection's first request, until `deadline`: whether it is a change
 /// stream. `None`: nothing came, or the connection failed.
-pub async fn classify<S: AsyncRead + Unpin>(mut stream: S, wait: Duration) -> Option<Tls<S>> {
-    let deadline = tokio::time::Instant::now() + wait;
+pub async fn classify<S: AsyncRead + Unpin>(mut stream: S, deadline: Instant) -> Option<Tls<S>> {
     let mut buf = Vec::with_capacity(PREFIX.len());
     while buf.len() < PREFIX.len() && PREFIX.starts_with(&buf) {
         let mut chunk = [0u8; 64];
@@ -329,10 +345,12 @@ pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin>(
     start: Vec<u8>,
     app: Router,
     limits: &Limits,
+    deadline: Instant,
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let Some(response) = Box::pin(answer(&mut stream, app, limits, start, false)).await else {
+    let at = Head::new(start, deadline);
+    let Some(response) = Box::pin(answer(&mut stream, app, limits, at, false)).await else {
         return;
     };
     let (parts, body) = response.into_parts();
