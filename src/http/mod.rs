@@ -42,10 +42,6 @@ use crate::tls::Tls;
 
 pub use error::ApiError;
 
-/// HTTPS connections over the cap answered with a 503 at once (each needs a TLS handshake);
-/// more are closed bare.
-const REFUSALS_TLS: usize = 16;
-
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -171,7 +167,7 @@ pub async fn serve_app_with(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let tls_refusals = Arc::new(Semaphore::new(REFUSALS_TLS));
+    let tls_refusals = crate::tls::Refusals::new();
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
@@ -198,20 +194,15 @@ pub async fn serve_app_with(
                 None => {
                     tokio::spawn(refuse(stream, limits.max_connections));
                 }
-                // A TLS client reads the 503 only inside TLS: the handshake is made for it, by
-                // at most REFUSALS_TLS connections at a time (a handshake costs CPU, which an
-                // agent over its cap has little of); past that, the bare close.
+                // A TLS client reads the 503 only inside TLS (`tls::Refusals`).
                 Some(tls) => {
-                    if let Ok(refusal) = tls_refusals.clone().try_acquire_owned() {
-                        let accept = tls.http_acceptor().accept(stream);
-                        let (deadline, cap) = (limits.header_read_timeout, limits.max_connections);
-                        tokio::spawn(async move {
-                            if let Ok(Ok(stream)) = tokio::time::timeout(deadline, accept).await {
-                                refuse(stream, cap).await;
-                            }
-                            drop(refusal);
-                        });
-                    }
+                    let accept = tls.http_acceptor().accept(stream);
+                    let (deadline, cap) = (limits.header_read_timeout, limits.max_connections);
+                    tls_refusals.spawn(async move {
+                        if let Ok(Ok(stream)) = tokio::time::timeout(deadline, accept).await {
+                            refuse(stream, cap).await;
+                        }
+                    });
                 }
             }
             continue;

@@ -29,10 +29,6 @@ use crate::tls::Tls;
 /// Connections served at once; one more is sent a notice and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// TLS connections over a cap told why at once (each needs a TLS handshake); more are closed
-/// bare.
-const REFUSALS_TLS: usize = 16;
-
 /// Connections from one IP address served at once, so that one host cannot take every
 /// slot. A host running many agents (a development ring) holds one connection to each of its
 /// peers: 256 agents on one host still fit.
@@ -125,13 +121,12 @@ pub async fn serve_with(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // What a connection over a cap is told before it is closed. With a secret the peer
     // expects a handshake, and reads BUSY in place of the challenge. A TLS peer reads either
-    // only inside TLS: the handshake is made for it, by at most REFUSALS_TLS at a time (a
-    // handshake costs CPU); past that, the bare close.
+    // only inside TLS (`tls::Refusals`).
     let notice = |what: String| match &secret {
         None => refusal_notice(what),
         Some(_) => framed(auth::busy()),
     };
-    let tls_refusals = Arc::new(Semaphore::new(REFUSALS_TLS));
+    let tls_refusals = crate::tls::Refusals::new();
     let notice_all = notice(format!("{} open", limits.max_connections));
     let notice_address = notice(format!("{} open from this address", limits.max_per_address));
     let per_address = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
@@ -181,14 +176,11 @@ pub async fn serve_with(
                 match &tls {
                     None => refuse(stream, notice),
                     Some(tls) => {
-                        if let Ok(refusal) = tls_refusals.clone().try_acquire_owned() {
-                            let (tls, notice) = (tls.clone(), notice.cloned());
-                            let shutdown = shutdown.clone();
-                            tokio::spawn(async move {
-                                refuse_in_tls(&tls, stream, notice, &shutdown).await;
-                                drop(refusal);
-                            });
-                        }
+                        let (tls, notice) = (tls.clone(), notice.cloned());
+                        let shutdown = shutdown.clone();
+                        tls_refusals.spawn(async move {
+                            refuse_in_tls(&tls, stream, notice, &shutdown).await;
+                        });
                     }
                 }
                 continue;

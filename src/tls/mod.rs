@@ -195,6 +195,40 @@ impl Material {
     }
 }
 
+/// Refusals told inside TLS, at most [`Refusals::AT_ONCE`] at a time. A connection over a
+/// cap (of HTTPS or ring connections) is told why only inside TLS, so a handshake is made
+/// for it; an agent over its cap has little CPU to spare for those, so past that many at
+/// once the connection is closed bare.
+#[derive(Clone)]
+pub struct Refusals(Arc<tokio::sync::Semaphore>);
+
+impl Refusals {
+    /// Refusal handshakes in progress at most.
+    pub const AT_ONCE: usize = 16;
+
+    pub fn new() -> Refusals {
+        Refusals(Arc::new(tokio::sync::Semaphore::new(Self::AT_ONCE)))
+    }
+
+    /// Run `refusal` (a handshake and the notice) on a task of its own, if fewer than
+    /// [`Refusals::AT_ONCE`] are running; otherwise drop it (the caller's connection closes
+    /// bare).
+    pub fn spawn(&self, refusal: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(permit) = self.0.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                refusal.await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Refusals::new()
+    }
+}
+
 /// The agent's TLS state: the material in force, swapped when the files change.
 pub struct Tls {
     files: TlsFiles,
