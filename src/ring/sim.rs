@@ -146,9 +146,14 @@ impl Sim {
 
     /// A new node joining through a random live member.
     pub fn join(&mut self) -> Id {
+        let seed = self.random_member().expect("a member to join through");
+        self.join_through(seed)
+    }
+
+    /// A new node joining through `seed`.
+    pub fn join_through(&mut self, seed: Id) -> Id {
         let me = self.new_ref();
         let id = me.id;
-        let seed = self.random_member().expect("a member to join through");
         let seed_addr = self.nodes[&seed].me().addr.clone();
         let mut chord = Chord::new(me, self.cfg.clone());
         chord.join(&seed_addr);
@@ -522,6 +527,38 @@ mod tests {
             due(&sim).is_some(),
             "with a neighbour: stabilization is due"
         );
+    }
+
+    /// Run until `id` has joined (at most `max_ms`).
+    fn until_joined(sim: &mut Sim, id: Id, max_ms: u64) {
+        let start = sim.now;
+        while !sim.take_joined().contains(&id) {
+            assert!(sim.now - start < max_ms, "{id} did not join");
+            sim.run_for(5);
+        }
+    }
+
+    /// Two nodes join through the first, the second a moment after the first is in, and the
+    /// first crashes as soon as the second is in, before any periodic stabilization: the two
+    /// joiners must still know of each other and become one ring. (A seed alone on the ring
+    /// used to learn its first joiner only at its next stabilization round, so a second
+    /// joiner that came before it copied an empty successor list and knew only the seed; with
+    /// the seed gone, each joiner was left alone for good.)
+    #[test]
+    fn a_seed_crashed_right_after_two_joins_leaves_the_joiners_one_ring() {
+        for seed in 0..40 {
+            let mut sim = Sim::new(seed, cfg(4));
+            let a = sim.create();
+            let b = sim.join_through(a);
+            until_joined(&mut sim, b, 10_000);
+            sim.run_for(30);
+            let c = sim.join_through(a);
+            until_joined(&mut sim, c, 10_000);
+            sim.crash(a);
+            sim.settle(60_000)
+                .unwrap_or_else(|e| panic!("seed {seed}: the joiners are not one ring: {e}"));
+            assert_eq!(sim.len(), 2);
+        }
     }
 
     #[test]
