@@ -494,11 +494,12 @@ impl Chord {
                 if self.phase == Phase::Member {
                     self.rectify(q);
                     // Alone by our successor list (a seed its first joiner just notified):
-                    // take the notifier as successor now, not at the next round, so that a
-                    // node joining through us a moment later copies a list that names it.
-                    // Otherwise that node knows only us, and should we fail before the next
-                    // round, the two joiners never learn of each other.
-                    if self.succs.is_empty() && self.pred.is_some() {
+                    // stabilize now, so that the notifier is our successor one round trip
+                    // later rather than at the next period, and a node joining through us
+                    // after that copies a list that names it. Otherwise that node knows only
+                    // us, and should we fail before the next period, the two joiners never
+                    // learn of each other.
+                    if self.succs.is_empty() {
                         self.stabilize();
                     }
                     RingResponse::Ack

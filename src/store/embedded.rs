@@ -89,8 +89,8 @@ struct Batch {
 }
 
 /// The writer's answer to a batch: the commit's result, and the batch's ops handed back so
-/// that the caller frees them, on the thread that allocated them (the writer thread does not
-/// spend its time freeing runtime threads' memory).
+/// that the caller frees them, off the writer thread (which does not spend its time freeing
+/// the runtime's memory).
 struct Done {
     result: Result<()>,
     _ops: Vec<Op>,

@@ -55,13 +55,6 @@ pub const ROUTE_DEADLINE: Duration = Duration::from_secs(8);
 /// enough to keep frames far below the RPC limit, large enough to cost few round trips.
 pub const TRANSFER_CHUNK: usize = 1024;
 
-/// How long a write waits at its owner for a replica set that is still forming
-/// ([`Registry::await_replica_set`]): a few stabilization rounds.
-pub const FORMING_WAIT: Duration = Duration::from_secs(3);
-
-/// How often that wait looks again.
-const FORMING_POLL: Duration = Duration::from_millis(20);
-
 /// How often the owner looks for expired TTLs.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -412,26 +405,25 @@ impl Registry {
         crate::registry::unit::confirmations_needed(self.quorum, members)
     }
 
-    /// Wait, at most [`FORMING_WAIT`], while this node's replica set is still forming: it
-    /// knows of more members than its successor list holds yet, and lost none of them to
-    /// failure (a ring just created or joined, or a successor that left gracefully). A write
-    /// sent the moment a ring starts is then acknowledged once stabilization has filled the
-    /// list, instead of refused. A node that lost members to failure does not wait: its short
-    /// list is a failure, and the write is refused at once (see [`Registry::replicate`]).
-    async fn await_replica_set(&self) {
-        let deadline = Instant::now() + FORMING_WAIT;
-        loop {
-            let forming = self.ring.read(|c| {
-                let members = c.known_members();
-                let needed = crate::registry::unit::confirmations_needed(self.quorum, members);
-                let have = c.successors().len().min(self.replicas - 1);
-                have < needed && !c.lost_any()
-            });
-            if !forming || Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep(FORMING_POLL).await;
+    /// Refuse, as a routing problem, a write while this node's replica set is still forming:
+    /// it knows of more members than its successor list holds yet, and lost none of them to
+    /// failure (a ring just created or joined, or a successor that left gracefully). `route`
+    /// retries it (as while ownership settles, without holding the service's lock), so a write
+    /// sent the moment a ring starts is acknowledged once stabilization has filled the list.
+    /// A node that lost members to failure does not: its short list is a failure, and the
+    /// write is refused by [`Registry::replicate`].
+    fn check_formed(&self) -> Result<()> {
+        let forming = self.ring.read(|c| {
+            let needed =
+                crate::registry::unit::confirmations_needed(self.quorum, c.known_members());
+            c.successors().len().min(self.replicas - 1) < needed && !c.lost_any()
+        });
+        if forming {
+            return Err(Error::routing(
+                "this node's replica set is still forming (the ring just started); retry",
+            ));
         }
+        Ok(())
     }
 
     /// The test-only slow disk ([`WRITE_DELAY_ENV`]): wait before a group's store write.

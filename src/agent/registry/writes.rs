@@ -99,11 +99,10 @@ impl Registry {
         key_id: &Id,
         ops: &[&WriteOp],
     ) -> Result<Vec<Result<RegistryResponse>>> {
-        // A ring that is still forming gets a moment to fill this node's replica set. Then:
-        // ownership may have moved while the group waited (for the lock or for the ring), or
-        // the process was paused with this group in its socket.
-        self.await_replica_set().await;
+        // Ownership may have moved while the group waited for the lock, or the process was
+        // paused with this group in its socket; a ring still forming has no replica set yet.
         self.check_owner(key_id)?;
+        self.check_formed()?;
         self.check_awake()?;
         let before = self.load(service).await?;
         let before_index = before.as_ref().map_or(0, |r| r.index);
@@ -147,9 +146,11 @@ impl Registry {
     /// Store the changed units of `rec` (and its meta entry when it was created) and, at the
     /// same time, send them to the replicas; once stored, cache `rec` and note its TTL
     /// deadlines. The owner's own `fdatasync` and the replicas' round trip overlap, as a Raft
-    /// leader's append does with its followers': nothing is acknowledged before both are done,
-    /// and a replica that stored a group its owner then failed to store holds a version the
-    /// owner's clock already passed, so it is merged like any other newer copy. Call under the
+    /// leader's append does with its followers': nothing is acknowledged before both are done.
+    /// A replica that stored a group its owner then failed to store holds a version the owner's
+    /// clock already passed: the write is refused (it may still appear, as any unacknowledged
+    /// write may), the registry is marked unsynced, and the next anti-entropy round brings the
+    /// copies together as it does any newer copy. Call under the
     /// slot's lock. The outer error is the store's (the write failed here); the inner result
     /// is the replication's.
     pub(super) async fn save_and_replicate(
@@ -190,7 +191,10 @@ impl Registry {
         };
         let (stored, replicated) = tokio::join!(store, self.replicate(entries));
         if let Err(e) = stored {
+            // The replicas may hold what this store did not: the next anti-entropy round
+            // compares, and the owner pulls it as a newer copy.
             self.uncache(&service);
+            self.mark_unsynced();
             return Err(e);
         }
         let wake = {
