@@ -196,11 +196,13 @@ pub async fn serve_app_with(
                 }
                 // A TLS client reads the 503 only inside TLS (`tls::Refusals`).
                 Some(tls) => {
-                    let accept = tls.http_acceptor().accept(stream);
                     let (deadline, cap) = (limits.header_read_timeout, limits.max_connections);
-                    tls_refusals.spawn(async move {
-                        if let Ok(Ok(stream)) = tokio::time::timeout(deadline, accept).await {
-                            refuse(stream, cap).await;
+                    tls_refusals.spawn(|| {
+                        let accept = tls.http_acceptor().accept(stream);
+                        async move {
+                            if let Ok(Ok(stream)) = tokio::time::timeout(deadline, accept).await {
+                                refuse(stream, cap).await;
+                            }
                         }
                     });
                 }

@@ -176,10 +176,10 @@ pub async fn serve_with(
                 match &tls {
                     None => refuse(stream, notice),
                     Some(tls) => {
-                        let (tls, notice) = (tls.clone(), notice.cloned());
-                        let shutdown = shutdown.clone();
-                        tls_refusals.spawn(async move {
-                            refuse_in_tls(&tls, stream, notice, &shutdown).await;
+                        tls_refusals.spawn(|| {
+                            let (tls, notice) = (tls.clone(), notice.cloned());
+                            let shutdown = shutdown.clone();
+                            async move { refuse_in_tls(&tls, stream, notice, &shutdown).await }
                         });
                     }
                 }

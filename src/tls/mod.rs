@@ -210,11 +210,15 @@ impl Refusals {
         Refusals(Arc::new(tokio::sync::Semaphore::new(Self::AT_ONCE)))
     }
 
-    /// Run `refusal` (a handshake and the notice) on a task of its own, if fewer than
-    /// [`Refusals::AT_ONCE`] are running; otherwise drop it (the caller's connection closes
-    /// bare).
-    pub fn spawn(&self, refusal: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// Run the refusal `make` builds (a handshake and the notice) on a task of its own, if
+    /// fewer than [`Refusals::AT_ONCE`] are running; otherwise build nothing (the caller's
+    /// connection closes bare), so an agent over its cap sets up no TLS session for it.
+    pub fn spawn<F>(&self, make: impl FnOnce() -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         if let Ok(permit) = self.0.clone().try_acquire_owned() {
+            let refusal = make();
             tokio::spawn(async move {
                 refusal.await;
                 drop(permit);
