@@ -1203,3 +1203,36 @@ async fn ring_connections_over_the_cap_are_told_so_inside_tls() {
         stop.cancel();
     }
 }
+
+/// Past its bounded set of refusals in TLS (`tls::Refusals`), a TLS node closes a connection
+/// before sending any of the handshake. The caller must read that as a peer that is there but
+/// will not talk now (retry; do not suspect it), not as a refusal of its certificate, which
+/// makes a join give up at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_any_tls_bytes_is_retried_not_taken_for_a_bad_certificate() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = NodeFiles::write(dir.path(), &ca.leaf("n0", false), &ca.ca.cert_pem);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let closer = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            drop(stream);
+        }
+    });
+    let pool = chordctl::rpc::Pool::with_security(Duration::from_secs(5), None, Some(files.load()));
+    let ping = chordctl::rpc::Request::Ring(chordctl::ring::RingRequest::Ping);
+    let err = pool.call(&addr, ping).await.expect_err("closed bare");
+    assert!(
+        matches!(err, chordctl::rpc::CallError::ClosedInTls(_))
+            && !err.is_auth()
+            && !err.means_peer_down(),
+        "{err}"
+    );
+    closer.abort();
+}

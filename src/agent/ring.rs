@@ -167,6 +167,13 @@ impl RingDriver {
                 let result = match me.pool.call(&o.to.addr, Request::Ring(o.msg)).await {
                     Ok(Response::Ring(r)) => Ok(r),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    // A busy peer is alive: it must not be dropped from the ring's lists.
+                    Err(e) if !e.means_peer_down() => {
+                        if !me.stop.is_cancelled() {
+                            me.with(|c| c.on_busy(o.id));
+                        }
+                        return;
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 if me.stop.is_cancelled() {

@@ -521,8 +521,23 @@ impl Chord {
         }
     }
 
+    /// The outbound request `id` was refused because its peer is busy: the peer answered, so
+    /// it is alive, and it is not removed as [`Chord::on_response`] removes a peer whose call
+    /// failed. The work the request was for is retried when its timer next comes round; a
+    /// lookup asks elsewhere, a join tries its next candidate, and a leave counts the notice
+    /// as delivered (the peer's own checks find the leaver gone).
+    pub fn on_busy(&mut self, id: u64) {
+        self.settle(id, Err("busy".to_string()), true);
+    }
+
     /// The answer (or failure) of the outbound request `id`.
     pub fn on_response(&mut self, id: u64, result: Result<RingResponse, String>) {
+        self.settle(id, result, false);
+    }
+
+    /// Settle the outbound request `id`; `alive` when it failed but its peer is known to be
+    /// alive (busy), so that the peer is kept and nothing is retried before its next round.
+    fn settle(&mut self, id: u64, result: Result<RingResponse, String>, alive: bool) {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
@@ -540,7 +555,7 @@ impl Chord {
                 let action = match result {
                     Ok(RingResponse::Step(step)) => lookup.on_step(step),
                     _ => {
-                        if matches!(purpose, Purpose::Finger(_)) {
+                        if matches!(purpose, Purpose::Finger(_)) && !alive {
                             self.remove_node(&asked.id);
                         }
                         lookup.on_failure(&asked)
@@ -589,6 +604,7 @@ impl Chord {
                             _ => self.notify(me),
                         }
                     }
+                    _ if alive => {}
                     _ => {
                         self.remove_node(&succ.id);
                         if !self.succs.is_empty() {
@@ -606,6 +622,7 @@ impl Chord {
                         self.set_successors(list);
                         self.notify(me);
                     }
+                    _ if alive => {}
                     _ => {
                         self.remove_node(&cand.id);
                         if let Some(s) = self.succs.first().cloned() {
@@ -615,19 +632,19 @@ impl Chord {
                 }
             }
             Pending::Notify { to } => {
-                if result.is_err() {
+                if result.is_err() && !alive {
                     self.remove_node(&to.id);
                 }
             }
             Pending::CheckPredecessor { pred } => {
                 self.checking = false;
-                if result.is_err() {
+                if result.is_err() && !alive {
                     self.remove_node(&pred.id);
                 }
             }
             Pending::RectifyPing { old, notifier } => {
                 self.rectifying = false;
-                if result.is_err() {
+                if result.is_err() && !alive {
                     self.remove_node(&old.id);
                     if self.pred.is_none() && self.is_member() {
                         self.set_predecessor(Some(notifier));
@@ -645,14 +662,17 @@ impl Chord {
                     }
                 }
             }
-            Pending::LeaveNotice => {
-                if let Phase::Leaving { waiting } = &mut self.phase {
-                    *waiting -= 1;
-                    if *waiting == 0 {
-                        self.phase = Phase::Left;
-                        self.events.push(Event::Left);
-                    }
-                }
+            Pending::LeaveNotice => self.leave_notice_done(),
+        }
+    }
+
+    /// One of a leaver's notices has been answered, or has failed.
+    fn leave_notice_done(&mut self) {
+        if let Phase::Leaving { waiting } = &mut self.phase {
+            *waiting -= 1;
+            if *waiting == 0 {
+                self.phase = Phase::Left;
+                self.events.push(Event::Left);
             }
         }
     }
@@ -1047,6 +1067,76 @@ mod tests {
         c.create();
         c.take_outbound();
         c
+    }
+
+    /// Answer every outbound request of `c` matching `pick` as busy; how many were.
+    fn answer_busy(c: &mut Chord, pick: impl Fn(&RingRequest) -> bool) -> usize {
+        let out = c.take_outbound();
+        let busy: Vec<u64> = out.iter().filter(|o| pick(&o.msg)).map(|o| o.id).collect();
+        for id in &busy {
+            c.on_busy(*id);
+        }
+        busy.len()
+    }
+
+    #[test]
+    fn a_busy_successor_or_predecessor_is_kept_and_asked_again_next_round() {
+        let mut c = member(1);
+        let (succ, pred) = (node(2), node(3));
+        c.set_successors(vec![succ.clone()]);
+        c.set_predecessor(Some(pred.clone()));
+        c.take_outbound();
+        c.take_events();
+        let period = c.cfg.stabilize_ms.max(c.cfg.check_predecessor_ms);
+        for round in 1..=3u64 {
+            c.tick(round * period * 2);
+            let asked = answer_busy(&mut c, |m| {
+                matches!(m, RingRequest::GetNeighbors | RingRequest::Ping)
+            });
+            assert_eq!(
+                asked, 2,
+                "round {round}: stabilize and the predecessor check are sent"
+            );
+            assert_eq!(
+                c.succs,
+                vec![succ.clone()],
+                "round {round}: the busy successor stays"
+            );
+            assert_eq!(
+                c.pred.as_ref(),
+                Some(&pred),
+                "round {round}: the busy predecessor stays"
+            );
+            assert!(
+                !c.take_events()
+                    .iter()
+                    .any(|e| matches!(e, Event::PeerFailed(_))),
+                "round {round}: a busy peer is not reported failed"
+            );
+        }
+        // The same answers as a failure drop both, as before.
+        c.tick(8 * period * 2);
+        for o in c.take_outbound() {
+            c.on_response(o.id, Err("connection refused".into()));
+        }
+        assert!(c.succs.iter().all(|n| n.id != succ.id));
+        assert!(c.pred.is_none());
+    }
+
+    #[test]
+    fn a_leave_whose_notices_are_refused_as_busy_still_completes() {
+        let mut c = member(1);
+        c.set_successors(vec![node(2)]);
+        c.set_predecessor(Some(node(3)));
+        c.take_outbound();
+        c.take_events();
+        c.leave();
+        let sent = answer_busy(&mut c, |_| true);
+        assert!(sent > 0, "the leaver tells its neighbours");
+        assert!(
+            c.take_events().iter().any(|e| matches!(e, Event::Left)),
+            "a busy neighbour does not hold the leave open"
+        );
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub enum CallError {
     /// a notice, or with `--cluster-secret` its handshake's BUSY); retrying later may succeed.
     #[error("{0} is at its cap of ring connections; retry later")]
     Busy(String),
+    /// The peer closed the connection during the TLS handshake before sending any of it:
+    /// what a TLS node does when it is refusing more connections than it will answer (see
+    /// `tls::Refusals`), and what a port that does not speak TLS may do. Something is
+    /// listening there, so the peer is not suspected; the caller retries.
+    #[error("{0} closed the connection during the TLS handshake: at its cap of ring connections (retry later), or not a ring port with TLS")]
+    ClosedInTls(String),
 }
 
 impl CallError {
@@ -52,7 +58,7 @@ impl CallError {
     /// Whether the failure is a sign that the peer is gone (and may be suspected): every
     /// failure but a peer saying it is at its cap of connections.
     pub fn means_peer_down(&self) -> bool {
-        !matches!(self, CallError::Busy(_))
+        !matches!(self, CallError::Busy(_) | CallError::ClosedInTls(_))
     }
 }
 
@@ -266,6 +272,9 @@ impl Pool {
                 let name = crate::tls::server_name(addr)
                     .map_err(|e| CallError::Connect(addr.to_string(), e))?;
                 let stream = connector.connect(name, stream).await.map_err(|e| {
+                    if closed_bare(&e) {
+                        return CallError::ClosedInTls(addr.to_string());
+                    }
                     tracing::warn!(peer = %addr, "ring RPC TLS handshake failed: {e}");
                     CallError::Auth(addr.to_string(), format!("TLS: {e}"))
                 })?;
@@ -305,6 +314,17 @@ impl Pool {
             })?;
         Ok(spawn_conn(addr, framed, sealer, opener, generation))
     }
+}
+
+/// Whether a TLS handshake failed because the peer closed the connection rather than because
+/// either side rejected the other's certificate (a TLS alert or a bad certificate is an
+/// `InvalidData` error).
+fn closed_bare(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    )
 }
 
 /// Removes a call's entry when the call ends, answered or not (timeouts drop the future).
