@@ -81,7 +81,7 @@ struct Awake {
 /// Services remembered as stamped in this ownership at most (past it, all start a new epoch).
 const CLAIMED_MAX: usize = 64 * 1024;
 
-/// Decoded records kept at the owner at most; past it new records are not cached.
+/// Decoded records kept at most (owned and copied); past it new records are not cached.
 const RECORD_CACHE_MAX: usize = 16 * 1024;
 
 /// Environment variable (tests only) that shifts this agent's clock by a number of
@@ -515,6 +515,11 @@ impl Registry {
         };
         self.release(service, slot);
         loaded
+    }
+
+    /// Whether the record cache takes another service.
+    fn cache_has_room(&self) -> bool {
+        guard(&self.records).len() < RECORD_CACHE_MAX
     }
 
     /// Remembers `rec` as what the store holds (call under the service's slot lock).

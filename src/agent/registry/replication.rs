@@ -233,8 +233,11 @@ impl Registry {
         let mut ops = Vec::new();
         let mut cached = guard(&self.records).get(service).cloned();
         let owned = self.owns(&Id::of_key(service));
-        if cached.is_none() && owned && self.feeds.watched(service) {
-            // Watched here: what arrives must move the index the watchers follow.
+        if cached.is_none() && ((owned && self.feeds.watched(service)) || self.cache_has_room()) {
+            // A replica keeps the services it copies in memory as the owner does (read once,
+            // here): merging into the record costs no store read and no hop to the blocking
+            // pool, and a replica that takes over the range has the record at hand. Watched
+            // at the owner, what arrives must move the index the watchers follow.
             cached = self.load(service).await?;
         }
         if let Some(rec) = cached {
@@ -280,8 +283,8 @@ impl Registry {
             }
             return Ok(Plan::Cached(ops, rec));
         }
-        // Compare with what the store holds, the keys of this batch only: a replica does not
-        // load (or keep in memory) whole services it only copies.
+        // Compare with what the store holds, the keys of this batch only: a service new to
+        // this node, or one that finds the record cache full.
         Ok(Plan::Stored(Compare {
             service: service.to_string(),
             units: units
