@@ -221,14 +221,12 @@ pub async fn serve_app_with(
                 match stream::is_watch(&stream, deadline).await {
                     None => {}
                     Some(true) => {
+                        // A change stream ends on `stop`, not through hyper's graceful shutdown.
+                        drop(watcher);
                         Box::pin(stream::serve(stream, app, &limits, deadline, stop, permit)).await
                     }
                     Some(false) => {
-                        let conn = builder
-                            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-                        if let Err(e) = Box::pin(watcher.watch(conn)).await {
-                            tracing::debug!(%peer, "HTTP connection ended: {e}");
-                        }
+                        Box::pin(serve_hyper(stream, &builder, app, watcher, "HTTP", peer)).await;
                         drop(permit);
                     }
                 }
@@ -256,17 +254,14 @@ pub async fn serve_app_with(
             match stream::classify(stream, deadline).await {
                 None => {}
                 Some(stream::Tls::Watch(stream, start)) => {
+                    // As above.
+                    drop(watcher);
                     let serve =
                         stream::serve_tls(stream, start, app, &limits, deadline, stop, permit);
                     Box::pin(serve).await
                 }
                 Some(stream::Tls::Other(stream)) => {
-                    let service = TowerToHyperService::new(app);
-                    let conn =
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
-                    if let Err(e) = Box::pin(conn).await {
-                        tracing::debug!(%peer, "HTTPS connection ended: {e}");
-                    }
+                    Box::pin(serve_hyper(stream, &builder, app, watcher, "HTTPS", peer)).await;
                     drop(permit);
                 }
             }
@@ -278,6 +273,23 @@ pub async fn serve_app_with(
         .is_err()
     {
         tracing::warn!("HTTP connections still open after {SHUTDOWN_GRACE:?}; closing them");
+    }
+}
+
+/// Serve one connection with hyper, tracked by the graceful shutdown's `watcher`.
+async fn serve_hyper<S>(
+    stream: S,
+    builder: &http1::Builder,
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    what: &str,
+    peer: std::net::SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, "{what} connection ended: {e}");
     }
 }
 
