@@ -285,11 +285,13 @@ impl Registry {
                     }
                     match stood_in {
                         Some(list) => list,
-                        // An agent of an earlier build does not know ListRange.
-                        None => self
+                        // An agent of an earlier build answers that it cannot read ListRange;
+                        // one that did not answer at all is not asked again.
+                        None if !matches!(e, Error::Routing(_)) => self
                             .ask(node, RegistryRequest::ListOwned)
                             .await
                             .map_err(|_| e)?,
+                        None => return Err(e),
                     }
                 }
             };
