@@ -12,7 +12,8 @@
 #   ONLY_WATCH=1 bench/run.sh          # only the watch benchmark: WATCHERS (10,000) watchers
 #                                     # on one agent over WATCH_SERVICES (100) services under
 #                                     # WATCH_RATE (1,000) writes/s; write-to-notify p50/p99,
-#                                     # the agent's RSS per idle watcher and CPU (examples/watch_bench.rs)
+#                                     # the agent's RSS per idle watcher and CPU (examples/watch_bench.rs);
+#                                     # WATCH_TLS=1 over HTTPS
 #   ONLY_TLS=1 bench/run.sh            # only the TLS benchmark: a ring of 5 without and with TLS,
 #                                     # ring lookup p50/p99 and registrations/s through a
 #                                     # non-owner agent, connections warm (examples/tls_bench.rs)
@@ -48,6 +49,7 @@ SKIP_WATCH=${SKIP_WATCH:-$ONLY_SHAPES}
 WATCHERS=${WATCHERS:-10000}    # watchers on one agent, spread over WATCH_SERVICES services,
 WATCH_SERVICES=${WATCH_SERVICES:-100}  # under WATCH_RATE registrations/s for DURATION s
 WATCH_RATE=${WATCH_RATE:-1000}
+WATCH_TLS=${WATCH_TLS:-0}      # 1: the watch benchmark over HTTPS (a CA and certificate made here)
 HEARTBEAT_GOAL=10000                              # status reports/s the heartbeat row aims at
 BIG=${BIG:-9998}               # instances in the big service. A service holds at most 10,000
                                # and the 1-client churn row may leave one new id behind when
@@ -280,8 +282,19 @@ watch_bench() {
     say "watch: $WATCHERS watchers on one agent over $WATCH_SERVICES services, $WATCH_RATE writes/s for ${DURATION}s"
     (cd "$ROOT" && cargo build --release --quiet --example watch_bench)
     local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/watch_bench"
+    local scheme=http
+    if [[ $WATCH_TLS == 1 ]]; then
+        # The agent serves HTTPS with a certificate of a CA made here; the watchers trust it.
+        "$CHORDCTL" tls ca create --dir "$WORK/watch-tls" >/dev/null
+        "$CHORDCTL" tls cert create w0 --dir "$WORK/watch-tls" --ip 127.0.0.1 >/dev/null
+        AGENT_FLAGS=(--tls-cert "$WORK/watch-tls/w0.pem" --tls-key "$WORK/watch-tls/w0-key.pem"
+            --tls-ca "$WORK/watch-tls/ca.pem")
+        scheme=https
+    fi
     start_agent w0
-    "$bin" "http://$AGENT_HTTP" "$WATCHERS" "$WATCH_SERVICES" "$WATCH_RATE" "$DURATION" "$AGENT_PID"
+    AGENT_FLAGS=()
+    WATCH_BENCH_CA="$WORK/watch-tls/ca.pem" "$bin" "$scheme://$AGENT_HTTP" "$WATCHERS" \
+        "$WATCH_SERVICES" "$WATCH_RATE" "$DURATION" "$AGENT_PID"
     stop_pid "$AGENT_PID"
 }
 if [[ $ONLY_WATCH == 1 ]]; then

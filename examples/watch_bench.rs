@@ -6,15 +6,66 @@
 //!   cargo run --release --example watch_bench -- URL [WATCHERS] [SERVICES] [RATE] [SECONDS] [PID]
 //!
 //! Defaults: 10,000 watchers over 100 services, 1,000 writes/s for 10 s. `bench/run.sh` runs it
-//! against an agent it starts (`ONLY_WATCH=1 bench/run.sh`).
+//! against an agent it starts (`ONLY_WATCH=1 bench/run.sh`; `WATCH_TLS=1` over HTTPS).
+//!
+//! An `https://` URL watches (and writes) over TLS, trusting the CA certificate in the PEM file
+//! that `WATCH_BENCH_CA` names: each watcher makes its own handshake, and the agent encrypts
+//! every event once per watcher.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+
+/// A watcher's connection: plain TCP or TLS over it.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// Connect to `addr`, through TLS when `tls` is given.
+async fn connect(addr: &str, tls: Option<&TlsConnector>) -> Option<Box<dyn Conn>> {
+    let socket = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = socket.set_nodelay(true);
+    match tls {
+        None => Some(Box::new(socket)),
+        Some(tls) => {
+            let name = chordctl::tls::server_name(addr).ok()?;
+            Some(Box::new(tls.connect(name, socket).await.ok()?))
+        }
+    }
+}
+
+/// The TLS client of an `https://` run: trusts the CA in `WATCH_BENCH_CA`.
+fn tls_client(url: &str) -> (Option<TlsConnector>, Option<Vec<u8>>) {
+    if !url.starts_with("https://") {
+        return (None, None);
+    }
+    let path = std::env::var("WATCH_BENCH_CA").unwrap_or_else(|_| {
+        eprintln!("an https:// URL needs WATCH_BENCH_CA=PATH of the CA certificate (PEM)");
+        std::process::exit(2)
+    });
+    let pem = std::fs::read(&path).unwrap_or_else(|e| {
+        eprintln!("cannot read {path}: {e}");
+        std::process::exit(2)
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = chordctl::tls::parse_certs(&pem, std::path::Path::new(&path)).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    for cert in certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(chordctl::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Some(TlsConnector::from(Arc::new(config))), Some(pem))
+}
 
 fn now_micros() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0)
@@ -49,9 +100,18 @@ struct Tally {
 /// One watcher on its own connection, read without an HTTP client library: the load
 /// generator shares the two cores with the agent, so it does as little as it can per event
 /// (find each frame's end and its `sent_us`, no JSON parse).
-async fn watcher(url: String, service: String, tally: Arc<Tally>, done: CancellationToken) {
-    let addr = url.trim_start_matches("http://").to_string();
-    let Ok(mut socket) = tokio::net::TcpStream::connect(&addr).await else {
+async fn watcher(
+    url: String,
+    service: String,
+    tally: Arc<Tally>,
+    done: CancellationToken,
+    tls: Option<TlsConnector>,
+) {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string();
+    let Some(mut socket) = connect(&addr, tls.as_ref()).await else {
         eprintln!("watcher of {service}: cannot connect to {addr}");
         return;
     };
@@ -152,7 +212,12 @@ async fn main() {
     let seconds = arg(4, 10).max(1);
     let pid = args.get(5).and_then(|v| v.parse::<u32>().ok());
     chordctl::agent::raise_open_files_limit();
-    let client = reqwest::Client::new();
+    let (tls, ca) = tls_client(&url);
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = &ca {
+        client = client.add_root_certificate(reqwest::Certificate::from_pem(ca).expect("CA PEM"));
+    }
+    let client = client.build().expect("HTTP client");
     // Every service exists before the watchers come.
     for s in 0..services {
         let _ = client
@@ -173,6 +238,7 @@ async fn main() {
             service,
             tally.clone(),
             done.clone(),
+            tls.clone(),
         )));
         if w % 500 == 499 {
             tokio::task::yield_now().await;

@@ -93,7 +93,7 @@ struct Material {
 /// build). rustls deprecates it for lacking post-quantum key exchange, which neither side of
 /// a chordctl connection needs to agree on: both ends are chordctl.
 #[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
