@@ -1236,3 +1236,32 @@ async fn a_connection_closed_before_any_tls_bytes_is_retried_not_taken_for_a_bad
     );
     closer.abort();
 }
+
+/// An agent with TLS whose seed is a ring port without TLS: the seed closes the connection in
+/// the handshake, which reads as a peer that will not talk now, so the join retries; when its
+/// deadline passes it must fail naming the seed and saying what the seed did, not only that a
+/// lookup found no live node.
+#[test]
+fn a_tls_join_through_a_ring_port_without_tls_fails_saying_what_the_seed_did() {
+    let plain = AgentProc::start(None, &[]);
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = NodeFiles::write(dir.path(), &ca.leaf("n1", false), &ca.ca.cert_pem);
+    let started = Instant::now();
+    let out = agent_command(Some(&plain.ring), "127.0.0.1:0", "127.0.0.1:0", &[])
+        .args(files.flags())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "joined a ring without TLS");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&plain.ring) && last.contains("TLS handshake"),
+        "the error names the seed and the handshake: {last}\n{err}"
+    );
+}

@@ -245,6 +245,9 @@ impl RingDriver {
                                 "cannot join the ring through {seed}: {e}"
                             )));
                         }
+                        // What the seed itself did says more than the lookup's failure (a
+                        // refused connection, a seed at its cap, a port without TLS).
+                        last = e.to_string();
                     }
                     let pause = Duration::from_millis(200).min(left);
                     tokio::time::sleep(pause).await;
