@@ -338,9 +338,9 @@ pub async fn classify<S: AsyncRead + Unpin>(mut stream: S, deadline: Instant) ->
 }
 
 /// Serve an HTTPS change stream (its first bytes read already): the request through `app`,
-/// the answer's body written as it comes, and the connection closed when the client closes
-/// it, the agent stops or the stream ends.
-pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin>(
+/// then the answer's body written as it comes by a task on the fan-out runtime, and the
+/// connection closed when the client closes it, the agent stops or the stream ends.
+pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut stream: S,
     start: Vec<u8>,
     app: Router,
@@ -356,7 +356,9 @@ pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin>(
     let (parts, body) = response.into_parts();
     let head = head(&parts, "");
     drop(parts);
-    Box::pin(stream_body(stream, head, body, stop, permit)).await;
+    // Written on the fan-out runtime, as plain streams are: requests are not queued behind
+    // the encryption of every event for every watcher.
+    crate::agent::fanout::spawn(stream_body(stream, head, body, stop, permit));
 }
 
 /// A connection with bytes already read from it put back in front.
