@@ -95,7 +95,8 @@ struct Tally {
     events: AtomicU64,
     resets: AtomicU64,
     attached: AtomicU64,
-    /// Connections closed before their first event (and made again).
+    /// Connections that ended before their first event (closed, or refused with an error) and
+    /// were made again.
     retries: AtomicU64,
 }
 
@@ -119,10 +120,9 @@ async fn watcher(
     }
 }
 
-/// One watcher on its own connection, read without an HTTP client library: the load
-/// generator shares the two cores with the agent, so it does as little as it can per event
-/// (find each frame's end and its `sent_us`, no JSON parse).
-/// One connection of a watcher; whether it got its first event.
+/// One connection of a watcher (whether it got its first event), read without an HTTP client
+/// library: the load generator shares the two cores with the agent, so it does as little as
+/// it can per event (find each frame's end and its `sent_us`, no JSON parse).
 async fn watch_once(
     url: &str,
     service: &str,

@@ -217,7 +217,8 @@ pub fn hand_over(attached: Attached, socket: TcpStream, last: u64, hold: OwnedSe
 
 /// Run `task` on the fan-out runtime (started at the first call, for the whole process), or on
 /// the current runtime when no thread could be started for it. Change streams are written
-/// there: plain ones by their subscription's [`FanOut`], HTTPS ones by a task each.
+/// there: services' plain streams by their subscription's [`FanOut`], their HTTPS ones by a
+/// task each.
 pub(crate) fn spawn(task: impl Future<Output = ()> + Send + 'static) {
     static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     let runtime = RUNTIME.get_or_init(|| {

@@ -87,7 +87,7 @@ pub async fn serve(
     permit: OwnedSemaphorePermit,
 ) {
     let at = Head::new(Vec::new(), deadline);
-    let Some(response) = Box::pin(answer(&mut stream, app, limits, at, true)).await else {
+    let Some((response, _)) = Box::pin(answer(&mut stream, app, limits, at, true)).await else {
         return;
     };
     let (mut parts, body) = response.into_parts();
@@ -118,7 +118,7 @@ async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    if stream.write_all(&head).await.is_err() || stream.flush().await.is_err() {
+    if !send(&mut stream, &head, &stop).await {
         return;
     }
     drop(head);
@@ -136,16 +136,36 @@ async fn stream_body<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let Some(Ok(frame)) = frame else { break };
         if let Ok(data) = frame.into_data() {
-            if stream.write_all(&data).await.is_err() || stream.flush().await.is_err() {
+            if !send(&mut stream, &data, &stop).await {
                 break;
             }
         }
     }
-    let _ = stream.shutdown().await;
+    if !stop.is_cancelled() {
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Write `data` and flush it, unless the agent stops first (a client that does not read
+/// must not keep the task, and what it holds of the agent, past the agent's end); whether
+/// it was written.
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    data: &[u8],
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        written = async {
+            stream.write_all(data).await?;
+            stream.flush().await
+        } => written.is_ok(),
+    }
 }
 
 /// The connection's one request (its first bytes read already, and the deadline of its head,
-/// in `at`) through `app`: the answer when it is a stream to write; `None` when it was answered whole (a refusal, an
+/// in `at`) through `app`: the answer when it is a stream to write, and whether it is a
+/// service's stream (not the catalog's); `None` when it was answered whole (a refusal, an
 /// error) or the client went away. `lean`: the handler may hand the connection over
 /// ([`Handoff`]; plain connections only).
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
@@ -154,7 +174,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     limits: &Limits,
     at: Head,
     lean: bool,
-) -> Option<Response<Body>> {
+) -> Option<(Response<Body>, bool)> {
     let mut request = match read_request(stream, limits, at).await {
         Ok(r) => r,
         Err(Some(refused)) => {
@@ -166,6 +186,11 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     if lean {
         request.extensions_mut().insert(Lean);
     }
+    let service = request
+        .uri()
+        .path()
+        .strip_prefix("/v1/watch/services/")
+        .is_some_and(|rest| !rest.is_empty());
     let response = match app.oneshot(request).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -174,7 +199,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         write_whole(stream, response).await;
         return None;
     }
-    Some(response)
+    Some((response, service))
 }
 
 /// An answer's status line and headers, `Connection: close` and `extra` (header lines) added,
@@ -338,8 +363,9 @@ pub async fn classify<S: AsyncRead + Unpin>(mut stream: S, deadline: Instant) ->
 }
 
 /// Serve an HTTPS change stream (its first bytes read already): the request through `app`,
-/// then the answer's body written as it comes by a task on the fan-out runtime, and the
-/// connection closed when the client closes it, the agent stops or the stream ends.
+/// then the answer's body written as it comes (a service's stream by a task on the fan-out
+/// runtime), and the connection closed when the client closes it, the agent stops or the
+/// stream ends.
 pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut stream: S,
     start: Vec<u8>,
@@ -350,15 +376,22 @@ pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     permit: OwnedSemaphorePermit,
 ) {
     let at = Head::new(start, deadline);
-    let Some(response) = Box::pin(answer(&mut stream, app, limits, at, false)).await else {
+    let Some((response, service)) = Box::pin(answer(&mut stream, app, limits, at, false)).await
+    else {
         return;
     };
     let (parts, body) = response.into_parts();
     let head = head(&parts, "");
     drop(parts);
-    // Written on the fan-out runtime, as plain streams are: requests are not queued behind
-    // the encryption of every event for every watcher.
-    crate::agent::fanout::spawn(stream_body(stream, head, body, stop, permit));
+    if service {
+        // Written on the fan-out runtime, as plain services' streams are: requests are not
+        // queued behind the encryption of every event for every watcher. (The catalog's
+        // stream lists the ring every second, RPCs and store reads that belong with the
+        // requests'.)
+        crate::agent::fanout::spawn(stream_body(stream, head, body, stop, permit));
+    } else {
+        Box::pin(stream_body(stream, head, body, stop, permit)).await;
+    }
 }
 
 /// A connection with bytes already read from it put back in front.

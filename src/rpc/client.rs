@@ -43,8 +43,10 @@ pub enum CallError {
     Busy(String),
     /// The peer closed the connection during the TLS handshake before sending any of it:
     /// what a TLS node does when it is refusing more connections than it will answer (see
-    /// `tls::Refusals`), and what a port that does not speak TLS may do. Something is
-    /// listening there, so the peer is not suspected; the caller retries.
+    /// `tls::Refusals`), and also what a port that does not speak TLS, or a load balancer
+    /// with no backend, does. Not a verdict on this agent's certificate, so a join retries;
+    /// but nothing answered, so the peer is suspected as for any failed connection (a node
+    /// really at its cap answers inside TLS for its first 16 refusals at a time).
     #[error("{0} closed the connection during the TLS handshake: at its cap of ring connections (retry later), or not a ring port with TLS")]
     ClosedInTls(String),
 }
@@ -58,7 +60,7 @@ impl CallError {
     /// Whether the failure is a sign that the peer is gone (and may be suspected): every
     /// failure but a peer saying it is at its cap of connections.
     pub fn means_peer_down(&self) -> bool {
-        !matches!(self, CallError::Busy(_) | CallError::ClosedInTls(_))
+        !matches!(self, CallError::Busy(_))
     }
 }
 

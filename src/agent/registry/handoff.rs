@@ -13,7 +13,7 @@ use crate::agent::progress::{Progress, Step};
 use crate::registry::merkle;
 use crate::registry::ops::{range_hash, Entry, RegistryRequest, RegistryResponse};
 use crate::registry::unit::Mark;
-use crate::registry::unit::{meta_key, meta_value, unit_key, unit_prefix};
+use crate::registry::unit::{meta_key, meta_value, service_of_key, unit_key, unit_prefix};
 use crate::registry::Record;
 use crate::ring::{Id, NodeRef};
 use crate::store::Op;
@@ -769,6 +769,15 @@ impl Registry {
             .map(version_item)
             .collect();
         let (need, newer) = compare(mine, items, range.is_some(), DIFF_NEWER_BYTES);
+        // What the store lacks may still be in a cached record (a store that lost writes, as
+        // Redis with `appendfsync everysec` can, under a running agent): merged into that
+        // record, the owner's copy would change nothing and never be stored. Drop those
+        // records, so that the merge starts again from what the store holds.
+        for key in &need {
+            if let Some(service) = service_of_key(key) {
+                self.uncache(service);
+            }
+        }
         Ok(RegistryResponse::Diff { need, newer })
     }
 }

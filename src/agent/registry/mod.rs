@@ -13,7 +13,7 @@
 //! - `sweep.rs`: TTL expiry at the owner.
 //!
 //! This file holds the state they share: the per-service slots (lock and queue of pending
-//! writes), the owner's record cache, the node's hybrid logical clock, and the answers to
+//! writes), the record cache (services owned and copied), the node's hybrid logical clock, and the answers to
 //! requests from peers ([`Registry::handle_local`]).
 
 mod feeds;
@@ -517,9 +517,11 @@ impl Registry {
         loaded
     }
 
-    /// Whether the record cache takes another service.
-    fn cache_has_room(&self) -> bool {
-        guard(&self.records).len() < RECORD_CACHE_MAX
+    /// Whether the record cache takes another copy of a service this node does not own:
+    /// copies fill at most half of it, so that what a node owns (its writes, its discovers)
+    /// keeps room; a copy cached before its node came to own it stays.
+    fn cache_has_room_for_copy(&self) -> bool {
+        guard(&self.records).len() < RECORD_CACHE_MAX / 2
     }
 
     /// Remembers `rec` as what the store holds (call under the service's slot lock).

@@ -233,16 +233,20 @@ impl Registry {
         let mut ops = Vec::new();
         let mut cached = guard(&self.records).get(service).cloned();
         let owned = self.owns(&Id::of_key(service));
-        if cached.is_none() && ((owned && self.feeds.watched(service)) || self.cache_has_room()) {
+        let load = match owned {
+            // Watched here: what arrives must move the index the watchers follow.
+            true => self.feeds.watched(service),
             // A replica keeps the services it copies in memory as the owner does (read once,
             // here): merging into the record costs no store read and no hop to the blocking
-            // pool, and a replica that takes over the range has the record at hand. Watched
-            // at the owner, what arrives must move the index the watchers follow.
+            // pool, and a replica that takes over the range has the record at hand.
+            false => self.cache_has_room_for_copy(),
+        };
+        if cached.is_none() && load {
             cached = self.load(service).await?;
         }
         if let Some(rec) = cached {
-            // The owner (or a replica that served a read) has the record in memory: apply to
-            // it and store what changed.
+            // The record is in memory (the owner's, or a copy's): apply to it and store what
+            // changed.
             let mut rec = Arc::unwrap_or_clone(rec);
             let mut changed = false;
             for (id, (unit, bytes)) in units {
