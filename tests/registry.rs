@@ -640,3 +640,60 @@ async fn asking_for_a_thousand_unknown_names_leaves_no_locks_behind() {
     })
     .await;
 }
+
+/// A record in memory must not hide what its store lost. Redis with `appendfsync everysec`
+/// can lose the last second of writes while the agent keeps running; the owner's anti-entropy
+/// digest then names the lost unit as needed, and the unit it sends must be stored again, not
+/// merged into the cached record (which still has it) as nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_restores_a_unit_the_store_lost_under_a_record_in_memory() {
+    use chordctl::registry::ops::{Entry, RegistryRequest, RegistryResponse};
+    use chordctl::registry::unit::{unit_key, Mark};
+    use chordctl::store::Store;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = agent::AgentConfig {
+        redis: Some(redis.url()),
+        ..test_config(Start::Create, dir.path())
+    };
+    let h = agent::start(cfg).await.expect("start on redis");
+    let url = format!("http://{}", h.http_addr());
+    register(&url, "lossy", "a", 1).await;
+    assert_eq!(instances(&url, "lossy").await.len(), 1, "in memory now");
+    // The agent's own key space in the same Redis, as a second client sees it.
+    let store = chordctl::store::redis::RedisStore::connect(&redis.url(), &h.node().id.to_hex())
+        .await
+        .expect("second client");
+    let key = unit_key("lossy", "a");
+    let value = store
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("the unit is stored");
+    store.delete(&key).await.expect("the store loses it");
+    let registry = &h.agent().registry;
+    let digest = RegistryRequest::Digest {
+        items: vec![(key.clone(), Mark::of(&key, &value))],
+        range: None,
+        span: (String::new(), None),
+    };
+    match registry.handle_local(digest).await.expect("digest") {
+        RegistryResponse::Diff { need, .. } => assert_eq!(need, vec![key.clone()]),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    registry
+        .merge(vec![Entry {
+            key: key.clone(),
+            value: value.clone(),
+        }])
+        .await
+        .expect("merge the owner's copy");
+    assert_eq!(
+        store.get(&key).await.expect("get"),
+        Some(value),
+        "the unit is stored again"
+    );
+    h.shutdown().await;
+}
