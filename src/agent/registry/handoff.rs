@@ -525,6 +525,13 @@ impl Registry {
 
     /// Fetch the entries under `keys` from `node` (a page at a time) and merge them.
     async fn pull(&self, node: &NodeRef, keys: Vec<String>) -> Result<usize> {
+        // The store lacks these (or holds them older): a record in memory that holds them must
+        // not turn what arrives into nothing new (see `diff`).
+        for key in &keys {
+            if let Some(service) = service_of_key(key) {
+                self.uncache(service);
+            }
+        }
         let mut rest = &keys[..];
         let mut got = 0;
         while !rest.is_empty() {
