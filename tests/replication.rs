@@ -505,12 +505,19 @@ async fn a_replica_that_missed_one_change_of_a_big_service_gets_it_through_the_h
     c.settle().await;
     let service = "tree";
     let key = Id::of_key(service);
+    // The owner, then its successors in ring order. The replica cut below is the owner's
+    // successor: cut from its predecessor instead, the owner would be unsure of its range and
+    // rightly take no writes (which the write below sometimes met, when the predecessor check
+    // ran between the cut and the write).
     let order: Vec<usize> = {
+        let mut by_id: Vec<usize> = (0..3).collect();
+        by_id.sort_by_key(|i| c.node(*i).agent().ring.me().id);
         let owner = c.true_owner(&key);
-        let start = (0..3)
-            .find(|i| c.node(*i).agent().ring.me().id == owner)
+        let start = by_id
+            .iter()
+            .position(|i| c.node(*i).agent().ring.me().id == owner)
             .expect("the owner is one of the three");
-        (0..3).map(|k| (start + k) % 3).collect()
+        (0..3).map(|k| by_id[(start + k) % 3]).collect()
     };
     let (owner, lagging) = (order[0], order[1]);
     let url = c.url(owner);
