@@ -8,7 +8,7 @@ use chordctl::agent::{self, Start};
 use chordctl::cli::watch::{SseEvent, SseParser};
 use serde_json::{json, Value};
 
-use crate::support::cluster::{test_config, TestCluster};
+use crate::support::cluster::{redis_config, test_config, TestCluster};
 use crate::support::http::{call, raw};
 use crate::support::redis::RedisServer;
 use crate::support::{eventually, expect_ttl_expiry};
@@ -374,10 +374,7 @@ async fn an_agent_on_redis_keeps_records_over_restart_and_survives_a_redis_outag
         return;
     };
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = agent::AgentConfig {
-        redis: Some(redis.url()),
-        ..test_config(Start::Create, dir.path())
-    };
+    let cfg = redis_config(&redis.url(), dir.path());
     let h = agent::start(cfg.clone()).await.expect("start on redis");
     let url = format!("http://{}", h.http_addr());
     register(&url, "onredis", "a", 1).await;
@@ -654,10 +651,7 @@ async fn anti_entropy_restores_a_unit_the_store_lost_under_a_record_in_memory() 
         return;
     };
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = agent::AgentConfig {
-        redis: Some(redis.url()),
-        ..test_config(Start::Create, dir.path())
-    };
+    let cfg = redis_config(&redis.url(), dir.path());
     let h = agent::start(cfg).await.expect("start on redis");
     let url = format!("http://{}", h.http_addr());
     register(&url, "lossy", "a", 1).await;

@@ -11,7 +11,7 @@ use chordctl::agent::{self, AgentHandle, Start};
 use chordctl::ring::Id;
 use serde_json::{json, Value};
 
-use crate::support::cluster::{test_config, TestCluster};
+use crate::support::cluster::{redis_config, test_config, TestCluster};
 use crate::support::http::{call, call_ok};
 use crate::support::procs::{ring_order, AgentProc};
 use crate::support::redis::RedisServer;
@@ -149,10 +149,7 @@ async fn a_write_costs_the_same_in_big_and_small_services_on_redis() {
         return;
     };
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = agent::AgentConfig {
-        redis: Some(redis.url()),
-        ..test_config(Start::Create, dir.path())
-    };
+    let cfg = redis_config(&redis.url(), dir.path());
     writes_cost_the_same_whatever_the_size(cfg).await;
 }
 

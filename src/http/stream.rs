@@ -50,12 +50,6 @@ struct Head {
     deadline: Instant,
 }
 
-impl Head {
-    fn new(buf: Vec<u8>, deadline: Instant) -> Head {
-        Head { buf, deadline }
-    }
-}
-
 /// The start of a request this path serves.
 const PREFIX: &[u8] = b"GET /v1/watch/";
 
@@ -86,7 +80,10 @@ pub async fn serve(
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let at = Head::new(Vec::new(), deadline);
+    let at = Head {
+        buf: Vec::new(),
+        deadline,
+    };
     let Some((response, _)) = Box::pin(answer(&mut stream, app, limits, at, true)).await else {
         return;
     };
@@ -375,7 +372,10 @@ pub async fn serve_tls<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    let at = Head::new(start, deadline);
+    let at = Head {
+        buf: start,
+        deadline,
+    };
     let Some((response, service)) = Box::pin(answer(&mut stream, app, limits, at, false)).await
     else {
         return;

@@ -25,6 +25,15 @@ pub fn test_config(start: Start, dir: &std::path::Path) -> AgentConfig {
     }
 }
 
+/// [`test_config`] for a new ring's first agent on the Redis server at `redis` (a URL), its
+/// other files in `dir`.
+pub fn redis_config(redis: &str, dir: &std::path::Path) -> AgentConfig {
+    AgentConfig {
+        redis: Some(redis.to_string()),
+        ..test_config(Start::Create, dir)
+    }
+}
+
 /// Changes every agent's configuration before it starts (e.g. a cluster secret).
 pub type Configure = std::sync::Arc<dyn Fn(&mut AgentConfig) + Send + Sync>;
 

@@ -525,13 +525,8 @@ impl Registry {
 
     /// Fetch the entries under `keys` from `node` (a page at a time) and merge them.
     async fn pull(&self, node: &NodeRef, keys: Vec<String>) -> Result<usize> {
-        // The store lacks these (or holds them older): a record in memory that holds them must
-        // not turn what arrives into nothing new (see `diff`).
-        for key in &keys {
-            if let Some(service) = service_of_key(key) {
-                self.uncache(service);
-            }
-        }
+        // The store lacks these (or holds them older): see `uncache_keys`.
+        self.uncache_keys(&keys);
         let mut rest = &keys[..];
         let mut got = 0;
         while !rest.is_empty() {
@@ -754,6 +749,19 @@ impl Registry {
         Ok(n)
     }
 
+    /// Drop from the record cache the services of `keys`, which anti-entropy found the store
+    /// to lack or hold older. Such a key may still be in a cached record (a store that lost
+    /// writes under a running agent, as Redis with `appendfsync everysec` can): merged into
+    /// that record, the copy that arrives would change nothing and never be stored. Without
+    /// the record the merge starts again from what the store holds.
+    fn uncache_keys(&self, keys: &[String]) {
+        for key in keys {
+            if let Some(service) = service_of_key(key) {
+                self.uncache(service);
+            }
+        }
+    }
+
     /// Anti-entropy at a replica: which of the owner's `items` this node lacks or holds older,
     /// and, within the owner's `range`, what this node holds that the owner lacks or holds
     /// older.
@@ -776,15 +784,7 @@ impl Registry {
             .map(version_item)
             .collect();
         let (need, newer) = compare(mine, items, range.is_some(), DIFF_NEWER_BYTES);
-        // What the store lacks may still be in a cached record (a store that lost writes, as
-        // Redis with `appendfsync everysec` can, under a running agent): merged into that
-        // record, the owner's copy would change nothing and never be stored. Drop those
-        // records, so that the merge starts again from what the store holds.
-        for key in &need {
-            if let Some(service) = service_of_key(key) {
-                self.uncache(service);
-            }
-        }
+        self.uncache_keys(&need);
         Ok(RegistryResponse::Diff { need, newer })
     }
 }

@@ -13,8 +13,8 @@
 //! - `sweep.rs`: TTL expiry at the owner.
 //!
 //! This file holds the state they share: the per-service slots (lock and queue of pending
-//! writes), the record cache (services owned and copied), the node's hybrid logical clock, and the answers to
-//! requests from peers ([`Registry::handle_local`]).
+//! writes), the record cache (services owned and copied), the node's hybrid logical clock,
+//! and the answers to requests from peers ([`Registry::handle_local`]).
 
 mod feeds;
 mod handoff;
