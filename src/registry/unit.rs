@@ -273,7 +273,6 @@ impl Record {
     /// Keep `unit` as instance `id`'s state if it is newer than what this copy holds. Returns
     /// whether anything changed. The service's index never goes down.
     pub fn apply_unit(&mut self, id: &str, unit: Unit) -> bool {
-        self.index = self.index.max(unit.stamp.index);
         if let Some(cur) = self.stamps.get(id) {
             if unit.stamp.version < cur.version {
                 return false;
@@ -307,6 +306,9 @@ impl Record {
                 self.removed.insert(Name::from(id), at);
             }
         }
+        // Only a unit kept moves the index: the store holds only those, so the index in
+        // memory stays the one a reload of the stored copy rebuilds (never above it).
+        self.index = self.index.max(unit.stamp.index);
         self.stamps.insert(Name::from(id), unit.stamp);
         true
     }
@@ -469,6 +471,36 @@ mod tests {
         assert_eq!(a2.instances["x"].port, winner, "the larger checksum wins");
         // The same unit again changes nothing.
         assert!(!a2.clone().apply_unit("x", a2.unit("x").expect("unit")));
+    }
+
+    #[test]
+    fn a_unit_refused_as_older_leaves_the_index_a_reload_of_the_stored_copy_rebuilds() {
+        let mut a = Owner::new(1, 0);
+        a.register("x", 1, at(0));
+        let older = a.rec.unit("x").expect("unit");
+        a.register("x", 2, at(5));
+        a.rec.index = 7;
+        let newer = a.rec.unit("x").expect("unit");
+        // A replica holds the newer change; the older one arrives late, stamped by an owner
+        // whose index had run further (two owners in a split).
+        let mut replica = rec();
+        assert!(replica.apply_unit("x", newer.clone()));
+        let before = replica.index;
+        let mut late = older;
+        late.stamp.index = 1_000;
+        assert!(
+            !replica.apply_unit("x", late),
+            "the older change is refused"
+        );
+        assert_eq!(replica.instances["x"].port, 2);
+        assert_eq!(
+            replica.index, before,
+            "a refused unit does not move the index"
+        );
+        // What the replica stored (the unit it kept; no meta entry) rebuilds the same index.
+        let bytes = newer.to_bytes().expect("bytes");
+        let reloaded = Record::from_stored("svc", None, [("x", bytes.as_slice())]).expect("load");
+        assert_eq!(reloaded.index, replica.index);
     }
 
     /// An owner: a record and a clock whose wall time is `skew_ms` off.
