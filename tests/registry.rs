@@ -691,3 +691,80 @@ async fn anti_entropy_restores_a_unit_the_store_lost_under_a_record_in_memory() 
     );
     h.shutdown().await;
 }
+
+/// The owner's side of the same loss: the owner's own store loses a unit while the record in
+/// memory still has it. Its next anti-entropy round sees that a replica holds the key and the
+/// store does not, pulls it, and must store it again rather than merge it into the cached
+/// record as nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_pulls_back_a_unit_the_owners_store_lost_under_a_record_in_memory() {
+    use chordctl::registry::unit::unit_key;
+    use chordctl::ring::Id;
+    use chordctl::store::Store;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let c = TestCluster::start_with(
+        2,
+        std::sync::Arc::new(move |cfg: &mut agent::AgentConfig| {
+            cfg.redis = Some(url.clone());
+        }),
+    )
+    .await;
+    c.settle().await;
+    let service = "lossy-owner";
+    register(&c.url(0), service, "a", 1).await;
+    let owner_id = c.true_owner(&Id::of_key(service));
+    let owner = (0..2)
+        .find(|&i| c.node(i).node().id == owner_id)
+        .expect("the owner is one of the two");
+    let replica = 1 - owner;
+    // Each agent's own key space in the shared Redis, as a second client sees it.
+    let space = |i: usize| {
+        let (url, id) = (redis.url(), c.node(i).node().id.to_hex());
+        async move {
+            chordctl::store::redis::RedisStore::connect(&url, &id)
+                .await
+                .expect("second client")
+        }
+    };
+    let (owner_store, replica_store) = (space(owner).await, space(replica).await);
+    let key = unit_key(service, "a");
+    eventually(
+        "the replica stores its copy",
+        Duration::from_secs(30),
+        async || match replica_store.get(&key).await {
+            Ok(Some(_)) => Ok(()),
+            other => Err(format!("replica holds {other:?}")),
+        },
+    )
+    .await;
+    let value = owner_store
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("the owner stores the unit");
+    owner_store.delete(&key).await.expect("the store loses it");
+    assert_eq!(
+        instances(&c.url(owner), service).await.len(),
+        1,
+        "the owner's record in memory still has it"
+    );
+    let registry = &c.node(owner).agent().registry;
+    eventually(
+        "the owner's store holds the unit again",
+        Duration::from_secs(30),
+        async || {
+            registry
+                .sync_replicas()
+                .await
+                .map_err(|e| format!("round: {e}"))?;
+            match owner_store.get(&key).await {
+                Ok(Some(v)) if v == value => Ok(()),
+                other => Err(format!("owner's store holds {other:?}")),
+            }
+        },
+    )
+    .await;
+}
