@@ -340,7 +340,6 @@ fn parse_hex_addr(label: &[u8]) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use chrono::Utc;
 
@@ -356,7 +355,7 @@ mod tests {
             address: address.into(),
             port,
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            metadata: BTreeMap::new(),
+            metadata: Default::default(),
             weight: 100,
             ttl_secs: None,
             registered_at: Utc::now(),

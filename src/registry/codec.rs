@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::health::{Health, Policy};
 use super::hlc::{node_number, Hlc};
-use super::model::{Instance, Liveness, Name, Record, Stamp, State, Status};
+use super::model::{Instance, Liveness, Metadata, Name, Record, Stamp, State, Status};
 use super::unit::{Meta, Unit, UnitBody};
 use crate::{Error, Result};
 
@@ -83,7 +83,7 @@ struct StoredInstance<'a> {
     address: Cow<'a, str>,
     port: u16,
     tags: Cow<'a, [String]>,
-    metadata: Cow<'a, BTreeMap<String, String>>,
+    metadata: Cow<'a, Metadata>,
     weight: u32,
     ttl_secs: Option<u64>,
     registered_at: Ts,

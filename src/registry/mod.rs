@@ -43,8 +43,8 @@ pub use duration::parse_duration;
 pub use health::{Policy, POLICY_UNIT};
 pub use hlc::{Clock, Hlc};
 pub use model::{
-    Discovery, Instance, Record, RegisterBody, ServiceSummary, Stamp, State, Status, StatusBody,
-    ValidRegistration,
+    Discovery, Instance, Metadata, Record, RegisterBody, ServiceSummary, Stamp, State, Status,
+    StatusBody, ValidRegistration,
 };
 pub use pick::{discover, discover_with_panic, pick, Strategy};
 pub use ttl::DEFAULT_GRACE_FACTOR;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::health::{Policy, POLICY_UNIT};
 use super::hlc::Hlc;
-use super::model::{remove_present, Instance, Liveness, Name, Record, Stamp};
+use super::model::{remove_present, Instance, Liveness, Record, Stamp};
 use crate::ring::Id;
 use crate::Result;
 
@@ -297,19 +297,20 @@ impl Record {
             _ if id == POLICY_UNIT => return false,
             UnitBody::Present { instance, liveness } => {
                 remove_present(&mut self.removed, id);
-                self.liveness.insert(Name::from(id), liveness);
-                self.instances.insert(Name::from(id), instance);
+                let name = self.name(id);
+                self.liveness.insert(name.clone(), liveness);
+                self.instances.insert(name, instance);
             }
             UnitBody::Removed { at } => {
                 remove_present(&mut self.instances, id);
                 remove_present(&mut self.liveness, id);
-                self.removed.insert(Name::from(id), at);
+                self.removed.insert(self.name(id), at);
             }
         }
         // Only a unit kept moves the index: the store holds only those, so the index in
         // memory stays the one a reload of the stored copy rebuilds (never above it).
         self.index = self.index.max(unit.stamp.index);
-        self.stamps.insert(Name::from(id), unit.stamp);
+        self.stamps.insert(self.name(id), unit.stamp);
         true
     }
 
@@ -355,7 +356,7 @@ impl Record {
 
     /// Remember that instance `id` was removed at `at` (the caller stamps the change).
     pub fn tombstone(&mut self, id: &str, at: DateTime<Utc>) {
-        self.removed.insert(Name::from(id), at);
+        self.removed.insert(self.name(id), at);
     }
 
     /// Forget tombstones older than [`TOMBSTONE_TTL_SECS`] at `now`; returns the ids forgotten
