@@ -41,7 +41,7 @@ use crate::registry::ops::{
     RegistryResponse, WriteOp,
 };
 use crate::registry::ttl::Preservation;
-use crate::registry::unit::{meta_key, unit_prefix, Mark, Unit};
+use crate::registry::unit::{meta_key, service_of_key, unit_prefix, Mark, Unit};
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult};
 use crate::store::Store;
@@ -823,8 +823,7 @@ impl Registry {
     /// unchanged (under its service's slot lock).
     async fn drop_expired(&self, expired: Vec<Entry>) {
         for e in expired {
-            let Some(service) = crate::registry::unit::service_of_key(&e.key).map(String::from)
-            else {
+            let Some(service) = service_of_key(&e.key).map(String::from) else {
                 continue;
             };
             let slot = self.slot(&service);
@@ -847,9 +846,23 @@ impl Registry {
     /// Every stored entry whose routing identifier passes `keep`, as stored.
     async fn stored_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
+        // A service's units are one run of keys: its identifier (a SHA-1) is made once per
+        // run, not once per unit.
+        let mut last: Option<(String, Id)> = None;
         for prefix in crate::registry::ops::STORED_PREFIXES {
             for (key, value) in self.store.scan_prefix(prefix).await? {
-                if routing_id(&key).is_some_and(|id| keep(&id)) {
+                let id = match service_of_key(&key) {
+                    Some(service) => match &last {
+                        Some((held, id)) if held == service => Some(*id),
+                        _ => {
+                            let id = Id::of_key(service);
+                            last = Some((service.to_string(), id));
+                            Some(id)
+                        }
+                    },
+                    None => routing_id(&key),
+                };
+                if id.is_some_and(|id| keep(&id)) {
                     entries.push(Entry { key, value });
                 }
             }
