@@ -9,11 +9,9 @@
 set -euo pipefail
 SECS=${1:-15}
 cd "$(dirname "$0")/.."
-BIN=${CHORDCTL:-target/release/chordctl}
-[[ -x $BIN ]] || cargo build --release
-for tool in curl jq wrk; do
-    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
-done
+. bench/common.sh
+bench_binary
+bench_needs curl jq wrk
 D=$(mktemp -d /tmp/chordctl-records.XXXXXX)
 AGENT=""
 cleanup() {
@@ -28,14 +26,7 @@ start() {
     RUST_LOG=warn "$BIN" agent create --bind 127.0.0.1:0 --http 127.0.0.1:0 \
         --data-dir "$D/data" >"$D/agent.log" 2>&1 &
     AGENT=$!
-    HTTP=""
-    for _ in $(seq 100); do
-        HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$D/agent.log" | head -1)
-        [[ -n $HTTP ]] && return
-        sleep 0.1
-    done
-    cat "$D/agent.log" >&2
-    exit 1
+    HTTP=$(bench_http_of "$D/agent.log")
 }
 mib() { awk '/VmRSS/{printf "%.1f", $2 / 1024}' "/proc/$AGENT/status"; }
 start

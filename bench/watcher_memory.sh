@@ -8,11 +8,9 @@
 set -euo pipefail
 N=${1:-5000}
 cd "$(dirname "$0")/.."
-BIN=${CHORDCTL:-target/release/chordctl}
-[[ -x $BIN ]] || cargo build --release
-for tool in curl python3; do
-    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
-done
+. bench/common.sh
+bench_binary
+bench_needs curl python3
 D=$(mktemp -d /tmp/chordctl-watchers.XXXXXX)
 AGENT=""
 WATCHERS=""
@@ -36,13 +34,7 @@ for mode in https http; do
     RUST_LOG=warn "$BIN" agent create --bind 127.0.0.1:0 --http 127.0.0.1:0 \
         --data-dir "$D/data-$mode" "${flags[@]}" >"$D/$mode.log" 2>&1 &
     AGENT=$!
-    http=""
-    for _ in $(seq 100); do
-        http=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$D/$mode.log" | head -1)
-        [[ -n $http ]] && break
-        sleep 0.1
-    done
-    [[ -n $http ]] || { cat "$D/$mode.log" >&2; exit 1; }
+    http=$(bench_http_of "$D/$mode.log")
     for s in $(seq 0 99); do
         curl -sf "${curl_tls[@]}" -X PUT "$mode://$http/v1/services/w$s/instances/a" \
             -H 'content-type: application/json' -d '{"address":"10.0.0.1","port":80}' >/dev/null

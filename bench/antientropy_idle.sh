@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# bench/antientropy_idle.sh [FILL_SECS] [IDLE_SECS]: what anti-entropy costs a ring at rest.
+# Three fresh agents with --replicas 3 on the embedded store; wrk registers new instance ids
+# into 32 growing services through the first for FILL_SECS seconds (default 20); then, with
+# no load for IDLE_SECS seconds (default 62: two of the periodic full rounds, one every 30 s),
+# prints each agent's CPU seconds, peak and current resident memory, and the bytes it read
+# from its store. Asserts nothing. CHORDCTL=path names the binary (default
+# target/release/chordctl, built if missing).
+set -euo pipefail
+FILL=${1:-20}
+IDLE=${2:-62}
+cd "$(dirname "$0")/.."
+. bench/common.sh
+bench_binary
+bench_needs curl jq wrk
+D=$(mktemp -d /tmp/chordctl-antientropy.XXXXXX)
+PIDS=()
+HTTPS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$D"
+}
+trap cleanup EXIT
+RING=""
+start() {
+    local name=$1
+    shift
+    RUST_LOG=warn "$BIN" agent "$@" --bind 127.0.0.1:0 --http 127.0.0.1:0 --replicas 3 \
+        --data-dir "$D/$name" >"$D/$name.log" 2>&1 &
+    PIDS+=($!)
+    local http
+    http=$(bench_http_of "$D/$name.log")
+    HTTPS+=("$http")
+    RING=$(sed -n 's/.*ring=\([^ ]*\).*/\1/p' "$D/$name.log" | head -1)
+}
+start a0 create
+SEED=$RING
+start a1 join "$SEED"
+start a2 join "$SEED"
+for _ in $(seq 150); do
+    n=$(curl -fsS "http://${HTTPS[0]}/v1/ring" 2>/dev/null | jq '.nodes | length' 2>/dev/null || true)
+    [[ $n == 3 ]] && break
+    sleep 0.2
+done
+BENCH_DIR=bench SVC_PREFIX=ae SERVICES=32 wrk -t2 -c32 -d"${FILL}s" --timeout 10s \
+    -s bench/chordctl_register_new.lua "http://${HTTPS[0]}" | grep WRKRESULT
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+read_bytes() {
+    curl -fsS "http://$1/metrics" | awk '/^chordctl_store_read_bytes_total/ {print $2}'
+}
+sleep 2
+declare -a T0 R0
+for i in 0 1 2; do
+    T0[i]=$(ticks "${PIDS[i]}")
+    R0[i]=$(read_bytes "${HTTPS[i]}")
+done
+sleep "$IDLE"
+hz=$(getconf CLK_TCK)
+for i in 0 1 2; do
+    p=${PIDS[i]}
+    awk -v i="$i" -v t="$(($(ticks "$p") - T0[i]))" -v hz="$hz" \
+        -v r="$(($(read_bytes "${HTTPS[i]}") - R0[i]))" \
+        -v peak="$(awk '/VmHWM/{print $2}' "/proc/$p/status")" \
+        -v rss="$(awk '/VmRSS/{print $2}' "/proc/$p/status")" \
+        'BEGIN { printf "agent %d: cpu %.2f s, store read %.1f MB, rss peak %.1f MiB, rss %.1f MiB\n",
+                 i, t / hz, r / 1e6, peak / 1024, rss / 1024 }'
+done

@@ -1,0 +1,29 @@
+# Sourced by the standalone measurement scripts of bench/ (not by run.sh): the binary to run,
+# the tools a script needs, and where a started agent serves.
+
+# BIN: $CHORDCTL, or target/release/chordctl (built when missing). Run from the repo's root.
+bench_binary() {
+    BIN=${CHORDCTL:-target/release/chordctl}
+    [[ -x $BIN ]] || cargo build --release
+}
+
+# Exit with a message naming the first of the given programs that is not installed.
+bench_needs() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
+    done
+}
+
+# The HTTP address an agent started with its output in LOG announces (waits up to 10 s);
+# prints the log and exits when it announces none.
+bench_http_of() {
+    local log=$1 http=""
+    for _ in $(seq 100); do
+        http=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$log" | head -1)
+        [[ -n $http ]] && { echo "$http"; return; }
+        sleep 0.1
+    done
+    cat "$log" >&2
+    exit 1
+}
