@@ -38,29 +38,37 @@ start a0 create
 SEED=$RING
 start a1 join "$SEED"
 start a2 join "$SEED"
+n=0
 for _ in $(seq 150); do
-    n=$(curl -fsS "http://${HTTPS[0]}/v1/ring" 2>/dev/null | jq '.nodes | length' 2>/dev/null || true)
+    n=$(curl -fsS "http://${HTTPS[0]}/v1/ring/nodes" 2>/dev/null | jq length 2>/dev/null || true)
     [[ $n == 3 ]] && break
     sleep 0.2
 done
-BENCH_DIR=bench SVC_PREFIX=ae SERVICES=32 wrk -t2 -c32 -d"${FILL}s" --timeout 10s \
-    -s bench/chordctl_register_new.lua "http://${HTTPS[0]}" | grep WRKRESULT
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-read_bytes() {
-    curl -fsS "http://$1/metrics" | awk '/^chordctl_store_read_bytes_total/ {print $2}'
+[[ $n == 3 ]] || { echo "the ring did not form (the first agent lists ${n:-no} nodes)" >&2; exit 1; }
+BENCH_DIR=bench SVC_PREFIX=ae SERVICES=32 bench_wrk -t2 -c32 -d"${FILL}s" --timeout 10s \
+    -s bench/chordctl_register_new.lua "http://${HTTPS[0]}"
+# Agent $1's CPU ticks and store bytes read so far, in TICKS and READ; exits if it has stopped.
+sample() {
+    local p=${PIDS[$1]}
+    kill -0 "$p" 2>/dev/null || { echo "agent $1 has stopped:" >&2; tail -5 "$D/a$1.log" >&2; exit 1; }
+    TICKS=$(awk '{print $14 + $15}' "/proc/$p/stat")
+    READ=$(curl -fsS "http://${HTTPS[$1]}/metrics" |
+        awk '/^chordctl_store_read_bytes_total/ {print $2}')
+    [[ -n $TICKS && -n $READ ]] || { echo "agent $1 gave no CPU or store figures" >&2; exit 1; }
 }
 sleep 2
 declare -a T0 R0
 for i in 0 1 2; do
-    T0[i]=$(ticks "${PIDS[i]}")
-    R0[i]=$(read_bytes "${HTTPS[i]}")
+    sample "$i"
+    T0[i]=$TICKS
+    R0[i]=$READ
 done
 sleep "$IDLE"
 hz=$(getconf CLK_TCK)
 for i in 0 1 2; do
+    sample "$i"
     p=${PIDS[i]}
-    awk -v i="$i" -v t="$(($(ticks "$p") - T0[i]))" -v hz="$hz" \
-        -v r="$(($(read_bytes "${HTTPS[i]}") - R0[i]))" \
+    awk -v i="$i" -v t="$((TICKS - T0[i]))" -v hz="$hz" -v r="$((READ - R0[i]))" \
         -v peak="$(awk '/VmHWM/{print $2}' "/proc/$p/status")" \
         -v rss="$(awk '/VmRSS/{print $2}' "/proc/$p/status")" \
         'BEGIN { printf "agent %d: cpu %.2f s, store read %.1f MB, rss peak %.1f MiB, rss %.1f MiB\n",

@@ -27,3 +27,12 @@ bench_http_of() {
     cat "$log" >&2
     exit 1
 }
+
+# Run wrk with these arguments (a script of bench/ that prints WRKRESULT), print that line, and
+# exit when wrk gave none or any request failed.
+bench_wrk() {
+    local out
+    out=$(wrk "$@" | grep WRKRESULT) || { echo "wrk gave no result" >&2; exit 1; }
+    echo "$out"
+    [[ $out == *" errors=0 "* ]] || { echo "requests failed: $out" >&2; exit 1; }
+}

@@ -849,11 +849,12 @@ pub(super) mod tests {
             postcard::from_bytes::<Metadata>(&bytes).expect("decode"),
             meta
         );
-        let old = bincode::serialize(&map).expect("bincode");
-        assert_eq!(
-            bincode::deserialize::<Metadata>(&old).expect("decode"),
-            meta
-        );
+        // 0.1.0's records: bincode with the codec's options (varint lengths).
+        use bincode::Options;
+        let opts = bincode::DefaultOptions::new;
+        let old = opts().serialize(&map).expect("bincode");
+        assert_eq!(opts().serialize(&meta).expect("bincode"), old);
+        assert_eq!(opts().deserialize::<Metadata>(&old).expect("decode"), meta);
         let back: Metadata = serde_json::from_str(r#"{"b":"2","a":"1","b":"3"}"#).expect("json");
         assert_eq!(
             back,

@@ -290,6 +290,8 @@ impl Record {
                 }
             }
         }
+        // One allocation of the id, shared by every map that holds it.
+        let name = self.name(id);
         match unit.body {
             // Only under its own id: a policy is never an instance, nor the other way round.
             UnitBody::Policy { policy } if id == POLICY_UNIT => self.policy = policy,
@@ -297,20 +299,19 @@ impl Record {
             _ if id == POLICY_UNIT => return false,
             UnitBody::Present { instance, liveness } => {
                 remove_present(&mut self.removed, id);
-                let name = self.name(id);
                 self.liveness.insert(name.clone(), liveness);
-                self.instances.insert(name, instance);
+                self.instances.insert(name.clone(), instance);
             }
             UnitBody::Removed { at } => {
                 remove_present(&mut self.instances, id);
                 remove_present(&mut self.liveness, id);
-                self.removed.insert(self.name(id), at);
+                self.removed.insert(name.clone(), at);
             }
         }
         // Only a unit kept moves the index: the store holds only those, so the index in
         // memory stays the one a reload of the stored copy rebuilds (never above it).
         self.index = self.index.max(unit.stamp.index);
-        self.stamps.insert(self.name(id), unit.stamp);
+        self.stamps.insert(name, unit.stamp);
         true
     }
 
@@ -480,7 +481,6 @@ mod tests {
         a.register("x", 1, at(0));
         let older = a.rec.unit("x").expect("unit");
         a.register("x", 2, at(5));
-        a.rec.index = 7;
         let newer = a.rec.unit("x").expect("unit");
         // A replica holds the newer change; the older one arrives late, stamped by an owner
         // whose index had run further (two owners in a split).
