@@ -18,14 +18,8 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::net::UdpSocket;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{env, Res};
 
 fn main() -> Res<()> {
     let secs = env("SECS", 10) as u64;

@@ -20,14 +20,8 @@ use std::time::{Duration, Instant};
 use chordctl::agent::{self, AgentConfig, AgentHandle, Start};
 use chordctl::ring::Id;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{env, Res};
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
