@@ -43,10 +43,20 @@ pub fn bucket(key: &str) -> u32 {
 
 /// An item's hash: 64 bits of SHA-1 of its key and mark.
 fn item_hash(key: &str, mark: &Mark) -> u64 {
+    /// The mark's text fed to the hash as it is formatted: the same digest as hashing the
+    /// whole text, without a `String` for every item.
+    struct Feed<'a>(&'a mut Sha1);
+    impl std::fmt::Write for Feed<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
     let mut h = Sha1::new();
     h.update(key.as_bytes());
     h.update(b"\n");
-    h.update(mark.to_string().as_bytes());
+    // Writing into a hash cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut Feed(&mut h), format_args!("{mark}"));
     let d = h.finalize();
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
@@ -227,6 +237,21 @@ mod tests {
                 node: 1,
             },
             content: 7,
+        }
+    }
+
+    /// The item hash is part of the protocol between agents: feeding the mark's text to the
+    /// hash piece by piece must give the digest of the whole text, as before.
+    #[test]
+    fn an_item_hash_is_sha1_of_the_key_a_newline_and_the_marks_text() {
+        for (key, m) in [
+            ("u/a/1", mark(0)),
+            ("s/pay", mark(1_765_000_000_123)),
+            ("", mark(9)),
+        ] {
+            let d = Sha1::digest(format!("{key}\n{m}").as_bytes());
+            let want = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+            assert_eq!(item_hash(key, &m), want, "{key} {m}");
         }
     }
 
