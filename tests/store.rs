@@ -82,6 +82,7 @@ shared_suite!(
     reopen_keeps_data,
     check_succeeds_when_healthy,
     get_many_answers_each_key_in_order,
+    scan_prefix_where_copies_only_the_keys_it_keeps,
 );
 
 fn put(key: &str, value: &[u8]) -> Op {
@@ -152,6 +153,43 @@ async fn scan_prefix_is_sorted_and_exact(backend: &Backend) {
     );
     assert!(s.scan_prefix("c").await.unwrap().is_empty());
     assert!(s.scan_prefix("a/1/").await.unwrap().is_empty());
+}
+
+/// The filtered scan sees the keys as the store's callers name them (no backend prefix),
+/// only under the prefix, and answers exactly `scan_prefix` minus the keys it refuses,
+/// overwrites and deletions included.
+async fn scan_prefix_where_copies_only_the_keys_it_keeps(backend: &Backend) {
+    let s = backend.open().await;
+    for key in ["w/a1", "w/a2", "w/b1", "w/b2", "x/b1"] {
+        s.put(key, key.as_bytes().to_vec()).await.unwrap();
+    }
+    s.apply(vec![Op::Delete("w/b2".to_string()), put("w/b1", b"new")])
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let got = s
+        .scan_prefix_where(
+            "w/",
+            Box::new(move |key: &str| {
+                log.lock().unwrap().push(key.to_string());
+                key.starts_with("w/b")
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, vec![("w/b1".to_string(), b"new".to_vec())]);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|k| k.starts_with("w/")) && seen.iter().any(|k| k == "w/a1"),
+        "the filter saw {seen:?}"
+    );
+    assert_eq!(
+        s.scan_prefix_where("w/", Box::new(|_: &str| true))
+            .await
+            .unwrap(),
+        s.scan_prefix("w/").await.unwrap()
+    );
 }
 
 async fn glob_characters_are_plain_key_characters(backend: &Backend) {

@@ -699,8 +699,12 @@ impl Store for MeteredStore {
         }
         self.count("apply", r)
     }
-    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let r = self.inner.scan_prefix(prefix).await;
+    async fn scan_prefix_where(
+        &self,
+        prefix: &str,
+        keep: crate::store::KeyFilter,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let r = self.inner.scan_prefix_where(prefix, keep).await;
         if let Ok(found) = &r {
             self.read(found.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum());
         }

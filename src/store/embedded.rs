@@ -56,7 +56,7 @@ use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::wal::{Wal, WAL_SIZE};
-use super::{Op, Store};
+use super::{KeyFilter, Op, Store};
 use crate::{Error, Result};
 
 /// The database file's name inside the data directory.
@@ -381,7 +381,11 @@ impl Store for EmbeddedStore {
         result.await.map_err(|_| self.writer_gone())?.result
     }
 
-    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn scan_prefix_where(
+        &self,
+        prefix: &str,
+        mut keep: KeyFilter,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let prefix = prefix.to_string();
         let (db, mem) = (self.db.clone(), self.mem.clone());
         let scan = move || -> std::result::Result<Vec<(String, Vec<u8>)>, redb::Error> {
@@ -394,17 +398,21 @@ impl Store for EmbeddedStore {
             let table = txn.open_table(KV)?;
             let mut out = Vec::new();
             // Keys are ordered bytewise, so the matches are one contiguous run from `prefix`,
-            // in order: no map is needed to sort them.
+            // in order: no map is needed to sort them. A value is copied only for a key kept.
             for entry in table.range(prefix.as_str()..)? {
                 let (k, v) = entry?;
                 let k = k.value();
                 if !k.starts_with(prefix.as_str()) {
                     break;
                 }
-                out.push((k.to_string(), v.value().to_vec()));
+                if keep(k) {
+                    out.push((k.to_string(), v.value().to_vec()));
+                }
             }
-            // The frozen memtable's entries, then the active one's: the later wins.
-            let overlay: BTreeMap<String, Option<Vec<u8>>> = overlay.into_iter().collect();
+            // The frozen memtable's entries, then the active one's: the later wins. A key
+            // `keep` refuses is left out of both sides alike.
+            let overlay: BTreeMap<String, Option<Vec<u8>>> =
+                overlay.into_iter().filter(|(k, _)| keep(k)).collect();
             Ok(apply_overlay(out, overlay))
         };
         self.blocking(scan).await

@@ -34,6 +34,11 @@ pub enum Op {
     Delete(String),
 }
 
+/// Which store keys a [`Store::scan_prefix_where`] keeps (it may remember what it saw).
+///
+/// It may be asked about a key more than once, and not in key order.
+pub type KeyFilter = Box<dyn FnMut(&str) -> bool + Send>;
+
 /// A node's durable key-value storage.
 ///
 /// Contract (every backend, checked by the shared suite in tests/store.rs):
@@ -47,6 +52,7 @@ pub enum Op {
 ///   bytes; an empty batch is a no-op;
 /// - `scan_prefix` returns every key starting with the prefix (a plain byte prefix, no pattern),
 ///   sorted by key, and nothing written by another node sharing the same backend;
+///   `scan_prefix_where` the same less the keys its filter refuses;
 /// - when the backend is unreachable, calls fail within a bounded time (a few seconds) with
 ///   `Error::Unavailable` and a message naming the backend and the cause (never a password), and
 ///   work again by themselves once it is back, without reopening the store;
@@ -59,8 +65,19 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Apply a batch of writes atomically and durably.
     async fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    /// Every (key, value) whose key starts with `prefix` and that `keep` accepts, sorted by
+    /// key. The backend runs `keep` where it reads the keys, so the values of the others are
+    /// neither copied nor fetched: a scan of one range of the ring among the several a node
+    /// holds costs that range.
+    async fn scan_prefix_where(
+        &self,
+        prefix: &str,
+        keep: KeyFilter,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
     /// Every (key, value) whose key starts with `prefix`, sorted by key.
-    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.scan_prefix_where(prefix, Box::new(|_| true)).await
+    }
     /// Cheap health check: Ok when the backend is reachable and writable.
     async fn check(&self) -> Result<()>;
 

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
-use super::{Op, Store};
+use super::{KeyFilter, Op, Store};
 use crate::{Error, Result};
 
 /// The longest one Redis round trip may take before the call fails as unavailable.
@@ -200,7 +200,11 @@ impl Store for RedisStore {
         self.run(pipe.query_async::<()>(&mut conn)).await
     }
 
-    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn scan_prefix_where(
+        &self,
+        prefix: &str,
+        mut keep: KeyFilter,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let mut conn = self.conn.clone();
         let pattern = format!("{}{}*", glob_escape(&self.prefix), glob_escape(prefix));
         let wanted = self.full_key(prefix);
@@ -229,7 +233,11 @@ impl Store for RedisStore {
             }
             cursor = next;
         }
-        let keys: Vec<String> = keys.into_iter().collect();
+        // Only the values of the keys kept are fetched.
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|full| keep(&full[self.prefix.len()..]))
+            .collect();
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MGET_CHUNK) {
             let fetch = redis::cmd("MGET").arg(chunk).clone();

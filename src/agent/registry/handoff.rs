@@ -579,7 +579,7 @@ impl Registry {
         let entries = if from == 0 {
             let me = self.ring.me().id;
             let entries = Arc::new(
-                self.entries_where(|id| !id.in_half_open(&joiner, &me))
+                self.entries_where(move |id| !id.in_half_open(&joiner, &me))
                     .await?,
             );
             let mut transfers = guard(&self.transfers);
@@ -627,7 +627,19 @@ impl Registry {
     }
 
     async fn owned_entries(&self) -> Result<Vec<Entry>> {
-        self.entries_where(|id| self.owns(id)).await
+        // `owns` as of now, for the whole scan (the store runs the test where it reads).
+        let (member, alone, range) = self.ring.read(|c| {
+            let me = c.me().id;
+            (
+                c.is_member(),
+                c.successor().id == me,
+                c.predecessor().map(|p| (p.id, me)),
+            )
+        });
+        self.entries_where(move |id| {
+            member && (alone || range.is_some_and(|(from, to)| id.in_half_open(&from, &to)))
+        })
+        .await
     }
 
     /// After joining: take the entries this node now owns from its successor, reporting them
@@ -684,7 +696,10 @@ impl Registry {
     /// in case they were written here after it took its range.
     pub async fn push_to_predecessor(&self, old: &NodeRef, new: NodeRef) -> Result<()> {
         let entries = self
-            .entries_where(|id| id.in_half_open(&old.id, &new.id))
+            .entries_where({
+                let (from, to) = (old.id, new.id);
+                move |id| id.in_half_open(&from, &to)
+            })
             .await?;
         self.send_entries(&new, &entries).await
     }
@@ -775,7 +790,10 @@ impl Registry {
         // hold there, within the digest's span of keys, by key, with its version. Tombstones
         // past their time are neither compared nor kept: the owner has forgotten them.
         let held = match range {
-            Some((from, to)) => self.entries_where(|id| id.in_half_open(&from, &to)).await?,
+            Some((from, to)) => {
+                self.entries_where(move |id| id.in_half_open(&from, &to))
+                    .await?
+            }
             None => self.entries_where(|_| true).await?,
         };
         let mine: HashMap<String, Mark> = held

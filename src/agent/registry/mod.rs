@@ -44,7 +44,7 @@ use crate::registry::ttl::Preservation;
 use crate::registry::unit::{meta_key, service_of_key, unit_prefix, Mark, Unit};
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult};
-use crate::store::Store;
+use crate::store::{KeyFilter, Store};
 use crate::{Error, Result};
 
 /// How long a routed operation keeps retrying while ownership settles (joins, leaves,
@@ -795,7 +795,9 @@ impl Registry {
 
     /// (key, mark) of every entry held in the range `(from, to]`.
     async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
-        let held = self.entries_where(|id| id.in_half_open(&from, &to)).await?;
+        let held = self
+            .entries_where(move |id| id.in_half_open(&from, &to))
+            .await?;
         Ok(held.iter().map(version_item).collect())
     }
 
@@ -803,7 +805,10 @@ impl Registry {
     /// identifier passes `keep`, except tombstones past their time, which no copy keeps,
     /// sends or reports ([`Unit::is_expired_tombstone`]): those the scan meets are deleted.
     /// (Call without holding a slot lock.)
-    async fn entries_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
+    async fn entries_where(
+        &self,
+        keep: impl Fn(&Id) -> bool + Send + Sync + 'static,
+    ) -> Result<Vec<Entry>> {
         let (live, expired) = self.split_expired(self.stored_where(keep).await?);
         if !expired.is_empty() {
             self.drop_expired(expired).await;
@@ -843,15 +848,21 @@ impl Registry {
         }
     }
 
-    /// Every stored entry whose routing identifier passes `keep`, as stored.
-    async fn stored_where(&self, keep: impl Fn(&Id) -> bool) -> Result<Vec<Entry>> {
+    /// Every stored entry whose routing identifier passes `keep`, as stored. The store runs
+    /// the test where it reads the keys: the values of entries outside are not copied.
+    async fn stored_where(
+        &self,
+        keep: impl Fn(&Id) -> bool + Send + Sync + 'static,
+    ) -> Result<Vec<Entry>> {
+        let keep = Arc::new(keep);
         let mut entries = Vec::new();
-        // A service's units are one run of keys: its identifier (a SHA-1) is made once per
-        // run, not once per unit.
-        let mut last: Option<(String, Id)> = None;
         for prefix in crate::registry::ops::STORED_PREFIXES {
-            for (key, value) in self.store.scan_prefix(prefix).await? {
-                let id = match service_of_key(&key) {
+            let keep = keep.clone();
+            // A service's units are one run of keys: its identifier (a SHA-1) is made once
+            // per run, not once per unit.
+            let mut last: Option<(String, Id)> = None;
+            let filter: KeyFilter = Box::new(move |key: &str| {
+                let id = match service_of_key(key) {
                     Some(service) => match &last {
                         Some((held, id)) if held == service => Some(*id),
                         _ => {
@@ -860,11 +871,12 @@ impl Registry {
                             Some(id)
                         }
                     },
-                    None => routing_id(&key),
+                    None => routing_id(key),
                 };
-                if id.is_some_and(|id| keep(&id)) {
-                    entries.push(Entry { key, value });
-                }
+                id.is_some_and(|id| keep(&id))
+            });
+            for (key, value) in self.store.scan_prefix_where(prefix, filter).await? {
+                entries.push(Entry { key, value });
             }
         }
         Ok(entries)
