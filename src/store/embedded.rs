@@ -147,20 +147,19 @@ impl Mem {
             .or_else(|| self.frozen.as_ref()?.map.get(key))
     }
 
-    /// The writes under `prefix`, the frozen table's first: applied in order, the later wins.
-    fn overlay(&self, prefix: &str) -> Vec<(String, Option<Vec<u8>>)> {
-        self.frozen
-            .as_deref()
-            .into_iter()
-            .chain([&self.active])
-            .flat_map(|table| {
-                table
-                    .map
-                    .range(prefix.to_string()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-            })
-            .collect()
+    /// The writes under `prefix` whose keys `keep` accepts (only those are copied), by key:
+    /// the active table's write of a key wins over the frozen table's.
+    fn overlay(&self, prefix: &str, keep: &mut KeyFilter) -> BTreeMap<String, Option<Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        for table in self.frozen.as_deref().into_iter().chain([&self.active]) {
+            let under = table.map.range(prefix.to_string()..);
+            for (k, v) in under.take_while(|(k, _)| k.starts_with(prefix)) {
+                if keep(k) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        out
     }
 }
 
@@ -393,7 +392,7 @@ impl Store for EmbeddedStore {
             // its frozen table, after committing it, only under the write lock.
             let (overlay, txn) = {
                 let mem = read_mem(&mem);
-                (mem.overlay(&prefix), db.begin_read()?)
+                (mem.overlay(&prefix, &mut keep), db.begin_read()?)
             };
             let table = txn.open_table(KV)?;
             let mut out = Vec::new();
@@ -409,10 +408,7 @@ impl Store for EmbeddedStore {
                     out.push((k.to_string(), v.value().to_vec()));
                 }
             }
-            // The frozen memtable's entries, then the active one's: the later wins. A key
-            // `keep` refuses is left out of both sides alike.
-            let overlay: BTreeMap<String, Option<Vec<u8>>> =
-                overlay.into_iter().filter(|(k, _)| keep(k)).collect();
+            // A key `keep` refuses is left out of both sides alike.
             Ok(apply_overlay(out, overlay))
         };
         self.blocking(scan).await

@@ -36,7 +36,9 @@ pub enum Op {
 
 /// Which store keys a [`Store::scan_prefix_where`] keeps (it may remember what it saw).
 ///
-/// It may be asked about a key more than once, and not in key order.
+/// It may be asked about a key more than once, and not in key order, and must answer the same
+/// for the same key: a backend that keeps recent writes apart (the embedded store's
+/// memtables) asks once for each place a key is held.
 pub type KeyFilter = Box<dyn FnMut(&str) -> bool + Send>;
 
 /// A node's durable key-value storage.
