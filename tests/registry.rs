@@ -638,6 +638,27 @@ async fn asking_for_a_thousand_unknown_names_leaves_no_locks_behind() {
     .await;
 }
 
+/// The agent of node `node`'s key space in `redis` loses `key` behind its back, as Redis with
+/// `appendfsync everysec` can: a second client deletes it. Returns that client and the value
+/// that was stored.
+async fn lose_behind_the_agent(
+    redis: &RedisServer,
+    node: &str,
+    key: &str,
+) -> (chordctl::store::redis::RedisStore, Vec<u8>) {
+    use chordctl::store::Store;
+    let store = chordctl::store::redis::RedisStore::connect(&redis.url(), node)
+        .await
+        .expect("second client");
+    let value = store
+        .get(key)
+        .await
+        .expect("get")
+        .expect("the unit is stored");
+    store.delete(key).await.expect("the store loses it");
+    (store, value)
+}
+
 /// A record in memory must not hide what its store lost. Redis with `appendfsync everysec`
 /// can lose the last second of writes while the agent keeps running; the owner's anti-entropy
 /// digest then names the lost unit as needed, and the unit it sends must be stored again, not
@@ -657,16 +678,8 @@ async fn anti_entropy_restores_a_unit_the_store_lost_under_a_record_in_memory() 
     register(&url, "lossy", "a", 1).await;
     assert_eq!(instances(&url, "lossy").await.len(), 1, "in memory now");
     // The agent's own key space in the same Redis, as a second client sees it.
-    let store = chordctl::store::redis::RedisStore::connect(&redis.url(), &h.node().id.to_hex())
-        .await
-        .expect("second client");
     let key = unit_key("lossy", "a");
-    let value = store
-        .get(&key)
-        .await
-        .expect("get")
-        .expect("the unit is stored");
-    store.delete(&key).await.expect("the store loses it");
+    let (store, value) = lose_behind_the_agent(&redis, &h.node().id.to_hex(), &key).await;
     let registry = &h.agent().registry;
     let digest = RegistryRequest::Digest {
         items: vec![(key.clone(), Mark::of(&key, &value))],
@@ -719,17 +732,13 @@ async fn anti_entropy_pulls_back_a_unit_the_owners_store_lost_under_a_record_in_
     let owner = (0..2)
         .find(|&i| c.node(i).node().id == owner_id)
         .expect("the owner is one of the two");
-    let replica = 1 - owner;
-    // Each agent's own key space in the shared Redis, as a second client sees it.
-    let space = |i: usize| {
-        let (url, id) = (redis.url(), c.node(i).node().id.to_hex());
-        async move {
-            chordctl::store::redis::RedisStore::connect(&url, &id)
-                .await
-                .expect("second client")
-        }
-    };
-    let (owner_store, replica_store) = (space(owner).await, space(replica).await);
+    // The replica's own key space in the shared Redis, as a second client sees it.
+    let replica_store = chordctl::store::redis::RedisStore::connect(
+        &redis.url(),
+        &c.node(1 - owner).node().id.to_hex(),
+    )
+    .await
+    .expect("second client");
     let key = unit_key(service, "a");
     eventually(
         "the replica stores its copy",
@@ -740,12 +749,8 @@ async fn anti_entropy_pulls_back_a_unit_the_owners_store_lost_under_a_record_in_
         },
     )
     .await;
-    let value = owner_store
-        .get(&key)
-        .await
-        .expect("get")
-        .expect("the owner stores the unit");
-    owner_store.delete(&key).await.expect("the store loses it");
+    let owner_hex = c.node(owner).node().id.to_hex();
+    let (owner_store, value) = lose_behind_the_agent(&redis, &owner_hex, &key).await;
     assert_eq!(
         instances(&c.url(owner), service).await.len(),
         1,

@@ -397,10 +397,12 @@ impl Record {
     /// The key to hold instance `id` under: the one the record's maps already hold, if any,
     /// so that all of them share one allocation of the id rather than one each.
     pub(super) fn name(&self, id: &str) -> Name {
-        if let Some((k, _)) = self.stamps.get_key_value(id) {
+        // A present instance first (reports and re-registrations, the usual writes), then
+        // anything with a version (a tombstone).
+        if let Some((k, _)) = self.instances.get_key_value(id) {
             return k.clone();
         }
-        match self.instances.get_key_value(id) {
+        match self.stamps.get_key_value(id) {
             Some((k, _)) => k.clone(),
             None => Name::from(id),
         }

@@ -218,10 +218,10 @@ impl Registry {
         if replicas.is_empty() {
             return Ok(0);
         }
-        let owned = self.owned_entries().await?;
-        let range = self
-            .ring
-            .read(|c| c.predecessor().map(|p| (p.id, c.me().id)));
+        // One reading of the ring for the scan and the range compared.
+        let own = self.ownership();
+        let owned = self.entries_where(move |id| own.contains(id)).await?;
+        let range = own.range;
         if owned.is_empty() && range.is_none() {
             return Ok(0);
         }
@@ -624,22 +624,6 @@ impl Registry {
             total: entries.len() as u64,
             next,
         })
-    }
-
-    async fn owned_entries(&self) -> Result<Vec<Entry>> {
-        // `owns` as of now, for the whole scan (the store runs the test where it reads).
-        let (member, alone, range) = self.ring.read(|c| {
-            let me = c.me().id;
-            (
-                c.is_member(),
-                c.successor().id == me,
-                c.predecessor().map(|p| (p.id, me)),
-            )
-        });
-        self.entries_where(move |id| {
-            member && (alone || range.is_some_and(|(from, to)| id.in_half_open(&from, &to)))
-        })
-        .await
     }
 
     /// After joining: take the entries this node now owns from its successor, reporting them

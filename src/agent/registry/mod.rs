@@ -175,6 +175,26 @@ pub struct Registry {
 /// knows of suggests a difference (a replica's data lost behind its back, a damaged copy).
 pub const FULL_SYNC_ROUNDS: u32 = 10;
 
+/// One reading of what a node owns (see [`Registry::owns`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ownership {
+    member: bool,
+    /// Its own successor: alone on the ring, it owns every key.
+    alone: bool,
+    /// (predecessor, itself), when it knows its predecessor.
+    pub(super) range: Option<(Id, Id)>,
+}
+
+impl Ownership {
+    pub(super) fn contains(&self, id: &Id) -> bool {
+        self.member
+            && (self.alone
+                || self
+                    .range
+                    .is_some_and(|(from, to)| id.in_half_open(&from, &to)))
+    }
+}
+
 /// Most bytes of discover answers kept by [`DiscoveredCache`].
 const DISCOVERED_CACHE_BYTES: usize = 4 << 20;
 
@@ -547,9 +567,19 @@ impl Registry {
     /// sure", never "owner of everything": such a node takes no writes (they are retried),
     /// sweeps no TTLs and pushes nothing until it knows its range again.
     fn owns(&self, id: &Id) -> bool {
+        self.ownership().contains(id)
+    }
+
+    /// What this node owns as of now, by the rule of [`Registry::owns`]: for a scan that tests
+    /// many keys against one reading of the ring.
+    pub(super) fn ownership(&self) -> Ownership {
         self.ring.read(|c| {
-            c.is_member()
-                && (c.successor().id == c.me().id || (c.predecessor().is_some() && c.owns(id)))
+            let me = c.me().id;
+            Ownership {
+                member: c.is_member(),
+                alone: c.successor().id == me,
+                range: c.predecessor().map(|p| (p.id, me)),
+            }
         })
     }
 
