@@ -3,8 +3,8 @@
 # Three fresh agents with --replicas 3 on the embedded store; wrk registers new instance ids
 # into 32 growing services through the first for FILL_SECS seconds (default 20); then, with
 # no load for IDLE_SECS seconds (default 62: two of the periodic full rounds, one every 30 s),
-# prints each agent's CPU seconds, peak and current resident memory, and the bytes it read
-# from its store. Asserts nothing. CHORDCTL=path names the binary (default
+# prints each agent's CPU seconds, peak (while idle, where Linux can tell) and current
+# resident memory, and the bytes its store returned. Asserts nothing. CHORDCTL=path names the binary (default
 # target/release/chordctl, built if missing).
 set -euo pipefail
 FILL=${1:-20}
@@ -59,6 +59,8 @@ sample() {
 sleep 2
 declare -a T0 R0
 for i in 0 1 2; do
+    # The peak from here on is the idle ring's (Linux resets VmHWM on "5"), not the fill's.
+    echo 5 >"/proc/${PIDS[i]}/clear_refs" 2>/dev/null || true
     sample "$i"
     T0[i]=$TICKS
     R0[i]=$READ

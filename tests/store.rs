@@ -83,6 +83,7 @@ shared_suite!(
     check_succeeds_when_healthy,
     get_many_answers_each_key_in_order,
     scan_prefix_where_copies_only_the_keys_it_keeps,
+    scan_prefix_summaries_answer_each_kept_value_summarized,
 );
 
 fn put(key: &str, value: &[u8]) -> Op {
@@ -155,14 +156,17 @@ async fn scan_prefix_is_sorted_and_exact(backend: &Backend) {
     assert!(s.scan_prefix("a/1/").await.unwrap().is_empty());
 }
 
-/// The filtered scan sees the keys as the store's callers name them (no backend prefix),
-/// only under the prefix, and answers exactly what `scan_prefix` holds less the keys it
-/// refuses: for entries written before a reopen (in redb, for the embedded store) and for
-/// overwrites, deletions and new keys written after it (in its memtable).
-async fn scan_prefix_where_copies_only_the_keys_it_keeps(backend: &Backend) {
+/// A store holding, under `w/` and `x/`, keys written before a reopen (in redb, for the
+/// embedded store: `w/a1`, `w/a2`, `w/b1`, `w/b2`, `x/b1`, each holding its name, and `more`)
+/// and changes written after it (in its memtable): `w/b2` deleted, `w/b1` = "new", `w/b3` and
+/// `w/a3` = "3".
+async fn written_across_a_reopen(backend: &Backend, more: &[(&str, &[u8])]) -> Arc<dyn Store> {
     let s = backend.open().await;
     for key in ["w/a1", "w/a2", "w/b1", "w/b2", "x/b1"] {
         s.put(key, key.as_bytes().to_vec()).await.unwrap();
+    }
+    for (key, value) in more {
+        s.put(key, value.to_vec()).await.unwrap();
     }
     drop(s);
     let s = backend.open().await;
@@ -174,6 +178,15 @@ async fn scan_prefix_where_copies_only_the_keys_it_keeps(backend: &Backend) {
     ])
     .await
     .unwrap();
+    s
+}
+
+/// The filtered scan sees the keys as the store's callers name them (no backend prefix),
+/// only under the prefix, and answers exactly what `scan_prefix` holds less the keys it
+/// refuses: for entries written before a reopen (in redb, for the embedded store) and for
+/// overwrites, deletions and new keys written after it (in its memtable).
+async fn scan_prefix_where_copies_only_the_keys_it_keeps(backend: &Backend) {
+    let s = written_across_a_reopen(backend, &[]).await;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
     let got = s
@@ -201,6 +214,43 @@ async fn scan_prefix_where_copies_only_the_keys_it_keeps(backend: &Backend) {
     let all = s.scan_prefix("w/").await.unwrap();
     let keys: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["w/a1", "w/a2", "w/a3", "w/b1", "w/b3"]);
+}
+
+/// The summarizing scan answers what `scan_prefix_where` answers with each value replaced by
+/// its summary, made from the key and the value as stored: for entries written before a
+/// reopen (in redb, for the embedded store), and for overwrites, deletions and new keys
+/// written after it (in its memtable).
+async fn scan_prefix_summaries_answer_each_kept_value_summarized(backend: &Backend) {
+    fn summary(key: &str, value: &[u8]) -> store::Summary {
+        let mut out = [0u8; store::SUMMARY_LEN];
+        out[0] = u8::try_from(key.len()).unwrap();
+        out[1..3].copy_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
+        let n = value.len().min(out.len() - 3);
+        out[3..3 + n].copy_from_slice(&value[..n]);
+        out
+    }
+    let long = vec![b'L'; 4000];
+    let s = written_across_a_reopen(backend, &[("w/b4", &long)]).await;
+    let keep = || -> store::KeyFilter { Box::new(|key: &str| key.starts_with("w/b")) };
+    let got = s
+        .scan_prefix_summaries("w/", keep(), Box::new(summary))
+        .await
+        .unwrap();
+    let want: Vec<(String, store::Summary)> = s
+        .scan_prefix_where("w/", keep())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let sum = summary(&k, &v);
+            (k, sum)
+        })
+        .collect();
+    assert_eq!(got, want);
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["w/b1", "w/b3", "w/b4"]);
+    assert_eq!(got[0].1, summary("w/b1", b"new"));
+    assert_eq!(got[2].1, summary("w/b4", &long));
 }
 
 async fn glob_characters_are_plain_key_characters(backend: &Backend) {
@@ -616,7 +666,7 @@ async fn get_once_back(s: &RedisStore, key: &str) -> Option<Vec<u8>> {
 /// Every Store call fails with Unavailable, a message saying so and naming `detail`, and
 /// returns within a bound (the call timeout plus slack for a loaded machine).
 async fn assert_all_unavailable(s: &RedisStore, detail: &str) {
-    let bound = chordctl::store::redis::CALL_TIMEOUT + Duration::from_secs(3);
+    let bound = store::redis::CALL_TIMEOUT + Duration::from_secs(3);
     let calls: [(&str, BoxFuture<'_, chordctl::Result<()>>); 4] = [
         ("get", Box::pin(async { s.get("svc/a").await.map(|_| ()) })),
         ("put", Box::pin(s.put("svc/c", b"3".to_vec()))),

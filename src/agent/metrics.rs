@@ -710,6 +710,22 @@ impl Store for MeteredStore {
         }
         self.count("scan", r)
     }
+    async fn scan_prefix_summaries(
+        &self,
+        prefix: &str,
+        keep: crate::store::KeyFilter,
+        summarize: crate::store::Summarize,
+    ) -> Result<Vec<(String, crate::store::Summary)>> {
+        let r = self
+            .inner
+            .scan_prefix_summaries(prefix, keep, summarize)
+            .await;
+        if let Ok(found) = &r {
+            let each = crate::store::SUMMARY_LEN;
+            self.read(found.iter().map(|(k, _)| (k.len() + each) as u64).sum());
+        }
+        self.count("scan", r)
+    }
     async fn check(&self) -> Result<()> {
         let r = self.inner.check().await;
         self.count("check", r)

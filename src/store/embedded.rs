@@ -56,7 +56,7 @@ use redb::{Database, DatabaseError, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::wal::{Wal, WAL_SIZE};
-use super::{KeyFilter, Op, Store};
+use super::{KeyFilter, Op, Store, Summarize, Summary};
 use crate::{Error, Result};
 
 /// The database file's name inside the data directory.
@@ -149,13 +149,18 @@ impl Mem {
 
     /// The writes under `prefix` whose keys `keep` accepts (only those are copied), by key:
     /// the active table's write of a key wins over the frozen table's.
-    fn overlay(&self, prefix: &str, keep: &mut KeyFilter) -> BTreeMap<String, Option<Vec<u8>>> {
+    fn overlay<T>(
+        &self,
+        prefix: &str,
+        keep: &mut KeyFilter,
+        map: &mut impl FnMut(&str, &[u8]) -> T,
+    ) -> BTreeMap<String, Option<T>> {
         let mut out = BTreeMap::new();
         for table in self.frozen.as_deref().into_iter().chain([&self.active]) {
             let under = table.map.range(prefix.to_string()..);
             for (k, v) in under.take_while(|(k, _)| k.starts_with(prefix)) {
                 if keep(k) {
-                    out.insert(k.clone(), v.clone());
+                    out.insert(k.clone(), v.as_deref().map(|v| map(k, v)));
                 }
             }
         }
@@ -165,10 +170,10 @@ impl Mem {
 
 /// `base` (sorted by key, each key once) with `overlay` applied in one merge: a value
 /// replaces or adds its key, `None` removes it. The result is sorted too.
-fn apply_overlay(
-    base: Vec<(String, Vec<u8>)>,
-    overlay: BTreeMap<String, Option<Vec<u8>>>,
-) -> Vec<(String, Vec<u8>)> {
+fn apply_overlay<T>(
+    base: Vec<(String, T)>,
+    overlay: BTreeMap<String, Option<T>>,
+) -> Vec<(String, T)> {
     if overlay.is_empty() {
         return base;
     }
@@ -293,6 +298,44 @@ impl EmbeddedStore {
     }
 
     /// Run `f` on the blocking pool; its redb error becomes `Unavailable` naming the file.
+    /// Every key under `prefix` that `keep` keeps, with what `map` makes of its value, sorted
+    /// by key: the value is read in place (in redb's page, or the memtable), never copied
+    /// unless `map` copies it.
+    async fn scan_mapped<T: Send + 'static>(
+        &self,
+        prefix: &str,
+        mut keep: KeyFilter,
+        mut map: impl FnMut(&str, &[u8]) -> T + Send + 'static,
+    ) -> Result<Vec<(String, T)>> {
+        let prefix = prefix.to_string();
+        let (db, mem) = (self.db.clone(), self.mem.clone());
+        let scan = move || -> std::result::Result<Vec<(String, T)>, redb::Error> {
+            // The memtables' part and the read transaction under one lock: a checkpoint drops
+            // its frozen table, after committing it, only under the write lock.
+            let (overlay, txn) = {
+                let mem = read_mem(&mem);
+                (mem.overlay(&prefix, &mut keep, &mut map), db.begin_read()?)
+            };
+            let table = txn.open_table(KV)?;
+            let mut out = Vec::new();
+            // Keys are ordered bytewise, so the matches are one contiguous run from `prefix`,
+            // in order: no map is needed to sort them. A value is read only for a key kept.
+            for entry in table.range(prefix.as_str()..)? {
+                let (k, v) = entry?;
+                let k = k.value();
+                if !k.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if keep(k) {
+                    out.push((k.to_string(), map(k, v.value())));
+                }
+            }
+            // A key `keep` refuses is left out of both sides alike.
+            Ok(apply_overlay(out, overlay))
+        };
+        self.blocking(scan).await
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -383,35 +426,18 @@ impl Store for EmbeddedStore {
     async fn scan_prefix_where(
         &self,
         prefix: &str,
-        mut keep: KeyFilter,
+        keep: KeyFilter,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let prefix = prefix.to_string();
-        let (db, mem) = (self.db.clone(), self.mem.clone());
-        let scan = move || -> std::result::Result<Vec<(String, Vec<u8>)>, redb::Error> {
-            // The memtables' part and the read transaction under one lock: a checkpoint drops
-            // its frozen table, after committing it, only under the write lock.
-            let (overlay, txn) = {
-                let mem = read_mem(&mem);
-                (mem.overlay(&prefix, &mut keep), db.begin_read()?)
-            };
-            let table = txn.open_table(KV)?;
-            let mut out = Vec::new();
-            // Keys are ordered bytewise, so the matches are one contiguous run from `prefix`,
-            // in order: no map is needed to sort them. A value is copied only for a key kept.
-            for entry in table.range(prefix.as_str()..)? {
-                let (k, v) = entry?;
-                let k = k.value();
-                if !k.starts_with(prefix.as_str()) {
-                    break;
-                }
-                if keep(k) {
-                    out.push((k.to_string(), v.value().to_vec()));
-                }
-            }
-            // A key `keep` refuses is left out of both sides alike.
-            Ok(apply_overlay(out, overlay))
-        };
-        self.blocking(scan).await
+        self.scan_mapped(prefix, keep, |_, v| v.to_vec()).await
+    }
+
+    async fn scan_prefix_summaries(
+        &self,
+        prefix: &str,
+        keep: KeyFilter,
+        summarize: Summarize,
+    ) -> Result<Vec<(String, Summary)>> {
+        self.scan_mapped(prefix, keep, summarize).await
     }
 
     async fn check(&self) -> Result<()> {

@@ -41,6 +41,17 @@ pub enum Op {
 /// memtables) asks once for each place a key is held.
 pub type KeyFilter = Box<dyn FnMut(&str) -> bool + Send>;
 
+/// Bytes in a [`Summary`].
+pub const SUMMARY_LEN: usize = 32;
+
+/// A fixed-size digest of a stored value, made by a [`Summarize`] where the value is read.
+pub type Summary = [u8; SUMMARY_LEN];
+
+/// What [`Store::scan_prefix_summaries`] keeps of each value it reads: called with the key and
+/// the value, once for each place a key is held (as a [`KeyFilter`] is), and must answer the
+/// same for the same key and value.
+pub type Summarize = Box<dyn FnMut(&str, &[u8]) -> Summary + Send>;
+
 /// A node's durable key-value storage.
 ///
 /// Contract (every backend, checked by the shared suite in tests/store.rs):
@@ -54,7 +65,8 @@ pub type KeyFilter = Box<dyn FnMut(&str) -> bool + Send>;
 ///   bytes; an empty batch is a no-op;
 /// - `scan_prefix` returns every key starting with the prefix (a plain byte prefix, no pattern),
 ///   sorted by key, and nothing written by another node sharing the same backend;
-///   `scan_prefix_where` the same less the keys its filter refuses;
+///   `scan_prefix_where` the same less the keys its filter refuses, `scan_prefix_summaries`
+///   the same as `scan_prefix_where` with each value replaced by its summary;
 /// - when the backend is unreachable, calls fail within a bounded time (a few seconds) with
 ///   `Error::Unavailable` and a message naming the backend and the cause (never a password), and
 ///   work again by themselves once it is back, without reopening the store;
@@ -76,6 +88,16 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
         keep: KeyFilter,
     ) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Every (key, summary of its value) whose key starts with `prefix` and that `keep`
+    /// accepts, sorted by key: [`Store::scan_prefix_where`] for a caller that needs a digest
+    /// of each value, not the value. The backend summarizes each value where it reads it, so a
+    /// scan of many entries holds their keys and digests, never all their values at once.
+    async fn scan_prefix_summaries(
+        &self,
+        prefix: &str,
+        keep: KeyFilter,
+        summarize: Summarize,
+    ) -> Result<Vec<(String, Summary)>>;
     /// Every (key, value) whose key starts with `prefix`, sorted by key.
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
         self.scan_prefix_where(prefix, Box::new(|_| true)).await

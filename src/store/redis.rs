@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
-use super::{KeyFilter, Op, Store};
+use super::{KeyFilter, Op, Store, Summarize, Summary};
 use crate::{Error, Result};
 
 /// The longest one Redis round trip may take before the call fails as unavailable.
@@ -157,6 +157,63 @@ impl RedisStore {
     fn unavailable(&self, cause: impl std::fmt::Display) -> Error {
         Error::unavailable(format!("store unavailable: redis {}: {cause}", self.url))
     }
+
+    /// Every key under `prefix` that `keep` keeps, with what `map` makes of its value, sorted
+    /// by key: values are fetched [`MGET_CHUNK`] at a time and each is mapped as it arrives,
+    /// so a scan holds at most one chunk of values at once.
+    async fn scan_mapped<T>(
+        &self,
+        prefix: &str,
+        mut keep: KeyFilter,
+        mut map: impl FnMut(&str, Vec<u8>) -> T + Send,
+    ) -> Result<Vec<(String, T)>> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}{}*", glob_escape(&self.prefix), glob_escape(prefix));
+        let wanted = self.full_key(prefix);
+        // SCAN may return a key more than once; the set removes duplicates and sorts.
+        let mut keys = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let step = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(step.query_async(&mut conn)).await?;
+            for full in batch {
+                // Keys that are not UTF-8 were not written by a Store, so they are not ours.
+                if let Ok(full) = String::from_utf8(full) {
+                    if full.starts_with(&wanted) {
+                        keys.insert(full);
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // Only the values of the keys kept are fetched.
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|full| keep(&full[self.prefix.len()..]))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MGET_CHUNK) {
+            let fetch = redis::cmd("MGET").arg(chunk).clone();
+            let values: Vec<Option<Vec<u8>>> = self.run(fetch.query_async(&mut conn)).await?;
+            // A key deleted between SCAN and MGET comes back as nil: it is simply gone.
+            for (full, value) in chunk.iter().zip(values) {
+                if let Some(value) = value {
+                    let key = &full[self.prefix.len()..];
+                    out.push((key.to_string(), map(key, value)));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -203,53 +260,19 @@ impl Store for RedisStore {
     async fn scan_prefix_where(
         &self,
         prefix: &str,
-        mut keep: KeyFilter,
+        keep: KeyFilter,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut conn = self.conn.clone();
-        let pattern = format!("{}{}*", glob_escape(&self.prefix), glob_escape(prefix));
-        let wanted = self.full_key(prefix);
-        // SCAN may return a key more than once; the set removes duplicates and sorts.
-        let mut keys = BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let step = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .clone();
-            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(step.query_async(&mut conn)).await?;
-            for full in batch {
-                // Keys that are not UTF-8 were not written by a Store, so they are not ours.
-                if let Ok(full) = String::from_utf8(full) {
-                    if full.starts_with(&wanted) {
-                        keys.insert(full);
-                    }
-                }
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        // Only the values of the keys kept are fetched.
-        let keys: Vec<String> = keys
-            .into_iter()
-            .filter(|full| keep(&full[self.prefix.len()..]))
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MGET_CHUNK) {
-            let fetch = redis::cmd("MGET").arg(chunk).clone();
-            let values: Vec<Option<Vec<u8>>> = self.run(fetch.query_async(&mut conn)).await?;
-            // A key deleted between SCAN and MGET comes back as nil: it is simply gone.
-            for (full, value) in chunk.iter().zip(values) {
-                if let Some(value) = value {
-                    out.push((full[self.prefix.len()..].to_string(), value));
-                }
-            }
-        }
-        Ok(out)
+        self.scan_mapped(prefix, keep, |_, v| v).await
+    }
+
+    async fn scan_prefix_summaries(
+        &self,
+        prefix: &str,
+        keep: KeyFilter,
+        mut summarize: Summarize,
+    ) -> Result<Vec<(String, Summary)>> {
+        self.scan_mapped(prefix, keep, |k, v| summarize(k, &v))
+            .await
     }
 
     async fn check(&self) -> Result<()> {

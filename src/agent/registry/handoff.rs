@@ -12,8 +12,8 @@ use super::{guard, version_item, Registry, TRANSFER_CHUNK};
 use crate::agent::progress::{Progress, Step};
 use crate::registry::merkle;
 use crate::registry::ops::{range_hash, Entry, RegistryRequest, RegistryResponse};
-use crate::registry::unit::Mark;
 use crate::registry::unit::{meta_key, meta_value, service_of_key, unit_key, unit_prefix};
+use crate::registry::unit::{Mark, Unit};
 use crate::registry::Record;
 use crate::ring::{Id, NodeRef};
 use crate::store::Op;
@@ -220,12 +220,12 @@ impl Registry {
         }
         // One reading of the ring for the scan and the range compared.
         let own = self.ownership();
-        let owned = self.entries_where(move |id| own.contains(id)).await?;
         let range = own.range;
-        if owned.is_empty() && range.is_none() {
+        // Keys and marks only: the entries a replica needs are read when it names them.
+        let items = self.marks_where(move |id| own.contains(id)).await?;
+        if items.is_empty() && range.is_none() {
             return Ok(0);
         }
-        let items: Vec<(String, Mark)> = owned.iter().map(version_item).collect();
         let tree = merkle::Items::new(&items);
         let mut sent = 0;
         for node in replicas {
@@ -255,10 +255,10 @@ impl Registry {
             if need.is_empty() {
                 continue;
             }
-            let entries = wanted(&owned, need);
-            sent += entries.len();
             // Counted as a replication error inside; the next round tries again.
-            let _ = self.send_entries(&node, &entries).await;
+            if let Ok(n) = self.send_stored(&node, &need).await {
+                sent += n;
+            }
         }
         Ok(sent)
     }
@@ -385,6 +385,35 @@ impl Registry {
             }
         }
         Some((need, pulled))
+    }
+
+    /// Send what this node stores under `keys` to `node`, read and sent [`TRANSFER_CHUNK`]
+    /// keys at a time (so a replica that lacks everything never makes this node hold every
+    /// entry at once). A key deleted since it was named, and a tombstone past its time, are
+    /// not sent. Returns how many entries were sent.
+    async fn send_stored(&self, node: &NodeRef, keys: &[String]) -> Result<usize> {
+        let mut sent = 0;
+        for part in keys.chunks(TRANSFER_CHUNK) {
+            let values = self.store.get_many(part).await.inspect_err(|_| {
+                self.mark_unsynced();
+            })?;
+            let now = self.now();
+            let entries: Vec<Entry> = part
+                .iter()
+                .zip(values)
+                .filter_map(|(key, value)| {
+                    let value = value?;
+                    let expired = key.starts_with("u/") && Unit::is_expired_tombstone(&value, now);
+                    (!expired).then(|| Entry {
+                        key: key.clone(),
+                        value,
+                    })
+                })
+                .collect();
+            self.send_entries(node, &entries).await?;
+            sent += entries.len();
+        }
+        Ok(sent)
     }
 
     /// Send `entries` to `node` as `Handoff` messages of at most [`TRANSFER_CHUNK`] entries
@@ -775,16 +804,12 @@ impl Registry {
         // past their time are neither compared nor kept: the owner has forgotten them.
         let held = match range {
             Some((from, to)) => {
-                self.entries_where(move |id| id.in_half_open(&from, &to))
+                self.marks_where(move |id| id.in_half_open(&from, &to))
                     .await?
             }
-            None => self.entries_where(|_| true).await?,
+            None => self.marks_where(|_| true).await?,
         };
-        let mine: HashMap<String, Mark> = held
-            .iter()
-            .filter(|e| covers(&e.key))
-            .map(version_item)
-            .collect();
+        let mine: HashMap<String, Mark> = held.into_iter().filter(|(key, _)| covers(key)).collect();
         let (need, newer) = compare(mine, items, range.is_some(), DIFF_NEWER_BYTES);
         self.uncache_keys(&need);
         Ok(RegistryResponse::Diff { need, newer })

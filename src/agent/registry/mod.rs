@@ -44,7 +44,7 @@ use crate::registry::ttl::Preservation;
 use crate::registry::unit::{meta_key, service_of_key, unit_prefix, Mark, Unit};
 use crate::registry::{Record, ServiceSummary};
 use crate::ring::{Id, LookupResult};
-use crate::store::{KeyFilter, Store};
+use crate::store::{KeyFilter, Store, Summarize, Summary, SUMMARY_LEN};
 use crate::{Error, Result};
 
 /// How long a routed operation keeps retrying while ownership settles (joins, leaves,
@@ -247,6 +247,56 @@ const TREE_WALK: Duration = Duration::from_secs(1);
 
 fn version_item(e: &Entry) -> (String, Mark) {
     (e.key.clone(), Mark::of(&e.key, &e.value))
+}
+
+/// A test of a stored entry's routing identifier (which node owns or copies it).
+type RoutingTest = dyn Fn(&Id) -> bool + Send + Sync;
+
+/// The store keys whose routing identifier passes `keep`. A service's units are one run of
+/// keys: its identifier (a SHA-1) is made once per run, not once per unit.
+fn routing_filter(keep: Arc<RoutingTest>) -> KeyFilter {
+    let mut last: Option<(String, Id)> = None;
+    Box::new(move |key: &str| {
+        let id = match service_of_key(key) {
+            Some(service) => match &last {
+                Some((held, id)) if held == service => Some(*id),
+                _ => {
+                    let id = Id::of_key(service);
+                    last = Some((service.to_string(), id));
+                    Some(id)
+                }
+            },
+            None => routing_id(key),
+        };
+        id.is_some_and(|id| keep(&id))
+    })
+}
+
+/// A mark, and whether its entry is a tombstone past its time, as a store summary.
+fn mark_summary(mark: Mark, expired: bool) -> Summary {
+    let mut out = [0u8; SUMMARY_LEN];
+    out[..8].copy_from_slice(&mark.version.wall_ms.to_be_bytes());
+    out[8..12].copy_from_slice(&mark.version.logical.to_be_bytes());
+    out[12..20].copy_from_slice(&mark.version.node.to_be_bytes());
+    out[20..24].copy_from_slice(&mark.content.to_be_bytes());
+    out[24] = u8::from(expired);
+    out
+}
+
+/// What [`mark_summary`] made.
+fn mark_of_summary(s: &Summary) -> (Mark, bool) {
+    let word = |at: usize| u64::from_be_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    let half = |at: usize| u32::from_be_bytes(s[at..at + 4].try_into().unwrap_or_default());
+    let version = Hlc {
+        wall_ms: word(0),
+        logical: half(8),
+        node: word(12),
+    };
+    let mark = Mark {
+        version,
+        content: half(20),
+    };
+    (mark, s[24] != 0)
 }
 
 fn not_owner() -> Error {
@@ -825,10 +875,8 @@ impl Registry {
 
     /// (key, mark) of every entry held in the range `(from, to]`.
     async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
-        let held = self
-            .entries_where(move |id| id.in_half_open(&from, &to))
-            .await?;
-        Ok(held.iter().map(version_item).collect())
+        self.marks_where(move |id| id.in_half_open(&from, &to))
+            .await
     }
 
     /// Every stored entry (units, service meta entries and gVip claims) whose routing
@@ -841,9 +889,44 @@ impl Registry {
     ) -> Result<Vec<Entry>> {
         let (live, expired) = self.split_expired(self.stored_where(keep).await?);
         if !expired.is_empty() {
-            self.drop_expired(expired).await;
+            self.drop_expired(expired.into_iter().map(|e| e.key).collect())
+                .await;
         }
         Ok(live)
+    }
+
+    /// (key, mark) of every stored entry whose routing identifier passes `keep`, except
+    /// tombstones past their time, which are deleted (as [`Registry::entries_where`] does).
+    /// The store reduces each value to its mark where it reads it: a comparison over a large
+    /// range holds its keys and marks, never its entries.
+    pub(super) async fn marks_where(
+        &self,
+        keep: impl Fn(&Id) -> bool + Send + Sync + 'static,
+    ) -> Result<Vec<(String, Mark)>> {
+        let keep: Arc<RoutingTest> = Arc::new(keep);
+        let now = self.now();
+        let (mut marks, mut expired) = (Vec::new(), Vec::new());
+        for prefix in crate::registry::ops::STORED_PREFIXES {
+            let summarize: Summarize = Box::new(move |key: &str, value: &[u8]| {
+                let gone = key.starts_with("u/") && Unit::is_expired_tombstone(value, now);
+                mark_summary(Mark::of(key, value), gone)
+            });
+            let filter = routing_filter(keep.clone());
+            for (key, summary) in self
+                .store
+                .scan_prefix_summaries(prefix, filter, summarize)
+                .await?
+            {
+                match mark_of_summary(&summary) {
+                    (_, true) => expired.push(key),
+                    (mark, false) => marks.push((key, mark)),
+                }
+            }
+        }
+        if !expired.is_empty() {
+            self.drop_expired(expired).await;
+        }
+        Ok(marks)
     }
 
     /// `entries` split into (live, tombstones past their time).
@@ -854,18 +937,20 @@ impl Registry {
             .partition(|e| !(e.key.starts_with("u/") && Unit::is_expired_tombstone(&e.value, now)))
     }
 
-    /// Delete tombstones past their time that a scan found, each only if still stored
-    /// unchanged (under its service's slot lock).
-    async fn drop_expired(&self, expired: Vec<Entry>) {
-        for e in expired {
-            let Some(service) = service_of_key(&e.key).map(String::from) else {
+    /// Delete the tombstones past their time that a scan found under `keys`, each only if
+    /// what is stored there is still one (checked under its service's slot lock: a write may
+    /// have stored a newer unit since the scan).
+    async fn drop_expired(&self, keys: Vec<String>) {
+        for key in keys {
+            let Some(service) = service_of_key(&key).map(String::from) else {
                 continue;
             };
             let slot = self.slot(&service);
             let dropped = async {
                 let _guard = slot.lock.lock().await;
-                if self.store.get(&e.key).await?.as_deref() == Some(e.value.as_slice()) {
-                    self.store.delete(&e.key).await?;
+                let held = self.store.get(&key).await?;
+                if held.is_some_and(|v| Unit::is_expired_tombstone(&v, self.now())) {
+                    self.store.delete(&key).await?;
                     self.uncache(&service);
                 }
                 Ok::<(), Error>(())
@@ -873,7 +958,7 @@ impl Registry {
             .await;
             self.release(&service, slot);
             if let Err(err) = dropped {
-                tracing::debug!(key = e.key, "dropping an old tombstone: {err}");
+                tracing::debug!(key, "dropping an old tombstone: {err}");
             }
         }
     }
@@ -884,27 +969,10 @@ impl Registry {
         &self,
         keep: impl Fn(&Id) -> bool + Send + Sync + 'static,
     ) -> Result<Vec<Entry>> {
-        let keep = Arc::new(keep);
+        let keep: Arc<RoutingTest> = Arc::new(keep);
         let mut entries = Vec::new();
         for prefix in crate::registry::ops::STORED_PREFIXES {
-            let keep = keep.clone();
-            // A service's units are one run of keys: its identifier (a SHA-1) is made once
-            // per run, not once per unit.
-            let mut last: Option<(String, Id)> = None;
-            let filter: KeyFilter = Box::new(move |key: &str| {
-                let id = match service_of_key(key) {
-                    Some(service) => match &last {
-                        Some((held, id)) if held == service => Some(*id),
-                        _ => {
-                            let id = Id::of_key(service);
-                            last = Some((service.to_string(), id));
-                            Some(id)
-                        }
-                    },
-                    None => routing_id(key),
-                };
-                id.is_some_and(|id| keep(&id))
-            });
+            let filter = routing_filter(keep.clone());
             for (key, value) in self.store.scan_prefix_where(prefix, filter).await? {
                 entries.push(Entry { key, value });
             }
@@ -935,6 +1003,34 @@ mod tests {
             json.len(),
             "the replaced answer no longer counts"
         );
+    }
+
+    #[test]
+    fn a_mark_comes_back_whole_from_its_store_summary() {
+        for (wall_ms, logical, node, content, expired) in [
+            (0, 0, 0, 0, false),
+            (
+                1_765_000_000_123,
+                7,
+                0xdead_beef_0bad_f00d,
+                0x1234_5678,
+                true,
+            ),
+            (u64::MAX, u32::MAX, u64::MAX, u32::MAX, false),
+        ] {
+            let mark = Mark {
+                version: Hlc {
+                    wall_ms,
+                    logical,
+                    node,
+                },
+                content,
+            };
+            assert_eq!(
+                mark_of_summary(&mark_summary(mark, expired)),
+                (mark, expired)
+            );
+        }
     }
 
     #[test]
