@@ -442,4 +442,12 @@ async fn metrics_after_traffic_on_two_nodes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every record written is in memory at its owner (or a copy): far below the bounds.
+    let (ma, mb) = (scrape(&a).await, scrape(&b).await);
+    assert_eq!(ma.types["chordctl_record_cache"], "gauge");
+    assert_eq!(ma.types["chordctl_record_cache_full_total"], "counter");
+    let cached = |m: &Exposition, what: &str| m.value("chordctl_record_cache", &[("what", what)]);
+    assert!(cached(&ma, "records") + cached(&mb, "records") >= 5.0);
+    assert!(cached(&ma, "units") >= cached(&ma, "records"));
+    assert_eq!(ma.value("chordctl_record_cache_full_total", &[]), 0.0);
 }

@@ -773,3 +773,73 @@ async fn anti_entropy_pulls_back_a_unit_the_owners_store_lost_under_a_record_in_
     )
     .await;
 }
+
+/// The value of the unlabelled or labelled sample `name` (e.g. `x{a="b"}`) in `url`'s metrics.
+async fn metric(url: &str, name: &str) -> u64 {
+    let (_, text) = raw("GET", &format!("{url}/metrics"), vec![]).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in the metrics:\n{text}"))
+}
+
+/// An agent's memory holds at most its record cache's bound of units; the services that do
+/// not fit are served from the store, every write and every read as if they did. (The bound
+/// is shrunk to 60 units for the test; four services of 25 instances need 104.)
+#[test]
+fn services_that_do_not_fit_in_the_record_cache_are_served_from_the_store() {
+    use crate::support::procs::AgentProc;
+    let agent = AgentProc::start_env(
+        None,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[],
+        &[("CHORDCTL_TEST_RECORD_CACHE_UNITS", "60")],
+    );
+    let url = agent.url();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let services: Vec<String> = (0..4).map(|s| format!("big-{s}")).collect();
+        for service in &services {
+            for i in 0..25u16 {
+                register(&url, service, &format!("i{i}"), 8000 + i).await;
+            }
+        }
+        // A later write to every service, whether cached or not, lands on top of the rest.
+        for service in &services {
+            let (st, body) = call(
+                "PUT",
+                &format!("{url}/v1/services/{service}/instances/i7/status"),
+                Some(json!({"state": "warning", "latency_ms": 3.0})),
+            )
+            .await;
+            assert_eq!(st, 200, "{body}");
+            let (st, body) = call(
+                "DELETE",
+                &format!("{url}/v1/services/{service}/instances/i3"),
+                None,
+            )
+            .await;
+            assert_eq!(st, 200, "{body}");
+        }
+        for service in &services {
+            let list = instances(&url, service).await;
+            let mut ids: Vec<&str> = list.iter().filter_map(|i| i["id"].as_str()).collect();
+            ids.sort_unstable();
+            let mut want: Vec<String> = (0..25)
+                .filter(|i| *i != 3)
+                .map(|i| format!("i{i}"))
+                .collect();
+            want.sort_unstable();
+            assert_eq!(ids, want, "{service}");
+            let i7 = list.iter().find(|i| i["id"] == "i7").expect("i7");
+            assert_eq!(i7["status"]["state"], "warning", "{service}: {i7}");
+        }
+        let units = metric(&url, "chordctl_record_cache{what=\"units\"}").await;
+        assert!(units <= 60, "{units} units cached, above the bound of 60");
+        assert!(
+            metric(&url, "chordctl_record_cache_full_total").await > 0,
+            "some service must have found no room"
+        );
+    });
+}

@@ -122,6 +122,8 @@ pub struct Metrics {
     lookups_failed: AtomicU64,
     hops: Mutex<Histogram>,
     replication_errors: AtomicU64,
+    /// Owned records the record cache had no room for.
+    record_cache_full: AtomicU64,
     tree_rounds: AtomicU64,
     /// Anti-entropy rounds by why they ran (or that they compared nothing): [`SyncRound`].
     sync_rounds: [AtomicU64; 4],
@@ -166,6 +168,7 @@ impl Default for Metrics {
             lookups_failed: AtomicU64::new(0),
             hops: Mutex::new(Histogram::new(HOP_BUCKETS)),
             replication_errors: AtomicU64::new(0),
+            record_cache_full: AtomicU64::new(0),
             tree_rounds: AtomicU64::new(0),
             sync_rounds: Default::default(),
             stream_groups: AtomicU64::new(0),
@@ -211,6 +214,8 @@ pub struct Gauges {
     pub subscriptions: usize,
     /// Whether this node holds back TTL removals (self-preservation).
     pub self_preservation: bool,
+    /// Records and units (instances, tombstones, policies) in the record cache.
+    pub cache: (usize, usize),
 }
 
 impl Metrics {
@@ -248,6 +253,11 @@ impl Metrics {
     /// A replica did not confirm a write, a repair or a hand-off sent to it.
     pub fn replication_error(&self) {
         self.replication_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record this node owns found no room in the record cache.
+    pub fn record_uncached(&self) {
+        self.record_cache_full.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One anti-entropy round ran (or compared nothing), for `why`.
@@ -454,6 +464,23 @@ impl Metrics {
             let _ = writeln!(out, "chordctl_records{{role=\"owned\"}} {owned}");
             let _ = writeln!(out, "chordctl_records{{role=\"replica\"}} {replica}");
         }
+        family(
+            &mut out,
+            "chordctl_record_cache",
+            "gauge",
+            "Service records held in memory (owned and copies), and their units (instances, \
+             tombstones, policies).",
+        );
+        let (cached, units) = gauges.cache;
+        let _ = writeln!(out, "chordctl_record_cache{{what=\"records\"}} {cached}");
+        let _ = writeln!(out, "chordctl_record_cache{{what=\"units\"}} {units}");
+        counter(
+            &mut out,
+            "chordctl_record_cache_full_total",
+            "Times a record this node owns found no room in the record cache (it is read from \
+             the store at each use until it fits).",
+            self.record_cache_full.load(Ordering::Relaxed),
+        );
         counter(
             &mut out,
             "chordctl_replication_errors_total",

@@ -67,6 +67,7 @@ pub async fn scrape(State(agent): State<Arc<Agent>>) -> Response {
         watchers,
         subscriptions,
         self_preservation: agent.registry.self_preservation(),
+        cache: agent.registry.cache_size(),
     };
     let mut text = agent.metrics.render(&gauges);
     if let Some(tls) = &agent.tls {

@@ -428,6 +428,11 @@ impl Record {
         self.stamps.keys()
     }
 
+    /// How many units this record knows of ([`Record::unit_ids`]), in O(1).
+    pub fn units_len(&self) -> usize {
+        self.stamps.len()
+    }
+
     /// Whether the service has no instances (the record is a tombstone).
     pub fn is_empty(&self) -> bool {
         self.instances.is_empty()

@@ -16,8 +16,10 @@
 //! writes), the record cache (services owned and copied), the node's hybrid logical clock,
 //! and the answers to requests from peers ([`Registry::handle_local`]).
 
+mod cache;
 mod feeds;
 mod handoff;
+use cache::{RecordCache, RECORD_CACHE_MAX, RECORD_CACHE_UNITS};
 use handoff::in_span;
 mod replication;
 mod routing;
@@ -81,12 +83,14 @@ struct Awake {
 /// Services remembered as stamped in this ownership at most (past it, all start a new epoch).
 const CLAIMED_MAX: usize = 64 * 1024;
 
-/// Decoded records kept at most (owned and copied); past it new records are not cached.
-const RECORD_CACHE_MAX: usize = 16 * 1024;
-
 /// Environment variable (tests only) that shifts this agent's clock by a number of
 /// milliseconds, to prove that versions do not trust wall clocks.
 pub const CLOCK_OFFSET_ENV: &str = "CHORDCTL_TEST_CLOCK_OFFSET_MS";
+
+/// Environment variable (tests only) that bounds the record cache at this many units instead
+/// of [`RECORD_CACHE_UNITS`], to prove that an agent whose services do not fit in memory still
+/// answers from its store.
+pub const RECORD_CACHE_UNITS_ENV: &str = "CHORDCTL_TEST_RECORD_CACHE_UNITS";
 
 /// Environment variable (tests only) that makes this agent take a number of milliseconds
 /// longer to store each group of writes, as an owner and as a replica (each batch of copies
@@ -137,7 +141,7 @@ pub struct Registry {
     /// Service records, by name, as last written to or read from the store (write-through):
     /// a write or discover at the owner reads nothing from the store. Filled and changed only
     /// under the service's slot lock (see [`Registry::load`]).
-    records: Mutex<HashMap<String, Arc<Record>>>,
+    records: Mutex<RecordCache>,
     /// When each owned record next needs the TTL sweep, so an idle sweep reads no store.
     deadlines: Mutex<Deadlines>,
     /// Wakes the sleeping sweep when a deadline comes before the one it planned for.
@@ -328,6 +332,16 @@ impl Registry {
         if let Some(delay) = write_delay {
             tracing::warn!(?delay, "this agent's writes are slowed down for a test");
         }
+        let cache_units = match std::env::var(RECORD_CACHE_UNITS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            Some(units) => {
+                tracing::warn!(units, "this agent's record cache is bounded for a test");
+                units
+            }
+            None => RECORD_CACHE_UNITS,
+        };
         let pause_threshold = (ring.pool().timeout() / 2).max(Duration::from_millis(100));
         Arc::new(Registry {
             tree: Mutex::new(None),
@@ -343,7 +357,7 @@ impl Registry {
             ready: AtomicBool::new(true),
             rr: AtomicU64::new(0),
             routes: Mutex::new(HashMap::new()),
-            records: Mutex::new(HashMap::new()),
+            records: Mutex::new(RecordCache::new(RECORD_CACHE_MAX, cache_units)),
             deadlines: Mutex::new(Deadlines::default()),
             sweep_wake: tokio::sync::Notify::new(),
             discovered: Mutex::new(DiscoveredCache::default()),
@@ -591,17 +605,23 @@ impl Registry {
     /// copies fill at most half of it, so that what a node owns (its writes, its discovers)
     /// keeps room; a copy cached before its node came to own it stays.
     fn cache_has_room_for_copy(&self) -> bool {
-        guard(&self.records).len() < RECORD_CACHE_MAX / 2
+        guard(&self.records).has_room_for_copy()
     }
 
-    /// Remembers `rec` as what the store holds (call under the service's slot lock).
+    /// Remembers `rec` as what the store holds (call under the service's slot lock), if it
+    /// fits in the cache; a record this node owns makes room by dropping copies.
     fn cache_record(&self, rec: Record) -> Arc<Record> {
         let rec = Arc::new(rec);
-        let mut records = guard(&self.records);
-        if records.len() < RECORD_CACHE_MAX || records.contains_key(&rec.service) {
-            records.insert(rec.service.clone(), rec.clone());
+        let copy = !self.owns(&Id::of_key(&rec.service));
+        if !guard(&self.records).put(rec.clone(), copy) && !copy {
+            self.ring.metrics().record_uncached();
         }
         rec
+    }
+
+    /// (records, units) in the record cache.
+    pub fn cache_size(&self) -> (usize, usize) {
+        guard(&self.records).size()
     }
 
     /// Forgets the cached record of `service`: the store may or may not hold what was last
