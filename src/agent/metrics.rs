@@ -468,8 +468,8 @@ impl Metrics {
             &mut out,
             "chordctl_record_cache",
             "gauge",
-            "Service records held in memory (owned and copies), and their units (instances, \
-             tombstones, policies).",
+            "Service records held in memory (owned and copies), and their units (one per \
+             record and per instance, tombstone and policy).",
         );
         let (cached, units) = gauges.cache;
         let _ = writeln!(out, "chordctl_record_cache{{what=\"records\"}} {cached}");
@@ -477,8 +477,8 @@ impl Metrics {
         counter(
             &mut out,
             "chordctl_record_cache_full_total",
-            "Times a record this node owns found no room in the record cache (it is read from \
-             the store at each use until it fits).",
+            "Times a record this node owns was not kept in the record cache for lack of room \
+             (it is read from the store at each use until it fits).",
             self.record_cache_full.load(Ordering::Relaxed),
         );
         counter(

@@ -297,7 +297,6 @@ impl EmbeddedStore {
             .await
     }
 
-    /// Run `f` on the blocking pool; its redb error becomes `Unavailable` naming the file.
     /// Every key under `prefix` that `keep` keeps, with what `map` makes of its value, sorted
     /// by key: the value is read in place (in redb's page, or the memtable), never copied
     /// unless `map` copies it.
@@ -336,6 +335,7 @@ impl EmbeddedStore {
         self.blocking(scan).await
     }
 
+    /// Run `f` on the blocking pool; its redb error becomes `Unavailable` naming the file.
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,

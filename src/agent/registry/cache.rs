@@ -34,8 +34,9 @@ pub(super) struct RecordCache {
     map: HashMap<String, Cached>,
     /// The weights of every cached record, summed.
     units: usize,
-    /// How many cached records are copies.
+    /// How many cached records are copies, and their weights summed.
     copies: usize,
+    copy_units: usize,
     max_records: usize,
     max_units: usize,
 }
@@ -47,6 +48,7 @@ impl RecordCache {
             map: HashMap::new(),
             units: 0,
             copies: 0,
+            copy_units: 0,
             max_records,
             max_units,
         }
@@ -61,34 +63,45 @@ impl RecordCache {
         (self.map.len(), self.units)
     }
 
-    /// Whether another copy may be loaded: copies take at most half of either bound, so that
-    /// what the node owns (its writes, its discovers) keeps room.
+    /// Whether the node may load another copy to merge into: copies loaded so take at most
+    /// half of either bound, so that what the node owns (its writes, its discovers) keeps
+    /// room. (A copy read for another reason, a read standing in for its owner, is cached
+    /// within the whole bounds, and dropped first when an owned record needs the room.)
     pub(super) fn has_room_for_copy(&self) -> bool {
-        self.map.len() < self.max_records / 2 && self.units < self.max_units / 2
+        self.copies < self.max_records / 2 && self.copy_units < self.max_units / 2
     }
 
     pub(super) fn remove(&mut self, service: &str) {
         if let Some(c) = self.map.remove(service) {
             self.units -= c.units;
-            self.copies -= usize::from(c.copy);
+            if c.copy {
+                self.copies -= 1;
+                self.copy_units -= c.units;
+            }
         }
     }
 
     /// Caches `rec` in place of what was cached of its service, if it fits. An owned record
-    /// (`copy` false) makes room by dropping copies; a copy never drops anything. A record that
-    /// does not fit is not cached, and the older one of its service is dropped all the same:
-    /// the cache never holds a record older than the store's. Returns whether it was cached.
+    /// (`copy` false) makes room by dropping copies, when dropping them can make enough; a
+    /// copy never drops anything. A record that does not fit is not cached, and the older one
+    /// of its service is dropped all the same: the cache never holds a record older than the
+    /// store's. Returns whether it was cached.
     pub(super) fn put(&mut self, rec: Arc<Record>, copy: bool) -> bool {
         self.remove(&rec.service);
         let units = weight(&rec);
-        if !copy && !self.fits(units) && self.copies > 0 {
+        let room_without_copies = self.map.len() - self.copies < self.max_records
+            && self.units - self.copy_units + units <= self.max_units;
+        if !copy && !self.fits(units) && room_without_copies {
             self.drop_copies_for(units);
         }
         if !self.fits(units) {
             return false;
         }
         self.units += units;
-        self.copies += usize::from(copy);
+        if copy {
+            self.copies += 1;
+            self.copy_units += units;
+        }
         self.map
             .insert(rec.service.clone(), Cached { rec, copy, units });
         true
@@ -189,10 +202,12 @@ mod tests {
             "one copy dropped, as many as needed"
         );
         assert_eq!(cache.size(), (3, 20));
-        // Nothing left to drop: an owned record that does not fit is not cached.
-        cache.remove("copy1");
-        cache.remove("copy2");
+        // Dropping every copy would not make room for this one: nothing is dropped for it.
         assert!(!cache.put(record("huge", 30), false));
-        assert_eq!(cache.size(), (2, 15));
+        assert_eq!(cache.size(), (3, 20));
+        assert!(
+            cache.has_room_for_copy(),
+            "one copy of 5 units is left, below half"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! successors; anti-entropy between an owner and its replicas repairs what is missing; and the
 //! upgrade of a store written by 0.1.0 (one record per service) to units.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,6 +255,13 @@ impl Registry {
             if need.is_empty() {
                 continue;
             }
+            // Only keys of this round's range: a replica names nothing else, but what it
+            // names is read from the store, so it is not trusted to.
+            let known: HashSet<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+            let need: Vec<String> = need
+                .into_iter()
+                .filter(|k| known.contains(k.as_str()))
+                .collect();
             // Counted as a replication error inside; the next round tries again.
             if let Ok(n) = self.send_stored(&node, &need).await {
                 sent += n;

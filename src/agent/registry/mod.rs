@@ -139,7 +139,8 @@ pub struct Registry {
     /// RPC to the owner rather than a lookup (log N RPCs) and then one.
     routes: Mutex<HashMap<Id, (Instant, LookupResult)>>,
     /// Service records, by name, as last written to or read from the store (write-through):
-    /// a write or discover at the owner reads nothing from the store. Filled and changed only
+    /// a write or discover at the owner of a cached record reads nothing from the store (one
+    /// that does not fit in the cache's bounds is read at each use). Filled and changed only
     /// under the service's slot lock (see [`Registry::load`]).
     records: Mutex<RecordCache>,
     /// When each owned record next needs the TTL sweep, so an idle sweep reads no store.
