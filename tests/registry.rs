@@ -785,7 +785,7 @@ async fn metric(url: &str, name: &str) -> u64 {
 
 /// An agent's memory holds at most its record cache's bound of units; the services that do
 /// not fit are served from the store, every write and every read as if they did. (The bound
-/// is shrunk to 60 units for the test; four services of 25 instances need 104.)
+/// is shrunk to 60 units for the test; four services of 25 instances need 112.)
 #[test]
 fn services_that_do_not_fit_in_the_record_cache_are_served_from_the_store() {
     use crate::support::procs::AgentProc;

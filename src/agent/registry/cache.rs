@@ -8,12 +8,18 @@ use std::sync::Arc;
 
 use crate::registry::Record;
 
-/// Records cached at most.
-pub(super) const RECORD_CACHE_MAX: usize = 16 * 1024;
+/// Records cached at most. The units bound is what bounds memory; this one only keeps the
+/// map's size sane.
+pub(super) const RECORD_CACHE_MAX: usize = 256 * 1024;
 
-/// Units (instances, tombstones and policies) cached at most, over all records. A cached
-/// instance costs about 1.3 KB (`bench/record_memory.sh`), so this is about 2.7 GB.
+/// Units cached at most, over all records: one for each instance, tombstone and policy,
+/// and [`RECORD_UNITS`] for each record. A cached instance costs about 1.3 KB
+/// (`bench/record_memory.sh`), so this is about 2.7 GB.
 pub(super) const RECORD_CACHE_UNITS: usize = 2 << 20;
+
+/// What a record itself counts for against the units bound: its maps, names and the
+/// agent's bookkeeping of the service take about 4 KB (3 units) beyond its instances.
+const RECORD_UNITS: usize = 3;
 
 /// One cached record.
 struct Cached {
@@ -24,9 +30,10 @@ struct Cached {
     units: usize,
 }
 
-/// What counts against the units bound: one for the record, one for each of its units. O(1).
+/// What counts against the units bound: [`RECORD_UNITS`] for the record, one for each of its
+/// units. O(1).
 fn weight(rec: &Record) -> usize {
-    1 + rec.units_len()
+    RECORD_UNITS + rec.units_len()
 }
 
 /// Records by service name, within their bounds.
@@ -137,7 +144,7 @@ mod tests {
     use crate::registry::hlc::Hlc;
     use crate::registry::model::RegisterBody;
 
-    /// A record of `service` with `n` instances (weight n + 1).
+    /// A record of `service` with `n` instances (weight n + 3).
     fn record(service: &str, n: usize) -> Arc<Record> {
         let mut rec = Record::new(service, None).unwrap();
         let now = chrono::Utc::now();
@@ -147,50 +154,54 @@ mod tests {
                 .unwrap();
             rec.stamp(&id, Hlc::default());
         }
-        assert_eq!(weight(&rec), n + 1);
+        assert_eq!(weight(&rec), n + RECORD_UNITS);
         Arc::new(rec)
     }
 
     #[test]
     fn the_cache_stays_within_its_units_and_its_records() {
-        let mut cache = RecordCache::new(3, 20);
+        // Weights: a record of n instances weighs n + 3.
+        let mut cache = RecordCache::new(3, 24);
         assert!(cache.put(record("a", 9), false));
         assert!(cache.put(record("b", 9), false));
-        assert_eq!(cache.size(), (2, 20));
+        assert_eq!(cache.size(), (2, 24));
         assert!(!cache.put(record("c", 0), false), "no unit left");
         assert!(cache.get("c").is_none());
         cache.remove("b");
-        assert_eq!(cache.size(), (1, 10));
+        assert_eq!(cache.size(), (1, 12));
         assert!(cache.put(record("c", 0), false));
         assert!(cache.put(record("d", 0), false));
         assert!(!cache.put(record("e", 0), false), "three records at most");
-        assert_eq!(cache.size(), (3, 12));
+        assert_eq!(cache.size(), (3, 18));
     }
 
     #[test]
     fn a_record_that_outgrows_its_room_leaves_no_older_copy_behind() {
-        let mut cache = RecordCache::new(8, 20);
+        let mut cache = RecordCache::new(8, 24);
         assert!(cache.put(record("a", 5), false));
         assert!(cache.put(record("b", 5), false));
         // "a" grew past what is left: it is no longer cached, not cached as it was.
         assert!(!cache.put(record("a", 14), false));
         assert!(cache.get("a").is_none());
-        assert_eq!(cache.size(), (1, 6));
+        assert_eq!(cache.size(), (1, 8));
         // Replacing a record counts its new weight only.
         assert!(cache.put(record("b", 13), false));
-        assert_eq!(cache.size(), (1, 14));
+        assert_eq!(cache.size(), (1, 16));
     }
 
     #[test]
     fn an_owned_record_makes_room_by_dropping_copies_and_a_copy_drops_nothing() {
-        let mut cache = RecordCache::new(8, 20);
-        assert!(cache.put(record("copy1", 4), true));
-        assert!(cache.put(record("copy2", 4), true));
-        assert!(cache.put(record("owned", 4), false));
-        assert!(!cache.has_room_for_copy(), "copies hold half the units");
+        let mut cache = RecordCache::new(8, 24);
+        assert!(cache.put(record("copy1", 5), true));
+        assert!(cache.put(record("copy2", 5), true));
+        assert!(cache.put(record("owned", 5), false));
+        assert!(
+            !cache.has_room_for_copy(),
+            "copies hold more than half the units"
+        );
         assert!(!cache.put(record("copy3", 9), true));
-        assert_eq!(cache.size(), (3, 15));
-        assert!(cache.put(record("big", 9), false));
+        assert_eq!(cache.size(), (3, 24));
+        assert!(cache.put(record("big", 5), false));
         assert!(cache.get("owned").is_some(), "owned records stay");
         assert!(cache.get("big").is_some());
         assert_eq!(
@@ -201,13 +212,13 @@ mod tests {
             1,
             "one copy dropped, as many as needed"
         );
-        assert_eq!(cache.size(), (3, 20));
+        assert_eq!(cache.size(), (3, 24));
         // Dropping every copy would not make room for this one: nothing is dropped for it.
         assert!(!cache.put(record("huge", 30), false));
-        assert_eq!(cache.size(), (3, 20));
+        assert_eq!(cache.size(), (3, 24));
         assert!(
             cache.has_room_for_copy(),
-            "one copy of 5 units is left, below half"
+            "one copy of 8 units is left, below half"
         );
     }
 }
