@@ -72,10 +72,15 @@ impl RecordCache {
 
     /// Whether the node may load another copy to merge into: copies loaded so take at most
     /// half of either bound, so that what the node owns (its writes, its discovers) keeps
-    /// room. (A copy read for another reason, a read standing in for its owner, is cached
-    /// within the whole bounds, and dropped first when an owned record needs the room.)
+    /// room, and only while an eighth of the units bound is free, so that the copy loaded
+    /// fits (a copy loaded and not cached would be loaded again, a whole prefix scan, at
+    /// every batch). (A copy read for another reason, a read standing in for its owner, is
+    /// cached within the whole bounds, and dropped first when an owned record needs the
+    /// room.)
     pub(super) fn has_room_for_copy(&self) -> bool {
-        self.copies < self.max_records / 2 && self.copy_units < self.max_units / 2
+        self.copies < self.max_records / 2
+            && self.copy_units < self.max_units / 2
+            && self.units + self.max_units / 8 <= self.max_units
     }
 
     pub(super) fn remove(&mut self, service: &str) {
@@ -217,8 +222,13 @@ mod tests {
         assert!(!cache.put(record("huge", 30), false));
         assert_eq!(cache.size(), (3, 24));
         assert!(
+            !cache.has_room_for_copy(),
+            "copies hold 8 units, below half, but the cache is full: a copy loaded would not fit"
+        );
+        cache.remove("big");
+        assert!(
             cache.has_room_for_copy(),
-            "one copy of 8 units is left, below half"
+            "an eighth of the units is free again"
         );
     }
 }
