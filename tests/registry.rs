@@ -749,13 +749,16 @@ async fn anti_entropy_pulls_back_a_unit_the_owners_store_lost_under_a_record_in_
         },
     )
     .await;
-    let owner_hex = c.node(owner).node().id.to_hex();
-    let (owner_store, value) = lose_behind_the_agent(&redis, &owner_hex, &key).await;
+    // The owner's record is in memory (a read at the owner loads it if a round dropped it).
+    // Asked after the loss, a round running meanwhile could already have dropped the record
+    // to pull the unit back, and the read would see the store's state.
     assert_eq!(
         instances(&c.url(owner), service).await.len(),
         1,
-        "the owner's record in memory still has it"
+        "the owner's record in memory has it"
     );
+    let owner_hex = c.node(owner).node().id.to_hex();
+    let (owner_store, value) = lose_behind_the_agent(&redis, &owner_hex, &key).await;
     let registry = &c.node(owner).agent().registry;
     eventually(
         "the owner's store holds the unit again",

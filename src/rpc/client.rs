@@ -49,6 +49,11 @@ pub enum CallError {
     /// really at its cap answers inside TLS for its first 16 refusals at a time).
     #[error("{0} closed the connection during the TLS handshake: at its cap of ring connections (retry later), or not a ring port with TLS")]
     ClosedInTls(String),
+    /// This side reset the connection because another call on it timed out with bytes the
+    /// peer had not taken ([`Pool::call_with_timeout`]): no verdict on the peer, which that
+    /// call's caller probes.
+    #[error("the connection to {0} was reset after another call on it timed out; retry")]
+    Reset(String),
 }
 
 impl CallError {
@@ -58,9 +63,10 @@ impl CallError {
     }
 
     /// Whether the failure is a sign that the peer is gone (and may be suspected): every
-    /// failure but a peer saying it is at its cap of connections.
+    /// failure but a peer saying it is at its cap of connections, and a connection this side
+    /// reset (the call that timed out on it leaves the verdict to the ring's probe).
     pub fn means_peer_down(&self) -> bool {
-        !matches!(self, CallError::Busy(_))
+        !matches!(self, CallError::Busy(_) | CallError::Reset(_))
     }
 }
 
@@ -74,6 +80,8 @@ struct Conn {
     heard: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the peer said it is at a cap of connections before closing this one.
     busy: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this side reset it ([`Conn::reset_if_stuck`]).
+    reset: std::sync::atomic::AtomicBool,
     /// The TLS generation it was made under ([`Tls::generation`]; 0 without TLS).
     generation: u64,
     /// A second handle on the TCP socket, to reset it ([`Conn::reset_if_stuck`]).
@@ -96,6 +104,7 @@ impl Conn {
             return false;
         };
         socket.abort_on_close();
+        self.reset.store(true, Ordering::Relaxed);
         self.alive.store(false, Ordering::Relaxed);
         for t in &self.tasks {
             t.abort();
@@ -231,6 +240,9 @@ impl Pool {
             Ok(resp) => Ok(resp),
             Err(_) => {
                 self.drop_conn(addr, conn);
+                if conn.reset.load(Ordering::Relaxed) {
+                    return Err(CallError::Reset(addr.to_string()));
+                }
                 if conn.busy.load(Ordering::Relaxed) {
                     return Err(CallError::Busy(addr.to_string()));
                 }
@@ -415,6 +427,7 @@ where
         alive,
         heard,
         busy,
+        reset: std::sync::atomic::AtomicBool::new(false),
         generation,
         socket: Mutex::new(None),
         tasks: [writer.abort_handle(), reader.abort_handle()],
@@ -475,5 +488,64 @@ mod tests {
             got < size,
             "the peer got the whole request ({got} bytes) after the caller gave it up"
         );
+    }
+
+    /// The other calls waiting on a connection reset for a stuck call fail as `Reset`, which
+    /// says nothing of the peer: a peer that is only slow must not be dropped from the ring
+    /// by the calls that happened to share the connection (the stuck call's caller probes it).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn calls_sharing_a_connection_reset_for_a_stuck_call_do_not_mean_the_peer_is_down() {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(8).expect("listen");
+        let addr = listener.local_addr().expect("addr").to_string();
+        // The peer accepts and holds every connection, and reads nothing.
+        let _peer = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+
+        let pool = Arc::new(Pool::new(Duration::from_secs(30)));
+        // A small call that the peer never answers, waiting long.
+        let waiting = {
+            let (pool, addr) = (pool.clone(), addr.clone());
+            tokio::spawn(async move {
+                pool.call_with_timeout(
+                    &addr,
+                    Request::Registry(RegistryRequest::Handoff { entries: vec![] }),
+                    Duration::from_secs(30),
+                )
+                .await
+            })
+        };
+        // Once its connection is in the pool, a big call on the same connection times out
+        // with bytes the peer never took.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pool.conns.lock().unwrap().contains_key(&addr) {
+            assert!(std::time::Instant::now() < deadline, "no connection made");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let big = Request::Registry(RegistryRequest::Handoff {
+            entries: vec![Entry {
+                key: "u/big/a".to_string(),
+                value: vec![7u8; 8 << 20],
+            }],
+        });
+        let stuck = pool
+            .call_with_timeout(&addr, big, Duration::from_millis(500))
+            .await;
+        assert!(matches!(stuck, Err(CallError::Timeout(..))), "{stuck:?}");
+        let other = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting call ends with the reset")
+            .expect("join");
+        assert!(matches!(other, Err(CallError::Reset(_))), "{other:?}");
+        assert!(!other.unwrap_err().means_peer_down());
     }
 }
