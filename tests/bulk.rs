@@ -101,12 +101,18 @@ fn a_join_and_a_repair_each_move_50_mb_of_records_in_pages() {
     let a_id = Id::from_hex(&a.id).expect("id");
     // The joiner's address is chosen first, so that the services can be named to fall in
     // the range it will own.
-    let (b_addr, services) = (0..50)
+    // C's address, which joins later between B and A, is chosen with it: an address of B
+    // that leaves (B, A) so narrow that no port lands in it is passed over.
+    let (b_addr, services, c_addr) = (0..50)
         .find_map(|_| {
             let addr = free_addr();
-            names_in(&a_id, &Id::of_addr(&addr), SERVICES).map(|names| (addr, names))
+            let b = Id::of_addr(&addr);
+            let c = (0..200)
+                .map(|_| free_addr())
+                .find(|c| Id::of_addr(c).in_open(&b, &a_id))?;
+            names_in(&a_id, &b, SERVICES).map(|names| (addr, names, c))
         })
-        .expect("an address whose range is wide enough");
+        .expect("an address whose range is wide enough, with room after it");
     let b_id = Id::of_addr(&b_addr);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let url_a = a.url();
@@ -157,11 +163,7 @@ fn a_join_and_a_repair_each_move_50_mb_of_records_in_pages() {
     // The repair: C joins right after B, so it becomes B's replica and anti-entropy copies
     // B's ~50 MB to it. The bulk services reach C only that way (C's own range, taken from A,
     // holds none of them).
-    let (c_addr, c_http) = (0..200)
-        .map(|_| free_addr())
-        .find(|addr| Id::of_addr(addr).in_open(&b_id, &a_id))
-        .map(|addr| (addr, free_addr()))
-        .expect("an address between B and A");
+    let c_http = free_addr();
     let c = AgentProc::start_at(Some(&a.ring), &c_addr, &c_http, &k2);
     let url_c = c.url();
     rt.block_on(async {

@@ -441,13 +441,8 @@ mod tests {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpSocket;
 
-    /// A peer that accepts and never reads, with a tiny receive window: it takes a few KiB of
-    /// a big request and leaves the rest unacknowledged at the caller, as a cut network does.
-    /// After the caller's deadline the peer starts reading: it must never get the whole
-    /// request, or a write given up (and retried elsewhere) would be applied late.
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_call_that_times_out_with_bytes_the_peer_never_took_is_never_delivered_late() {
+    /// A listener on loopback whose connections have a 4 KiB receive window, and its address.
+    fn tiny_window_listener() -> (tokio::net::TcpListener, String) {
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
         socket
@@ -455,17 +450,32 @@ mod tests {
             .expect("bind");
         let listener = socket.listen(8).expect("listen");
         let addr = listener.local_addr().expect("addr").to_string();
-        let accepted = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        (listener, addr)
+    }
 
-        let size = 8 << 20;
-        let pool = Pool::new(Duration::from_millis(500));
-        let req = Request::Registry(RegistryRequest::Handoff {
+    /// A request of `size` bytes.
+    fn big_request(size: usize) -> Request {
+        Request::Registry(RegistryRequest::Handoff {
             entries: vec![Entry {
                 key: "u/big/a".to_string(),
                 value: vec![7u8; size],
             }],
-        });
-        let answer = pool.call(&addr, req).await;
+        })
+    }
+
+    /// A peer that accepts and never reads, with a tiny receive window: it takes a few KiB of
+    /// a big request and leaves the rest unacknowledged at the caller, as a cut network does.
+    /// After the caller's deadline the peer starts reading: it must never get the whole
+    /// request, or a write given up (and retried elsewhere) would be applied late.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_call_that_times_out_with_bytes_the_peer_never_took_is_never_delivered_late() {
+        let (listener, addr) = tiny_window_listener();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+
+        let size = 8 << 20;
+        let pool = Pool::new(Duration::from_millis(500));
+        let answer = pool.call(&addr, big_request(size)).await;
         assert!(matches!(answer, Err(CallError::Timeout(..))), "{answer:?}");
 
         let mut peer = accepted.await.expect("join").expect("accept");
@@ -496,13 +506,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn calls_sharing_a_connection_reset_for_a_stuck_call_do_not_mean_the_peer_is_down() {
-        let socket = TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        socket
-            .bind("127.0.0.1:0".parse().expect("addr"))
-            .expect("bind");
-        let listener = socket.listen(8).expect("listen");
-        let addr = listener.local_addr().expect("addr").to_string();
+        let (listener, addr) = tiny_window_listener();
         // The peer accepts and holds every connection, and reads nothing.
         let _peer = tokio::spawn(async move {
             let mut held = Vec::new();
@@ -531,14 +535,8 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no connection made");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let big = Request::Registry(RegistryRequest::Handoff {
-            entries: vec![Entry {
-                key: "u/big/a".to_string(),
-                value: vec![7u8; 8 << 20],
-            }],
-        });
         let stuck = pool
-            .call_with_timeout(&addr, big, Duration::from_millis(500))
+            .call_with_timeout(&addr, big_request(8 << 20), Duration::from_millis(500))
             .await;
         assert!(matches!(stuck, Err(CallError::Timeout(..))), "{stuck:?}");
         let other = tokio::time::timeout(Duration::from_secs(10), waiting)
