@@ -13,22 +13,15 @@ cd "$(dirname "$0")/.."
 . bench/common.sh
 bench_binary
 bench_needs curl jq wrk
-D=$(mktemp -d /tmp/chordctl-antientropy.XXXXXX)
-PIDS=()
+bench_workdir antientropy
 HTTPS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$D"
-}
-trap cleanup EXIT
 RING=""
 start() {
     local name=$1
     shift
     RUST_LOG=warn "$BIN" agent "$@" --bind 127.0.0.1:0 --http 127.0.0.1:0 --replicas 3 \
         --data-dir "$D/$name" >"$D/$name.log" 2>&1 &
-    PIDS+=($!)
+    BENCH_PIDS+=($!)
     local http
     http=$(bench_http_of "$D/$name.log")
     HTTPS+=("$http")
@@ -49,7 +42,7 @@ BENCH_DIR=bench SVC_PREFIX=ae SERVICES=32 bench_wrk -t2 -c32 -d"${FILL}s" --time
     -s bench/chordctl_register_new.lua "http://${HTTPS[0]}"
 # Agent $1's CPU ticks and store bytes read so far, in TICKS and READ; exits if it has stopped.
 sample() {
-    local p=${PIDS[$1]}
+    local p=${BENCH_PIDS[$1]}
     kill -0 "$p" 2>/dev/null || { echo "agent $1 has stopped:" >&2; tail -5 "$D/a$1.log" >&2; exit 1; }
     TICKS=$(awk '{print $14 + $15}' "/proc/$p/stat")
     READ=$(curl -fsS "http://${HTTPS[$1]}/metrics" |
@@ -60,7 +53,7 @@ sleep 2
 declare -a T0 R0
 for i in 0 1 2; do
     # The peak from here on is the idle ring's (Linux resets VmHWM on "5"), not the fill's.
-    echo 5 >"/proc/${PIDS[i]}/clear_refs" 2>/dev/null || true
+    echo 5 >"/proc/${BENCH_PIDS[i]}/clear_refs" 2>/dev/null || true
     sample "$i"
     T0[i]=$TICKS
     R0[i]=$READ
@@ -69,7 +62,7 @@ sleep "$IDLE"
 hz=$(getconf CLK_TCK)
 for i in 0 1 2; do
     sample "$i"
-    p=${PIDS[i]}
+    p=${BENCH_PIDS[i]}
     awk -v i="$i" -v t="$((TICKS - T0[i]))" -v hz="$hz" -v r="$((READ - R0[i]))" \
         -v peak="$(awk '/VmHWM/{print $2}' "/proc/$p/status")" \
         -v rss="$(awk '/VmRSS/{print $2}' "/proc/$p/status")" \

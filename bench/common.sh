@@ -36,3 +36,19 @@ bench_wrk() {
     echo "$out"
     [[ $out == *" errors=0 "* ]] || { echo "requests failed: $out" >&2; exit 1; }
 }
+
+# bench_workdir NAME: a fresh directory /tmp/chordctl-NAME.* in D; at exit the processes whose
+# pids are in BENCH_PIDS are stopped and D is removed. (A script that stops one of them itself
+# takes its pid out of BENCH_PIDS, so that a pid reused meanwhile is never signalled.)
+bench_workdir() {
+    D=$(mktemp -d "/tmp/chordctl-$1.XXXXXX")
+    BENCH_PIDS=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    local p
+    for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$D"
+}

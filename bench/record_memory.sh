@@ -14,20 +14,15 @@ cd "$(dirname "$0")/.."
 . bench/common.sh
 bench_binary
 bench_needs curl jq wrk
-D=$(mktemp -d /tmp/chordctl-records.XXXXXX)
+bench_workdir records
 AGENT=""
-cleanup() {
-    [[ -n $AGENT ]] && kill "$AGENT" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$D"
-}
-trap cleanup EXIT
 HTTP=""
 start() {
     : >"$D/agent.log"
     RUST_LOG=warn "$BIN" agent create --bind 127.0.0.1:0 --http 127.0.0.1:0 \
         --data-dir "$D/data" >"$D/agent.log" 2>&1 &
     AGENT=$!
+    BENCH_PIDS=("$AGENT")
     HTTP=$(bench_http_of "$D/agent.log")
 }
 mib() { awk '/VmRSS/{printf "%.1f", $2 / 1024}' "/proc/$AGENT/status"; }
@@ -41,6 +36,7 @@ done
 filled=$(mib)
 kill "$AGENT"
 wait "$AGENT" 2>/dev/null || true
+BENCH_PIDS=()
 start
 # Once it answers, its start (the replay of its log) is over.
 curl -sf "http://$HTTP/v1/ring" >/dev/null

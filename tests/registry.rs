@@ -9,7 +9,7 @@ use chordctl::cli::watch::{SseEvent, SseParser};
 use serde_json::{json, Value};
 
 use crate::support::cluster::{redis_config, test_config, TestCluster};
-use crate::support::http::{call, raw};
+use crate::support::http::{call, call_ok, metric, raw};
 use crate::support::redis::RedisServer;
 use crate::support::{eventually, expect_ttl_expiry};
 
@@ -777,15 +777,6 @@ async fn anti_entropy_pulls_back_a_unit_the_owners_store_lost_under_a_record_in_
     .await;
 }
 
-/// The value of the unlabelled or labelled sample `name` (e.g. `x{a="b"}`) in `url`'s metrics.
-async fn metric(url: &str, name: &str) -> u64 {
-    let (_, text) = raw("GET", &format!("{url}/metrics"), vec![]).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in the metrics:\n{text}"))
-}
-
 /// An agent's memory holds at most its record cache's bound of units; the services that do
 /// not fit are served from the store, every write and every read as if they did. (The bound
 /// is shrunk to 60 units for the test; four services of 25 instances need 112.)
@@ -810,20 +801,18 @@ fn services_that_do_not_fit_in_the_record_cache_are_served_from_the_store() {
         }
         // A later write to every service, whether cached or not, lands on top of the rest.
         for service in &services {
-            let (st, body) = call(
+            call_ok(
                 "PUT",
                 &format!("{url}/v1/services/{service}/instances/i7/status"),
                 Some(json!({"state": "warning", "latency_ms": 3.0})),
             )
             .await;
-            assert_eq!(st, 200, "{body}");
-            let (st, body) = call(
+            call_ok(
                 "DELETE",
                 &format!("{url}/v1/services/{service}/instances/i3"),
                 None,
             )
             .await;
-            assert_eq!(st, 200, "{body}");
         }
         for service in &services {
             let list = instances(&url, service).await;

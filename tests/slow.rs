@@ -8,17 +8,12 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::eventually;
-use crate::support::http::call;
+use crate::support::http::{call, metric};
 use crate::support::procs::{ring_of, ring_order, three_with_a_slow_second};
 
 /// Peers the agent at `url` dropped from its ring state as failed.
 async fn peers_dropped(url: &str) -> u64 {
-    let (st, body) = crate::support::http::raw("GET", &format!("{url}/metrics"), Vec::new()).await;
-    assert_eq!(st, 200, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix("chordctl_ring_peers_dropped_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no chordctl_ring_peers_dropped_total in {body}"))
+    metric(url, "chordctl_ring_peers_dropped_total").await
 }
 
 #[test]

@@ -128,6 +128,12 @@ impl Unit {
             .is_some_and(|at| (now - at).num_seconds() >= TOMBSTONE_TTL_SECS)
     }
 
+    /// Whether the store entry `key` = `bytes` (any stored key: a unit, a meta entry, a gVip
+    /// claim) is a unit tombstone past its time at `now` ([`Unit::is_expired_tombstone`]).
+    pub fn is_expired_entry(key: &str, bytes: &[u8], now: DateTime<Utc>) -> bool {
+        key.starts_with("u/") && Unit::is_expired_tombstone(bytes, now)
+    }
+
     /// The version and index of a stored unit, without decoding the instance.
     pub fn stamp_of(bytes: &[u8]) -> Result<Stamp> {
         super::codec::unit_stamp(bytes)

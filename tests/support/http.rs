@@ -48,3 +48,14 @@ pub async fn raw(method: &str, url: &str, body: Vec<u8>) -> (u16, String) {
     let status = resp.status().as_u16();
     (status, resp.text().await.expect("body"))
 }
+
+/// The value of the sample `name` (unlabelled, or with its labels: `x{a="b"}`) in the metrics
+/// of the agent at `url`; panics, with the metrics, when there is none.
+pub async fn metric(url: &str, name: &str) -> u64 {
+    let (st, text) = raw("GET", &format!("{url}/metrics"), Vec::new()).await;
+    assert_eq!(st, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in the metrics:\n{text}"))
+}

@@ -101,8 +101,11 @@ impl RecordCache {
     pub(super) fn put(&mut self, rec: Arc<Record>, copy: bool) -> bool {
         self.remove(&rec.service);
         let units = weight(&rec);
-        let room_without_copies = self.map.len() - self.copies < self.max_records
-            && self.units - self.copy_units + units <= self.max_units;
+        let room_without_copies = self.fits_after(
+            self.map.len() - self.copies,
+            self.units - self.copy_units,
+            units,
+        );
         if !copy && !self.fits(units) && room_without_copies {
             self.drop_copies_for(units);
         }
@@ -119,8 +122,14 @@ impl RecordCache {
         true
     }
 
+    /// Whether a record of `units` fits as the cache stands.
     fn fits(&self, units: usize) -> bool {
-        self.map.len() < self.max_records && self.units + units <= self.max_units
+        self.fits_after(self.map.len(), self.units, units)
+    }
+
+    /// Whether a record of `units` fits beside `records` records holding `held` units.
+    fn fits_after(&self, records: usize, held: usize, units: usize) -> bool {
+        records < self.max_records && held + units <= self.max_units
     }
 
     /// Drop copies until a record of `units` fits, or no copy is left.
@@ -128,7 +137,7 @@ impl RecordCache {
         let mut victims = Vec::new();
         let (mut records, mut held) = (self.map.len(), self.units);
         for (service, c) in &self.map {
-            if records < self.max_records && held + units <= self.max_units {
+            if self.fits_after(records, held, units) {
                 break;
             }
             if c.copy {

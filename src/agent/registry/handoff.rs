@@ -410,8 +410,7 @@ impl Registry {
                 .zip(values)
                 .filter_map(|(key, value)| {
                     let value = value?;
-                    let expired = key.starts_with("u/") && Unit::is_expired_tombstone(&value, now);
-                    (!expired).then(|| Entry {
+                    (!Unit::is_expired_entry(key, &value, now)).then(|| Entry {
                         key: key.clone(),
                         value,
                     })

@@ -304,6 +304,11 @@ fn mark_of_summary(s: &Summary) -> (Mark, bool) {
     (mark, s[24] != 0)
 }
 
+/// The number in the test-only environment variable `name`, if it is set to one.
+fn test_setting<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
 fn not_owner() -> Error {
     Error::routing("this node does not own the record (ring ownership is settling); retry")
 }
@@ -318,31 +323,21 @@ impl Registry {
         quorum: usize,
     ) -> Arc<Registry> {
         let node = ring.me().id.to_hex();
-        let offset_ms = std::env::var(CLOCK_OFFSET_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(0);
+        let offset_ms = test_setting::<i64>(CLOCK_OFFSET_ENV).unwrap_or(0);
         if offset_ms != 0 {
             tracing::warn!(offset_ms, "this agent's clock is shifted for a test");
         }
-        let write_delay = std::env::var(WRITE_DELAY_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        let write_delay = test_setting::<u64>(WRITE_DELAY_ENV)
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis);
         if let Some(delay) = write_delay {
             tracing::warn!(?delay, "this agent's writes are slowed down for a test");
         }
-        let cache_units = match std::env::var(RECORD_CACHE_UNITS_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-        {
-            Some(units) => {
-                tracing::warn!(units, "this agent's record cache is bounded for a test");
-                units
-            }
-            None => RECORD_CACHE_UNITS,
-        };
+        let cache_units = test_setting::<usize>(RECORD_CACHE_UNITS_ENV);
+        if let Some(units) = cache_units {
+            tracing::warn!(units, "this agent's record cache is bounded for a test");
+        }
+        let cache_units = cache_units.unwrap_or(RECORD_CACHE_UNITS);
         let pause_threshold = (ring.pool().timeout() / 2).max(Duration::from_millis(100));
         Arc::new(Registry {
             tree: Mutex::new(None),
@@ -929,7 +924,7 @@ impl Registry {
         let (mut marks, mut expired) = (Vec::new(), Vec::new());
         for prefix in crate::registry::ops::STORED_PREFIXES {
             let summarize: Summarize = Box::new(move |key: &str, value: &[u8]| {
-                let gone = key.starts_with("u/") && Unit::is_expired_tombstone(value, now);
+                let gone = Unit::is_expired_entry(key, value, now);
                 mark_summary(Mark::of(key, value), gone)
             });
             let filter = routing_filter(keep.clone());
@@ -955,7 +950,7 @@ impl Registry {
         let now = self.now();
         entries
             .into_iter()
-            .partition(|e| !(e.key.starts_with("u/") && Unit::is_expired_tombstone(&e.value, now)))
+            .partition(|e| !Unit::is_expired_entry(&e.key, &e.value, now))
     }
 
     /// Delete the tombstones past their time that a scan found under `keys`, each only if
