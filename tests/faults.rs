@@ -1,8 +1,10 @@
 //! A fault campaign against real agent processes. Writers register and deregister through
 //! random agents while a nemesis, driven by a seeded random generator, kills agents with
 //! SIGKILL and restarts them (sometimes with a clock 10 minutes off), pauses them with
-//! SIGSTOP/SIGCONT, and cuts the ring into a contiguous arc and the rest (each agent follows a
-//! cut file, `CHORDCTL_TEST_CUT_FILE`). Then everything heals and the campaign checks:
+//! SIGSTOP/SIGCONT, cuts the ring into a contiguous arc and the rest (each agent follows a
+//! cut file, `CHORDCTL_TEST_CUT_FILE`), and kills the `redis-server` that two of the five
+//! agents keep their records in (the others use the embedded store, so the faults meet both
+//! stores, in one ring). Then everything heals and the campaign checks:
 //!
 //! - the ring is one ring again (every agent lists every agent);
 //! - every acknowledged registration is in the copies of at least K nodes, and every
@@ -26,12 +28,16 @@ use serde_json::json;
 
 use crate::support::eventually;
 use crate::support::procs::{free_addr, AgentProc};
+use crate::support::redis::RedisServer;
 
 const NODES: usize = 5;
 const K: usize = 3;
 const SERVICES: usize = 12;
 const WRITERS: usize = 3;
 const TEN_MINUTES_MS: i64 = 600_000;
+/// The nodes whose records live in the campaign's `redis-server` (each under its own key
+/// prefix, its node id), with `appendfsync always`.
+const ON_REDIS: [usize; 2] = [1, 3];
 
 struct Node {
     proc: Option<AgentProc>,
@@ -40,6 +46,8 @@ struct Node {
     dir: tempfile::TempDir,
     cut: PathBuf,
     paused: bool,
+    /// The Redis URL of a node on Redis; `None`: the embedded store in `dir`.
+    redis: Option<String>,
 }
 
 impl Node {
@@ -50,13 +58,17 @@ impl Node {
     fn start(&mut self, seed: Option<&str>, offset_ms: i64) {
         let dir = self.dir.path().join("data");
         let dir = dir.to_str().expect("utf-8 path").to_string();
+        let store = match &self.redis {
+            Some(url) => ["--redis", url.as_str()],
+            None => ["--data-dir", dir.as_str()],
+        };
         let cut = self.cut.to_str().expect("utf-8 path").to_string();
         let offset = offset_ms.to_string();
         self.proc = Some(AgentProc::start_env(
             seed,
             &self.bind,
             &self.http,
-            &["--data-dir", &dir],
+            &store,
             &[
                 ("CHORDCTL_TEST_CUT_FILE", cut.as_str()),
                 ("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str()),
@@ -197,11 +209,21 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
         });
     let long = std::env::var("CHORDCTL_FAULT_LONG").is_ok_and(|v| v == "1");
     let length = Duration::from_secs(if long { 600 } else { 60 });
-    println!("fault campaign: seed {seed} (replay with CHORDCTL_FAULT_SEED={seed}), {length:?}");
     let mut rng = StdRng::seed_from_u64(seed);
+    // Without redis-server (and outside CI) every node runs on the embedded store.
+    let mut redis = RedisServer::start();
+    let redis_url = redis.as_ref().map(RedisServer::url);
+    let stores = match &redis {
+        Some(_) => format!("nodes {ON_REDIS:?} on redis-server, the others embedded"),
+        None => "every node on the embedded store".to_string(),
+    };
+    println!(
+        "fault campaign: seed {seed} (replay with CHORDCTL_FAULT_SEED={seed}), {length:?}, \
+         {stores}"
+    );
 
     let mut nodes: Vec<Node> = (0..NODES)
-        .map(|_| {
+        .map(|i| {
             let dir = tempfile::tempdir().expect("tmp");
             let cut = dir.path().join("cut");
             Node {
@@ -211,6 +233,7 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
                 dir,
                 cut,
                 paused: false,
+                redis: redis_url.clone().filter(|_| ON_REDIS.contains(&i)),
             }
         })
         .collect();
@@ -242,8 +265,16 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
     while started.elapsed() < length {
         let victim = rng.gen_range(0..NODES);
         let hold = Duration::from_millis(rng.gen_range(1500..4000));
-        let action = rng.gen_range(0..4);
+        let action = rng.gen_range(0..5);
         match action {
+            4 if redis.is_some() => {
+                log.push(format!("kill -9 redis-server for {hold:?}"));
+                if let Some(r) = redis.as_mut() {
+                    r.stop();
+                    std::thread::sleep(hold);
+                    r.restart();
+                }
+            }
             0 | 1 => {
                 let skew = match rng.gen_range(0..4) {
                     0 => -TEN_MINUTES_MS,
