@@ -358,8 +358,10 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
     // Healed: one ring, every acknowledged registration on at least K nodes, every
     // acknowledged removal on none, and discover through every agent agrees.
     let healed = Instant::now();
+    let mut phases = Vec::new();
     rt.block_on(async {
         one_ring(&urls).await;
+        phases.push(("one ring", healed.elapsed()));
         let pool = Pool::new(Duration::from_secs(5));
         let binds: Vec<String> = nodes.iter().map(|n| n.bind.clone()).collect();
         eventually(
@@ -391,6 +393,7 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
             },
         )
         .await;
+        phases.push(("every acknowledged write on K nodes", healed.elapsed()));
         for url in &urls {
             eventually(
                 "discover through every agent agrees",
@@ -432,9 +435,14 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
             .await;
         }
     });
+    let phases: Vec<String> = phases
+        .iter()
+        .map(|(what, at)| format!("{what} at {:.1} s", at.as_secs_f64()))
+        .collect();
     println!(
-        "healed and checked {:.1} s after the last fault",
-        healed.elapsed().as_secs_f64()
+        "healed and checked {:.1} s after the last fault ({})",
+        healed.elapsed().as_secs_f64(),
+        phases.join(", ")
     );
 }
 
