@@ -26,3 +26,6 @@ pub mod store;
 pub mod tls;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+pub(crate) mod testing;

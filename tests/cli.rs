@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -333,12 +333,8 @@ fn agent_settings_precedence() {
 
 #[test]
 fn unreachable_agent_exits_3_naming_it() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let url = format!(
-        "http://{}",
-        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-    );
-    drop(listener);
+    let (_refusing, addr) = procs::refused_addr();
+    let url = format!("http://{addr}");
     run(&["--agent", &url, "ring", "show"])
         .code(3)
         .stderr_has(&url);
@@ -561,13 +557,7 @@ fn broken_pipe_is_not_an_error() {
         (200, body.clone())
     });
     let mut cmd = chordctl(&["--agent", &agent.url(), "ring", "show"]);
-    let line = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{line}: {e}"));
+    let (line, mut child) = procs::spawn_piped(&mut cmd);
     drop(child.stdout.take());
     let _ = open_gate.send(());
     let output = child

@@ -641,12 +641,8 @@ fn errors_and_exit_codes() {
 
 #[test]
 fn unreachable_agent_exits_3() {
-    // A port nobody listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let url = format!("http://127.0.0.1:{port}");
+    let (_refusing, addr) = crate::support::procs::refused_addr();
+    let url = format!("http://{addr}");
     for args in [
         &["ring", "show"][..],
         &["ring", "node", "-o", "json"],

@@ -8,7 +8,7 @@ use chordctl::ring::Id;
 use serde_json::Value;
 
 use crate::support::cluster::{keys, TestCluster};
-use crate::support::procs::{bin, client, poll, AgentProc};
+use crate::support::procs::{bin, client, output_within, poll, refused_addr, AgentProc};
 
 async fn assert_lookups_match_true_owner(c: &TestCluster) {
     for h in c.live() {
@@ -190,27 +190,23 @@ fn sigterm_leaves_gracefully_and_exits_0() {
 
 #[test]
 fn join_with_unreachable_seed_fails_within_seconds_naming_the_seed() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let seed = format!("127.0.0.1:{port}");
+    let (_refusing, seed) = refused_addr();
+    let seed = seed.to_string();
     let start = Instant::now();
     let dir = tempfile::tempdir().expect("tmp");
-    let out = Command::new(bin())
-        .args([
-            "agent",
-            "join",
-            &seed,
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("run");
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "agent",
+        "join",
+        &seed,
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path());
+    let out = output_within(cmd, Duration::from_secs(60));
     assert!(!out.status.success());
     assert!(start.elapsed() < Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -578,12 +578,8 @@ fn an_agent_on_redis_with_appendfsync_everysec_warns_what_can_be_lost() {
 
 #[tokio::test]
 async fn redis_down_at_start_is_unavailable_without_leaking_the_password() {
-    // A port nobody listens on: bind port 0, note it, release it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (_refusing, addr) = crate::support::procs::refused_addr();
+    let port = addr.port();
     let url = format!("redis://:hunter2@127.0.0.1:{port}/");
     let started = Instant::now();
     let err = RedisStore::connect(&url, "n1").await.unwrap_err();

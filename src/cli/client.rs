@@ -561,12 +561,12 @@ mod tests {
         assert!(!loopback("10.0.0.1:7500") && !loopback("node1:7500"));
     }
 
-    /// An address nothing listens on.
-    fn dead() -> Url {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        drop(listener);
-        crate::cli::args::parse_agent_url(&addr.to_string()).unwrap_or_else(|e| panic!("{e}"))
+    /// An address that refuses connections while the socket returned lives.
+    fn dead() -> (socket2::Socket, Url) {
+        let (socket, addr) = crate::testing::refused_addr();
+        let url =
+            crate::cli::args::parse_agent_url(&addr.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        (socket, url)
     }
 
     /// An agent that answers `answers` connections with `status` and `body`, one each.
@@ -599,7 +599,8 @@ mod tests {
     #[test]
     fn an_unreachable_agent_is_passed_over_and_the_next_one_kept() {
         let live = answering(200, r#"{"ok": true}"#, 2);
-        let c = Client::new(&[dead(), live.clone()], None).unwrap_or_else(|e| panic!("{e:?}"));
+        let (_refusing, dead) = dead();
+        let c = Client::new(&[dead, live.clone()], None).unwrap_or_else(|e| panic!("{e:?}"));
         let answer = c
             .get(&["v1", "ring"], &[])
             .unwrap_or_else(|e| panic!("{e:?}"));
@@ -627,7 +628,7 @@ mod tests {
 
     #[test]
     fn unreachable_names_every_agent_tried() {
-        let (a, b) = (dead(), dead());
+        let ((_ra, a), (_rb, b)) = (dead(), dead());
         let c = Client::new(&[a.clone(), b.clone()], None).unwrap_or_else(|e| panic!("{e:?}"));
         match c.get(&["v1", "ring"], &[]) {
             Err(Failure::Unreachable(m)) => {

@@ -777,11 +777,11 @@ mod tests {
         (path, last)
     }
 
-    fn dead_url() -> reqwest::Url {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        drop(listener);
-        reqwest::Url::parse(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}"))
+    /// An address that refuses connections while the socket returned lives.
+    fn dead_url() -> (socket2::Socket, reqwest::Url) {
+        let (socket, addr) = crate::testing::refused_addr();
+        let url = reqwest::Url::parse(&format!("http://{addr}")).unwrap_or_else(|e| panic!("{e}"));
+        (socket, url)
     }
 
     fn fast() -> Pace {
@@ -841,7 +841,8 @@ mod tests {
                 change(12, "update", web1()),
             ]),
         ]);
-        let (lines, result) = watch(&[dead_url(), good.url.clone()], Some(6));
+        let (_refusing, dead) = dead_url();
+        let (lines, result) = watch(&[dead, good.url.clone()], Some(6));
         assert!(result.is_ok(), "{result:?}");
         let shown: Vec<(String, u64)> = lines
             .iter()
@@ -878,7 +879,7 @@ mod tests {
     #[test]
     fn the_first_connection_follows_the_client_rules() {
         // Nobody there: exit 3, every agent named.
-        let (a, b) = (dead_url(), dead_url());
+        let ((_ra, a), (_rb, b)) = (dead_url(), dead_url());
         let (_, result) = watch(&[a.clone(), b.clone()], Some(1));
         match result {
             Err(failure @ Failure::Unreachable(_)) => {

@@ -225,6 +225,69 @@ impl Reaped {
     }
 }
 
+/// Start `cmd` with no input and its output piped; returns the command line (for messages)
+/// and the child.
+pub fn spawn_piped(cmd: &mut Command) -> (String, Child) {
+    let line = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {line}: {e}"));
+    (line, child)
+}
+
+/// Run `cmd` to its end, as `Command::output` does, but kill it and fail the test once
+/// `deadline` has passed: a command that should fail at once must not hang the suite when it
+/// does not.
+pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
+    use std::io::Read;
+    let (line, mut child) = spawn_piped(&mut cmd);
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err.join().unwrap_or_default();
+            panic!(
+                "{line} still ran after {deadline:?}; stderr:\n{}",
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
 /// Run the client: `chordctl --agent URL ARGS...`.
 pub fn client(url: &str, args: &[&str]) -> Output {
     Command::new(bin())
@@ -334,6 +397,24 @@ pub async fn records_at(
         }
     }
     Ok(out)
+}
+
+/// A loopback address that refuses connections for as long as the returned socket lives: the
+/// socket is bound to a port the kernel picks and never listens, and without `SO_REUSEADDR`
+/// no other socket can bind that port meanwhile. A port bound and released at once is free for
+/// the next bind: in one CI run another test's agent took such a "dead" seed, and the agent
+/// told to join it joined that test's ring instead of failing.
+pub fn refused_addr() -> (socket2::Socket, std::net::SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    (socket, addr)
 }
 
 /// A free loopback address for an agent that must come back on the same address (its
