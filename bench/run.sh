@@ -32,6 +32,7 @@ DURATION=${DURATION:-10}       # seconds per wrk run
 WARMUP=${WARMUP:-3}            # seconds of the same load before each measured wrk run
 CONNS=${CONNS:-32}             # connections (concurrency) for wrk and redis-benchmark
 THREADS=${THREADS:-2}          # wrk threads
+ROUNDS=${ROUNDS:-3}            # paired runs of each chordctl-vs-etcd goal row of the shapes
 LOOKUPS=${LOOKUPS:-2000}       # locate calls for the mean hop count at N=32
 SKIP_RINGS=${SKIP_RINGS:-0}
 SKIP_SHAPES=${SKIP_SHAPES:-0}  # the shapes users deploy (issue 12): big services, rings of 3
@@ -239,6 +240,40 @@ rss_mib() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 declare -A R   # results: R[name]="rps p50 p99 errors"
+declare -A ROUND_RATIOS   # ROUND_RATIOS[name]: every paired round's ratio, in run order
+
+# paired KEY CMP "SCRIPT URL" "SCRIPT URL": ROUNDS runs of each side, alternating which goes
+# first (so a host that slows down or speeds up during the rounds favours neither), each
+# round's ops/s ratio in ROUND_RATIOS[KEY] (with the non-2xx and socket errors of both sides
+# when there were any), and in R[KEY] and R[CMP] the round whose ratio is the median. One pair
+# of runs on a small shared host moves by a fifth from run to run. With SVC_PREFIX set, round
+# i writes to SVC_PREFIX-ri, so every round starts from new services (a service holds at most
+# 10,000 instances; full ones would refuse the later rounds' registrations); PAIRED_PREFIX
+# is the median round's.
+paired() {
+    local key=$1 cmp=$2 a=$3 b=$4 i ra rb r rounds=() ratios=() base=${SVC_PREFIX:-}
+    for ((i = 1; i <= ROUNDS; i++)); do
+        [[ -n $base ]] && export SVC_PREFIX="$base-r$i"
+        # shellcheck disable=SC2086 # "SCRIPT URL" splits into wrk_run's two arguments
+        if ((i % 2)); then
+            ra=$(wrk_run $a) rb=$(wrk_run $b)
+        else
+            rb=$(wrk_run $b) ra=$(wrk_run $a)
+        fi
+        r=$(ratio "${ra%% *}" "${rb%% *}")
+        rounds+=("$r|$ra|$rb|${SVC_PREFIX:-}")
+        read -r _ _ _ ea <<<"$ra"
+        read -r _ _ _ eb <<<"$rb"
+        ((ea + eb == 0)) || r="$r(errors $ea/$eb)"
+        ratios+=("$r")
+    done
+    ROUND_RATIOS[$key]=${ratios[*]}
+    local median
+    median=$(printf '%s\n' "${rounds[@]}" | sort -t'|' -k1,1g | sed -n "$(((ROUNDS + 1) / 2))p")
+    IFS='|' read -r _ ra rb PAIRED_PREFIX <<<"$median"
+    R[$key]=$ra
+    R[$cmp]=$rb
+}
 
 # row LABEL KEY [COMPARE_KEY [inverse]]: RATIO is KEY's ops/s over COMPARE_KEY's, or with
 # "inverse" COMPARE_KEY's over KEY's (at one connection: KEY's time per request over the other's).
@@ -482,10 +517,10 @@ if ((ONE_AGENT_SHAPES)); then
     if [[ $SKIP_GROW != 1 ]]; then
         [[ -n ${ETCD:-} ]] || start_etcd
         say "new ids into 32 growing services, $CONNS connections, vs etcd put of new keys"
-        R[grow]=$(export SVC_PREFIX=grow SERVICES=32; wrk_run chordctl_register_new.lua "http://$S_HTTP")
-        R[e_grow]=$(export SVC_PREFIX=grow SERVICES=32; wrk_run etcd_put_new.lua "http://$ETCD")
+        SVC_PREFIX=grow SERVICES=32 paired grow e_grow \
+            "chordctl_register_new.lua http://$S_HTTP" "etcd_put_new.lua http://$ETCD"
         GROWN=$(curl -fsS "http://$S_HTTP/v1/services" |
-            jq '[.[] | select(.service | startswith("grow-")) | .instances] | add // 0')
+            jq --arg p "$PAIRED_PREFIX-" '[.[] | select(.service | startswith($p)) | .instances] | add // 0')
     fi
     stop_pid "$S_PID"
 fi
@@ -514,15 +549,16 @@ if [[ $SKIP_RING3 != 1 ]]; then
         [[ $n == 10 ]] || die "bench-disc through agent $((i + 1)) has $n instances, expected 10"
     done
     say "the same growing load sent to the first node of each, then discover through each agent"
-    R[k_grow]=$(export SVC_PREFIX=kgrow SERVICES=32; wrk_run chordctl_register_new.lua "http://${K_HTTP[0]}")
+    SVC_PREFIX=kgrow SERVICES=32 paired k_grow ke_grow \
+        "chordctl_register_new.lua http://${K_HTTP[0]}" "etcd_put_new.lua http://${ETCDS[0]}"
+    K_PREFIX=$PAIRED_PREFIX
     # Which node owns a service depends on the ring's random ports: how many of the 32 the
     # agent asked owns itself changes the figure from run to run, so the report says it.
     K_OWNED=0
     for i in $(seq 0 31); do
-        owner=$(curl -fsS "http://${K_HTTP[0]}/v1/locate/kgrow-$i" | jq -r .owner.http)
+        owner=$(curl -fsS "http://${K_HTTP[0]}/v1/locate/$K_PREFIX-$i" | jq -r .owner.http)
         [[ $owner == "${K_HTTP[0]}" ]] && K_OWNED=$((K_OWNED + 1))
     done
-    R[ke_grow]=$(export SVC_PREFIX=kgrow SERVICES=32; wrk_run etcd_put_new.lua "http://${ETCDS[0]}")
     # One client: a write's latency through the ring (route, owner's sync and a replica's
     # round trip and sync) against etcd's (leader's append and a follower's), no queueing.
     R[k_one]=$(export SVC_PREFIX=kone SERVICES=32; wrk_run chordctl_register_new.lua "http://${K_HTTP[0]}" 1)
@@ -598,9 +634,13 @@ if ((ONE_AGENT_SHAPES)) || [[ $SKIP_RING3 != 1 ]]; then
         printf '  heartbeats: reports/s over the goal of %s/s.\n' "$HEARTBEAT_GOAL"
     fi
     if [[ $SKIP_GROW != 1 || $SKIP_RING3 != 1 ]]; then
-        printf '  1 agent, 3 agents: chordctl/etcd ops/s.'
-        [[ $SKIP_GROW != 1 ]] && printf ' The 32 growing services reached %s instances.' "$GROWN"
-        [[ $SKIP_RING3 != 1 ]] && printf ' The agent asked in the ring of three owned %s of its 32 services.' "$K_OWNED"
+        printf '  1 agent, 3 agents: chordctl/etcd ops/s; of %s paired rounds, the one whose ratio is the\n' "$ROUNDS"
+        printf '  median (every round:'
+        [[ $SKIP_GROW != 1 ]] && printf ' 1 agent %s;' "${ROUND_RATIOS[grow]}"
+        [[ $SKIP_RING3 != 1 ]] && printf ' 3 agents %s;' "${ROUND_RATIOS[k_grow]}"
+        printf ').'
+        [[ $SKIP_GROW != 1 ]] && printf ' The 32 growing services of that round reached %s instances.' "$GROWN"
+        [[ $SKIP_RING3 != 1 ]] && printf ' The agent asked in the ring of three owned %s of that round'"'"'s 32 services.' "$K_OWNED"
         printf '\n'
     fi
 fi
