@@ -2,10 +2,11 @@
 //! (synced on every write unless a test asks for another `appendfsync`), stopped (killed) on
 //! demand or on Drop, restartable on the same port and data.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::procs::free_addr;
 
 /// How long a started server has to answer PING.
 const START_DEADLINE: Duration = Duration::from_secs(10);
@@ -115,10 +116,14 @@ impl Drop for RedisServer {
     }
 }
 
-/// A port that was free a moment ago: bind port 0, read what the OS picked, release it.
+/// A free port below the kernel's ephemeral range ([`free_addr`]): a test that kills the
+/// server and restarts it on the same port needs the port to stay free meanwhile, and a port
+/// handed out by bind(0) could be taken by another test's listener or outgoing connection.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
+    let addr = free_addr();
+    addr.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
 }
 
 /// Start `redis-server` on `port` with its data in `dir` and wait until this very process
