@@ -1,12 +1,13 @@
-//! Helpers for the unit tests.
+//! Helpers for the unit tests, also compiled into the integration tests
+//! (`tests/support/mod.rs` includes this file).
 
 use std::net::SocketAddr;
 
 /// A loopback address that refuses connections for as long as the returned socket lives: the
 /// socket is bound to a port the kernel picks and never listens, and without `SO_REUSEADDR`
 /// no other socket (an agent another test starts meanwhile) can bind that port. A port bound
-/// and released at once is free for the next bind. tests/support/procs.rs has the same for
-/// the integration tests.
+/// and released at once is free for the next bind: in one CI run another test's agent took
+/// such a "dead" seed, and the agent told to join it joined that test's ring instead of failing.
 pub(crate) fn refused_addr() -> (socket2::Socket, SocketAddr) {
     use socket2::{Domain, Socket, Type};
     let socket =

@@ -333,7 +333,7 @@ fn agent_settings_precedence() {
 
 #[test]
 fn unreachable_agent_exits_3_naming_it() {
-    let (_refusing, addr) = procs::refused_addr();
+    let (_refusing, addr) = crate::support::testing::refused_addr();
     let url = format!("http://{addr}");
     run(&["--agent", &url, "ring", "show"])
         .code(3)

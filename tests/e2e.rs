@@ -641,7 +641,7 @@ fn errors_and_exit_codes() {
 
 #[test]
 fn unreachable_agent_exits_3() {
-    let (_refusing, addr) = crate::support::procs::refused_addr();
+    let (_refusing, addr) = crate::support::testing::refused_addr();
     let url = format!("http://{addr}");
     for args in [
         &["ring", "show"][..],

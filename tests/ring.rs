@@ -8,7 +8,8 @@ use chordctl::ring::Id;
 use serde_json::Value;
 
 use crate::support::cluster::{keys, TestCluster};
-use crate::support::procs::{bin, client, output_within, poll, refused_addr, AgentProc};
+use crate::support::procs::{bin, client, output_within, poll, AgentProc};
+use crate::support::testing::refused_addr;
 
 async fn assert_lookups_match_true_owner(c: &TestCluster) {
     for h in c.live() {

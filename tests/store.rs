@@ -578,7 +578,7 @@ fn an_agent_on_redis_with_appendfsync_everysec_warns_what_can_be_lost() {
 
 #[tokio::test]
 async fn redis_down_at_start_is_unavailable_without_leaking_the_password() {
-    let (_refusing, addr) = crate::support::procs::refused_addr();
+    let (_refusing, addr) = crate::support::testing::refused_addr();
     let port = addr.port();
     let url = format!("redis://:hunter2@127.0.0.1:{port}/");
     let started = Instant::now();

@@ -4,6 +4,9 @@ pub mod http;
 pub mod procs;
 pub mod redis;
 pub mod run;
+/// The unit tests' helpers (`src/testing.rs`), shared: one `refused_addr` for both.
+#[path = "../../src/testing.rs"]
+pub mod testing;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -242,29 +242,9 @@ pub fn spawn_piped(cmd: &mut Command) -> (String, Child) {
 /// `deadline` has passed: a command that should fail at once must not hang the suite when it
 /// does not.
 pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
-    use std::io::Read;
     let (line, mut child) = spawn_piped(&mut cmd);
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let out = read_all(child.stdout.take());
+    let err = read_all(child.stderr.take());
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the command") {
@@ -286,6 +266,17 @@ pub fn output_within(mut cmd: Command, deadline: Duration) -> Output {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// Read `pipe` to its end on a thread of its own; the thread answers what it read.
+fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 /// Run the client: `chordctl --agent URL ARGS...`.
@@ -397,24 +388,6 @@ pub async fn records_at(
         }
     }
     Ok(out)
-}
-
-/// A loopback address that refuses connections for as long as the returned socket lives: the
-/// socket is bound to a port the kernel picks and never listens, and without `SO_REUSEADDR`
-/// no other socket can bind that port meanwhile. A port bound and released at once is free for
-/// the next bind: in one CI run another test's agent took such a "dead" seed, and the agent
-/// told to join it joined that test's ring instead of failing.
-pub fn refused_addr() -> (socket2::Socket, std::net::SocketAddr) {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
-    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
-    let addr = socket
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .expect("bound address");
-    (socket, addr)
 }
 
 /// A free loopback address for an agent that must come back on the same address (its
