@@ -43,6 +43,8 @@ SKIP_BIGSMALL=${SKIP_BIGSMALL:-$SKIP_SHAPES}      # one client, big service vs s
 SKIP_HEARTBEATS=${SKIP_HEARTBEATS:-$SKIP_SHAPES}  # status reports into the big service
 SKIP_GROW=${SKIP_GROW:-$SKIP_SHAPES}              # new ids into 32 growing services vs etcd
 SKIP_RING3=${SKIP_RING3:-$SKIP_SHAPES}            # 3 agents --replicas 3 vs a 3-member etcd
+RING3_REPLICAS=${RING3_REPLICAS:-3}  # the ring of three's --replicas: 1 measures its ceiling,
+                                     # forwarding and the owner's write with no copies at all
 ONLY_WATCH=${ONLY_WATCH:-0}    # only the watch benchmark (issue 14)
 ONLY_TLS=${ONLY_TLS:-0}        # only the TLS benchmark (issue 15)
 ONLY_DNS=${ONLY_DNS:-0}        # only the DNS benchmark (issue 17)
@@ -526,8 +528,8 @@ if ((ONE_AGENT_SHAPES)); then
 fi
 
 if [[ $SKIP_RING3 != 1 ]]; then
-    say "three agents with --replicas 3 beside a three-member etcd cluster"
-    AGENT_FLAGS=(--replicas 3)
+    say "three agents with --replicas $RING3_REPLICAS beside a three-member etcd cluster"
+    AGENT_FLAGS=(--replicas "$RING3_REPLICAS")
     start_agent k0
     K_HTTP=("$AGENT_HTTP")
     seed=$AGENT_RING
@@ -615,9 +617,11 @@ if ((ONE_AGENT_SHAPES)) || [[ $SKIP_RING3 != 1 ]]; then
         row "           etcd put of new keys, 32 prefixes"               e_grow
     fi
     if [[ $SKIP_RING3 != 1 ]]; then
-        row "3 agents   K=3, new ids, sent to the first (goal ≥ 3×)"     k_grow ke_grow
+        K_GOAL=" (goal ≥ 3×)"
+        [[ $RING3_REPLICAS == 3 ]] || K_GOAL=" (no goal)  "
+        row "3 agents   K=$RING3_REPLICAS, new ids, sent to the first$K_GOAL"     k_grow ke_grow
         row "           3-member etcd put, sent to the first"            ke_grow
-        row "3 agents   K=3, new ids, one client, sent to the first"      k_one ke_one
+        row "3 agents   K=$RING3_REPLICAS, new ids, one client, sent to the first"      k_one ke_one
         row "           3-member etcd put, one client"                    ke_one
         row "           discover via agent 1 (goal ≥ 2×)"                k_disc0 ke_range
         row "           discover via agent 2 (goal ≥ 2×)"                k_disc1 ke_range
