@@ -364,36 +364,67 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
         phases.push(("one ring", healed.elapsed()));
         let pool = Pool::new(Duration::from_secs(5));
         let binds: Vec<String> = nodes.iter().map(|n| n.bind.clone()).collect();
+        // What the check waited for, each time it changed: a slow check says why.
+        let mut trail: Vec<(f64, String)> = Vec::new();
         eventually(
             "every acknowledged write on K nodes, every removal on none",
             Duration::from_secs(180),
             async || {
-                let mut copies: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
-                for s in 0..SERVICES {
-                    let service = format!("fault-{s}");
-                    let mut held = Vec::new();
-                    for addr in &binds {
-                        held.push(copy_at(&pool, addr, &service).await?);
+                let outcome = async {
+                    let mut copies: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
+                    for s in 0..SERVICES {
+                        let service = format!("fault-{s}");
+                        let mut held = Vec::new();
+                        for addr in &binds {
+                            held.push(copy_at(&pool, addr, &service).await?);
+                        }
+                        copies.insert(service, held);
                     }
-                    copies.insert(service, held);
+                    let holders = |service: &String, id: &String| -> Vec<usize> {
+                        (0..NODES)
+                            .filter(|&i| copies[service][i].contains(id))
+                            .collect()
+                    };
+                    let mut short = registered
+                        .iter()
+                        .filter(|(service, id)| holders(service, id).len() < K);
+                    if let Some((service, id)) = short.next() {
+                        return Err(format!(
+                            "{service}/{id} registered, on nodes {:?} ({} more short)",
+                            holders(service, id),
+                            short.count()
+                        ));
+                    }
+                    let mut back = removed
+                        .iter()
+                        .filter(|(service, id)| !holders(service, id).is_empty());
+                    if let Some((service, id)) = back.next() {
+                        return Err(format!(
+                            "{service}/{id} removed, still on nodes {:?} ({} more)",
+                            holders(service, id),
+                            back.count()
+                        ));
+                    }
+                    Ok(())
                 }
-                for (service, id) in &registered {
-                    let n = copies[service].iter().filter(|c| c.contains(id)).count();
-                    if n < K {
-                        return Err(format!("{service}/{id} registered, on {n} nodes"));
+                .await;
+                if let Err(e) = &outcome {
+                    if trail.last().is_none_or(|(_, last)| last != e) {
+                        trail.push((healed.elapsed().as_secs_f64(), e.clone()));
                     }
                 }
-                for (service, id) in &removed {
-                    let n = copies[service].iter().filter(|c| c.contains(id)).count();
-                    if n > 0 {
-                        return Err(format!("{service}/{id} removed, still on {n} nodes"));
-                    }
-                }
-                Ok(())
+                outcome
             },
         )
         .await;
         phases.push(("every acknowledged write on K nodes", healed.elapsed()));
+        if healed.elapsed() > Duration::from_secs(5) {
+            // The last few things waited for, and since when.
+            let from = trail.len().saturating_sub(8);
+            for (at, what) in &trail[from..] {
+                println!("  waited at {at:.1} s: {what}");
+            }
+        }
         for url in &urls {
             eventually(
                 "discover through every agent agrees",

@@ -426,3 +426,51 @@ pub fn free_addr() -> String {
     }
     panic!("no free port below the ephemeral range");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deadline branch: a command that outlives it is killed and reaped, and the test
+    /// fails at once with what the command wrote to stderr.
+    #[test]
+    fn output_within_kills_a_command_past_its_deadline_and_fails_with_its_stderr() {
+        let mut cmd = Command::new("sh");
+        // `exec`: the shell becomes the sleep, so the pid it prints is the one killed.
+        cmd.args(["-c", "echo \"pid=$$\" >&2; exec sleep 60"]);
+        let started = Instant::now();
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            output_within(cmd, Duration::from_millis(300))
+        }))
+        .expect_err("a command past its deadline must fail the test");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(30),
+            "it waited {took:?} for a 60 s command instead of killing it"
+        );
+        let message = failed.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            message.contains("still ran after 300ms"),
+            "message: {message}"
+        );
+        let pid = message
+            .split("pid=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the command's stderr is in the message");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} is still there after the deadline"
+        );
+    }
+
+    #[test]
+    fn output_within_returns_what_a_command_wrote_before_its_deadline() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let out = output_within(cmd, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    }
+}
