@@ -690,3 +690,120 @@ async fn assert_all_unavailable(s: &RedisStore, detail: &str) {
         );
     }
 }
+
+/// A copy a node no longer keeps goes back to its owner even while the owner of another such
+/// copy cannot take one. Before, the first failure ended the node's hand-back round: an owner
+/// whose store was down (here its `redis-server`) kept every copy after its own on the node,
+/// to be handed back only once that store returned.
+///
+/// Five agents (K = 3), one of them on Redis. Agent `holder` is given copies of two services
+/// it neither owns nor replicates: `a-…`, owned by the Redis agent, and `b-…`, owned by an
+/// embedded one (copies are handed back in name order, so `a-…` comes first).
+#[test]
+fn a_copy_goes_back_to_its_owner_while_another_copys_owner_has_its_store_down() {
+    use crate::support::http::call;
+    use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
+    use chordctl::rpc::{Request, Response};
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let first = procs::AgentProc::start(None, &[]);
+    let seed = first.ring.clone();
+    let agents = vec![
+        first,
+        procs::AgentProc::start(Some(&seed), &[]),
+        procs::AgentProc::start(Some(&seed), &[]),
+        procs::AgentProc::start(Some(&seed), &[]),
+        procs::AgentProc::start(Some(&seed), &["--redis", &url]),
+    ];
+    let on_redis = 4;
+    // A holder and two services it does not keep: one owned by the Redis agent, one by an
+    // embedded agent.
+    let find = |prefix: &str, want: &dyn Fn(&[usize]) -> bool| {
+        (0..20_000)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|s| want(&procs::ring_order(&agents, s)))
+    };
+    // A node keeps the ranges of its K - 1 = 2 predecessors: the holder's copies of what its
+    // first two successors own are ones it does not keep.
+    let (holder, a, b) = (0..on_redis)
+        .find_map(|holder| {
+            let a = find("a-orphan", &|o| {
+                o[0] == on_redis && !o[..3].contains(&holder)
+            })?;
+            let b = find("b-orphan", &|o| {
+                o[0] != on_redis && !o[..3].contains(&holder)
+            })?;
+            Some((holder, a, b))
+        })
+        .expect("two services some embedded agent does not keep");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pool = chordctl::rpc::Pool::new(Duration::from_secs(5));
+    let urls: Vec<String> = agents.iter().map(procs::AgentProc::url).collect();
+    rt.block_on(async {
+        procs::ring_of(&urls, 5).await;
+        // One instance in each, through the first agent; then the holder is given a copy of
+        // each (as a partition, a join or a replica set that moved on leaves one).
+        let mut orphan = Vec::new();
+        for service in [&a, &b] {
+            let (st, body) = call(
+                "PUT",
+                &format!("{}/v1/services/{service}/instances/x", urls[0]),
+                Some(serde_json::json!({"address": "h", "port": 1})),
+            )
+            .await;
+            assert_eq!(st, 200, "{body}");
+            let owner = &agents[procs::ring_order(&agents, service)[0]];
+            let fetch = Request::Registry(RegistryRequest::Fetch {
+                keys: vec![format!("u/{service}/x")],
+            });
+            match pool.call(&owner.ring, fetch).await {
+                Ok(Response::Registry(RegistryResponse::Page { entries, .. })) => {
+                    assert_eq!(entries.len(), 1, "{service}/x at its owner");
+                    orphan.extend(entries);
+                }
+                other => panic!("fetch: {other:?}"),
+            }
+        }
+        // The Redis agent's store goes away (the agent stays on the ring); then the holder is
+        // given both copies, so that a's cannot go back before the checks below. (b's may go
+        // back at once: that is what the test waits for.)
+        redis.stop();
+        let handoff = Request::Registry(RegistryRequest::Handoff { entries: orphan });
+        match pool.call(&agents[holder].ring, handoff).await {
+            Ok(Response::Registry(RegistryResponse::Done)) => {}
+            other => panic!("handoff: {other:?}"),
+        }
+        let held = async |service: &str| -> Result<bool, String> {
+            let rec = procs::records_at(&pool, [&agents[holder]], service).await?;
+            Ok(rec[0]
+                .as_ref()
+                .is_some_and(|r| r.unit_ids().next().is_some()))
+        };
+        assert!(
+            held(&a).await.expect("read the holder"),
+            "the holder has a's copy"
+        );
+        let dropped = async |service: &str, what: &str| {
+            crate::support::eventually(what, Duration::from_secs(60), async || {
+                match held(service).await? {
+                    false => Ok(()),
+                    true => Err(format!("the holder still has {service}")),
+                }
+            })
+            .await
+        };
+        dropped(
+            &b,
+            "the holder hands b back and drops it while a's owner cannot take a",
+        )
+        .await;
+        assert!(
+            held(&a).await.expect("read the holder"),
+            "a's copy stays while its owner cannot take it"
+        );
+        redis.restart();
+        dropped(&a, "the holder hands a back once its owner's store is back").await;
+    });
+}

@@ -476,56 +476,76 @@ impl Registry {
             .map(|(service, _)| service)
             .filter(|s| !Id::of_key(s).in_half_open(&start, &me))
             .collect();
+        // One service's failure (its owner down, or its store) does not hold the others back
+        // until the next round: each goes on its own, and the round reports the first error.
         let mut sent = 0;
+        let mut failed = None;
         for service in orphans {
-            let key = Id::of_key(&service);
-            let owner = self.ring.lookup(key).await?.owner().clone();
-            // Re-check after the lookup: the ring may have moved meanwhile.
-            if owner.id == me || key.in_half_open(&start, &me) {
-                continue;
-            }
-            let mut entries = self.store.scan_prefix(&unit_prefix(&service)).await?;
-            entries.extend(
-                self.store
-                    .get(&meta_key(&service))
-                    .await?
-                    .map(|v| (meta_key(&service), v)),
-            );
-            let entries: Vec<Entry> = entries
-                .into_iter()
-                .map(|(key, value)| Entry { key, value })
-                .collect();
-            let items: Vec<(String, Mark)> = entries.iter().map(version_item).collect();
-            let mut need = Vec::new();
-            for (items, span) in digest_spans(items) {
-                let req = RegistryRequest::Digest {
-                    items,
-                    range: None,
-                    span,
-                };
-                match self.call(&owner, req).await? {
-                    RegistryResponse::Diff { need: more, .. } => need.extend(more),
-                    other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
+            match self.hand_back_one(&service, &start, &me).await {
+                Ok(n) => sent += n,
+                Err(e) => {
+                    tracing::debug!(service, "hand-back of a copy failed: {e}");
+                    failed.get_or_insert(e);
                 }
             }
-            if !need.is_empty() {
-                let missing = wanted(&entries, need);
-                sent += missing.len();
-                self.send_entries(&owner, &missing).await?;
-                tracing::info!(
-                    service,
-                    count = missing.len(),
-                    owner = ?owner,
-                    "handed copies this node does not keep back to their owner"
-                );
-            }
-            // The owner holds all of this copy or newer now (it stored what it lacked, newest
-            // version wins): the copy goes. Waiting for a round in which the owner needs
-            // nothing never ends when it keeps "needing" a tombstone its merge drops as past
-            // its time, and the copy, frozen meanwhile, would later hand back an instance the
-            // owner has since removed and forgotten.
-            self.drop_copy(&service, &entries).await?;
         }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(sent),
+        }
+    }
+
+    /// Hand `service`'s copy back to its owner and delete it here, unless this node keeps it
+    /// (it owns or replicates it, as the ring now says). Returns how many entries were sent.
+    async fn hand_back_one(self: &Arc<Self>, service: &str, start: &Id, me: &Id) -> Result<usize> {
+        let key = Id::of_key(service);
+        let owner = self.ring.lookup(key).await?.owner().clone();
+        // Re-check after the lookup: the ring may have moved meanwhile.
+        if owner.id == *me || key.in_half_open(start, me) {
+            return Ok(0);
+        }
+        let mut entries = self.store.scan_prefix(&unit_prefix(service)).await?;
+        entries.extend(
+            self.store
+                .get(&meta_key(service))
+                .await?
+                .map(|v| (meta_key(service), v)),
+        );
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .map(|(key, value)| Entry { key, value })
+            .collect();
+        let items: Vec<(String, Mark)> = entries.iter().map(version_item).collect();
+        let mut need = Vec::new();
+        for (items, span) in digest_spans(items) {
+            let req = RegistryRequest::Digest {
+                items,
+                range: None,
+                span,
+            };
+            match self.call(&owner, req).await? {
+                RegistryResponse::Diff { need: more, .. } => need.extend(more),
+                other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
+            }
+        }
+        let mut sent = 0;
+        if !need.is_empty() {
+            let missing = wanted(&entries, need);
+            sent = missing.len();
+            self.send_entries(&owner, &missing).await?;
+            tracing::info!(
+                service,
+                count = missing.len(),
+                owner = ?owner,
+                "handed copies this node does not keep back to their owner"
+            );
+        }
+        // The owner holds all of this copy or newer now (it stored what it lacked, newest
+        // version wins): the copy goes. Waiting for a round in which the owner needs
+        // nothing never ends when it keeps "needing" a tombstone its merge drops as past
+        // its time, and the copy, frozen meanwhile, would later hand back an instance the
+        // owner has since removed and forgotten.
+        self.drop_copy(service, &entries).await?;
         Ok(sent)
     }
 
