@@ -476,15 +476,31 @@ impl Registry {
             .map(|(service, _)| service)
             .filter(|s| !Id::of_key(s).in_half_open(&start, &me))
             .collect();
-        // One service's failure (its owner down, or its store) does not hold the others back
-        // until the next round: each goes on its own, and the round reports the first error.
+        // One owner's failure (it is down, or its store is) does not hold back the copies of
+        // other owners until the next round; that owner's other copies wait for the next
+        // round, so a round costs at most one failed call per owner. A failed lookup means
+        // the ring is unsettled: the round ends there. The round reports the first error.
         let mut sent = 0;
         let mut failed = None;
+        let mut unavailable = HashSet::new();
         for service in orphans {
-            match self.hand_back_one(&service, &start, &me).await {
+            let key = Id::of_key(&service);
+            let owner = match self.ring.lookup(key).await {
+                Ok(found) => found.owner().clone(),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    break;
+                }
+            };
+            // Re-check after the lookup: the ring may have moved meanwhile.
+            if owner.id == me || key.in_half_open(&start, &me) || unavailable.contains(&owner.id) {
+                continue;
+            }
+            match self.hand_back_one(&service, &owner).await {
                 Ok(n) => sent += n,
                 Err(e) => {
-                    tracing::debug!(service, "hand-back of a copy failed: {e}");
+                    tracing::debug!(service, owner = %owner.addr, "hand-back of a copy failed: {e}");
+                    unavailable.insert(owner.id);
                     failed.get_or_insert(e);
                 }
             }
@@ -495,15 +511,9 @@ impl Registry {
         }
     }
 
-    /// Hand `service`'s copy back to its owner and delete it here, unless this node keeps it
-    /// (it owns or replicates it, as the ring now says). Returns how many entries were sent.
-    async fn hand_back_one(self: &Arc<Self>, service: &str, start: &Id, me: &Id) -> Result<usize> {
-        let key = Id::of_key(service);
-        let owner = self.ring.lookup(key).await?.owner().clone();
-        // Re-check after the lookup: the ring may have moved meanwhile.
-        if owner.id == *me || key.in_half_open(start, me) {
-            return Ok(0);
-        }
+    /// Hand `service`'s copy back to `owner` and delete it here. Returns how many entries
+    /// were sent.
+    async fn hand_back_one(&self, service: &str, owner: &NodeRef) -> Result<usize> {
         let mut entries = self.store.scan_prefix(&unit_prefix(service)).await?;
         entries.extend(
             self.store
@@ -523,7 +533,7 @@ impl Registry {
                 range: None,
                 span,
             };
-            match self.call(&owner, req).await? {
+            match self.call(owner, req).await? {
                 RegistryResponse::Diff { need: more, .. } => need.extend(more),
                 other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
             }
@@ -532,7 +542,7 @@ impl Registry {
         if !need.is_empty() {
             let missing = wanted(&entries, need);
             sent = missing.len();
-            self.send_entries(&owner, &missing).await?;
+            self.send_entries(owner, &missing).await?;
             tracing::info!(
                 service,
                 count = missing.len(),
