@@ -184,6 +184,51 @@ fn seed_for(nodes: &[Node], except: usize) -> String {
         .expect("a live agent to join through")
 }
 
+/// Every acknowledged registration in the copies of at least K of the nodes at `binds`, and
+/// every acknowledged removal in none; otherwise the first that is not, with the nodes that
+/// hold it and how many more are short.
+async fn k_copies(
+    pool: &Pool,
+    binds: &[String],
+    registered: &[&(String, String)],
+    removed: &[&(String, String)],
+) -> Result<(), String> {
+    let mut copies: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
+    for s in 0..SERVICES {
+        let service = format!("fault-{s}");
+        let mut held = Vec::new();
+        for addr in binds {
+            held.push(copy_at(pool, addr, &service).await?);
+        }
+        copies.insert(service, held);
+    }
+    let holders = |(service, id): &(String, String)| -> Vec<usize> {
+        (0..binds.len())
+            .filter(|&i| copies[service][i].contains(id))
+            .collect()
+    };
+    // The first instance `found`, with the nodes that hold it and how many more there are.
+    let first = |found: &mut dyn Iterator<Item = &&(String, String)>, what: &str| {
+        found.next().map_or(Ok(()), |w| {
+            Err(format!(
+                "{}/{} {what} {:?} ({} more)",
+                w.0,
+                w.1,
+                holders(w),
+                found.count()
+            ))
+        })
+    };
+    first(
+        &mut registered.iter().filter(|w| holders(w).len() < K),
+        "registered, on nodes",
+    )?;
+    first(
+        &mut removed.iter().filter(|w| !holders(w).is_empty()),
+        "removed, still on nodes",
+    )
+}
+
 /// This node's copy of `service` as it holds it (owner or replica), over ring RPC.
 async fn copy_at(pool: &Pool, addr: &str, service: &str) -> Result<BTreeSet<String>, String> {
     let req = Request::Registry(RegistryRequest::ReadReplica {
@@ -370,44 +415,7 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
             "every acknowledged write on K nodes, every removal on none",
             Duration::from_secs(180),
             async || {
-                let outcome = async {
-                    let mut copies: HashMap<String, Vec<BTreeSet<String>>> = HashMap::new();
-                    for s in 0..SERVICES {
-                        let service = format!("fault-{s}");
-                        let mut held = Vec::new();
-                        for addr in &binds {
-                            held.push(copy_at(&pool, addr, &service).await?);
-                        }
-                        copies.insert(service, held);
-                    }
-                    let holders = |service: &String, id: &String| -> Vec<usize> {
-                        (0..NODES)
-                            .filter(|&i| copies[service][i].contains(id))
-                            .collect()
-                    };
-                    let mut short = registered
-                        .iter()
-                        .filter(|(service, id)| holders(service, id).len() < K);
-                    if let Some((service, id)) = short.next() {
-                        return Err(format!(
-                            "{service}/{id} registered, on nodes {:?} ({} more short)",
-                            holders(service, id),
-                            short.count()
-                        ));
-                    }
-                    let mut back = removed
-                        .iter()
-                        .filter(|(service, id)| !holders(service, id).is_empty());
-                    if let Some((service, id)) = back.next() {
-                        return Err(format!(
-                            "{service}/{id} removed, still on nodes {:?} ({} more)",
-                            holders(service, id),
-                            back.count()
-                        ));
-                    }
-                    Ok(())
-                }
-                .await;
+                let outcome = k_copies(&pool, &binds, &registered, &removed).await;
                 if let Err(e) = &outcome {
                     if trail.last().is_none_or(|(_, last)| last != e) {
                         trail.push((healed.elapsed().as_secs_f64(), e.clone()));

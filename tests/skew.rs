@@ -333,11 +333,11 @@ fn tombstones_past_their_time_are_forgotten_by_every_copy_and_do_not_come_back()
 /// seconds between the last scan of a replica and its first hand-back, does the same).
 #[test]
 fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back() {
+    use crate::support::procs::{fetch_at, handoff_to};
     use chordctl::registry::hlc::Hlc;
     use chordctl::registry::model::Stamp;
-    use chordctl::registry::ops::{Entry, RegistryRequest, RegistryResponse};
+    use chordctl::registry::ops::Entry;
     use chordctl::registry::unit::{Unit, UnitBody};
-    use chordctl::rpc::{Request, Response};
     let first = start_skewed(None, 0);
     let seed = first.ring.clone();
     let agents = vec![
@@ -365,15 +365,12 @@ fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back(
         )
         .await;
         let key_y = format!("u/{service}/y");
-        let fetch = Request::Registry(RegistryRequest::Fetch {
-            keys: vec![key_y.clone()],
-        });
-        let y_bytes = match pool.call(&owner.ring, fetch).await {
-            Ok(Response::Registry(RegistryResponse::Page { entries, .. })) => {
-                entries.into_iter().next().expect("y at its owner").value
-            }
-            other => panic!("fetch: {other:?}"),
-        };
+        let y_bytes = fetch_at(&pool, owner, vec![key_y.clone()])
+            .await
+            .into_iter()
+            .next()
+            .expect("y at its owner")
+            .value;
         let y = Unit::stamp_of(&y_bytes).expect("y's stamp");
         let now = chrono::Utc::now();
         let tomb = |at: chrono::DateTime<chrono::Utc>, version: Hlc| {
@@ -386,16 +383,6 @@ fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back(
             }
             .to_bytes()
             .expect("encode")
-        };
-        let handoff = async |to: &AgentProc, entries: Vec<Entry>| match pool
-            .call(
-                &to.ring,
-                Request::Registry(RegistryRequest::Handoff { entries }),
-            )
-            .await
-        {
-            Ok(Response::Registry(RegistryResponse::Done)) => {}
-            other => panic!("handoff: {other:?}"),
         };
         // Agent 3 gets a copy of the service (as a partition, a join or a replica set that
         // moved on leaves one): y as registered, and a tombstone 7 days and 10 minutes old,
@@ -418,7 +405,7 @@ fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back(
                 value: old,
             },
         ];
-        handoff(&agents[3], orphan).await;
+        handoff_to(&pool, &agents[3], orphan).await;
         // y is then removed at the owner, by a removal that passes its time in 20 s.
         let removed = tomb(
             now - chrono::Duration::days(7) + chrono::Duration::seconds(20),
@@ -427,7 +414,8 @@ fn an_orphan_copy_holding_an_old_tombstone_is_collected_and_brings_nothing_back(
                 ..y.version
             },
         );
-        handoff(
+        handoff_to(
+            &pool,
             owner,
             vec![Entry {
                 key: key_y.clone(),

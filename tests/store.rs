@@ -702,8 +702,6 @@ async fn assert_all_unavailable(s: &RedisStore, detail: &str) {
 #[test]
 fn a_copy_goes_back_to_its_owner_while_another_copys_owner_has_its_store_down() {
     use crate::support::http::call;
-    use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
-    use chordctl::rpc::{Request, Response};
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
@@ -755,26 +753,15 @@ fn a_copy_goes_back_to_its_owner_while_another_copys_owner_has_its_store_down() 
             .await;
             assert_eq!(st, 200, "{body}");
             let owner = &agents[procs::ring_order(&agents, service)[0]];
-            let fetch = Request::Registry(RegistryRequest::Fetch {
-                keys: vec![format!("u/{service}/x")],
-            });
-            match pool.call(&owner.ring, fetch).await {
-                Ok(Response::Registry(RegistryResponse::Page { entries, .. })) => {
-                    assert_eq!(entries.len(), 1, "{service}/x at its owner");
-                    orphan.extend(entries);
-                }
-                other => panic!("fetch: {other:?}"),
-            }
+            let entries = procs::fetch_at(&pool, owner, vec![format!("u/{service}/x")]).await;
+            assert_eq!(entries.len(), 1, "{service}/x at its owner");
+            orphan.extend(entries);
         }
         // The Redis agent's store goes away (the agent stays on the ring); then the holder is
         // given both copies, so that a's cannot go back before the checks below. (b's may go
         // back at once: that is what the test waits for.)
         redis.stop();
-        let handoff = Request::Registry(RegistryRequest::Handoff { entries: orphan });
-        match pool.call(&agents[holder].ring, handoff).await {
-            Ok(Response::Registry(RegistryResponse::Done)) => {}
-            other => panic!("handoff: {other:?}"),
-        }
+        procs::handoff_to(&pool, &agents[holder], orphan).await;
         let held = async |service: &str| -> Result<bool, String> {
             let rec = procs::records_at(&pool, [&agents[holder]], service).await?;
             Ok(rec[0]

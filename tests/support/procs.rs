@@ -390,6 +390,47 @@ pub async fn records_at(
     Ok(out)
 }
 
+/// The entries `agent` stores under `keys` (those it has), over ring RPC.
+pub async fn fetch_at(
+    pool: &chordctl::rpc::Pool,
+    agent: &AgentProc,
+    keys: Vec<String>,
+) -> Vec<chordctl::registry::ops::Entry> {
+    use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
+    use chordctl::rpc::{Request, Response};
+    match pool
+        .call(
+            &agent.ring,
+            Request::Registry(RegistryRequest::Fetch { keys }),
+        )
+        .await
+    {
+        Ok(Response::Registry(RegistryResponse::Page { entries, .. })) => entries,
+        other => panic!("fetch from {}: {other:?}", agent.ring),
+    }
+}
+
+/// Give `agent` `entries` as a peer's copies (`Handoff`, merged newest version first), over
+/// ring RPC.
+pub async fn handoff_to(
+    pool: &chordctl::rpc::Pool,
+    agent: &AgentProc,
+    entries: Vec<chordctl::registry::ops::Entry>,
+) {
+    use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
+    use chordctl::rpc::{Request, Response};
+    match pool
+        .call(
+            &agent.ring,
+            Request::Registry(RegistryRequest::Handoff { entries }),
+        )
+        .await
+    {
+        Ok(Response::Registry(RegistryResponse::Done)) => {}
+        other => panic!("handoff to {}: {other:?}", agent.ring),
+    }
+}
+
 /// A free loopback address for an agent that must come back on the same address (its
 /// identity). Picked below the kernel's ephemeral range: a port handed out by bind(0) could be
 /// taken, while the agent is down, by another test's outgoing connection.
