@@ -32,6 +32,11 @@ impl Stream {
         if let Some(id) = last_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
+        Stream::of(req).await
+    }
+
+    /// The stream `req` opens (any watch route).
+    async fn of(req: reqwest::RequestBuilder) -> Result<Stream, String> {
         let resp = req.send().await.map_err(|e| e.to_string())?;
         if resp.status() != 200 {
             return Err(format!("status {}", resp.status()));
@@ -274,6 +279,133 @@ async fn a_blocking_query_through_a_non_owner_is_woken_by_a_change_its_filter_sh
         took >= Duration::from_secs(3),
         "a change the filter hides answered after {took:?}"
     );
+}
+
+/// An index no copy of the service reached: a client's mistake, or one held from the other side
+/// of a split.
+const PAST_EVERY_INDEX: u64 = 99_999_999_999;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_past_every_copys_index_gets_a_reset_at_the_real_index_then_every_change() {
+    let c = TestCluster::start(2).await;
+    c.settle().await;
+    let url = c.url(0);
+    let put = |id: &'static str| {
+        let url = url.clone();
+        async move {
+            let (st, b) = call(
+                "PUT",
+                &format!("{url}/v1/services/ahead/instances/{id}"),
+                Some(json!({"address": "10.0.0.1", "port": 80})),
+            )
+            .await;
+            assert_eq!(st, 200, "{b}");
+        }
+    };
+    put("i0").await;
+    let (_, index) = discovered(&url, "ahead").await.expect("discover");
+    assert!(index > 0 && index < PAST_EVERY_INDEX, "index {index}");
+
+    let mut s = Stream::open(&c.url(1), "ahead", Some(PAST_EVERY_INDEX))
+        .await
+        .expect("stream");
+    let first = s.next(SETTLE).await.expect("a first event");
+    assert_eq!(first.event, "snapshot", "{first:?}");
+    let data: Value = serde_json::from_str(&first.data).expect("JSON");
+    assert_eq!(data["reset"], true, "{data}");
+    assert_eq!(
+        data["index"], index,
+        "the reset is at the index there is: {data}"
+    );
+    assert_eq!(
+        first.id.as_deref(),
+        Some(index.to_string().as_str()),
+        "{first:?}"
+    );
+
+    // The change after it is sent, not taken for one the watcher has.
+    put("i1").await;
+    loop {
+        let e = s.next(SETTLE).await.expect("the change of i1");
+        if e.event == "bookmark" {
+            continue;
+        }
+        let data: Value = serde_json::from_str(&e.data).expect("JSON");
+        assert_eq!(e.event, "change", "{e:?}");
+        assert_eq!(data["instance"]["id"], "i1", "{data}");
+        assert!(data["index"].as_u64().expect("index") > index, "{data}");
+        break;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_query_past_every_index_answers_at_the_end_of_its_own_short_wait() {
+    let c = TestCluster::start(1).await;
+    c.settle().await;
+    let url = c.url(0);
+    let (st, b) = call(
+        "PUT",
+        &format!("{url}/v1/services/short/instances/i0"),
+        Some(json!({"address": "10.0.0.1", "port": 80})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (_, index) = discovered(&url, "short").await.expect("discover");
+    // A watcher resuming that far ahead waits up to 5 s for the agent to catch up; a blocking
+    // query asked to wait 1 s waits that long, not the 5 s.
+    let (st, answered, body, took) = blocking_get(
+        &format!("{url}/v1/services/short"),
+        &format!("index={PAST_EVERY_INDEX}&wait=1s"),
+    )
+    .await;
+    assert_eq!((st, answered), (200, index), "{body}");
+    assert!(took >= Duration::from_secs(1), "answered after {took:?}");
+    assert!(
+        took < Duration::from_millis(4500),
+        "a 1 s wait answered after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_catalog_stream_starts_with_a_reset_above_the_index_it_resumed_from() {
+    let c = TestCluster::start(1).await;
+    c.settle().await;
+    let url = c.url(0);
+    let (st, b) = call(
+        "PUT",
+        &format!("{url}/v1/services/cat-r/instances/x"),
+        Some(json!({"address": "h", "port": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    for (header, query) in [(Some("6"), ""), (None, "?since=6")] {
+        let mut req = reqwest::Client::new().get(format!("{url}/v1/watch/services{query}"));
+        if let Some(h) = header {
+            req = req.header("Last-Event-ID", h);
+        }
+        let mut s = Stream::of(req).await.expect("catalog stream");
+        let first = s.next(SETTLE).await.expect("a snapshot");
+        assert_eq!(first.event, "snapshot", "{first:?}");
+        let data: Value = serde_json::from_str(&first.data).expect("JSON");
+        assert_eq!(data["reset"], true, "{query}: {data}");
+        assert_eq!(first.id.as_deref(), Some("7"), "{query}: {first:?}");
+        assert_eq!(data["index"], 7, "{query}: {data}");
+        assert!(
+            data["services"]
+                .as_array()
+                .expect("services")
+                .iter()
+                .any(|s| s["service"] == "cat-r"),
+            "{data}"
+        );
+    }
+    // Without a resume: a plain snapshot.
+    let mut s = Stream::of(reqwest::Client::new().get(format!("{url}/v1/watch/services")))
+        .await
+        .expect("catalog stream");
+    let first = s.next(SETTLE).await.expect("a snapshot");
+    let data: Value = serde_json::from_str(&first.data).expect("JSON");
+    assert_eq!(data["reset"], false, "{data}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,15 +747,9 @@ async fn the_catalog_stream_shows_services_appearing_changing_and_disappearing()
     let c = TestCluster::start(2).await;
     c.settle().await;
     let url = c.url(1);
-    let resp = reqwest::get(format!("{url}/v1/watch/services"))
+    let mut s = Stream::of(reqwest::Client::new().get(format!("{url}/v1/watch/services")))
         .await
         .expect("catalog stream");
-    assert_eq!(resp.status(), 200);
-    let mut s = Stream {
-        resp,
-        parser: SseParser::new(),
-        pending: VecDeque::new(),
-    };
     let first = s.next(SETTLE).await.expect("a snapshot");
     assert_eq!(first.event, "snapshot", "{first:?}");
     let mut last: u64 = first

@@ -42,6 +42,10 @@ const POLL_WAIT: Duration = Duration::from_secs(5);
 /// A subscription nobody watched for this long is dropped.
 const SUB_IDLE: Duration = Duration::from_secs(60);
 
+/// How long a watcher that resumes at an index this agent has not shown yet (it watched
+/// through another agent) waits for this agent to reach it, before it gets a reset.
+pub const CATCH_UP: Duration = Duration::from_secs(5);
+
 /// Watchers one agent serves at most (more answer 429).
 pub const MAX_WATCHERS: usize = 16 * 1024;
 
@@ -81,23 +85,35 @@ impl Event {
     /// The frame to send a watcher that was last sent index `*last`, moving `*last` on; `None`
     /// for a change it already has (covered by a snapshot or a replay). A change's frame is
     /// rendered on first use and then shared by every watcher it is sent to (a clone of
-    /// [`Bytes`] copies nothing); a snapshot always goes, at the watcher's index, which never
-    /// goes back.
+    /// [`Bytes`] copies nothing). A snapshot always goes, at its own index, and the watcher
+    /// continues from there: it replaces the whole state, so when its index is below the one
+    /// the watcher held (the watcher resumed at an index no copy reached, or a new owner's copy
+    /// is behind what the old one showed) the changes after it must still go, not be taken for
+    /// ones the watcher has.
     pub fn frame_after(&self, last: &mut u64, service: &str) -> Option<Bytes> {
-        if matches!(self, Event::Change(..)) && self.index() <= *last {
-            return None;
-        }
-        *last = (*last).max(self.index());
-        Some(match self {
-            Event::Change(c, frame) => frame
-                .get_or_init(|| sse_frame("change", c.index, &self.data(service).to_string()))
-                .clone(),
-            Event::Snapshot { .. } => {
-                let mut data = self.data(service);
-                data["index"] = json!(*last);
-                sse_frame(self.name(), *last, &data.to_string())
+        match self {
+            Event::Change(c, frame) => {
+                if c.index <= *last {
+                    return None;
+                }
+                *last = c.index;
+                Some(
+                    frame
+                        .get_or_init(|| {
+                            sse_frame("change", c.index, &self.data(service).to_string())
+                        })
+                        .clone(),
+                )
             }
-        })
+            Event::Snapshot { index, .. } => {
+                *last = *index;
+                Some(sse_frame(
+                    self.name(),
+                    *index,
+                    &self.data(service).to_string(),
+                ))
+            }
+        }
     }
 
     /// The index the event brings its watcher to.
@@ -604,7 +620,14 @@ impl Hub {
 
     /// Attach a watcher of `service` that holds index `since` (`None`: it holds nothing).
     /// 429 past the most watchers; 503 when the owner cannot be reached in time.
-    pub async fn attach(self: &Arc<Self>, service: &str, since: Option<u64>) -> Result<Attached> {
+    /// A watcher that resumes at an index this agent has not shown yet waits up to
+    /// `catch_up` for it (see [`CATCH_UP`]).
+    pub async fn attach(
+        self: &Arc<Self>,
+        service: &str,
+        since: Option<u64>,
+        catch_up: Duration,
+    ) -> Result<Attached> {
         if self.watchers.fetch_add(1, Ordering::Relaxed) >= self.max_watchers {
             self.watchers.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::TooMany(format!(
@@ -612,20 +635,21 @@ impl Hub {
                 self.max_watchers
             )));
         }
-        self.attach_as(service, since, true).await
+        self.attach_as(service, since, catch_up, true).await
     }
 
     /// Attach the agent's own DNS cache to `service`: not a client's watcher, so neither held
     /// to the cap (the cache bounds its entries itself) nor counted as one. DNS keeps
     /// answering when clients' watchers fill the agent.
     pub async fn attach_cache(self: &Arc<Self>, service: &str) -> Result<Attached> {
-        self.attach_as(service, None, false).await
+        self.attach_as(service, None, Duration::ZERO, false).await
     }
 
     async fn attach_as(
         self: &Arc<Self>,
         service: &str,
         since: Option<u64>,
+        catch_up: Duration,
         counted: bool,
     ) -> Result<Attached> {
         let sub = self.sub(service, since.unwrap_or(0));
@@ -645,9 +669,10 @@ impl Hub {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         self.ready(&sub, deadline).await?;
         // A watcher that resumes at an index this agent has not shown yet (it was watching
-        // through another) waits a moment for it: an answer from here must not go back.
+        // through another) waits a moment for it: an answer from here should not go back.
+        // Past that moment it gets a reset at the index there is.
         if let Some(since) = since {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let deadline = tokio::time::Instant::now() + catch_up;
             loop {
                 let moved = sub.moved.notified();
                 if lock(&sub.state).shown >= since {
@@ -692,7 +717,10 @@ impl Hub {
             return Ok(());
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let mut watcher = self.attach(service, Some(index)).await?;
+        // The wait for an index not shown yet counts against the caller's own `wait`.
+        let mut watcher = self
+            .attach(service, Some(index), wait.min(CATCH_UP))
+            .await?;
         let view = |w: &Attached| {
             let st = lock(&w.sub.state);
             let all: Vec<Arc<Instance>> = st.instances.values().cloned().collect();

@@ -229,7 +229,10 @@ pub async fn watch_service(
 ) -> Result<Response, ApiError> {
     validate_service(&service)?;
     let since = resume_index(&headers, &params)?;
-    let mut attached = agent.hub.attach(&service, since).await?;
+    let mut attached = agent
+        .hub
+        .attach(&service, since, crate::agent::watch::CATCH_UP)
+        .await?;
     if lean.is_some() {
         // The lean path writes the head and hands the socket to the subscription's fan-out
         // task, which sends `attached`'s first events.
@@ -258,6 +261,8 @@ struct CatalogWatch {
     agent: Arc<Agent>,
     seen: Option<Catalog>,
     index: u64,
+    /// The client resumed: its first snapshot replaces what it had.
+    resumed: bool,
     queue: VecDeque<Bytes>,
     quiet: Duration,
 }
@@ -284,7 +289,7 @@ impl CatalogWatch {
             match self.seen.take() {
                 None => {
                     self.index += 1;
-                    let data = json!({"index": self.index, "services": now.values().collect::<Vec<_>>(), "reset": false});
+                    let data = json!({"index": self.index, "services": now.values().collect::<Vec<_>>(), "reset": self.resumed});
                     self.queue.push_back(sse("snapshot", self.index, &data));
                 }
                 Some(before) => {
@@ -318,13 +323,20 @@ impl CatalogWatch {
 }
 
 /// GET /v1/watch/services: services appearing, disappearing and changing counts, from this
-/// agent's view of the ring-wide list (looked at every second). Its index is this agent's
-/// own: a resume through another agent starts with a snapshot.
-pub async fn watch_catalog(State(agent): State<Arc<Agent>>) -> Result<Response, ApiError> {
+/// agent's view of the ring-wide list (looked at every second). Its index is the stream's
+/// own, kept by no copy, so nothing can be replayed: a resume (`Last-Event-ID` or `?since=`)
+/// starts with a snapshot marked `reset`, and the index goes on above the one resumed from.
+pub async fn watch_catalog(
+    State(agent): State<Arc<Agent>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let since = resume_index(&headers, &params)?;
     let state = CatalogWatch {
         agent,
         seen: None,
-        index: 0,
+        index: since.unwrap_or(0),
+        resumed: since.is_some(),
         queue: VecDeque::new(),
         quiet: Duration::ZERO,
     };
