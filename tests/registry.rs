@@ -255,6 +255,72 @@ async fn bad_input_gets_clear_4xx_json_errors() {
     assert_eq!(st, 400);
 }
 
+/// The answers the router makes itself, not a handler: a method the route does not take (405)
+/// and a path that does not decode (400). The API's are JSON; the prototype's routes keep the
+/// prototype's form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_a_route_does_not_take_and_an_undecodable_path_get_json_errors() {
+    let c = TestCluster::start(1).await;
+    let url = c.url(0);
+    let client = reqwest::Client::new();
+    let ask = async |method: &str, path: &str| {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = client
+            .request(method, format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .expect("answer");
+        let status = resp.status().as_u16();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (kind, allow) = (header("content-type"), header("allow"));
+        (status, kind, allow, resp.text().await.expect("body"))
+    };
+    for (method, path, status, code) in [
+        (
+            "POST",
+            "/v1/services/p/instances/x1",
+            405,
+            "method_not_allowed",
+        ),
+        ("PATCH", "/v1/services/p", 405, "method_not_allowed"),
+        ("DELETE", "/v1/services", 405, "method_not_allowed"),
+        (
+            "PUT",
+            "/v1/services/ok/instances/%FF%FE",
+            400,
+            "invalid_input",
+        ),
+    ] {
+        let (st, kind, allow, body) = ask(method, path).await;
+        assert_eq!(st, status, "{method} {path}: {body}");
+        assert!(
+            kind.starts_with("application/json"),
+            "{method} {path}: {kind} {body}"
+        );
+        let err: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(err["error"]["code"], code, "{method} {path}: {err}");
+        assert!(
+            !err["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{method} {path}: {err}"
+        );
+        if status == 405 {
+            assert!(allow.contains("GET"), "{method} {path}: Allow {allow:?}");
+        }
+    }
+    // The prototype's route keeps its own answer.
+    let (st, kind, _, body) = ask("DELETE", "/services/register/").await;
+    assert_eq!(st, 405, "{body}");
+    assert!(!kind.starts_with("application/json"), "{kind} {body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_reports_to_one_service_through_different_agents_lose_none() {
     let c = TestCluster::start(5).await;

@@ -1,6 +1,6 @@
 //! One mapping from errors to HTTP answers: `{"error": {"code", "message"}}`.
 
-use axum::http::StatusCode;
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -57,4 +57,63 @@ impl IntoResponse for ApiError {
 /// Unknown routes answer a JSON 404 too.
 pub async fn not_found_route(uri: axum::http::Uri) -> ApiError {
     ApiError::from(Error::not_found(format!("no such route: {}", uri.path())))
+}
+
+/// Whether `path` is one of the prototype's routes, whose answers (errors included) keep the
+/// prototype's recorded form (PROTOTYPE.md), not the JSON of the API.
+pub fn is_prototype_path(path: &str) -> bool {
+    path.starts_with("/services/") || path.starts_with("/service_status_storage")
+}
+
+/// Most of an error body that the router made itself that is kept as the message.
+const ROUTER_MESSAGE_MAX: usize = 4096;
+
+/// The answers axum makes itself — a method the route does not take (405, with `Allow`), a
+/// path segment that does not decode (400, as text) — as the API's JSON error, like every
+/// other error; the prototype's routes keep their own forms. Called on every answer by the
+/// outermost layer ([`super::metrics::track`]): anything else passes untouched, at the cost of
+/// a status check.
+pub async fn as_json(path_is_prototype: bool, method: &Method, response: Response) -> Response {
+    let status = response.status();
+    if path_is_prototype || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, ROUTER_MESSAGE_MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match (text.is_empty(), status) {
+        (false, _) => text,
+        (true, StatusCode::METHOD_NOT_ALLOWED) => {
+            format!("{method} is not a method of this route (its Allow header lists them)")
+        }
+        (true, s) => s.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::TOO_MANY_REQUESTS => "too_many",
+        s if s.is_client_error() => "invalid_input",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "internal",
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    let body = json!({"error": {"code": code, "message": message}});
+    let mut answer = Json(body).into_response();
+    for (name, value) in &parts.headers {
+        answer.headers_mut().append(name, value.clone());
+    }
+    *answer.status_mut() = status;
+    answer
 }

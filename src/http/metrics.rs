@@ -28,6 +28,7 @@ pub async fn track(
     // Both without allocating: a standard method is an enum, a matched path an `Arc<str>`.
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();
+    let prototype = super::error::is_prototype_path(req.uri().path());
     // A blocking discover waits as long as it asked (bounded); its answer still comes
     // within the usual deadline after that.
     let limit = if super::watch::is_blocking(req.uri().path(), req.uri().query()) {
@@ -47,6 +48,7 @@ pub async fn track(
         }
         .into_response(),
     };
+    let response = super::error::as_json(prototype, &method, response).await;
     metrics.observe_http(
         method.as_str(),
         route.as_ref().map_or(UNMATCHED, |p| p.as_str()),

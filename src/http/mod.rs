@@ -126,8 +126,8 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
         .route("/service_status_storage", get(compat::status_storage))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(error::not_found_route)
-        // Outermost: the request deadline, and counting every answer, including 413s, the
-        // fallback's 404s and the deadline's 503s.
+        // Outermost: the request deadline, errors the router made itself as JSON, and
+        // counting every answer, including 413s, the fallback's 404s and the deadline's 503s.
         .layer(middleware::from_fn_with_state(
             (agent.metrics.clone(), limits.request_timeout),
             metrics::track,
