@@ -294,6 +294,8 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     if let Some(tls) = &tls {
         tasks.spawn(tls.clone().watch(stop.clone()));
     }
+    // The heartbeat from here on: a join that takes a while is not a pause.
+    tasks.spawn(keep_awake(agent.clone()));
     let slack = Duration::from_millis((stabilize_ms / 10).clamp(1, 50));
     tasks.spawn(ring.clone().run_ticker(slack));
     if let Ok(path) = std::env::var(CUT_FILE_ENV) {
@@ -323,7 +325,6 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     }
     tasks.spawn(watch_ring(agent.clone()));
     tasks.spawn(sweep_ttls(agent.clone()));
-    tasks.spawn(keep_awake(agent.clone()));
     tasks.spawn(anti_entropy(agent.clone()));
     tasks.spawn(crate::http::serve(
         http_listener,

@@ -75,9 +75,40 @@ const ROUTE_CACHE_MAX: usize = 4096;
 pub const AWAKE_BEAT: Duration = Duration::from_millis(50);
 
 /// The process's own heartbeat (see [`Registry::beat`]).
+#[derive(Default)]
 struct Awake {
-    beat: Instant,
+    /// The last beat; none before the first (opening the store, converting it, joining and
+    /// taking a range over all come before the heartbeat starts, and are not a pause).
+    beat: Option<Instant>,
     woke: Option<Instant>,
+}
+
+impl Awake {
+    /// A beat at `now`: the gap since the last one, when it is longer than `threshold` (the
+    /// process did not run meanwhile).
+    fn beat(&mut self, now: Instant, threshold: Duration) -> Option<Duration> {
+        let gap = self
+            .beat
+            .map(|last| now.saturating_duration_since(last))
+            .filter(|gap| *gap > threshold);
+        if gap.is_some() {
+            self.woke = Some(now);
+        }
+        self.beat = Some(now);
+        gap
+    }
+
+    /// Whether writes are refused at `now`: for four times `threshold` after a pause, and
+    /// while the heartbeat is late.
+    fn refuses(&self, now: Instant, threshold: Duration) -> bool {
+        let late = self
+            .beat
+            .is_some_and(|b| now.saturating_duration_since(b) > threshold);
+        let woke = self
+            .woke
+            .is_some_and(|w| now.saturating_duration_since(w) < threshold * 4);
+        late || woke
+    }
 }
 
 /// Services remembered as stamped in this ownership at most (past it, all start a new epoch).
@@ -359,10 +390,7 @@ impl Registry {
             discovered: Mutex::new(DiscoveredCache::default()),
             transfers: Mutex::new(HashMap::new()),
             listed: tokio::sync::Mutex::new(None),
-            awake: Mutex::new(Awake {
-                beat: Instant::now(),
-                woke: None,
-            }),
+            awake: Mutex::new(Awake::default()),
             pause_threshold,
             feeds: feeds::Feeds::new(),
             claimed: Mutex::new(HashMap::new()),
@@ -442,18 +470,14 @@ impl Registry {
     /// The heartbeat, every [`AWAKE_BEAT`]: notices when this process did not run for longer
     /// than `pause_threshold` (SIGSTOP, a VM or container paused, a machine starved).
     pub fn beat(&self) {
-        let now = Instant::now();
-        let mut awake = guard(&self.awake);
-        let gap = now.duration_since(awake.beat);
-        if gap > self.pause_threshold {
-            awake.woke = Some(now);
+        let gap = guard(&self.awake).beat(Instant::now(), self.pause_threshold);
+        if let Some(gap) = gap {
             tracing::warn!(
                 ?gap,
                 "this agent did not run for a while: it refuses writes for a moment, since \
                  callers timed out and may have written through another node meanwhile"
             );
         }
-        awake.beat = now;
     }
 
     /// Refuse a write right after a pause: requests that waited in the socket while the
@@ -463,11 +487,7 @@ impl Registry {
     /// queued then are as stale), and also holds while the heartbeat is late (the pause may
     /// not be over as far as the heartbeat knows).
     fn check_awake(&self) -> Result<()> {
-        let awake = guard(&self.awake);
-        let window = self.pause_threshold * 4;
-        let late = awake.beat.elapsed() > self.pause_threshold;
-        let woke = awake.woke.is_some_and(|w| w.elapsed() < window);
-        if late || woke {
+        if guard(&self.awake).refuses(Instant::now(), self.pause_threshold) {
             return Err(Error::routing(
                 "this node was paused moments ago and takes no writes until its place in the \
                  ring is confirmed; retry",
@@ -1001,6 +1021,40 @@ impl Registry {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn the_heartbeat_sees_a_pause_between_beats_but_not_before_the_first() {
+        let threshold = Duration::from_millis(500);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut awake = Awake::default();
+        // Opening the store, converting it and taking a range over ran before the first beat.
+        assert!(!awake.refuses(at(30_000), threshold));
+        assert_eq!(
+            awake.beat(at(30_000), threshold),
+            None,
+            "no pause before the first beat"
+        );
+        assert!(!awake.refuses(at(30_010), threshold));
+        assert_eq!(awake.beat(at(30_050), threshold), None);
+        // Late: the beat due has not come.
+        assert!(awake.refuses(at(30_600), threshold));
+        // Stopped for 3 s: a pause, and writes refused for four thresholds after it.
+        assert_eq!(
+            awake.beat(at(33_050), threshold),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(awake.beat(at(33_100), threshold), None);
+        assert!(awake.refuses(at(33_100), threshold));
+        assert_eq!(
+            awake.beat(at(35_000), threshold),
+            Some(Duration::from_millis(1900))
+        );
+        for ms in (35_050..=37_050).step_by(50) {
+            awake.beat(at(ms), threshold);
+        }
+        assert!(!awake.refuses(at(37_060), threshold), "the refusal ends");
+    }
 
     #[test]
     fn a_discover_answer_is_served_only_for_the_record_it_was_made_from() {
