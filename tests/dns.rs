@@ -221,6 +221,41 @@ async fn a_records_hold_healthy_instances_and_tags_select_them() {
     assert!(noerror >= 4, "{metrics}");
 }
 
+/// DNS names are case-insensitive, and resolvers may mix a question's case at random (0x20);
+/// service names are case-sensitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_in_any_case_finds_a_lower_case_service_and_a_capitalised_one_as_written() {
+    let (agent, dns) = dns_agent(None);
+    register(
+        &agent,
+        "web",
+        "w1",
+        json!({"address": "10.0.0.1", "port": 80}),
+    )
+    .await;
+    register(
+        &agent,
+        "Api",
+        "a1",
+        json!({"address": "10.0.0.2", "port": 80}),
+    )
+    .await;
+    expect_addresses(dns, "web.service.chord.", &ips(&["10.0.0.1"])).await;
+    for name in [
+        "WEB.service.chord.",
+        "wEb.SeRvIcE.ChOrD.",
+        "WEB.SERVICE.CHORD.",
+    ] {
+        expect_addresses(dns, name, &ips(&["10.0.0.1"])).await;
+    }
+    // A service named with capitals: found as written; it has no lower-case twin.
+    expect_addresses(dns, "Api.service.chord.", &ips(&["10.0.0.2"])).await;
+    let m = ask(dns, "api.service.chord.", RecordType::A, Via::Udp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_carry_weight_port_and_the_targets_address() {
     let (agent, dns) = dns_agent(None);

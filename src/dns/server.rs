@@ -17,7 +17,7 @@ use hickory_server::Server;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::answer::{Answer, Target, Zone};
+use super::answer::{Answer, Target, View, Zone};
 use super::cache::Views;
 use crate::agent::Metrics;
 use crate::{Error, Result};
@@ -63,7 +63,7 @@ impl Handler {
         let name = query.name();
         let target = self.zone.target(name);
         let view = match &target {
-            Target::Service { service, .. } => match self.views.get(service).await {
+            Target::Service { service, .. } => match self.view_of(service).await {
                 Ok(view) => Some(view),
                 Err(e) => {
                     tracing::debug!(service, "DNS query: {e}");
@@ -76,6 +76,22 @@ impl Handler {
         Ok(self
             .zone
             .answer(name, query.query_type(), &target, view.as_deref(), turn))
+    }
+}
+
+impl Handler {
+    /// The view of the service a question names. DNS names are case-insensitive (RFC 4343)
+    /// and resolvers may mix a question's case at random (0x20), while service names are
+    /// case-sensitive: a name with capitals is looked up in lower case first (one cache entry
+    /// for every casing of a lower-case service), and as written when no instance has the
+    /// lower-case name.
+    async fn view_of(&self, service: &str) -> Result<Arc<View>> {
+        let lower = service.to_ascii_lowercase();
+        let view = self.views.get(&lower).await?;
+        if lower == service || !view.instances.is_empty() {
+            return Ok(view);
+        }
+        self.views.get(service).await
     }
 }
 
