@@ -158,7 +158,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "show" -d 'Every node of the ring, in ring order'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit (the first --agent only, never another)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
@@ -189,7 +189,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "show" -d 'Every node of the ring, in ring order'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit (the first --agent only, never another)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
@@ -443,7 +443,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from agent" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "show" -d 'Every node of the ring, in ring order'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
-complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit'
+complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from ring" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit (the first --agent only, never another)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "register" -d 'Register an instance of SERVICE, or replace it if SERVICE and ID exist'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "deregister" -d 'Remove an instance'
 complete -c chordctl -n "__fish_chordctl_using_subcommand help; and __fish_seen_subcommand_from svc" -f -a "discover" -d 'The instances of SERVICE, or one picked by a strategy'

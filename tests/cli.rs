@@ -392,6 +392,36 @@ fn several_agents_are_tried_in_order() {
     .stderr_has(&also_dead);
 }
 
+/// `ring leave` is about the agent named first: with it down, another given for reaching the
+/// ring must not leave in its place (a real agent process, which must keep running).
+#[test]
+fn ring_leave_asks_the_first_agent_only() {
+    let mut agent = AgentProc::start(None, &[]);
+    let live = agent.url();
+    let dead = format!("http://{}", procs::free_addr());
+    let r = run(&["--agent", &dead, "--agent", &live, "ring", "leave"]);
+    r.code(3).stderr_has(&dead).stderr_has("first --agent only");
+    assert!(
+        matches!(agent.child.try_wait(), Ok(None)),
+        "the second agent left in the first's place"
+    );
+    run(&["--agent", &live, "-o", "json", "ring", "node"]).ok_json();
+    // Named first, it leaves.
+    run(&["--agent", &live, "--agent", &dead, "ring", "leave"])
+        .code(0)
+        .stdout_has("is leaving the ring");
+    let status = procs::poll(
+        std::time::Duration::from_secs(30),
+        "the agent exits after ring leave",
+        || match agent.child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still running".into()),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
 /// A real agent: a freshly registered instance has reported no measures, so the tables show
 /// "-" for its success rate and latency (not 0.0%, which would say it failed every call);
 /// once it reports, they show what it reported.

@@ -389,7 +389,7 @@ pub enum RingCommand {
     Show,
     /// The agent's own view: predecessor, successor list, finger table
     Node,
-    /// Ask the agent to leave the ring gracefully and exit
+    /// Ask the agent to leave the ring gracefully and exit (the first --agent only, never another)
     Leave,
 }
 

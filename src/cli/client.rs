@@ -172,25 +172,53 @@ impl Client {
     ) -> Result<Value, Failure> {
         self.runtime.block_on(async {
             let (index, response) = self.open(method, segments, query, body).await?;
-            let status = response.status();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| self.transport(index, &e))?;
-            if status.is_success() {
-                if bytes.iter().all(u8::is_ascii_whitespace) {
-                    return Ok(Value::Null);
-                }
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    Failure::Failed(format!(
-                        "the agent at {} answered with invalid JSON: {e}",
-                        self.shown_at(index)
-                    ))
-                })
-            } else {
-                Err(self.http_error(status, &bytes))
+            self.answer(index, response).await
+        })
+    }
+
+    /// Sends one request to the first agent given, never to another: for a request about that
+    /// agent itself (`ring leave`), which another agent must not take for its own.
+    pub fn send_to_first(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, Failure> {
+        self.runtime.block_on(async {
+            match self.open_at(0, method, segments, query, body, &[]).await {
+                Ok(response) => self.answer(0, response).await,
+                Err(Attempt::Unreachable(cause)) => Err(Failure::Unreachable(format!(
+                    "cannot reach the agent at {}: {cause} (is an agent running there? this \
+                     asks the first --agent only)",
+                    self.shown_at(0)
+                ))),
+                Err(Attempt::Failed(failure)) => Err(failure),
             }
         })
+    }
+
+    /// The JSON of agent `index`'s `response` (`Value::Null` for an empty body), or the
+    /// failure its status stands for.
+    async fn answer(&self, index: usize, response: reqwest::Response) -> Result<Value, Failure> {
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport(index, &e))?;
+        if status.is_success() {
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Value::Null);
+            }
+            serde_json::from_slice(&bytes).map_err(|e| {
+                Failure::Failed(format!(
+                    "the agent at {} answered with invalid JSON: {e}",
+                    self.shown_at(index)
+                ))
+            })
+        } else {
+            Err(self.http_error(status, &bytes))
+        }
     }
 
     /// The URL of the first agent, from the one that answered last on, that accepts a

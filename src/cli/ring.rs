@@ -94,7 +94,10 @@ pub(crate) fn run(
             }
         }
         RingCommand::Leave => {
-            let answer = client.send(Method::POST, &["v1", "agent", "leave"], &[], None)?;
+            // To the agent named first only: with several given (for reaching the ring),
+            // another must not leave in its place when the first cannot be reached.
+            let answer =
+                client.send_to_first(Method::POST, &["v1", "agent", "leave"], &[], None)?;
             match format {
                 OutputFormat::Json => output::print_json(&answer),
                 OutputFormat::Table => output::print(&format!(
