@@ -192,3 +192,52 @@ fn a_join_and_a_repair_each_move_50_mb_of_records_in_pages() {
         .await;
     });
 }
+
+/// A join whose range takes the successor longer to gather than an RPC deadline (a large or
+/// slow store, made so here by the test-only scan delay: 1.5 s against a 500 ms deadline)
+/// still completes: the joiner waits longer for the first page at each attempt. With a fixed
+/// deadline every attempt gave up before the answer, and the joiner never served its range.
+#[test]
+fn a_join_whose_range_takes_longer_to_gather_than_an_rpc_deadline_completes() {
+    // The test agents' RPC deadline is 500 ms (`procs::agent_command`).
+    let a = AgentProc::start_env(
+        None,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[],
+        &[(chordctl::agent::registry::RANGE_SCAN_DELAY_ENV, "1500")],
+    );
+    let services: Vec<String> = (0..20).map(|i| format!("slow-scan-{i}")).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        for s in &services {
+            let (st, b) = call(
+                "PUT",
+                &format!("{}/v1/services/{s}/instances/i0", a.url()),
+                Some(json!({"address": "10.9.0.1", "port": 80})),
+            )
+            .await;
+            assert_eq!(st, 200, "{s}: {b}");
+        }
+    });
+    // The joiner prints its address line only once it holds its range (within 90 s, or the
+    // start panics).
+    let b = AgentProc::start(Some(&a.ring), &[]);
+    let url_b = b.url();
+    rt.block_on(async {
+        eventually(
+            "every service through the joiner",
+            Duration::from_secs(60),
+            async || {
+                for s in &services {
+                    let (st, n) = instances(&url_b, s).await;
+                    if st != 200 || n != 1 {
+                        return Err(format!("{s}: {st}, {n} instances"));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+    });
+}

@@ -319,7 +319,7 @@ pub async fn start_with_progress(config: AgentConfig, progress: Progress) -> Res
     }
     if matches!(config.start, Start::Join(_)) {
         progress(progress::Step::Joined);
-        take_records(&registry, &progress, &stop).await;
+        take_records(&registry, config.rpc_timeout, &progress, &stop).await;
         registry.set_ready(true);
         progress(progress::Step::Finished);
     }
@@ -488,11 +488,20 @@ pub fn default_data_dir(advertise: &str) -> std::path::PathBuf {
 /// Take the records this node now owns from its successor (whoever that is at each attempt:
 /// if it dies, its successor holds the copies), until it succeeds or the agent stops. Until
 /// then the node answers "still taking over; retry" for its keys, never "not found": serving
-/// its range without its records would hide acknowledged registrations.
-async fn take_records(registry: &Arc<Registry>, progress: &Progress, stop: &CancellationToken) {
+/// its range without its records would hide acknowledged registrations. The first page's
+/// deadline doubles with each failed attempt (up to [`TAKE_FIRST_PAGE_MAX`]): gathering a large
+/// range can outlast an RPC deadline, and with a fixed one every attempt would give up before
+/// the answer, for as long as the range stays that large.
+async fn take_records(
+    registry: &Arc<Registry>,
+    rpc_timeout: Duration,
+    progress: &Progress,
+    stop: &CancellationToken,
+) {
     let mut delay = Duration::from_millis(100);
+    let mut first_page = rpc_timeout;
     for attempt in 1u64.. {
-        match registry.take_from_successor(progress).await {
+        match registry.take_from_successor(progress, first_page).await {
             Ok(_) => return,
             Err(e) => {
                 if attempt % 10 == 0 {
@@ -506,10 +515,14 @@ async fn take_records(registry: &Arc<Registry>, progress: &Progress, stop: &Canc
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(1));
+                first_page = (first_page * 2).min(TAKE_FIRST_PAGE_MAX.max(first_page));
             }
         }
     }
 }
+
+/// The longest a joiner waits for the first page of its range (see [`take_records`]).
+pub const TAKE_FIRST_PAGE_MAX: Duration = Duration::from_secs(60);
 
 /// React to ring events: when a node joins right before us, push what it now owns (writes
 /// that reached us after it took its range).

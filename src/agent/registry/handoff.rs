@@ -642,6 +642,9 @@ impl Registry {
     /// is 0, served from entry `from` on in at most one transfer message.
     pub(super) async fn range_page(&self, joiner: Id, from: u64) -> Result<RegistryResponse> {
         let entries = if from == 0 {
+            if let Some(delay) = self.range_scan_delay {
+                tokio::time::sleep(delay).await;
+            }
             let me = self.ring.me().id;
             let entries = Arc::new(
                 self.entries_where(move |id| !id.in_half_open(&joiner, &me))
@@ -692,8 +695,14 @@ impl Registry {
     }
 
     /// After joining: take the entries this node now owns from its successor, reporting them
-    /// to `progress` as they are stored.
-    pub async fn take_from_successor(&self, progress: &Progress) -> Result<usize> {
+    /// to `progress` as they are stored. The first page waits up to `first_page`: the
+    /// successor gathers the whole range for it (one scan of its store, which grows with the
+    /// data), while the later pages are slices of what it gathered.
+    pub async fn take_from_successor(
+        &self,
+        progress: &Progress,
+        first_page: Duration,
+    ) -> Result<usize> {
         let (me, succ) = self.ring.read(|c| (c.me().clone(), c.successor().clone()));
         if succ.id == me.id {
             return Ok(0);
@@ -707,7 +716,12 @@ impl Registry {
                 joiner: me.id,
                 from,
             };
-            match self.call(&succ, req).await? {
+            let deadline = if from == 0 {
+                first_page
+            } else {
+                self.ring.pool().timeout()
+            };
+            match self.call_within(&succ, req, deadline).await? {
                 RegistryResponse::Page {
                     entries,
                     total,

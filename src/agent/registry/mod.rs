@@ -129,6 +129,11 @@ pub const RECORD_CACHE_UNITS_ENV: &str = "CHORDCTL_TEST_RECORD_CACHE_UNITS";
 /// replication streams gather what queues behind a slow replica.
 pub const WRITE_DELAY_ENV: &str = "CHORDCTL_TEST_WRITE_DELAY_MS";
 
+/// Environment variable (tests only) that makes this agent take a number of milliseconds
+/// longer to gather a joiner's range (the scan behind the first page of a join's transfer):
+/// a store large or slow enough that the scan outlasts an RPC deadline.
+pub const RANGE_SCAN_DELAY_ENV: &str = "CHORDCTL_TEST_RANGE_SCAN_DELAY_MS";
+
 /// A write waiting for its group.
 struct Pending {
     op: WriteOp,
@@ -159,6 +164,8 @@ pub struct Registry {
     offset_ms: i64,
     /// Test-only delay of every stored group ([`WRITE_DELAY_ENV`]).
     write_delay: Option<Duration>,
+    /// Test-only delay of a joiner's range scan ([`RANGE_SCAN_DELAY_ENV`]).
+    range_scan_delay: Option<Duration>,
     /// Per-service slots, dropped again once nobody uses them.
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     leaving: AtomicBool,
@@ -364,6 +371,15 @@ impl Registry {
         if let Some(delay) = write_delay {
             tracing::warn!(?delay, "this agent's writes are slowed down for a test");
         }
+        let range_scan_delay = test_setting::<u64>(RANGE_SCAN_DELAY_ENV)
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
+        if let Some(delay) = range_scan_delay {
+            tracing::warn!(
+                ?delay,
+                "this agent's range scans for joiners are slowed down for a test"
+            );
+        }
         let cache_units = test_setting::<usize>(RECORD_CACHE_UNITS_ENV);
         if let Some(units) = cache_units {
             tracing::warn!(units, "this agent's record cache is bounded for a test");
@@ -379,6 +395,7 @@ impl Registry {
             clock: Mutex::new(Clock::new(node_number(&node))),
             offset_ms,
             write_delay,
+            range_scan_delay,
             slots: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
             ready: AtomicBool::new(true),
