@@ -70,7 +70,7 @@ pub struct Direct {
     _hold: OwnedSemaphorePermit,
     socket: Arc<TcpStream>,
     attached: Attached,
-    /// The index this watcher was last sent; never goes back.
+    /// The index this watcher was last sent (a reset snapshot sets it to its own index).
     last: u64,
     /// When its queue last ran empty (a bookmark is due [`BOOKMARK_EVERY`] after).
     quiet_since: Instant,

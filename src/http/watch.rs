@@ -150,7 +150,7 @@ where
 struct Watching {
     attached: Attached,
     queue: VecDeque<Arc<Event>>,
-    /// The index this watcher was last sent; never goes back.
+    /// The index this watcher was last sent (a reset snapshot sets it to its own index).
     last: u64,
     agent: Arc<Agent>,
     service: String,
