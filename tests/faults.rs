@@ -229,6 +229,35 @@ async fn k_copies(
     )
 }
 
+/// Each node's anti-entropy rounds that compared (after a ring change, when unsynced,
+/// periodic) and its copies a replica did not confirm, from its metrics: what repair was doing
+/// while a slow check waited.
+async fn repair_counters(urls: &[String]) -> String {
+    let mut each = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let (_, text) =
+            crate::support::http::raw("GET", &format!("{url}/metrics"), Vec::new()).await;
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .map_or("?".to_string(), |v| v.trim().to_string())
+        };
+        let rounds = |why: &str| {
+            value(&format!(
+                "chordctl_antientropy_rounds_total{{reason=\"{why}\"}}"
+            ))
+        };
+        each.push(format!(
+            "node {i}: rounds {}/{}/{}, unconfirmed {}",
+            rounds("ring_change"),
+            rounds("unsynced"),
+            rounds("periodic"),
+            value("chordctl_replication_errors_total")
+        ));
+    }
+    format!("(rounds ring_change/unsynced/periodic) {}", each.join("; "))
+}
+
 /// This node's copy of `service` as it holds it (owner or replica), over ring RPC.
 async fn copy_at(pool: &Pool, addr: &str, service: &str) -> Result<BTreeSet<String>, String> {
     let req = Request::Registry(RegistryRequest::ReadReplica {
@@ -409,16 +438,18 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
         phases.push(("one ring", healed.elapsed()));
         let pool = Pool::new(Duration::from_secs(5));
         let binds: Vec<String> = nodes.iter().map(|n| n.bind.clone()).collect();
-        // What the check waited for, each time it changed: a slow check says why.
-        let mut trail: Vec<(f64, String)> = Vec::new();
+        // What the check waited for, each time it changed, and what repair had done by then:
+        // a slow check says why.
+        let mut trail: Vec<(f64, String, String)> = Vec::new();
         eventually(
             "every acknowledged write on K nodes, every removal on none",
             Duration::from_secs(180),
             async || {
                 let outcome = k_copies(&pool, &binds, &registered, &removed).await;
                 if let Err(e) = &outcome {
-                    if trail.last().is_none_or(|(_, last)| last != e) {
-                        trail.push((healed.elapsed().as_secs_f64(), e.clone()));
+                    if trail.last().is_none_or(|(_, last, _)| last != e) {
+                        let at = healed.elapsed().as_secs_f64();
+                        trail.push((at, e.clone(), repair_counters(&urls).await));
                     }
                 }
                 outcome
@@ -429,8 +460,8 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
         if healed.elapsed() > Duration::from_secs(5) {
             // The last few things waited for, and since when.
             let from = trail.len().saturating_sub(8);
-            for (at, what) in &trail[from..] {
-                println!("  waited at {at:.1} s: {what}");
+            for (at, what, repair) in &trail[from..] {
+                println!("  waited at {at:.1} s: {what}\n    {repair}");
             }
         }
         for url in &urls {
