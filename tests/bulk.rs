@@ -241,3 +241,108 @@ fn a_join_whose_range_takes_longer_to_gather_than_an_rpc_deadline_completes() {
         .await;
     });
 }
+
+/// Anti-entropy reaches a replica whose scans of an owner's range outlast the RPC deadline (the
+/// test-only scan delay: 1.5 s against 500 ms, on the tree's and the flat comparison's scans
+/// alike). C is cut off from A and B (each one's ring traffic follows a cut file) while a ring
+/// of two takes 20 registrations of services C does not own; after the heal only A's and B's
+/// anti-entropy can bring C those copies. A replica now keeps a scan for a few seconds and
+/// answers the next round from it; when each call scanned again, every comparison timed out,
+/// round after round, and C stayed without them (as a ten-minute fault campaign showed for
+/// 30 s on a loaded machine).
+#[test]
+fn a_replica_whose_range_scans_outlast_the_rpc_deadline_is_still_repaired() {
+    let dir = tempfile::tempdir().expect("cut files");
+    let cuts: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("cut-{i}")))
+        .collect();
+    for c in &cuts {
+        std::fs::write(c, "").expect("cut file");
+    }
+    let file: Vec<String> = cuts
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    let cut_env = |i: usize| ("CHORDCTL_TEST_CUT_FILE", file[i].as_str());
+    let any = "127.0.0.1:0";
+    let a = AgentProc::start_env(None, any, any, &[], &[cut_env(0)]);
+    let b = AgentProc::start_env(Some(&a.ring), any, any, &[], &[cut_env(1)]);
+    let slow = (chordctl::agent::registry::RANGE_SCAN_DELAY_ENV, "1500");
+    let c = AgentProc::start_env(Some(&a.ring), any, any, &[], &[cut_env(2), slow]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ring_of = async |urls: &[String], n: usize| {
+        for url in urls {
+            let (st, nodes) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
+            if st != 200 || nodes.as_array().map_or(0, Vec::len) != n {
+                return Err(format!("{url}: {st} {nodes}"));
+            }
+        }
+        Ok(())
+    };
+    let all = [a.url(), b.url(), c.url()];
+    let settle = Duration::from_secs(60);
+    rt.block_on(eventually("a ring of three", settle, async || {
+        ring_of(&all, 3).await
+    }));
+    // Services C does not own: only their replicas' repair can bring them to C.
+    let services: Vec<String> = rt.block_on(async {
+        let mut names = Vec::new();
+        for i in 0.. {
+            let name = format!("slow-scan-copy-{i}");
+            let (st, at) = call("GET", &format!("{}/v1/locate/{name}", a.url()), None).await;
+            assert_eq!(st, 200, "{at}");
+            if at["owner"]["id"] != c.id.as_str() {
+                names.push(name);
+            }
+            if names.len() == 20 {
+                break;
+            }
+        }
+        names
+    });
+    std::fs::write(&cuts[0], &c.ring).expect("cut");
+    std::fs::write(&cuts[1], &c.ring).expect("cut");
+    std::fs::write(&cuts[2], format!("{}\n{}", a.ring, b.ring)).expect("cut");
+    let ab = [a.url(), b.url()];
+    rt.block_on(eventually("A and B a ring of two", settle, async || {
+        ring_of(&ab, 2).await
+    }));
+    rt.block_on(async {
+        for s in &services {
+            eventually(&format!("register {s}"), settle, async || {
+                let (st, b) = call(
+                    "PUT",
+                    &format!("{}/v1/services/{s}/instances/i0", a.url()),
+                    Some(json!({"address": "10.9.0.1", "port": 80})),
+                )
+                .await;
+                (st == 200).then_some(()).ok_or(format!("{st} {b}"))
+            })
+            .await;
+        }
+    });
+    let pool = chordctl::rpc::Pool::new(Duration::from_secs(5));
+    let keys: Vec<String> = services.iter().map(|s| format!("u/{s}/i0")).collect();
+    let held = async || {
+        crate::support::procs::fetch_at(&pool, &c, keys.clone())
+            .await
+            .len()
+    };
+    assert_eq!(rt.block_on(held()), 0, "C was cut off during the writes");
+    for c in &cuts {
+        std::fs::write(c, "").expect("heal");
+    }
+    rt.block_on(eventually("a ring of three again", settle, async || {
+        ring_of(&all, 3).await
+    }));
+    rt.block_on(eventually(
+        "C stores a copy of every registration (K = 3 on three nodes)",
+        settle,
+        async || {
+            let n = held().await;
+            (n == keys.len())
+                .then_some(())
+                .ok_or(format!("C stores {n} of {}", keys.len()))
+        },
+    ));
+}

@@ -853,13 +853,14 @@ impl Registry {
         // hold there, within the digest's span of keys, by key, with its version. Tombstones
         // past their time are neither compared nor kept: the owner has forgotten them.
         let held = match range {
-            Some((from, to)) => {
-                self.marks_where(move |id| id.in_half_open(&from, &to))
-                    .await?
-            }
-            None => self.marks_where(|_| true).await?,
+            Some((from, to)) => self.range_scan(from, to).await?.0,
+            None => Arc::new(self.marks_where(|_| true).await?),
         };
-        let mine: HashMap<String, Mark> = held.into_iter().filter(|(key, _)| covers(key)).collect();
+        let mine: HashMap<String, Mark> = held
+            .iter()
+            .filter(|(key, _)| covers(key))
+            .cloned()
+            .collect();
         let (need, newer) = compare(mine, items, range.is_some(), DIFF_NEWER_BYTES);
         self.uncache_keys(&need);
         Ok(RegistryResponse::Diff { need, newer })

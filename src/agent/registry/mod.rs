@@ -130,8 +130,9 @@ pub const RECORD_CACHE_UNITS_ENV: &str = "CHORDCTL_TEST_RECORD_CACHE_UNITS";
 pub const WRITE_DELAY_ENV: &str = "CHORDCTL_TEST_WRITE_DELAY_MS";
 
 /// Environment variable (tests only) that makes this agent take a number of milliseconds
-/// longer to gather a joiner's range (the scan behind the first page of a join's transfer):
-/// a store large or slow enough that the scan outlasts an RPC deadline.
+/// longer to scan a range for a peer (a joiner's range, behind the first page of its
+/// transfer; an owner's range, behind an anti-entropy comparison): a store large or slow
+/// enough that the scan outlasts an RPC deadline.
 pub const RANGE_SCAN_DELAY_ENV: &str = "CHORDCTL_TEST_RANGE_SCAN_DELAY_MS";
 
 /// A write waiting for its group.
@@ -153,7 +154,7 @@ pub struct Registry {
     ring: Arc<RingDriver>,
     /// The hash tree of the range an owner is walking with this replica, kept for the walk
     /// (one scan of the store serves its every level): (from, to, when made, items).
-    tree: Mutex<Option<TreeWalk>>,
+    tree: Mutex<HashMap<(Id, Id), RangeScan>>,
     replicas: usize,
     /// Copies (owner included) durable before a write is acknowledged.
     quorum: usize,
@@ -281,12 +282,22 @@ pub(crate) fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// (store key, mark) of an entry, as anti-entropy compares it ([`Mark`]).
-/// A replica's hash tree of an owner's range: (from, to, when made, items).
-type TreeWalk = (Id, Id, Instant, Arc<merkle::Items>);
+/// A replica's scan of an owner's range for anti-entropy: when it was made, the (key, mark)
+/// of each entry, and their hash tree.
+type RangeScan = (Instant, Arc<Vec<(String, Mark)>>, Arc<merkle::Items>);
 
-/// How long a replica reuses the hash tree it made for an owner's walk (a walk is a few
-/// round trips; anti-entropy runs every 3 s).
-const TREE_WALK: Duration = Duration::from_secs(1);
+/// How long a replica reuses its scan of an owner's range: across one comparison's several
+/// exchanges (the tree's levels, the digests under the nodes that differ, or the flat
+/// comparison's range hash and digests, each answered from the one scan), and into the next
+/// round (3 s later). A scan that outlasts the owner's RPC deadline (a large store, a loaded
+/// machine) then still serves the next round's comparison; made again for each call, it
+/// outlasted the deadline again, round after round, and the replica was never repaired. A
+/// comparison against a scan a few seconds old costs resends of what changed since (merging
+/// is idempotent); what the replica took in since is seen at the next scan.
+const RANGE_SCAN_REUSE: Duration = Duration::from_secs(10);
+
+/// Ranges whose scans a replica keeps at once (one per owner it replicates, with room).
+const RANGE_SCANS_KEPT: usize = 16;
 
 fn version_item(e: &Entry) -> (String, Mark) {
     (e.key.clone(), Mark::of(&e.key, &e.value))
@@ -377,7 +388,7 @@ impl Registry {
         if let Some(delay) = range_scan_delay {
             tracing::warn!(
                 ?delay,
-                "this agent's range scans for joiners are slowed down for a test"
+                "this agent's range scans for peers are slowed down for a test"
             );
         }
         let cache_units = test_setting::<usize>(RECORD_CACHE_UNITS_ENV);
@@ -387,7 +398,7 @@ impl Registry {
         let cache_units = cache_units.unwrap_or(RECORD_CACHE_UNITS);
         let pause_threshold = (ring.pool().timeout() / 2).max(Duration::from_millis(100));
         Arc::new(Registry {
-            tree: Mutex::new(None),
+            tree: Mutex::new(HashMap::new()),
             ring,
             replicas: replicas.max(1),
             quorum: quorum.clamp(1, replicas.max(1)),
@@ -832,7 +843,7 @@ impl Registry {
                 Ok(RegistryResponse::Record(rec.map(Arc::unwrap_or_clone)))
             }
             RegistryRequest::RangeHash { from, to, hash } => {
-                let mine = self.marks_in(from, to).await?;
+                let (mine, _) = self.range_scan(from, to).await?;
                 Ok(RegistryResponse::Same(range_hash(&mine) == hash))
             }
             RegistryRequest::Digest { items, range, span } => {
@@ -846,7 +857,7 @@ impl Registry {
                         handoff::TREE_NODES_PER_CALL
                     )));
                 }
-                let items = self.tree_of(from, to).await?;
+                let (_, items) = self.range_scan(from, to).await?;
                 Ok(RegistryResponse::TreeChildren(merkle::children(
                     &items, &nodes,
                 )))
@@ -908,26 +919,44 @@ impl Registry {
         answer
     }
 
-    /// The hash tree of what this node holds in `(from, to]`: made by one scan and reused
-    /// for [`TREE_WALK`], so that an owner's walk down its levels scans the store once. A walk
-    /// that straddles a write sees the state at its start; the next round sees the write.
-    async fn tree_of(&self, from: Id, to: Id) -> Result<Arc<merkle::Items>> {
-        if let Ok(t) = self.tree.lock() {
-            if let Some((f, t2, made, items)) = t.as_ref() {
-                if (*f, *t2) == (from, to) && made.elapsed() < TREE_WALK {
-                    return Ok(items.clone());
+    /// What this node holds in `(from, to]` as anti-entropy compares it — each entry's
+    /// (key, mark) and their hash tree — made by one scan and reused for
+    /// [`RANGE_SCAN_REUSE`] (see there).
+    pub(super) async fn range_scan(
+        &self,
+        from: Id,
+        to: Id,
+    ) -> Result<(Arc<Vec<(String, Mark)>>, Arc<merkle::Items>)> {
+        if let Ok(scans) = self.tree.lock() {
+            if let Some((made, marks, items)) = scans.get(&(from, to)) {
+                if made.elapsed() < RANGE_SCAN_REUSE {
+                    return Ok((marks.clone(), items.clone()));
                 }
             }
         }
-        let items = Arc::new(merkle::Items::new(&self.marks_in(from, to).await?));
-        if let Ok(mut t) = self.tree.lock() {
-            *t = Some((from, to, Instant::now(), items.clone()));
+        let marks = Arc::new(self.marks_in(from, to).await?);
+        let items = Arc::new(merkle::Items::new(marks.iter()));
+        if let Ok(mut scans) = self.tree.lock() {
+            scans.retain(|_, (made, _, _)| made.elapsed() < RANGE_SCAN_REUSE);
+            if scans.len() >= RANGE_SCANS_KEPT {
+                let oldest = scans
+                    .iter()
+                    .min_by_key(|(_, (made, _, _))| *made)
+                    .map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    scans.remove(&k);
+                }
+            }
+            scans.insert((from, to), (Instant::now(), marks.clone(), items.clone()));
         }
-        Ok(items)
+        Ok((marks, items))
     }
 
     /// (key, mark) of every entry held in the range `(from, to]`.
-    async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
+    pub(super) async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
+        if let Some(delay) = self.range_scan_delay {
+            tokio::time::sleep(delay).await;
+        }
         self.marks_where(move |id| id.in_half_open(&from, &to))
             .await
     }
