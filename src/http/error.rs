@@ -107,13 +107,15 @@ pub async fn as_json(path_is_prototype: bool, method: &Method, response: Respons
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ => "internal",
     };
+    // The same answer as any other error, keeping the router's other headers (`Allow`).
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::CONTENT_TYPE);
-    let body = json!({"error": {"code": code, "message": message}});
-    let mut answer = Json(body).into_response();
-    for (name, value) in &parts.headers {
-        answer.headers_mut().append(name, value.clone());
+    let mut answer = ApiError {
+        status,
+        code,
+        message,
     }
-    *answer.status_mut() = status;
+    .into_response();
+    answer.headers_mut().extend(parts.headers);
     answer
 }

@@ -152,9 +152,9 @@ struct Slot {
 /// The registry of one agent.
 pub struct Registry {
     ring: Arc<RingDriver>,
-    /// The hash tree of the range an owner is walking with this replica, kept for the walk
-    /// (one scan of the store serves its every level): (from, to, when made, items).
-    tree: Mutex<HashMap<(Id, Id), RangeScan>>,
+    /// This node's scans of owners' ranges, kept for their comparisons with it (one scan
+    /// answers every call of a comparison, and the next round's: [`RANGE_SCAN_REUSE`]).
+    range_scans: Mutex<HashMap<(Id, Id), RangeScan>>,
     replicas: usize,
     /// Copies (owner included) durable before a write is acknowledged.
     quorum: usize,
@@ -398,7 +398,7 @@ impl Registry {
         let cache_units = cache_units.unwrap_or(RECORD_CACHE_UNITS);
         let pause_threshold = (ring.pool().timeout() / 2).max(Duration::from_millis(100));
         Arc::new(Registry {
-            tree: Mutex::new(HashMap::new()),
+            range_scans: Mutex::new(HashMap::new()),
             ring,
             replicas: replicas.max(1),
             quorum: quorum.clamp(1, replicas.max(1)),
@@ -927,7 +927,7 @@ impl Registry {
         from: Id,
         to: Id,
     ) -> Result<(Arc<Vec<(String, Mark)>>, Arc<merkle::Items>)> {
-        if let Ok(scans) = self.tree.lock() {
+        if let Ok(scans) = self.range_scans.lock() {
             if let Some((made, marks, items)) = scans.get(&(from, to)) {
                 if made.elapsed() < RANGE_SCAN_REUSE {
                     return Ok((marks.clone(), items.clone()));
@@ -936,7 +936,7 @@ impl Registry {
         }
         let marks = Arc::new(self.marks_in(from, to).await?);
         let items = Arc::new(merkle::Items::new(marks.iter()));
-        if let Ok(mut scans) = self.tree.lock() {
+        if let Ok(mut scans) = self.range_scans.lock() {
             scans.retain(|_, (made, _, _)| made.elapsed() < RANGE_SCAN_REUSE);
             if scans.len() >= RANGE_SCANS_KEPT {
                 let oldest = scans
