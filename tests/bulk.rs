@@ -346,3 +346,32 @@ fn a_replica_whose_range_scans_outlast_the_rpc_deadline_is_still_repaired() {
         },
     ));
 }
+
+/// A comparison call that fails is counted by its step and cause, so an operator (and
+/// the fault campaign's trail) can tell which call a repair that fails round after round is
+/// stuck on: here the first level of the hash tree, which the replica's slow scan makes
+/// outlast the RPC deadline.
+#[test]
+fn a_failed_anti_entropy_call_is_counted_by_its_step() {
+    let any = "127.0.0.1:0";
+    let a = AgentProc::start(None, &[]);
+    let slow = (chordctl::agent::registry::RANGE_SCAN_DELAY_ENV, "1500");
+    let _b = AgentProc::start_env(Some(&a.ring), any, any, &[], &[slow]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sample = "chordctl_antientropy_failures_total{step=\"tree\",cause=\"timeout\"} ";
+    rt.block_on(eventually(
+        "the owner counts its failed tree call to the slow replica",
+        Duration::from_secs(60),
+        async || {
+            let (st, text) =
+                crate::support::http::raw("GET", &format!("{}/metrics", a.url()), Vec::new()).await;
+            let n: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+                .unwrap_or(0);
+            (st == 200 && n > 0)
+                .then_some(())
+                .ok_or(format!("{st}: no {sample}in\n{text}"))
+        },
+    ));
+}

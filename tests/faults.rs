@@ -247,12 +247,23 @@ async fn repair_counters(urls: &[String]) -> String {
                 "chordctl_antientropy_rounds_total{{reason=\"{why}\"}}"
             ))
         };
+        // Failed anti-entropy calls, by step and cause: `tree/timeout=3`.
+        let failed: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("chordctl_antientropy_failures_total{step=\"")?;
+                let (step, rest) = rest.split_once("\",cause=\"")?;
+                let (cause, n) = rest.split_once("\"} ")?;
+                Some(format!("{step}/{cause}={n}"))
+            })
+            .collect();
         each.push(format!(
-            "node {i}: rounds {}/{}/{}, unconfirmed {}",
+            "node {i}: rounds {}/{}/{}, unconfirmed {}, failed calls [{}]",
             rounds("ring_change"),
             rounds("unsynced"),
             rounds("periodic"),
-            value("chordctl_replication_errors_total")
+            value("chordctl_replication_errors_total"),
+            failed.join(" ")
         ));
     }
     format!("(rounds ring_change/unsynced/periodic) {}", each.join("; "))

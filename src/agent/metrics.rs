@@ -127,6 +127,8 @@ pub struct Metrics {
     tree_rounds: AtomicU64,
     /// Anti-entropy rounds by why they ran (or that they compared nothing): [`SyncRound`].
     sync_rounds: [AtomicU64; 4],
+    /// Anti-entropy calls to a replica that failed, by [`RepairStep`] and cause.
+    repair_failures: Mutex<BTreeMap<(RepairStep, &'static str), u64>>,
     /// Groups queued on replication streams, and the messages that carried them.
     stream_groups: AtomicU64,
     stream_messages: AtomicU64,
@@ -174,6 +176,7 @@ impl Default for Metrics {
             stream_groups: AtomicU64::new(0),
             stream_messages: AtomicU64::new(0),
             tree_exchanges: AtomicU64::new(0),
+            repair_failures: Mutex::new(BTreeMap::new()),
             flat_rounds: AtomicU64::new(0),
             quorum_failures: AtomicU64::new(0),
             store_errors: Mutex::new(BTreeMap::new()),
@@ -263,6 +266,14 @@ impl Metrics {
     /// One anti-entropy round ran (or compared nothing), for `why`.
     pub fn sync_round(&self, why: SyncRound) {
         self.sync_rounds[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An anti-entropy call to a replica failed at `step`, for `cause` (`timeout`,
+    /// `unreachable`, or the code of the error the replica answered).
+    pub fn repair_failure(&self, step: RepairStep, cause: &'static str) {
+        *lock(&self.repair_failures)
+            .entry((step, cause))
+            .or_insert(0) += 1;
     }
 
     /// A group was queued on the replication stream to one replica.
@@ -506,6 +517,21 @@ impl Metrics {
                 out,
                 "chordctl_antientropy_rounds_total{{reason=\"{}\"}} {n}",
                 why.label()
+            );
+        }
+        family(
+            &mut out,
+            "chordctl_antientropy_failures_total",
+            "counter",
+            "Anti-entropy calls to a replica that failed, by step (tree, tree_digest, \
+             range_hash, digest, pull, handoff) and cause (timeout, unreachable, or the code \
+             of the error the replica answered).",
+        );
+        for ((step, cause), n) in lock(&self.repair_failures).iter() {
+            let _ = writeln!(
+                out,
+                "chordctl_antientropy_failures_total{{step=\"{}\",cause=\"{cause}\"}} {n}",
+                step.label()
             );
         }
         counter(
@@ -787,6 +813,36 @@ impl SyncRound {
             SyncRound::Unsynced => "unsynced",
             SyncRound::Periodic => "periodic",
             SyncRound::Idle => "idle",
+        }
+    }
+}
+
+/// The anti-entropy call that failed: its place in a comparison with a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RepairStep {
+    /// A level of the hash tree (`TreeChildren`).
+    Tree,
+    /// The keys under the tree's differing nodes (`TreeDigest`).
+    TreeDigest,
+    /// The flat comparison's hash of the whole range (`RangeHash`).
+    RangeHash,
+    /// The flat comparison's digests of every key (`Digest`).
+    Digest,
+    /// Entries the replica holds newer, fetched from it (`Fetch`).
+    Pull,
+    /// Entries the replica lacks, sent to it (`Handoff`).
+    Handoff,
+}
+
+impl RepairStep {
+    fn label(self) -> &'static str {
+        match self {
+            RepairStep::Tree => "tree",
+            RepairStep::TreeDigest => "tree_digest",
+            RepairStep::RangeHash => "range_hash",
+            RepairStep::Digest => "digest",
+            RepairStep::Pull => "pull",
+            RepairStep::Handoff => "handoff",
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{guard, version_item, Registry, TRANSFER_CHUNK};
+use crate::agent::metrics::RepairStep;
 use crate::agent::progress::{Progress, Step};
 use crate::registry::merkle;
 use crate::registry::ops::{range_hash, Entry, RegistryRequest, RegistryResponse};
@@ -292,7 +293,7 @@ impl Registry {
                             to,
                             nodes: part.to_vec(),
                         };
-                        match self.call(node, req).await? {
+                        match self.repair_call(node, req, RepairStep::Tree).await? {
                             RegistryResponse::TreeChildren(c) if c.len() == part.len() => {
                                 theirs.extend(c)
                             }
@@ -343,7 +344,7 @@ impl Registry {
                 to,
                 nodes: std::mem::take(&mut group),
             };
-            match self.call(node, req).await? {
+            match self.repair_call(node, req, RepairStep::TreeDigest).await? {
                 RegistryResponse::Diff { need: more, newer } => {
                     if !newer.is_empty() {
                         pulled += self.pull(node, newer).await?;
@@ -372,14 +373,16 @@ impl Registry {
                 to,
                 hash: range_hash(items),
             };
-            if let Ok(RegistryResponse::Same(true)) = self.call(node, req).await {
+            if let Ok(RegistryResponse::Same(true)) =
+                self.repair_call(node, req, RepairStep::RangeHash).await
+            {
                 return Some((Vec::new(), 0));
             }
         }
         let (mut need, mut pulled) = (Vec::new(), 0);
         for (items, span) in digest_spans(items.to_vec()) {
             let req = RegistryRequest::Digest { items, range, span };
-            match self.call(node, req).await {
+            match self.repair_call(node, req, RepairStep::Digest).await {
                 Ok(RegistryResponse::Diff { need: more, newer }) => {
                     // What the replica holds newer in our range (we may have inherited the
                     // range from a crashed node it was a replica of) comes to us first.
@@ -392,6 +395,29 @@ impl Registry {
             }
         }
         Some((need, pulled))
+    }
+
+    /// [`Registry::call`] for anti-entropy: a failure is counted by `step` (and logged), so
+    /// a repair that fails round after round says where.
+    async fn repair_call(
+        &self,
+        node: &NodeRef,
+        req: RegistryRequest,
+        step: RepairStep,
+    ) -> Result<RegistryResponse> {
+        let deadline = self.ring.pool().timeout();
+        let started = Instant::now();
+        self.call(node, req).await.inspect_err(|e| {
+            tracing::debug!(peer = %node.addr, ?step, "anti-entropy call failed: {e}");
+            // A routing error at the deadline is the replica not answering in time; before
+            // it, no connection; an error the replica answered keeps its own code.
+            let cause = match e {
+                Error::Routing(_) if started.elapsed() >= deadline => "timeout",
+                Error::Routing(_) => "unreachable",
+                e => e.code(),
+            };
+            self.ring.metrics().repair_failure(step, cause);
+        })
     }
 
     /// Send what this node stores under `keys` to `node`, read and sent [`TRANSFER_CHUNK`]
@@ -429,10 +455,12 @@ impl Registry {
             let req = RegistryRequest::Handoff {
                 entries: chunk.to_vec(),
             };
-            self.call(node, req).await.inspect_err(|_| {
-                self.mark_unsynced();
-                self.ring.metrics().replication_error()
-            })?;
+            self.repair_call(node, req, RepairStep::Handoff)
+                .await
+                .inspect_err(|_| {
+                    self.mark_unsynced();
+                    self.ring.metrics().replication_error()
+                })?;
         }
         Ok(())
     }
@@ -597,7 +625,7 @@ impl Registry {
         while !rest.is_empty() {
             let ask = &rest[..rest.len().min(TRANSFER_CHUNK)];
             let req = RegistryRequest::Fetch { keys: ask.to_vec() };
-            match self.call(node, req).await? {
+            match self.repair_call(node, req, RepairStep::Pull).await? {
                 RegistryResponse::Page { entries, next, .. } => {
                     got += entries.len();
                     self.merge(entries).await?;
