@@ -250,69 +250,152 @@ fn a_join_whose_range_takes_longer_to_gather_than_an_rpc_deadline_completes() {
 /// answers the next round from it; when each call scanned again, every comparison timed out,
 /// round after round, and C stayed without them (as a ten-minute fault campaign showed for
 /// 30 s on a loaded machine).
+/// Three agents A, B, C, each one's ring traffic following a cut file, C started with `c_env`.
+struct CutRing {
+    _dir: tempfile::TempDir,
+    cuts: Vec<std::path::PathBuf>,
+    a: AgentProc,
+    b: AgentProc,
+    c: AgentProc,
+}
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+impl CutRing {
+    fn start(rt: &tokio::runtime::Runtime, c_env: &[(&str, &str)]) -> CutRing {
+        let dir = tempfile::tempdir().expect("cut files");
+        let cuts: Vec<std::path::PathBuf> = (0..3)
+            .map(|i| dir.path().join(format!("cut-{i}")))
+            .collect();
+        for c in &cuts {
+            std::fs::write(c, "").expect("cut file");
+        }
+        let file = |i: usize| cuts[i].to_string_lossy().into_owned();
+        let (f0, f1, f2) = (file(0), file(1), file(2));
+        let any = "127.0.0.1:0";
+        let a = AgentProc::start_env(None, any, any, &[], &[("CHORDCTL_TEST_CUT_FILE", &f0)]);
+        let b = AgentProc::start_env(
+            Some(&a.ring),
+            any,
+            any,
+            &[],
+            &[("CHORDCTL_TEST_CUT_FILE", &f1)],
+        );
+        let mut env = vec![("CHORDCTL_TEST_CUT_FILE", f2.as_str())];
+        env.extend_from_slice(c_env);
+        let c = AgentProc::start_env(Some(&a.ring), any, any, &[], &env);
+        let ring = CutRing {
+            _dir: dir,
+            cuts,
+            a,
+            b,
+            c,
+        };
+        ring.wait_for_ring(rt, &[ring.a.url(), ring.b.url(), ring.c.url()]);
+        ring
+    }
+
+    /// Every agent at `urls` sees a ring of exactly those.
+    fn wait_for_ring(&self, rt: &tokio::runtime::Runtime, urls: &[String]) {
+        let n = urls.len();
+        rt.block_on(eventually(&format!("a ring of {n}"), SETTLE, async || {
+            for url in urls {
+                let (st, nodes) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
+                if st != 200 || nodes.as_array().map_or(0, Vec::len) != n {
+                    return Err(format!("{url}: {st} {nodes}"));
+                }
+            }
+            Ok(())
+        }));
+    }
+
+    /// `n` service names whose owner is not C (`only_a`: whose owner is A).
+    fn services(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        prefix: &str,
+        n: usize,
+        only_a: bool,
+    ) -> Vec<String> {
+        rt.block_on(async {
+            let mut names = Vec::new();
+            for i in 0.. {
+                let name = format!("{prefix}-{i}");
+                let (st, at) =
+                    call("GET", &format!("{}/v1/locate/{name}", self.a.url()), None).await;
+                assert_eq!(st, 200, "{at}");
+                let owner = &at["owner"]["id"];
+                if (only_a && owner == self.a.id.as_str())
+                    || (!only_a && owner != self.c.id.as_str())
+                {
+                    names.push(name);
+                }
+                if names.len() == n {
+                    break;
+                }
+            }
+            names
+        })
+    }
+
+    /// Cut C off from A and B, and wait until A and B are a ring of two.
+    fn cut_c(&self, rt: &tokio::runtime::Runtime) {
+        std::fs::write(&self.cuts[0], &self.c.ring).expect("cut");
+        std::fs::write(&self.cuts[1], &self.c.ring).expect("cut");
+        std::fs::write(&self.cuts[2], format!("{}\n{}", self.a.ring, self.b.ring)).expect("cut");
+        self.wait_for_ring(rt, &[self.a.url(), self.b.url()]);
+    }
+
+    /// C holds none of `keys` (it was cut off while they were written); heal every cut, wait
+    /// until the three are one ring again, then until C stores every one of `keys` (only
+    /// anti-entropy can bring them: C owns none of their services).
+    fn heal_until_c_holds(&self, rt: &tokio::runtime::Runtime, keys: &[String], within: Duration) {
+        let pool = chordctl::rpc::Pool::new(Duration::from_secs(10));
+        let held = async || {
+            crate::support::procs::fetch_at(&pool, &self.c, keys.to_vec())
+                .await
+                .len()
+        };
+        assert_eq!(rt.block_on(held()), 0, "C was cut off during the writes");
+        for c in &self.cuts {
+            std::fs::write(c, "").expect("heal");
+        }
+        self.wait_for_ring(rt, &[self.a.url(), self.b.url(), self.c.url()]);
+        rt.block_on(eventually(
+            "C stores a copy of every registration (K = 3 on three nodes)",
+            within,
+            async || {
+                let n = held().await;
+                (n == keys.len())
+                    .then_some(())
+                    .ok_or(format!("C stores {n} of {}", keys.len()))
+            },
+        ));
+    }
+}
+
+/// Anti-entropy reaches a replica whose scans of an owner's range outlast the RPC deadline (the
+/// test-only scan delay: 1.5 s against 500 ms, on the tree's and the flat comparison's scans
+/// alike). C is cut off from A and B (each one's ring traffic follows a cut file) while a ring
+/// of two takes 20 registrations of services C does not own; after the heal only A's and B's
+/// anti-entropy can bring C those copies. A replica now keeps a scan for a few seconds and
+/// answers the next round from it; when each call scanned again, every comparison timed out,
+/// round after round, and C stayed without them (as a ten-minute fault campaign showed for
+/// 30 s on a loaded machine).
 #[test]
 fn a_replica_whose_range_scans_outlast_the_rpc_deadline_is_still_repaired() {
-    let dir = tempfile::tempdir().expect("cut files");
-    let cuts: Vec<std::path::PathBuf> = (0..3)
-        .map(|i| dir.path().join(format!("cut-{i}")))
-        .collect();
-    for c in &cuts {
-        std::fs::write(c, "").expect("cut file");
-    }
-    let file: Vec<String> = cuts
-        .iter()
-        .map(|c| c.to_string_lossy().into_owned())
-        .collect();
-    let cut_env = |i: usize| ("CHORDCTL_TEST_CUT_FILE", file[i].as_str());
-    let any = "127.0.0.1:0";
-    let a = AgentProc::start_env(None, any, any, &[], &[cut_env(0)]);
-    let b = AgentProc::start_env(Some(&a.ring), any, any, &[], &[cut_env(1)]);
-    let slow = (chordctl::agent::registry::RANGE_SCAN_DELAY_ENV, "1500");
-    let c = AgentProc::start_env(Some(&a.ring), any, any, &[], &[cut_env(2), slow]);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let ring_of = async |urls: &[String], n: usize| {
-        for url in urls {
-            let (st, nodes) = call("GET", &format!("{url}/v1/ring/nodes"), None).await;
-            if st != 200 || nodes.as_array().map_or(0, Vec::len) != n {
-                return Err(format!("{url}: {st} {nodes}"));
-            }
-        }
-        Ok(())
-    };
-    let all = [a.url(), b.url(), c.url()];
-    let settle = Duration::from_secs(60);
-    rt.block_on(eventually("a ring of three", settle, async || {
-        ring_of(&all, 3).await
-    }));
+    let slow = (chordctl::agent::registry::RANGE_SCAN_DELAY_ENV, "1500");
+    let ring = CutRing::start(&rt, &[slow]);
     // Services C does not own: only their replicas' repair can bring them to C.
-    let services: Vec<String> = rt.block_on(async {
-        let mut names = Vec::new();
-        for i in 0.. {
-            let name = format!("slow-scan-copy-{i}");
-            let (st, at) = call("GET", &format!("{}/v1/locate/{name}", a.url()), None).await;
-            assert_eq!(st, 200, "{at}");
-            if at["owner"]["id"] != c.id.as_str() {
-                names.push(name);
-            }
-            if names.len() == 20 {
-                break;
-            }
-        }
-        names
-    });
-    std::fs::write(&cuts[0], &c.ring).expect("cut");
-    std::fs::write(&cuts[1], &c.ring).expect("cut");
-    std::fs::write(&cuts[2], format!("{}\n{}", a.ring, b.ring)).expect("cut");
-    let ab = [a.url(), b.url()];
-    rt.block_on(eventually("A and B a ring of two", settle, async || {
-        ring_of(&ab, 2).await
-    }));
+    let services = ring.services(&rt, "slow-scan-copy", 20, false);
+    ring.cut_c(&rt);
     rt.block_on(async {
         for s in &services {
-            eventually(&format!("register {s}"), settle, async || {
+            eventually(&format!("register {s}"), SETTLE, async || {
                 let (st, b) = call(
                     "PUT",
-                    &format!("{}/v1/services/{s}/instances/i0", a.url()),
+                    &format!("{}/v1/services/{s}/instances/i0", ring.a.url()),
                     Some(json!({"address": "10.9.0.1", "port": 80})),
                 )
                 .await;
@@ -321,30 +404,78 @@ fn a_replica_whose_range_scans_outlast_the_rpc_deadline_is_still_repaired() {
             .await;
         }
     });
-    let pool = chordctl::rpc::Pool::new(Duration::from_secs(5));
     let keys: Vec<String> = services.iter().map(|s| format!("u/{s}/i0")).collect();
-    let held = async || {
-        crate::support::procs::fetch_at(&pool, &c, keys.clone())
-            .await
-            .len()
-    };
-    assert_eq!(rt.block_on(held()), 0, "C was cut off during the writes");
-    for c in &cuts {
-        std::fs::write(c, "").expect("heal");
-    }
-    rt.block_on(eventually("a ring of three again", settle, async || {
-        ring_of(&all, 3).await
-    }));
-    rt.block_on(eventually(
-        "C stores a copy of every registration (K = 3 on three nodes)",
-        settle,
-        async || {
-            let n = held().await;
-            (n == keys.len())
-                .then_some(())
-                .ok_or(format!("C stores {n} of {}", keys.len()))
-        },
-    ));
+    ring.heal_until_c_holds(&rt, &keys, SETTLE);
+}
+
+/// A replica that takes every chunk of a repair longer than the RPC deadline (the test-only
+/// slow disk: 1 s a store write, against 500 ms) is repaired with a few timeouts, not one a
+/// chunk. C is cut off while A takes 4,500 registrations of services A owns (five chunks of
+/// 1,024 to send); after the heal A's anti-entropy sends them. Each kind of repair call now
+/// has its own deadline per replica, doubled after a timeout and set from the last answer's
+/// time after one: two timeouts (500 ms, 1 s), then every chunk at 2 s. With the RPC deadline
+/// for every call, each round sent one chunk, timed out, and ended; the replica applied it
+/// late, and the next round sent the next: a timeout (and a round of 3 s) for every chunk.
+#[test]
+fn a_replica_slower_than_the_rpc_deadline_at_taking_chunks_is_repaired_with_few_timeouts() {
+    const SERVICES: usize = 5;
+    const EACH: usize = 900;
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let slow = (chordctl::agent::registry::WRITE_DELAY_ENV, "1000");
+    let ring = CutRing::start(&rt, &[slow]);
+    let services = ring.services(&rt, "slow-chunk", SERVICES, true);
+    ring.cut_c(&rt);
+    let url = ring.a.url();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for s in services.clone() {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for i in 0..EACH {
+                    let put = format!("{url}/v1/services/{s}/instances/i{i}");
+                    let body = json!({"address": "10.9.0.1", "port": 1 + i});
+                    let deadline = std::time::Instant::now() + SETTLE;
+                    loop {
+                        let st = client
+                            .put(&put)
+                            .json(&body)
+                            .send()
+                            .await
+                            .map(|r| r.status());
+                        if matches!(st, Ok(st) if st.is_success()) {
+                            break;
+                        }
+                        assert!(std::time::Instant::now() < deadline, "{put}: {st:?}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("registrations");
+        }
+    });
+    let keys: Vec<String> = services
+        .iter()
+        .flat_map(|s| (0..EACH).map(move |i| format!("u/{s}/i{i}")))
+        .collect();
+    ring.heal_until_c_holds(&rt, &keys, Duration::from_secs(120));
+    let timeouts = rt.block_on(async {
+        let (_, text) =
+            crate::support::http::raw("GET", &format!("{url}/metrics"), Vec::new()).await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "chordctl_antientropy_failures_total{step=\"handoff\",cause=\"timeout\"} ",
+                )
+            })
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap_or(0))
+    });
+    assert!(
+        timeouts <= 3,
+        "A's chunks to C timed out {timeouts} times (5 chunks; at most 3 expected)"
+    );
 }
 
 /// A comparison call that fails is counted by its step and cause, so an operator (and

@@ -818,7 +818,7 @@ impl SyncRound {
 }
 
 /// The anti-entropy call that failed: its place in a comparison with a replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RepairStep {
     /// A level of the hash tree (`TreeChildren`).
     Tree,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{guard, version_item, Registry, TRANSFER_CHUNK};
+use super::{REPAIR_DEADLINE_HOLD, REPAIR_DEADLINE_MAX};
 use crate::agent::metrics::RepairStep;
 use crate::agent::progress::{Progress, Step};
 use crate::registry::merkle;
@@ -397,27 +398,56 @@ impl Registry {
         Some((need, pulled))
     }
 
-    /// [`Registry::call`] for anti-entropy: a failure is counted by `step` (and logged), so
-    /// a repair that fails round after round says where.
+    /// [`Registry::call`] for anti-entropy, with a deadline of its own for each kind of call
+    /// to each replica: a replica slower than the RPC deadline (a large range to scan, a
+    /// loaded store taking a chunk) would otherwise time out at the same step every round, and
+    /// be sent the next chunk only in the next round. A timeout doubles the deadline, an
+    /// answer that took more than half of it sets it to twice its time
+    /// ([`REPAIR_DEADLINE_MAX`] at most); a raised deadline holds for
+    /// [`REPAIR_DEADLINE_HOLD`] after the last raise.
+    /// A failure is counted by `step` and cause (and logged), so a repair that fails round
+    /// after round says where.
     async fn repair_call(
         &self,
         node: &NodeRef,
         req: RegistryRequest,
         step: RepairStep,
     ) -> Result<RegistryResponse> {
-        let deadline = self.ring.pool().timeout();
+        let base = self.ring.pool().timeout();
+        let most = REPAIR_DEADLINE_MAX.max(base);
+        let key = (node.id, step);
+        // A deadline raised for a replica holds for a while (not past the first quick answer:
+        // a chunk sent again while the replica still applies the first costs it nothing).
+        let deadline = match guard(&self.repair_deadlines).get(&key) {
+            Some((raised, at)) if at.elapsed() < REPAIR_DEADLINE_HOLD => (*raised).max(base),
+            _ => base,
+        };
         let started = Instant::now();
-        self.call(node, req).await.inspect_err(|e| {
-            tracing::debug!(peer = %node.addr, ?step, "anti-entropy call failed: {e}");
-            // A routing error at the deadline is the replica not answering in time; before
-            // it, no connection; an error the replica answered keeps its own code.
+        let answer = self.call_within(node, req, deadline).await;
+        let took = started.elapsed();
+        // A routing error at the deadline is the replica not answering in time; before it,
+        // no connection; an error the replica answered keeps its own code.
+        let timed_out = matches!(answer, Err(Error::Routing(_))) && took >= deadline;
+        let raise = match &answer {
+            Ok(_) if took * 2 > deadline => Some((took * 2).min(most)),
+            Err(_) if timed_out => Some((deadline * 2).min(most)),
+            _ => None,
+        };
+        if let Some(raised) = raise {
+            let mut deadlines = guard(&self.repair_deadlines);
+            deadlines.retain(|_, (_, at)| at.elapsed() < REPAIR_DEADLINE_HOLD);
+            deadlines.insert(key, (raised, Instant::now()));
+        }
+        if let Err(e) = &answer {
+            tracing::debug!(peer = %node.addr, ?step, ?deadline, "anti-entropy call failed: {e}");
             let cause = match e {
-                Error::Routing(_) if started.elapsed() >= deadline => "timeout",
+                _ if timed_out => "timeout",
                 Error::Routing(_) => "unreachable",
                 e => e.code(),
             };
             self.ring.metrics().repair_failure(step, cause);
-        })
+        }
+        answer
     }
 
     /// Send what this node stores under `keys` to `node`, read and sent [`TRANSFER_CHUNK`]

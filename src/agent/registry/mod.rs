@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::deadlines::Deadlines;
+use super::metrics::RepairStep;
 use super::ring::RingDriver;
 use crate::registry::hlc::{node_number, Clock, Hlc};
 use crate::registry::merkle;
@@ -135,6 +136,14 @@ pub const WRITE_DELAY_ENV: &str = "CHORDCTL_TEST_WRITE_DELAY_MS";
 /// enough that the scan outlasts an RPC deadline.
 pub const RANGE_SCAN_DELAY_ENV: &str = "CHORDCTL_TEST_RANGE_SCAN_DELAY_MS";
 
+/// The longest an anti-entropy call waits for a replica that answered the same kind of call
+/// late before (each timeout doubles its deadline, up to this).
+pub const REPAIR_DEADLINE_MAX: Duration = Duration::from_secs(30);
+
+/// How long a raised anti-entropy deadline holds after it was last raised; then the RPC
+/// deadline again.
+pub const REPAIR_DEADLINE_HOLD: Duration = Duration::from_secs(60);
+
 /// A write waiting for its group.
 struct Pending {
     op: WriteOp,
@@ -177,6 +186,10 @@ pub struct Registry {
     /// Recently looked-up owners by key, so that a request through a non-owner costs one
     /// RPC to the owner rather than a lookup (log N RPCs) and then one.
     routes: Mutex<HashMap<Id, (Instant, LookupResult)>>,
+    /// Anti-entropy's raised deadlines for each kind of call to each replica, and when each
+    /// was raised (`Registry::repair_call`): a replica that answered late gets longer, so a
+    /// slow one takes a repair in one round rather than a chunk a round.
+    repair_deadlines: Mutex<HashMap<(Id, RepairStep), (Duration, Instant)>>,
     /// Service records, by name, as last written to or read from the store (write-through):
     /// a write or discover at the owner of a cached record reads nothing from the store (one
     /// that does not fit in the cache's bounds is read at each use). Filled and changed only
@@ -412,6 +425,7 @@ impl Registry {
             ready: AtomicBool::new(true),
             rr: AtomicU64::new(0),
             routes: Mutex::new(HashMap::new()),
+            repair_deadlines: Mutex::new(HashMap::new()),
             records: Mutex::new(RecordCache::new(RECORD_CACHE_MAX, cache_units)),
             deadlines: Mutex::new(Deadlines::default()),
             sweep_wake: tokio::sync::Notify::new(),
