@@ -229,47 +229,57 @@ impl Registry {
             return Ok(0);
         }
         let tree = merkle::Items::new(&items);
-        let mut sent = 0;
-        for node in replicas {
-            // The hash tree first: where the copies agree it costs one exchange, where one
-            // instance differs a few. A replica that cannot answer it (an older agent, or a
-            // failure) gets the flat comparison.
-            let compared = match range {
-                Some((from, to)) => match self.tree_compare(&node, from, to, &tree, &items).await {
-                    Ok(compared) => Some(compared),
-                    Err(e) => {
-                        tracing::debug!(peer = %node.addr, "tree anti-entropy failed ({e}); comparing flat");
-                        None
-                    }
-                },
-                None => None,
-            };
-            let compared = match compared {
-                Some(c) => Some(c),
-                None => self.flat_compare(&node, range, &items).await,
-            };
-            let Some((need, pulled)) = compared else {
-                self.mark_unsynced();
-                self.ring.metrics().replication_error();
-                continue;
-            };
-            sent += pulled;
-            if need.is_empty() {
-                continue;
-            }
-            // Only keys of this round's range: a replica names nothing else, but what it
-            // names is read from the store, so it is not trusted to.
-            let known: HashSet<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
-            let need: Vec<String> = need
-                .into_iter()
-                .filter(|k| known.contains(k.as_str()))
-                .collect();
-            // Counted as a replication error inside; the next round tries again.
-            if let Ok(n) = self.send_stored(&node, &need).await {
-                sent += n;
-            }
+        // Every replica at once: one that answers slowly (its deadlines raised, see
+        // `repair_call`) does not hold back the repair of the others.
+        let rounds = replicas
+            .iter()
+            .map(|node| self.sync_with(node, range, &tree, &items));
+        Ok(futures::future::join_all(rounds).await.into_iter().sum())
+    }
+
+    /// Anti-entropy with one replica: compare (the hash tree, or the flat comparison), pull
+    /// what it holds newer, send what it lacks. Returns the entries moved.
+    async fn sync_with(
+        self: &Arc<Self>,
+        node: &NodeRef,
+        range: Option<(Id, Id)>,
+        tree: &merkle::Items,
+        items: &[(String, Mark)],
+    ) -> usize {
+        // The hash tree first: where the copies agree it costs one exchange, where one
+        // instance differs a few. A replica that cannot answer it (an older agent, or a
+        // failure) gets the flat comparison.
+        let compared = match range {
+            Some((from, to)) => match self.tree_compare(node, from, to, tree, items).await {
+                Ok(compared) => Some(compared),
+                Err(e) => {
+                    tracing::debug!(peer = %node.addr, "tree anti-entropy failed ({e}); comparing flat");
+                    None
+                }
+            },
+            None => None,
+        };
+        let compared = match compared {
+            Some(c) => Some(c),
+            None => self.flat_compare(node, range, items).await,
+        };
+        let Some((need, pulled)) = compared else {
+            self.mark_unsynced();
+            self.ring.metrics().replication_error();
+            return 0;
+        };
+        if need.is_empty() {
+            return pulled;
         }
-        Ok(sent)
+        // Only keys of this round's range: a replica names nothing else, but what it names
+        // is read from the store, so it is not trusted to.
+        let known: HashSet<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+        let need: Vec<String> = need
+            .into_iter()
+            .filter(|k| known.contains(k.as_str()))
+            .collect();
+        // Counted as a replication error inside; the next round tries again.
+        pulled + self.send_stored(node, &need).await.unwrap_or(0)
     }
 
     /// Walk the hash tree of the range `(from, to]` with `node`, then compare the items under
