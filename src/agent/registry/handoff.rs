@@ -415,6 +415,7 @@ impl Registry {
     /// answer that took more than half of it sets it to twice its time
     /// ([`REPAIR_DEADLINE_MAX`] at most); a raised deadline holds for
     /// [`REPAIR_DEADLINE_HOLD`] after the last raise.
+    ///
     /// A failure is counted by `step` and cause (and logged), so a repair that fails round
     /// after round says where.
     async fn repair_call(
@@ -426,8 +427,9 @@ impl Registry {
         let base = self.ring.pool().timeout();
         let most = REPAIR_DEADLINE_MAX.max(base);
         let key = (node.id, step);
-        // A deadline raised for a replica holds for a while (not past the first quick answer:
-        // a chunk sent again while the replica still applies the first costs it nothing).
+        // A raised deadline holds for a while, whatever the answers in between: a chunk sent
+        // again while the replica still applies the first copy is answered at once, and must
+        // not bring the deadline down before the next new chunk.
         let deadline = match guard(&self.repair_deadlines).get(&key) {
             Some((raised, at)) if at.elapsed() < REPAIR_DEADLINE_HOLD => (*raised).max(base),
             _ => base,
