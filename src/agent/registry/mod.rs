@@ -138,11 +138,11 @@ pub const RANGE_SCAN_DELAY_ENV: &str = "CHORDCTL_TEST_RANGE_SCAN_DELAY_MS";
 
 /// The longest an anti-entropy call waits for a replica that answered the same kind of call
 /// late before (each timeout doubles its deadline, up to this).
-pub const REPAIR_DEADLINE_MAX: Duration = Duration::from_secs(30);
+const REPAIR_DEADLINE_MAX: Duration = Duration::from_secs(30);
 
 /// How long a raised anti-entropy deadline holds after it was last raised; then the RPC
 /// deadline again.
-pub const REPAIR_DEADLINE_HOLD: Duration = Duration::from_secs(60);
+const REPAIR_DEADLINE_HOLD: Duration = Duration::from_secs(60);
 
 /// A write waiting for its group.
 struct Pending {
@@ -295,12 +295,16 @@ pub(crate) fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// (store key, mark) of an entry, as anti-entropy compares it ([`Mark`]).
-/// A replica's scan of an owner's range for anti-entropy: when it was made, the (key, mark)
-/// of each entry, and their hash tree.
-type RangeScan = (Instant, Arc<Vec<(String, Mark)>>, Arc<merkle::Items>);
+/// A replica's scan of an owner's range for anti-entropy: the (key, mark) of each entry, and
+/// their hash tree.
+pub(super) type Scanned = (Arc<Vec<(String, Mark)>>, Arc<merkle::Items>);
 
-/// How long a replica reuses its scan of an owner's range: across one comparison's several
-/// exchanges (the tree's levels, the digests under the nodes that differ, or the flat
+/// A replica's scan of an owner's range: when it was started, and the scan (made once, by the
+/// first call that needs it; see `Registry::range_scan`).
+type RangeScan = (Instant, Arc<tokio::sync::OnceCell<Scanned>>);
+
+/// How long a replica reuses its scan of an owner's range, from the scan's start: across one
+/// comparison's several exchanges (the tree's levels, the digests under the nodes that differ, or the flat
 /// comparison's range hash and digests, each answered from the one scan), and into the next
 /// round (3 s later). A scan that outlasts the owner's RPC deadline (a large store, a loaded
 /// machine) then still serves the next round's comparison; made again for each call, it
@@ -935,39 +939,42 @@ impl Registry {
 
     /// What this node holds in `(from, to]` as anti-entropy compares it — each entry's
     /// (key, mark) and their hash tree — made by one scan and reused for
-    /// [`RANGE_SCAN_REUSE`] (see there).
-    pub(super) async fn range_scan(
-        &self,
-        from: Id,
-        to: Id,
-    ) -> Result<(Arc<Vec<(String, Mark)>>, Arc<merkle::Items>)> {
-        if let Ok(scans) = self.range_scans.lock() {
-            if let Some((made, marks, items)) = scans.get(&(from, to)) {
-                if made.elapsed() < RANGE_SCAN_REUSE {
-                    return Ok((marks.clone(), items.clone()));
+    /// [`RANGE_SCAN_REUSE`] (see there). Calls that arrive while the scan is under way wait
+    /// for it rather than scan again (an owner whose call timed out asks the next step of its
+    /// comparison at once); a scan that fails is made again by the next call.
+    pub(super) async fn range_scan(&self, from: Id, to: Id) -> Result<Scanned> {
+        let cell = {
+            let mut scans = guard(&self.range_scans);
+            scans.retain(|_, (made, _)| made.elapsed() < RANGE_SCAN_REUSE);
+            match scans.get(&(from, to)) {
+                Some((_, cell)) => cell.clone(),
+                None => {
+                    if scans.len() >= RANGE_SCANS_KEPT {
+                        let oldest = scans
+                            .iter()
+                            .min_by_key(|(_, (made, _))| *made)
+                            .map(|(k, _)| *k);
+                        if let Some(k) = oldest {
+                            scans.remove(&k);
+                        }
+                    }
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    scans.insert((from, to), (Instant::now(), cell.clone()));
+                    cell
                 }
             }
-        }
-        let marks = Arc::new(self.marks_in(from, to).await?);
-        let items = Arc::new(merkle::Items::new(marks.iter()));
-        if let Ok(mut scans) = self.range_scans.lock() {
-            scans.retain(|_, (made, _, _)| made.elapsed() < RANGE_SCAN_REUSE);
-            if scans.len() >= RANGE_SCANS_KEPT {
-                let oldest = scans
-                    .iter()
-                    .min_by_key(|(_, (made, _, _))| *made)
-                    .map(|(k, _)| *k);
-                if let Some(k) = oldest {
-                    scans.remove(&k);
-                }
-            }
-            scans.insert((from, to), (Instant::now(), marks.clone(), items.clone()));
-        }
-        Ok((marks, items))
+        };
+        cell.get_or_try_init(|| async {
+            let marks = Arc::new(self.marks_in(from, to).await?);
+            let items = Arc::new(merkle::Items::new(marks.iter()));
+            Ok((marks, items))
+        })
+        .await
+        .cloned()
     }
 
     /// (key, mark) of every entry held in the range `(from, to]`.
-    pub(super) async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
+    async fn marks_in(&self, from: Id, to: Id) -> Result<Vec<(String, Mark)>> {
         if let Some(delay) = self.range_scan_delay {
             tokio::time::sleep(delay).await;
         }
