@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chordctl::registry::ops::{RegistryRequest, RegistryResponse};
+use chordctl::ring::Id;
 use chordctl::rpc::{Pool, Request, Response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -207,14 +208,16 @@ async fn k_copies(
             .filter(|&i| copies[service][i].contains(id))
             .collect()
     };
-    // The first instance `found`, with the nodes that hold it and how many more there are.
+    // The first instance `found`, with the nodes that hold it, what the healed ring makes
+    // them for its service, and how many more there are.
     let first = |found: &mut dyn Iterator<Item = &&(String, String)>, what: &str| {
         found.next().map_or(Ok(()), |w| {
             Err(format!(
-                "{}/{} {what} {:?} ({} more)",
+                "{}/{} {what} {:?} ({}; {} more)",
                 w.0,
                 w.1,
                 holders(w),
+                roles(binds, &w.0),
                 found.count()
             ))
         })
@@ -227,6 +230,22 @@ async fn k_copies(
         &mut removed.iter().filter(|w| !holders(w).is_empty()),
         "removed, still on nodes",
     )
+}
+
+/// Which nodes the healed ring (every node a member) makes `service`'s owner and replicas, by
+/// index into `binds`: a node holding a copy and named in neither keeps a stray copy.
+fn roles(binds: &[String], service: &str) -> String {
+    let key = Id::of_key(service);
+    let mut ring: Vec<(Id, usize)> = binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (Id::of_addr(b), i))
+        .collect();
+    ring.sort();
+    // The owner is the first node at or after the key, clockwise.
+    let at = ring.iter().position(|(id, _)| *id >= key).unwrap_or(0);
+    let keepers: Vec<usize> = (0..K).map(|j| ring[(at + j) % ring.len()].1).collect();
+    format!("owner {}, replicas {:?}", keepers[0], &keepers[1..])
 }
 
 /// Each node's anti-entropy rounds that compared (after a ring change, when unsynced,
@@ -257,16 +276,27 @@ async fn repair_counters(urls: &[String]) -> String {
                 Some(format!("{step}/{cause}={n}"))
             })
             .collect();
+        let hand_backs = |how: &str| {
+            value(&format!(
+                "chordctl_handback_rounds_total{{outcome=\"{how}\"}}"
+            ))
+        };
         each.push(format!(
-            "node {i}: rounds {}/{}/{}, unconfirmed {}, failed calls [{}]",
+            "node {i}: rounds {}/{}/{}, hand-backs {}/{}/{}, unconfirmed {}, failed calls [{}]",
             rounds("ring_change"),
             rounds("unsynced"),
             rounds("periodic"),
+            hand_backs("done"),
+            hand_backs("failed"),
+            hand_backs("arc_unsure"),
             value("chordctl_replication_errors_total"),
             failed.join(" ")
         ));
     }
-    format!("(rounds ring_change/unsynced/periodic) {}", each.join("; "))
+    format!(
+        "(rounds ring_change/unsynced/periodic, hand-backs done/failed/arc_unsure) {}",
+        each.join("; ")
+    )
 }
 
 /// This node's copy of `service` as it holds it (owner or replica), over ring RPC.

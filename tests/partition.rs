@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::support::cluster::TestCluster;
 use crate::support::eventually;
-use crate::support::http::call;
+use crate::support::http::{call, metric};
 
 fn side_is_a_ring(c: &TestCluster, side: &[usize]) -> Result<(), String> {
     let views: Vec<View> = side
@@ -329,6 +329,18 @@ async fn arcs_of_two_and_four_take_writes_that_reach_their_true_owners_after_the
         },
     )
     .await;
+    // Handed back, not merely lost: the nodes' metrics count the copies they handed back
+    // and deleted.
+    let mut handed = 0;
+    for i in 0..6 {
+        handed += metric(&c.url(i), "chordctl_handback_copies_total").await;
+        let done = "chordctl_handback_rounds_total{outcome=\"done\"}";
+        assert!(
+            metric(&c.url(i), done).await > 0,
+            "node {i} ran hand-back rounds"
+        );
+    }
+    assert!(handed > 0, "the stray copies were counted as handed back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

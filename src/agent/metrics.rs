@@ -127,6 +127,10 @@ pub struct Metrics {
     tree_rounds: AtomicU64,
     /// Anti-entropy rounds by why they ran (or that they compared nothing): [`SyncRound`].
     sync_rounds: [AtomicU64; 4],
+    /// Hand-back rounds, by [`HandBackRound`].
+    hand_back_rounds: [AtomicU64; 3],
+    /// Copies handed back to their owners and deleted here.
+    hand_back_copies: AtomicU64,
     /// Anti-entropy calls to a replica that failed, by [`RepairStep`] and cause.
     repair_failures: Mutex<BTreeMap<(RepairStep, &'static str), u64>>,
     /// Groups queued on replication streams, and the messages that carried them.
@@ -173,6 +177,8 @@ impl Default for Metrics {
             record_cache_full: AtomicU64::new(0),
             tree_rounds: AtomicU64::new(0),
             sync_rounds: Default::default(),
+            hand_back_rounds: Default::default(),
+            hand_back_copies: AtomicU64::new(0),
             stream_groups: AtomicU64::new(0),
             stream_messages: AtomicU64::new(0),
             tree_exchanges: AtomicU64::new(0),
@@ -266,6 +272,16 @@ impl Metrics {
     /// One anti-entropy round ran (or compared nothing), for `why`.
     pub fn sync_round(&self, why: SyncRound) {
         self.sync_rounds[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One hand-back round ended as `how`.
+    pub fn hand_back_round(&self, how: HandBackRound) {
+        self.hand_back_rounds[how as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A copy this node no longer keeps was handed back to its owner and deleted here.
+    pub fn hand_back_copy(&self) {
+        self.hand_back_copies.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An anti-entropy call to a replica failed at `step`, for `cause` (`timeout`,
@@ -521,10 +537,33 @@ impl Metrics {
         }
         family(
             &mut out,
+            "chordctl_handback_rounds_total",
+            "counter",
+            "Rounds handing copies this node no longer keeps back to their owners, by how they \
+             ended (done; failed: an owner or a lookup failed; arc_unsure: skipped, the arc of \
+             copies this node keeps was not known).",
+        );
+        for how in HandBackRound::ALL {
+            let n = self.hand_back_rounds[how as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "chordctl_handback_rounds_total{{outcome=\"{}\"}} {n}",
+                how.label()
+            );
+        }
+        counter(
+            &mut out,
+            "chordctl_handback_copies_total",
+            "Copies of services this node no longer keeps, handed back to their owners and \
+             deleted here.",
+            self.hand_back_copies.load(Ordering::Relaxed),
+        );
+        family(
+            &mut out,
             "chordctl_antientropy_failures_total",
             "counter",
             "Anti-entropy calls to a replica that failed, by step (tree, tree_digest, \
-             range_hash, digest, pull, handoff) and cause (timeout, unreachable, or the code \
+             range_hash, digest, pull, handoff, hand_back) and cause (timeout, unreachable, or the code \
              of the error the replica answered).",
         );
         for ((step, cause), n) in lock(&self.repair_failures).iter() {
@@ -817,6 +856,34 @@ impl SyncRound {
     }
 }
 
+/// How a hand-back round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandBackRound {
+    /// Every copy this node no longer keeps was compared with its owner (and handed back).
+    Done = 0,
+    /// A lookup or an owner failed: some copies wait for the next round.
+    Failed = 1,
+    /// Skipped: the arc of copies this node keeps was not known (a predecessor unknown or
+    /// unreachable on the walk).
+    ArcUnsure = 2,
+}
+
+impl HandBackRound {
+    const ALL: [HandBackRound; 3] = [
+        HandBackRound::Done,
+        HandBackRound::Failed,
+        HandBackRound::ArcUnsure,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            HandBackRound::Done => "done",
+            HandBackRound::Failed => "failed",
+            HandBackRound::ArcUnsure => "arc_unsure",
+        }
+    }
+}
+
 /// The anti-entropy call that failed: its place in a comparison with a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RepairStep {
@@ -832,6 +899,9 @@ pub enum RepairStep {
     Pull,
     /// Entries the replica lacks, sent to it (`Handoff`).
     Handoff,
+    /// A hand-back's digest of a copy this node no longer keeps, to the copy's owner
+    /// (`Digest`).
+    HandBack,
 }
 
 impl RepairStep {
@@ -843,6 +913,7 @@ impl RepairStep {
             RepairStep::Digest => "digest",
             RepairStep::Pull => "pull",
             RepairStep::Handoff => "handoff",
+            RepairStep::HandBack => "hand_back",
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{guard, version_item, Registry, TRANSFER_CHUNK};
 use super::{REPAIR_DEADLINE_HOLD, REPAIR_DEADLINE_MAX};
-use crate::agent::metrics::RepairStep;
+use crate::agent::metrics::{HandBackRound, RepairStep};
 use crate::agent::progress::{Progress, Step};
 use crate::registry::merkle;
 use crate::registry::ops::{range_hash, Entry, RegistryRequest, RegistryResponse};
@@ -535,13 +535,16 @@ impl Registry {
         if self.leaving.load(Ordering::Relaxed) || !self.ready.load(Ordering::Relaxed) {
             return Ok(0);
         }
+        let metrics = self.ring.metrics();
         let Some(start) = self.kept_arc().await else {
+            metrics.hand_back_round(HandBackRound::ArcUnsure);
             return Ok(0);
         };
         let me = self.ring.me().id;
-        let orphans: Vec<String> = self
-            .held_services()
-            .await?
+        let held = self.held_services().await.inspect_err(|_| {
+            metrics.hand_back_round(HandBackRound::Failed);
+        })?;
+        let orphans: Vec<String> = held
             .into_iter()
             .map(|(service, _)| service)
             .filter(|s| !Id::of_key(s).in_half_open(&start, &me))
@@ -576,8 +579,14 @@ impl Registry {
             }
         }
         match failed {
-            Some(e) => Err(e),
-            None => Ok(sent),
+            Some(e) => {
+                metrics.hand_back_round(HandBackRound::Failed);
+                Err(e)
+            }
+            None => {
+                metrics.hand_back_round(HandBackRound::Done);
+                Ok(sent)
+            }
         }
     }
 
@@ -603,7 +612,7 @@ impl Registry {
                 range: None,
                 span,
             };
-            match self.call(owner, req).await? {
+            match self.repair_call(owner, req, RepairStep::HandBack).await? {
                 RegistryResponse::Diff { need: more, .. } => need.extend(more),
                 other => return Err(Error::internal(format!("unexpected answer {other:?}"))),
             }
@@ -625,33 +634,35 @@ impl Registry {
         // nothing never ends when it keeps "needing" a tombstone its merge drops as past
         // its time, and the copy, frozen meanwhile, would later hand back an instance the
         // owner has since removed and forgotten.
-        self.drop_copy(service, &entries).await?;
+        if self.drop_copy(service, &entries).await? {
+            self.ring.metrics().hand_back_copy();
+        }
         Ok(sent)
     }
 
     /// Delete the copy of `service` this node no longer keeps, in one batch, if it is still
     /// exactly `entries` (under the service's slot lock); otherwise something arrived
-    /// meanwhile and the next round looks again.
-    async fn drop_copy(&self, service: &str, entries: &[Entry]) -> Result<()> {
+    /// meanwhile and the next round looks again. Returns whether it was deleted.
+    async fn drop_copy(&self, service: &str, entries: &[Entry]) -> Result<bool> {
         let slot = self.slot(service);
         let dropped = async {
             let _guard = slot.lock.lock().await;
             let held = self.store.scan_prefix(&unit_prefix(service)).await?;
             let units = entries.iter().filter(|e| e.key.starts_with("u/")).count();
             if held.len() != units {
-                return Ok(());
+                return Ok(false);
             }
             let mut ops = Vec::with_capacity(entries.len());
             for e in entries {
                 if self.store.get(&e.key).await?.as_deref() != Some(e.value.as_slice()) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 ops.push(Op::Delete(e.key.clone()));
             }
             self.uncache(service);
             self.store.apply(ops).await?;
             tracing::debug!(service, "dropped a copy this node no longer keeps");
-            Ok::<(), Error>(())
+            Ok::<bool, Error>(true)
         }
         .await;
         self.release(service, slot);
