@@ -65,3 +65,111 @@ fn an_owner_whose_writes_outlast_the_rpc_deadline_stays_in_the_ring() {
         assert_eq!(v.as_array().map_or(0, Vec::len), 3, "{v}");
     });
 }
+
+/// Copies a node no longer keeps go back to their owners at once, not owner by owner: an
+/// owner slow at taking them (its writes delayed, each answer within the deadline) does not
+/// hold back the copies of another owner.
+///
+/// Five agents (K = 3), one slow at storing (300 ms per group). A holder is given copies
+/// it neither owns nor replicates: eight services owned by the slow agent (`a-…`, first in
+/// name order) and one owned by a fast agent (`b-…`). Their units come from a lone agent
+/// outside the ring, so the owners lack them and each `a-…` copy costs the slow owner a
+/// stored chunk. Owner by owner, `b-…` went back only after every `a-…` copy.
+#[test]
+fn a_slow_owner_does_not_hold_back_the_hand_back_of_another_owners_copies() {
+    use crate::support::procs::{fetch_at, handoff_to, records_at, AgentProc};
+    const SLOW_SERVICES: usize = 8;
+    let first = AgentProc::start(None, &[]);
+    let seed = first.ring.clone();
+    let any = "127.0.0.1:0";
+    let slow_env = [("CHORDCTL_TEST_WRITE_DELAY_MS", "300")];
+    let agents = vec![
+        first,
+        AgentProc::start_env(Some(&seed), any, any, &[], &slow_env),
+        AgentProc::start(Some(&seed), &[]),
+        AgentProc::start(Some(&seed), &[]),
+        AgentProc::start(Some(&seed), &[]),
+    ];
+    let slow = 1;
+    let lone = AgentProc::start(None, &[]);
+    // A holder, the slow owner's services it does not keep, and a fast owner's one.
+    let find = |prefix: &str, n: usize, want: &dyn Fn(&[usize]) -> bool| {
+        let found: Vec<String> = (0..50_000)
+            .map(|i| format!("{prefix}-{i}"))
+            .filter(|s| want(&ring_order(&agents, s)))
+            .take(n)
+            .collect();
+        (found.len() == n).then_some(found)
+    };
+    let (holder, a, b) = [0, 2, 3, 4]
+        .into_iter()
+        .find_map(|holder| {
+            let a = find("a-slow", SLOW_SERVICES, &|o| {
+                o[0] == slow && !o[..3].contains(&holder)
+            })?;
+            let b = find("b-fast", 1, &|o| o[0] != slow && !o[..3].contains(&holder))?;
+            Some((holder, a, b[0].clone()))
+        })
+        .expect("services some fast agent does not keep");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pool = chordctl::rpc::Pool::new(Duration::from_secs(5));
+    let urls: Vec<String> = agents.iter().map(AgentProc::url).collect();
+    rt.block_on(async {
+        ring_of(&urls, 5).await;
+        // Units the ring has never seen: registered on the lone agent, read from it.
+        let mut keys = Vec::new();
+        for service in a.iter().chain([&b]) {
+            for i in 0..20 {
+                let (st, body) = call(
+                    "PUT",
+                    &format!("{}/v1/services/{service}/instances/x{i}", lone.url()),
+                    Some(json!({"address": "h", "port": 1 + i})),
+                )
+                .await;
+                assert_eq!(st, 200, "{body}");
+                keys.push(format!("u/{service}/x{i}"));
+            }
+        }
+        let entries = fetch_at(&pool, &lone, keys.clone()).await;
+        assert_eq!(entries.len(), keys.len(), "the lone agent's units");
+        handoff_to(&pool, &agents[holder], entries).await;
+        let held = async |service: &str| -> bool {
+            let rec = records_at(&pool, [&agents[holder]], service)
+                .await
+                .expect("read the holder");
+            rec[0]
+                .as_ref()
+                .is_some_and(|r| r.unit_ids().next().is_some())
+        };
+        eventually(
+            "the holder hands b back to its fast owner",
+            Duration::from_secs(60),
+            async || match held(&b).await {
+                true => Err(format!("the holder still has {b}")),
+                false => Ok(()),
+            },
+        )
+        .await;
+        let mut left = 0;
+        for service in &a {
+            left += usize::from(held(service).await);
+        }
+        assert!(
+            left > 0,
+            "b went back only after all {SLOW_SERVICES} of the slow owner's copies"
+        );
+        eventually(
+            "the holder hands every copy back to the slow owner too",
+            Duration::from_secs(120),
+            async || {
+                for service in &a {
+                    if held(service).await {
+                        return Err(format!("the holder still has {service}"));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+    });
+}

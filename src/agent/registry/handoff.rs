@@ -549,33 +549,49 @@ impl Registry {
             .map(|(service, _)| service)
             .filter(|s| !Id::of_key(s).in_half_open(&start, &me))
             .collect();
-        // One owner's failure (it is down, or its store is) does not hold back the copies of
-        // other owners until the next round; that owner's other copies wait for the next
-        // round, so a round costs at most one failed call per owner. A failed lookup means
-        // the ring is unsettled: the round ends there. The round reports the first error.
-        let mut sent = 0;
+        // Each owner's copies go back in order, and the owners at once: one that answers
+        // slowly (its deadlines raised, see `repair_call`) does not hold back the copies of
+        // the others. An owner that fails (it is down, or its store is) keeps its other
+        // copies for the next round, so a round costs at most one failed call per owner. A
+        // failed lookup means the ring is unsettled: the copies looked up before it go, the
+        // rest wait. The round reports the first error.
         let mut failed = None;
-        let mut unavailable = HashSet::new();
+        let mut by_owner: HashMap<Id, (NodeRef, Vec<String>)> = HashMap::new();
         for service in orphans {
             let key = Id::of_key(&service);
             let owner = match self.ring.lookup(key).await {
                 Ok(found) => found.owner().clone(),
                 Err(e) => {
-                    failed.get_or_insert(e);
+                    failed = Some(e);
                     break;
                 }
             };
-            // Re-check after the lookup: the ring may have moved meanwhile.
-            if owner.id == me || key.in_half_open(&start, &me) || unavailable.contains(&owner.id) {
+            if owner.id == me {
                 continue;
             }
-            match self.hand_back_one(&service, &owner).await {
-                Ok(n) => sent += n,
-                Err(e) => {
-                    tracing::debug!(service, owner = %owner.addr, "hand-back of a copy failed: {e}");
-                    unavailable.insert(owner.id);
-                    failed.get_or_insert(e);
+            let at = by_owner
+                .entry(owner.id)
+                .or_insert_with(|| (owner, Vec::new()));
+            at.1.push(service);
+        }
+        let rounds = by_owner.into_values().map(|(owner, services)| async move {
+            let mut sent = 0;
+            for service in services {
+                match self.hand_back_one(&service, &owner).await {
+                    Ok(n) => sent += n,
+                    Err(e) => {
+                        tracing::debug!(service, owner = %owner.addr, "hand-back of a copy failed: {e}");
+                        return (sent, Some(e));
+                    }
                 }
+            }
+            (sent, None)
+        });
+        let mut sent = 0;
+        for (n, error) in futures::future::join_all(rounds).await {
+            sent += n;
+            if let Some(e) = error {
+                failed.get_or_insert(e);
             }
         }
         match failed {
