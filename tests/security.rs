@@ -448,6 +448,65 @@ async fn slow_clients_cannot_hold_http_connections() {
     }
 }
 
+/// A request the HTTP server cannot parse — not HTTP at all, a malformed header line, a head
+/// over 16 KiB, on a fresh connection or after a good request on the same one, and the
+/// same on the change streams' own path — gets the JSON error every other error has, then
+/// the connection closes. (hyper's own answers had an empty body.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_valid_http_gets_a_json_error() {
+    let c = TestCluster::start(1).await;
+    let addr = limited(&c, Limits::default()).await;
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "x".repeat(20 * 1024)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not HTTP", b"GARBAGE\r\n\r\n".to_vec(), "400"),
+        (
+            "a header line without a colon",
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\nno colon\r\n\r\n".to_vec(),
+            "400",
+        ),
+        ("a head over 16 KiB", big.into_bytes(), "431"),
+        (
+            "garbage after a good request",
+            b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGARBAGE\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "a change stream's malformed head",
+            b"GET /v1/watch/services/a HTTP/1.1\r\nno colon\r\n\r\n".to_vec(),
+            "400",
+        ),
+    ];
+    for (what, request, status) in cases {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&request).await.expect("write");
+        let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        // The last answer on the connection is the refusal.
+        let at = text
+            .rfind("HTTP/1.1 ")
+            .unwrap_or_else(|| panic!("{what}: no answer: {text:?}"));
+        let (head, body) = text[at..]
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{what}: {text:?}"));
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{what}: {head}"
+        );
+        let v: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{what}: the body is not JSON ({e}): {body:?}"));
+        assert_eq!(v["error"]["code"], "invalid_input", "{what}: {v}");
+        assert!(v["error"]["message"].as_str().is_some(), "{what}: {v}");
+    }
+}
+
 /// `body` is the JSON answer to a connection over the agent's cap.
 pub fn assert_too_many_connections(body: &Value) {
     assert!(

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod metrics;
+pub mod parse_errors;
 pub mod ring;
 pub mod stream;
 pub mod ui;
@@ -173,7 +174,8 @@ pub async fn serve_app_with(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 to a head that does not fit its buffer.
+        // hyper answers 431 to a head that does not fit its buffer (with a JSON body:
+        // `parse_errors`).
         .max_buf_size(limits.max_header_bytes.max(8192));
     loop {
         let accepted = tokio::select! {
@@ -287,7 +289,9 @@ async fn serve_hyper<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    // hyper's own answers to requests it cannot parse get a JSON body, as every error has.
+    let stream = TokioIo::new(parse_errors::JsonErrors::new(stream));
+    let conn = builder.serve_connection(stream, TowerToHyperService::new(app));
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, "{what} connection ended: {e}");
     }

@@ -306,7 +306,7 @@ impl Refused {
         use axum::response::IntoResponse;
         ApiError {
             status: self.0,
-            code: "invalid",
+            code: "invalid_input",
             message: self.1,
         }
         .into_response()
