@@ -224,7 +224,8 @@ async fn a_records_hold_healthy_instances_and_tags_select_them() {
 /// DNS names are case-insensitive, and resolvers may mix a question's case at random (0x20);
 /// service names are case-sensitive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_question_in_any_case_finds_a_lower_case_service_and_a_capitalised_one_as_written() {
+async fn a_question_in_any_case_finds_a_lower_case_service_or_tag_and_a_capitalised_one_as_written()
+{
     let (agent, dns) = dns_agent(None);
     register(
         &agent,
@@ -251,6 +252,26 @@ async fn a_question_in_any_case_finds_a_lower_case_service_and_a_capitalised_one
     // A service named with capitals: found as written; it has no lower-case twin.
     expect_addresses(dns, "Api.service.chord.", &ips(&["10.0.0.2"])).await;
     let m = ask(dns, "api.service.chord.", RecordType::A, Via::Udp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");
+    // Tags the same way: a lower-case tag in any case, a capitalised one as written.
+    register(
+        &agent,
+        "web",
+        "w2",
+        json!({"address": "10.0.0.3", "port": 80, "tags": ["primary", "Canary"]}),
+    )
+    .await;
+    for name in [
+        "primary.web.service.chord.",
+        "PRIMARY.web.service.chord.",
+        "pRiMaRy.WeB.service.chord.",
+    ] {
+        expect_addresses(dns, name, &ips(&["10.0.0.3"])).await;
+    }
+    expect_addresses(dns, "Canary.web.service.chord.", &ips(&["10.0.0.3"])).await;
+    let m = ask(dns, "canary.web.service.chord.", RecordType::A, Via::Udp)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");

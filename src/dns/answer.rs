@@ -12,9 +12,10 @@
 //! no instance (with the tag) is NXDOMAIN; one whose instances are all unhealthy is NOERROR
 //! with no record. Every negative answer carries the SOA in the authority section.
 //!
-//! The zone's structural labels (`service`, `_tcp`, `addr`, the domain) match in any case; a
-//! service's and a tag's label are passed as the client sent them, since registry names are
-//! case-sensitive.
+//! The zone's structural labels (`service`, `_tcp`, `addr`, the domain) match in any case.
+//! Registry names are case-sensitive, while resolvers may mix a question's case at random
+//! (0x20): a service's and a tag's label name the lower-case service or tag when there is
+//! one, and otherwise the one written exactly as asked.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -189,10 +190,15 @@ impl Zone {
                     return self.negative(ResponseCode::NXDomain);
                 };
                 let all: Vec<&Instance> = view.instances.iter().map(Arc::as_ref).collect();
-                let tag = tag.as_deref();
-                let named = all
-                    .iter()
-                    .any(|i| tag.is_none_or(|t| i.tags.iter().any(|have| have == t)));
+                let has = |t: &str| all.iter().any(|i| i.tags.iter().any(|have| have == t));
+                // As for the service's label (`Handler::view_of`): the tag in lower case
+                // first, as written when no instance has that.
+                let lower = tag.as_deref().map(str::to_ascii_lowercase);
+                let tag = match (tag.as_deref(), lower.as_deref()) {
+                    (Some(t), Some(l)) if l != t && has(l) => Some(l),
+                    (t, _) => t,
+                };
+                let named = tag.is_none_or(has) && !all.is_empty();
                 if !named {
                     return self.negative(ResponseCode::NXDomain);
                 }
