@@ -2,9 +2,10 @@
 //! random agents while a nemesis, driven by a seeded random generator, kills agents with
 //! SIGKILL and restarts them (sometimes with a clock 10 minutes off), pauses them with
 //! SIGSTOP/SIGCONT, cuts the ring into a contiguous arc and the rest (each agent follows a
-//! cut file, `CHORDCTL_TEST_CUT_FILE`), and kills the `redis-server` that two of the five
-//! agents keep their records in (the others use the embedded store, so the faults meet both
-//! stores, in one ring). Then everything heals and the campaign checks:
+//! cut file, `CHORDCTL_TEST_CUT_FILE`), slows one agent's ring calls by 100–700 ms around
+//! the 500 ms RPC deadline (a `delay MS` line in its cut file), and kills the
+//! `redis-server` that two of the five agents keep their records in (the others use the
+//! embedded store, so the faults meet both stores, in one ring). Then everything heals and the campaign checks:
 //!
 //! - the ring is one ring again (every agent lists every agent);
 //! - every acknowledged registration is in the copies of at least K nodes, and every
@@ -380,8 +381,18 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
     while started.elapsed() < length {
         let victim = rng.gen_range(0..NODES);
         let hold = Duration::from_millis(rng.gen_range(1500..4000));
-        let action = rng.gen_range(0..5);
+        let action = rng.gen_range(0..6);
         match action {
+            5 => {
+                // Around the test agents' 500 ms RPC deadline: some calls slow, some late.
+                let ms = rng.gen_range(100..=700);
+                log.push(format!(
+                    "delay node {victim}'s ring calls by {ms} ms for {hold:?}"
+                ));
+                std::fs::write(&nodes[victim].cut, format!("delay {ms}")).expect("delay");
+                std::thread::sleep(hold);
+                set_cut(&nodes, &[]);
+            }
             4 if redis.is_some() => {
                 log.push(format!("kill -9 redis-server for {hold:?}"));
                 if let Some(r) = redis.as_mut() {

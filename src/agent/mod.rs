@@ -552,8 +552,9 @@ async fn watch_ring(agent: Arc<Agent>) {
 }
 
 /// Environment variable (tests only) naming a file of ring addresses, one per line, that this
-/// agent must not call: how a fault campaign cuts real agent processes apart. Reread every
-/// 100 ms; a missing or empty file cuts nothing.
+/// agent must not call: how a fault campaign cuts real agent processes apart. A line
+/// `delay MS` instead delays every ring call this agent makes by MS milliseconds (a slow
+/// network). Reread every 100 ms; a missing or empty file cuts and delays nothing.
 pub const CUT_FILE_ENV: &str = "CHORDCTL_TEST_CUT_FILE";
 
 async fn follow_cut_file(ring: Arc<RingDriver>, path: std::path::PathBuf, stop: CancellationToken) {
@@ -562,14 +563,21 @@ async fn follow_cut_file(ring: Arc<RingDriver>, path: std::path::PathBuf, stop: 
     loop {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         if applied.as_deref() != Some(text.as_str()) {
-            let addrs: Vec<String> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect();
-            tracing::warn!(?addrs, "test cut changed");
+            let mut delay = Duration::ZERO;
+            let mut addrs: Vec<String> = Vec::new();
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                match line
+                    .strip_prefix("delay ")
+                    .map(|ms| ms.trim().parse::<u64>())
+                {
+                    Some(Ok(ms)) => delay = Duration::from_millis(ms),
+                    Some(Err(_)) => tracing::warn!(line, "test cut file: not a delay"),
+                    None => addrs.push(line.to_string()),
+                }
+            }
+            tracing::warn!(?addrs, ?delay, "test cut changed");
             ring.pool().set_blocked(addrs);
+            ring.pool().set_delay(delay);
             applied = Some(text);
         }
         tokio::select! {

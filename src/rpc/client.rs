@@ -122,6 +122,9 @@ pub struct Pool {
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     /// Peers this pool refuses to call: a network partition under test control.
     blocked: Mutex<std::collections::HashSet<String>>,
+    /// How long every call waits before it is sent (milliseconds): a slow network under
+    /// test control. Zero outside tests.
+    delay_ms: AtomicU64,
     next_id: AtomicU64,
     timeout: Duration,
     secret: Option<ClusterSecret>,
@@ -152,6 +155,7 @@ impl Pool {
         Pool {
             conns: Mutex::new(HashMap::new()),
             blocked: Mutex::new(std::collections::HashSet::new()),
+            delay_ms: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             timeout,
             secret,
@@ -190,6 +194,16 @@ impl Pool {
                 "traffic cut (partition under test control)".to_string(),
             ));
         }
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            // The call's deadline runs while it is delayed, as it would on a slow network.
+            let until = tokio::time::Instant::now() + Duration::from_millis(delay);
+            if until >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Err(timed_out());
+            }
+            tokio::time::sleep_until(until).await;
+        }
         let conn = tokio::time::timeout_at(deadline, self.conn(addr))
             .await
             .map_err(|_| timed_out())??;
@@ -214,6 +228,13 @@ impl Pool {
         if let Ok(mut b) = self.blocked.lock() {
             *b = addrs.into_iter().collect();
         }
+    }
+
+    /// Delay every call by `delay` before it is sent (zero: none) — how tests make the
+    /// network of a running agent slow.
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Send `req` on `conn` and wait for its answer.
@@ -438,6 +459,7 @@ where
 mod tests {
     use super::*;
     use crate::registry::ops::{Entry, RegistryRequest};
+    use crate::ring::RingRequest;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpSocket;
 
@@ -498,6 +520,33 @@ mod tests {
             got < size,
             "the peer got the whole request ({got} bytes) after the caller gave it up"
         );
+    }
+
+    /// A test's slow network (`set_delay`): a call waits its delay before anything is sent,
+    /// within its deadline; a delay past the deadline is a timeout, and nothing reached the
+    /// peer.
+    #[tokio::test]
+    async fn a_delayed_call_sends_nothing_before_its_delay_and_times_out_past_its_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let pool = Pool::new(Duration::from_millis(300));
+        pool.set_delay(Duration::from_millis(400));
+        let started = std::time::Instant::now();
+        let answer = pool.call(&addr, Request::Ring(RingRequest::Ping)).await;
+        assert!(matches!(answer, Err(CallError::Timeout(..))), "{answer:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(
+            accepted.is_err(),
+            "the delayed call connected: {accepted:?}"
+        );
+        // Without the delay the call connects at once.
+        pool.set_delay(Duration::ZERO);
+        let call = pool.call(&addr, Request::Ring(RingRequest::Ping));
+        let (_, accepted) = tokio::join!(call, listener.accept());
+        assert!(accepted.is_ok(), "{accepted:?}");
     }
 
     /// The other calls waiting on a connection reset for a stuck call fail as `Reset`, which

@@ -663,18 +663,28 @@ impl Registry {
         let slot = self.slot(service);
         let dropped = async {
             let _guard = slot.lock.lock().await;
+            // The units as they are now, in one scan (not a read per unit: a copy holds
+            // thousands, and on Redis each read is a round trip); then the meta entry.
             let held = self.store.scan_prefix(&unit_prefix(service)).await?;
-            let units = entries.iter().filter(|e| e.key.starts_with("u/")).count();
-            if held.len() != units {
+            let (units, others): (Vec<&Entry>, Vec<&Entry>) =
+                entries.iter().partition(|e| e.key.starts_with("u/"));
+            let sent: HashMap<&str, &[u8]> = units
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_slice()))
+                .collect();
+            let unchanged = held.len() == sent.len()
+                && held
+                    .iter()
+                    .all(|(key, value)| sent.get(key.as_str()) == Some(&value.as_slice()));
+            if !unchanged {
                 return Ok(false);
             }
-            let mut ops = Vec::with_capacity(entries.len());
-            for e in entries {
+            for e in &others {
                 if self.store.get(&e.key).await?.as_deref() != Some(e.value.as_slice()) {
                     return Ok(false);
                 }
-                ops.push(Op::Delete(e.key.clone()));
             }
+            let ops: Vec<Op> = entries.iter().map(|e| Op::Delete(e.key.clone())).collect();
             self.uncache(service);
             self.store.apply(ops).await?;
             tracing::debug!(service, "dropped a copy this node no longer keeps");
