@@ -338,6 +338,32 @@ async fn a_resume_past_every_copys_index_gets_a_reset_at_the_real_index_then_eve
     }
 }
 
+/// Every discover answer carries the service's index: a pick from a service with no
+/// instance to pick (its last one removed) too, with its index, not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pick_with_nothing_to_pick_answers_404_with_the_services_index() {
+    let c = TestCluster::start(1).await;
+    c.settle().await;
+    let url = c.url(0);
+    let instance = format!("{url}/v1/services/emptied/instances/i0");
+    let (st, b) = call(
+        "PUT",
+        &instance,
+        Some(json!({"address": "10.0.0.1", "port": 80})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = call("DELETE", &instance, None).await;
+    assert_eq!(st, 200, "{b}");
+    let (_, index) = discovered(&url, "emptied").await.expect("discover");
+    assert!(index > 0, "the emptied service has an index");
+    let r = reqwest::get(format!("{url}/v1/services/emptied?pick=random"))
+        .await
+        .expect("pick");
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(index_of(&r), index, "the 404's X-Chordctl-Index");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_query_past_every_index_answers_at_the_end_of_its_own_short_wait() {
     let c = TestCluster::start(1).await;

@@ -172,8 +172,11 @@ pub async fn discover_service(
             };
             let (found, panic) = discover_with_panic(&rec, healthy, tag);
             let rr = agent.registry.next_rr();
-            let chosen = pick(&found, s, rr, &mut rand::thread_rng())
-                .ok_or_else(|| Error::not_found(format!("no instance of {service} to pick")))?;
+            let Some(chosen) = pick(&found, s, rr, &mut rand::thread_rng()) else {
+                // The service exists: its 404 carries its index, as every discover answer.
+                let e = Error::not_found(format!("no instance of {service} to pick"));
+                return Ok(with_index(ApiError::from(e).into_response(), rec.index));
+            };
             Ok(with_panic(with_index(json_of(chosen)?, rec.index), panic))
         }
     }
