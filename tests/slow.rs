@@ -173,3 +173,89 @@ fn a_slow_owner_does_not_hold_back_the_hand_back_of_another_owners_copies() {
         .await;
     });
 }
+
+/// An anti-entropy round repairs every replica at once: a replica slow at storing (each
+/// chunk within the deadline) does not hold back the repair of the other.
+///
+/// Three agents (K = 3), the second slow (300 ms per stored group). An owner whose first
+/// successor is the slow agent is given 6,000 units its replicas lack (as a partition or a
+/// hand-back leaves them; their units come from a lone agent outside the ring), and repairs
+/// both replicas in its next round: six chunks each. Replica by replica, the fast one got
+/// its copies only after the slow one had all of its.
+#[test]
+fn a_slow_replica_does_not_hold_back_the_repair_of_the_other() {
+    use crate::support::procs::{fetch_at, handoff_to, AgentProc};
+    const SERVICES: usize = 6;
+    const EACH: usize = 1000;
+    let agents = three_with_a_slow_second("300");
+    let slow = 1;
+    let lone = AgentProc::start(None, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pool = chordctl::rpc::Pool::new(Duration::from_secs(10));
+    let urls: Vec<String> = agents.iter().map(AgentProc::url).collect();
+    // Services whose owner's first successor is the slow agent.
+    let services: Vec<String> = (0..50_000)
+        .map(|i| format!("repair-{i}"))
+        .filter(|s| ring_order(&agents, s)[1] == slow)
+        .take(SERVICES)
+        .collect();
+    assert_eq!(services.len(), SERVICES);
+    let owner = ring_order(&agents, &services[0])[0];
+    let fast = ring_order(&agents, &services[0])[2];
+    rt.block_on(async {
+        ring_of(&urls, 3).await;
+        let mut tasks = Vec::new();
+        for service in services.clone() {
+            let base = lone.url();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    let (st, body) = call(
+                        "PUT",
+                        &format!("{base}/v1/services/{service}/instances/x{i}"),
+                        Some(json!({"address": "h", "port": 1})),
+                    )
+                    .await;
+                    assert_eq!(st, 200, "{body}");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("registrations");
+        }
+        let keys: Vec<String> = services
+            .iter()
+            .flat_map(|s| (0..EACH).map(move |i| format!("u/{s}/x{i}")))
+            .collect();
+        let mut entries = Vec::new();
+        for part in keys.chunks(1000) {
+            entries.extend(fetch_at(&pool, &lone, part.to_vec()).await);
+        }
+        assert_eq!(entries.len(), keys.len(), "the lone agent's units");
+        let held = async |at: usize| {
+            let mut n = 0;
+            for part in keys.chunks(2000) {
+                n += fetch_at(&pool, &agents[at], part.to_vec()).await.len();
+            }
+            n
+        };
+        assert_eq!(held(fast).await, 0, "the replicas lack the units");
+        let holds_all = async |at: usize, what: &str| {
+            eventually(what, Duration::from_secs(120), async || {
+                let n = held(at).await;
+                (n == keys.len())
+                    .then_some(())
+                    .ok_or(format!("agent {at} holds {n} of {}", keys.len()))
+            })
+            .await
+        };
+
+        handoff_to(&pool, &agents[owner], entries).await;
+        holds_all(fast, "the fast replica holds every unit").await;
+        let on_slow = held(slow).await;
+        assert!(
+            on_slow < keys.len(),
+            "the fast replica was repaired only after the slow one had all {on_slow}"
+        );
+        holds_all(slow, "the slow replica holds every unit too").await;
+    });
+}
