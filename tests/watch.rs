@@ -364,6 +364,37 @@ async fn a_pick_with_nothing_to_pick_answers_404_with_the_services_index() {
     assert_eq!(index_of(&r), index, "the 404's X-Chordctl-Index");
 }
 
+/// A refused discover carries the index too: a bad filter on a service shows the service's
+/// index, a name that cannot be a service's shows 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_discover_answers_400_with_the_services_index() {
+    let c = TestCluster::start(1).await;
+    c.settle().await;
+    let url = c.url(0);
+    let (st, b) = call(
+        "PUT",
+        &format!("{url}/v1/services/refused/instances/i0"),
+        Some(json!({"address": "10.0.0.1", "port": 80})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (_, index) = discovered(&url, "refused").await.expect("discover");
+    assert!(index > 0);
+    for (path, want) in [
+        ("refused?pick=nearest-moon", index),
+        ("refused?index=abc", index),
+        ("refused?healthy=maybe", index),
+        ("not%20a%20name", 0),
+    ] {
+        let r = reqwest::get(format!("{url}/v1/services/{path}"))
+            .await
+            .expect("discover");
+        assert_eq!(r.status().as_u16(), 400, "{path}");
+        assert!(r.headers().contains_key("x-chordctl-index"), "{path}");
+        assert_eq!(index_of(&r), want, "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_query_past_every_index_answers_at_the_end_of_its_own_short_wait() {
     let c = TestCluster::start(1).await;

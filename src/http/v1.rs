@@ -142,9 +142,25 @@ pub async fn discover_service(
     Path(service): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    validate_service(&service)?;
-    let (healthy, tag, strategy) = filters(&params)?;
-    if let Some((index, wait)) = super::watch::blocking(&params)? {
+    // Every discover answer carries the service's index, a refused query's too: a name that
+    // is not a service name has never been one (0); a bad filter on a service shows its
+    // index (read for it), unless the read fails.
+    if let Err(e) = validate_service(&service) {
+        return Ok(with_index(ApiError::from(e).into_response(), 0));
+    }
+    let checked =
+        filters(&params).and_then(|filters| Ok((filters, super::watch::blocking(&params)?)));
+    let ((healthy, tag, strategy), blocking) = match checked {
+        Ok(checked) => checked,
+        Err(refused) => {
+            let response = refused.into_response();
+            return Ok(match agent.registry.read(&service).await {
+                Ok(rec) => with_index(response, rec.map_or(0, |r| r.index)),
+                Err(_) => response,
+            });
+        }
+    };
+    if let Some((index, wait)) = blocking {
         super::watch::block(&agent, &service, index, wait, healthy, tag).await?;
     }
     match strategy {
