@@ -236,17 +236,9 @@ async fn k_copies(
 /// Which nodes the healed ring (every node a member) makes `service`'s owner and replicas, by
 /// index into `binds`: a node holding a copy and named in neither keeps a stray copy.
 fn roles(binds: &[String], service: &str) -> String {
-    let key = Id::of_key(service);
-    let mut ring: Vec<(Id, usize)> = binds
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (Id::of_addr(b), i))
-        .collect();
-    ring.sort();
-    // The owner is the first node at or after the key, clockwise.
-    let at = ring.iter().position(|(id, _)| *id >= key).unwrap_or(0);
-    let keepers: Vec<usize> = (0..K).map(|j| ring[(at + j) % ring.len()].1).collect();
-    format!("owner {}, replicas {:?}", keepers[0], &keepers[1..])
+    let ids: Vec<String> = binds.iter().map(|b| Id::of_addr(b).to_hex()).collect();
+    let keepers = crate::support::procs::ring_order_of_ids(&ids, service);
+    format!("owner {}, replicas {:?}", keepers[0], &keepers[1..K])
 }
 
 /// Each node's anti-entropy rounds that compared (after a ring change, when unsynced,

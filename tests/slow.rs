@@ -66,6 +66,45 @@ fn an_owner_whose_writes_outlast_the_rpc_deadline_stays_in_the_ring() {
     });
 }
 
+/// Units the ring has never seen: `each` instances (`x0`, `x1`, …) of every one of
+/// `services`, registered on `lone` (an agent of a ring of its own) and read back from it,
+/// with their store keys.
+async fn units_ring_never_saw(
+    pool: &chordctl::rpc::Pool,
+    lone: &crate::support::procs::AgentProc,
+    services: &[String],
+    each: usize,
+) -> (Vec<String>, Vec<chordctl::registry::ops::Entry>) {
+    let mut tasks = Vec::new();
+    for service in services {
+        let (base, service) = (lone.url(), service.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..each {
+                let (st, body) = call(
+                    "PUT",
+                    &format!("{base}/v1/services/{service}/instances/x{i}"),
+                    Some(json!({"address": "h", "port": 1})),
+                )
+                .await;
+                assert_eq!(st, 200, "{body}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("registrations");
+    }
+    let keys: Vec<String> = services
+        .iter()
+        .flat_map(|s| (0..each).map(move |i| format!("u/{s}/x{i}")))
+        .collect();
+    let mut entries = Vec::new();
+    for part in keys.chunks(1000) {
+        entries.extend(crate::support::procs::fetch_at(pool, lone, part.to_vec()).await);
+    }
+    assert_eq!(entries.len(), keys.len(), "the lone agent's units");
+    (keys, entries)
+}
+
 /// Copies a node no longer keeps go back to their owners at once, not owner by owner: an
 /// owner slow at taking them (its writes delayed, each answer within the deadline) does not
 /// hold back the copies of another owner.
@@ -77,7 +116,7 @@ fn an_owner_whose_writes_outlast_the_rpc_deadline_stays_in_the_ring() {
 /// stored chunk. Owner by owner, `b-…` went back only after every `a-…` copy.
 #[test]
 fn a_slow_owner_does_not_hold_back_the_hand_back_of_another_owners_copies() {
-    use crate::support::procs::{fetch_at, handoff_to, records_at, AgentProc};
+    use crate::support::procs::{handoff_to, records_at, AgentProc};
     const SLOW_SERVICES: usize = 8;
     let first = AgentProc::start(None, &[]);
     let seed = first.ring.clone();
@@ -116,22 +155,8 @@ fn a_slow_owner_does_not_hold_back_the_hand_back_of_another_owners_copies() {
     let urls: Vec<String> = agents.iter().map(AgentProc::url).collect();
     rt.block_on(async {
         ring_of(&urls, 5).await;
-        // Units the ring has never seen: registered on the lone agent, read from it.
-        let mut keys = Vec::new();
-        for service in a.iter().chain([&b]) {
-            for i in 0..20 {
-                let (st, body) = call(
-                    "PUT",
-                    &format!("{}/v1/services/{service}/instances/x{i}", lone.url()),
-                    Some(json!({"address": "h", "port": 1 + i})),
-                )
-                .await;
-                assert_eq!(st, 200, "{body}");
-                keys.push(format!("u/{service}/x{i}"));
-            }
-        }
-        let entries = fetch_at(&pool, &lone, keys.clone()).await;
-        assert_eq!(entries.len(), keys.len(), "the lone agent's units");
+        let services: Vec<String> = a.iter().chain([&b]).cloned().collect();
+        let (_, entries) = units_ring_never_saw(&pool, &lone, &services, 20).await;
         handoff_to(&pool, &agents[holder], entries).await;
         let held = async |service: &str| -> bool {
             let rec = records_at(&pool, [&agents[holder]], service)
@@ -204,33 +229,7 @@ fn a_slow_replica_does_not_hold_back_the_repair_of_the_other() {
     let fast = ring_order(&agents, &services[0])[2];
     rt.block_on(async {
         ring_of(&urls, 3).await;
-        let mut tasks = Vec::new();
-        for service in services.clone() {
-            let base = lone.url();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..EACH {
-                    let (st, body) = call(
-                        "PUT",
-                        &format!("{base}/v1/services/{service}/instances/x{i}"),
-                        Some(json!({"address": "h", "port": 1})),
-                    )
-                    .await;
-                    assert_eq!(st, 200, "{body}");
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("registrations");
-        }
-        let keys: Vec<String> = services
-            .iter()
-            .flat_map(|s| (0..EACH).map(move |i| format!("u/{s}/x{i}")))
-            .collect();
-        let mut entries = Vec::new();
-        for part in keys.chunks(1000) {
-            entries.extend(fetch_at(&pool, &lone, part.to_vec()).await);
-        }
-        assert_eq!(entries.len(), keys.len(), "the lone agent's units");
+        let (keys, entries) = units_ring_never_saw(&pool, &lone, &services, EACH).await;
         let held = async |at: usize| {
             let mut n = 0;
             for part in keys.chunks(2000) {

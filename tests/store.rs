@@ -691,6 +691,19 @@ async fn assert_all_unavailable(s: &RedisStore, detail: &str) {
     }
 }
 
+/// Five agents in one ring (K = 3): the first four on the embedded store, the fifth on the
+/// `redis-server` at `url`.
+fn five_with_the_last_on_redis(url: &str) -> Vec<procs::AgentProc> {
+    let first = procs::AgentProc::start(None, &[]);
+    let seed = first.ring.clone();
+    let mut agents = vec![first];
+    for _ in 0..3 {
+        agents.push(procs::AgentProc::start(Some(&seed), &[]));
+    }
+    agents.push(procs::AgentProc::start(Some(&seed), &["--redis", url]));
+    agents
+}
+
 /// A copy a node no longer keeps goes back to its owner even while the owner of another such
 /// copy cannot take one. Before, the first failure ended the node's hand-back round: an owner
 /// whose store was down (here its `redis-server`) kept every copy after its own on the node,
@@ -706,15 +719,7 @@ fn a_copy_goes_back_to_its_owner_while_another_copys_owner_has_its_store_down() 
         return;
     };
     let url = redis.url();
-    let first = procs::AgentProc::start(None, &[]);
-    let seed = first.ring.clone();
-    let agents = vec![
-        first,
-        procs::AgentProc::start(Some(&seed), &[]),
-        procs::AgentProc::start(Some(&seed), &[]),
-        procs::AgentProc::start(Some(&seed), &[]),
-        procs::AgentProc::start(Some(&seed), &["--redis", &url]),
-    ];
+    let agents = five_with_the_last_on_redis(&url);
     let on_redis = 4;
     // A holder and two services it does not keep: one owned by the Redis agent, one by an
     // embedded agent.
@@ -822,15 +827,7 @@ fn a_handed_back_copy_is_dropped_without_a_store_read_per_unit() {
         return;
     };
     let url = redis.url();
-    let first = procs::AgentProc::start(None, &[]);
-    let seed = first.ring.clone();
-    let agents = vec![
-        first,
-        procs::AgentProc::start(Some(&seed), &[]),
-        procs::AgentProc::start(Some(&seed), &[]),
-        procs::AgentProc::start(Some(&seed), &[]),
-        procs::AgentProc::start(Some(&seed), &["--redis", &url]),
-    ];
+    let agents = five_with_the_last_on_redis(&url);
     let holder = 4;
     // A service the holder (on Redis) neither owns nor replicates.
     let service = (0..20_000)

@@ -34,7 +34,7 @@ impl<S> JsonErrors<S> {
 
 /// `buf` with a JSON body when it is exactly hyper's answer to a request it could not parse;
 /// `None` for anything else.
-pub fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
+fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
     if !buf.starts_with(b"HTTP/1.1 4") || !buf.ends_with(b"\r\n\r\n") {
         return None;
     }

@@ -75,6 +75,12 @@ fn with_index(mut response: Response, index: u64) -> Response {
     response
 }
 
+/// The error answer of a discover, with the service's change index (every discover answer
+/// carries it).
+fn refused_with_index(e: impl Into<ApiError>, index: u64) -> Response {
+    with_index(e.into().into_response(), index)
+}
+
 /// PUT /v1/services/{service}/instances/{id}
 pub async fn register(
     State(agent): State<Arc<Agent>>,
@@ -146,7 +152,7 @@ pub async fn discover_service(
     // is not a service name has never been one (0); a bad filter on a service shows its
     // index (read for it), unless the read fails.
     if let Err(e) = validate_service(&service) {
-        return Ok(with_index(ApiError::from(e).into_response(), 0));
+        return Ok(refused_with_index(e, 0));
     }
     let checked =
         filters(&params).and_then(|filters| Ok((filters, super::watch::blocking(&params)?)));
@@ -169,9 +175,7 @@ pub async fn discover_service(
             let (json, index, panic) =
                 match agent.registry.discover_json(&service, healthy, tag).await {
                     Ok(found) => found,
-                    Err(e @ Error::NotFound(_)) => {
-                        return Ok(with_index(ApiError::from(e).into_response(), 0))
-                    }
+                    Err(e @ Error::NotFound(_)) => return Ok(refused_with_index(e, 0)),
                     Err(e) => return Err(e.into()),
                 };
             let response = (
@@ -184,14 +188,14 @@ pub async fn discover_service(
         Some(s) => {
             let Some(rec) = agent.registry.read(&service).await? else {
                 let e = Error::not_found(format!("service {service} not found"));
-                return Ok(with_index(ApiError::from(e).into_response(), 0));
+                return Ok(refused_with_index(e, 0));
             };
             let (found, panic) = discover_with_panic(&rec, healthy, tag);
             let rr = agent.registry.next_rr();
             let Some(chosen) = pick(&found, s, rr, &mut rand::thread_rng()) else {
                 // The service exists: its 404 carries its index, as every discover answer.
                 let e = Error::not_found(format!("no instance of {service} to pick"));
-                return Ok(with_index(ApiError::from(e).into_response(), rec.index));
+                return Ok(refused_with_index(e, rec.index));
             };
             Ok(with_panic(with_index(json_of(chosen)?, rec.index), panic))
         }

@@ -355,10 +355,16 @@ pub fn ring_order(agents: &[AgentProc], key: &str) -> Vec<usize> {
 
 /// [`ring_order`] of agents held by reference.
 pub fn ring_order_of(agents: &[&AgentProc], key: &str) -> Vec<usize> {
-    let mut ids: Vec<(String, usize)> = agents
+    let ids: Vec<String> = agents.iter().map(|a| a.id.clone()).collect();
+    ring_order_of_ids(&ids, key)
+}
+
+/// [`ring_order`] of nodes known by their identifiers (40 hex digits).
+pub fn ring_order_of_ids(ids: &[String], key: &str) -> Vec<usize> {
+    let mut ids: Vec<(String, usize)> = ids
         .iter()
         .enumerate()
-        .map(|(i, a)| (a.id.clone(), i))
+        .map(|(i, id)| (id.clone(), i))
         .collect();
     ids.sort();
     let kid = chordctl::ring::Id::of_key(key).to_hex();
