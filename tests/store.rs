@@ -492,6 +492,117 @@ async fn redis_rejects_a_node_prefix_that_could_overlap() {
     }
 }
 
+/// A prefix scan on Redis reads its prefix's range of the node's key index, not the whole
+/// database: with 20,000 keys of another node beside them, scanning five keys costs one
+/// `ZRANGEBYLEX` and no `SCAN` (which walks every key of every node, `COUNT` at a time).
+#[tokio::test]
+async fn redis_a_prefix_scan_reads_its_prefix_not_the_database() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let other = RedisStore::connect(&url, "other").await.unwrap();
+    for chunk in 0..20 {
+        let ops = (0..1000)
+            .map(|i| put(&format!("u/busy/i{chunk}-{i}"), b"x"))
+            .collect();
+        other.apply(ops).await.unwrap();
+    }
+    let mine = RedisStore::connect(&url, "mine").await.unwrap();
+    let ops = (0..5)
+        .flat_map(|i| {
+            [
+                put(&format!("u/a/i{i}"), b"a"),
+                put(&format!("u/b/i{i}"), b"b"),
+            ]
+        })
+        .collect();
+    mine.apply(ops).await.unwrap();
+    let (scans, ranges) = (redis_calls(&url, "scan"), redis_calls(&url, "zrangebylex"));
+    let got = mine.scan_prefix("u/a/").await.unwrap();
+    let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["u/a/i0", "u/a/i1", "u/a/i2", "u/a/i3", "u/a/i4"]);
+    assert_eq!(redis_calls(&url, "scan") - scans, 0, "SCANs for one prefix");
+    assert_eq!(
+        redis_calls(&url, "zrangebylex") - ranges,
+        1,
+        "ZRANGEBYLEX steps for five keys"
+    );
+    // A range of more keys than one step holds is read in steps, each after the last.
+    let got = other.scan_prefix("u/busy/i1").await.unwrap();
+    let want = 1000 + 10 * 1000; // i1-*, and i10-* to i19-*
+    assert_eq!(got.len(), want);
+    assert!(
+        got.windows(2).all(|w| w[0].0 < w[1].0),
+        "sorted, no repeats"
+    );
+}
+
+/// A Redis database written before the key index existed (an earlier build, or 0.1.0) is
+/// indexed when the store opens, also when a crash cut an earlier indexing short: every key
+/// is found by prefix scans afterwards, and later writes and deletes keep the index exact.
+#[tokio::test]
+async fn redis_keys_written_without_the_index_are_indexed_when_the_store_opens() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let client = ::redis::Client::open(url.as_str()).expect("redis url");
+    let mut con = client.get_connection().expect("connect to redis-server");
+    // What an earlier build wrote: plain keys, no index; a neighbour's keys beside them; and
+    // an index that a crash left half made (no completion mark).
+    let mut pipe = ::redis::pipe();
+    for i in 0..2500 {
+        pipe.set(format!("chordctl:n1:u/old/i{i:04}"), b"v")
+            .ignore();
+    }
+    pipe.set("chordctl:n1:svc/legacy", b"rec").ignore();
+    pipe.set("chordctl:n2:u/old/theirs", b"v").ignore();
+    pipe.zadd("chordctl:n1", "u/old/i0007", 0).ignore();
+    let () = pipe.query(&mut con).expect("write the old layout");
+
+    let store = RedisStore::connect(&url, "n1").await.unwrap();
+    let old = store.scan_prefix("u/old/").await.unwrap();
+    assert_eq!(old.len(), 2500, "every key written without the index");
+    assert_eq!(old[0].0, "u/old/i0000");
+    assert_eq!(old[2499].0, "u/old/i2499");
+    assert_eq!(
+        store.scan_prefix("svc/").await.unwrap(),
+        vec![("svc/legacy".to_string(), b"rec".to_vec())]
+    );
+    // Later writes and deletes keep the index exact, in any order within a batch.
+    store
+        .apply(vec![
+            Op::Delete("svc/legacy".into()),
+            put("svc/new", b"n"),
+            put("svc/gone", b"g"),
+            Op::Delete("svc/gone".into()),
+            Op::Delete("svc/back".into()),
+            put("svc/back", b"b"),
+        ])
+        .await
+        .unwrap();
+    let keys = |entries: Vec<(String, Vec<u8>)>| -> Vec<String> {
+        entries.into_iter().map(|(k, _)| k).collect()
+    };
+    assert_eq!(
+        keys(store.scan_prefix("svc/").await.unwrap()),
+        ["svc/back", "svc/new"]
+    );
+    // The index is complete now: opening again walks nothing.
+    let scans = redis_calls(&url, "scan");
+    let again = RedisStore::connect(&url, "n1").await.unwrap();
+    assert_eq!(
+        redis_calls(&url, "scan") - scans,
+        0,
+        "SCANs on the second open"
+    );
+    assert_eq!(again.scan_prefix("").await.unwrap().len(), 2502);
+    // The neighbour, opened in turn, finds its own key and no other.
+    let n2 = RedisStore::connect(&url, "n2").await.unwrap();
+    assert_eq!(keys(n2.scan_prefix("").await.unwrap()), ["u/old/theirs"]);
+}
+
 /// `chordctl agent create` on `redis`, its stdout and stderr piped.
 fn agent_on(redis: &RedisServer) -> Command {
     let url = redis.url();
@@ -800,16 +911,17 @@ fn a_copy_goes_back_to_its_owner_while_another_copys_owner_has_its_store_down() 
     });
 }
 
-/// `GET`s the `redis-server` at `url` has answered since it started.
-fn redis_gets(url: &str) -> u64 {
+/// How many `command`s (lower case) the `redis-server` at `url` has answered since it started.
+fn redis_calls(url: &str, command: &str) -> u64 {
     let client = ::redis::Client::open(url).expect("redis url");
     let mut con = client.get_connection().expect("connect to redis-server");
     let info: String = ::redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut con)
         .expect("INFO commandstats");
+    let line = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .find_map(|l| l.strip_prefix(line.as_str()))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -861,7 +973,7 @@ fn a_handed_back_copy_is_dropped_without_a_store_read_per_unit() {
         let keys: Vec<String> = (0..UNITS).map(|i| format!("u/{service}/i{i}")).collect();
         let entries = procs::fetch_at(&pool, owner, keys).await;
         assert_eq!(entries.len(), UNITS, "the owner's units");
-        let before = redis_gets(&url);
+        let before = redis_calls(&url, "get");
         procs::handoff_to(&pool, &agents[holder], entries).await;
         crate::support::eventually(
             "the holder hands the copy back and drops it",
@@ -878,7 +990,7 @@ fn a_handed_back_copy_is_dropped_without_a_store_read_per_unit() {
             },
         )
         .await;
-        let gets = redis_gets(&url) - before;
+        let gets = redis_calls(&url, "get") - before;
         assert!(
             gets < UNITS as u64 / 3,
             "{gets} GETs on the holder's redis-server to drop a copy of {UNITS} units"

@@ -2,7 +2,12 @@
 //!
 //! Keys are stored as `chordctl:{node_prefix}:{key}`, so several agents can share one Redis
 //! database without seeing each other's data (but not its failures: agents sharing one Redis
-//! are one failure domain, whatever `--replicas` says). Durability is Redis's, checked at
+//! are one failure domain, whatever `--replicas` says). Each node also keeps an index of its
+//! keys, the sorted set `chordctl:{node_prefix}` (every score 0, so ordered by key bytes),
+//! written in the same `MULTI` as the keys themselves: a prefix scan reads its range of the
+//! index (`ZRANGEBYLEX`) and so costs the keys under the prefix, not every key in the
+//! database (a `SCAN MATCH` walks them all, other nodes' included). A database written before
+//! the index existed is indexed once, when the store connects (`ensure_index`). Durability is Redis's, checked at
 //! start (`durability`): AOF on (`appendonly yes`, else a warning) and synced on every write
 //! (`appendfsync always`); `everysec` starts with a warning that a crash of the Redis host can
 //! lose about the last second of writes, and `no` is refused. When the settings cannot be
@@ -15,7 +20,7 @@
 //! calls succeed again on the same `RedisStore`. Passwords in the URL never reach a message or a
 //! log line: everything shows [`redact_url`]'s form of it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -35,9 +40,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every key of every node starts with this, so chordctl's keys are easy to find and to remove.
 const KEY_NAMESPACE: &str = "chordctl";
 
-/// How many keys one SCAN step asks for and one MGET fetches.
+/// How many keys one SCAN or ZRANGEBYLEX step asks for, and one ZADD adds when indexing.
 const SCAN_COUNT: usize = 1000;
 const MGET_CHUNK: usize = 100;
+
+/// The member of a node's index that says the index is complete: written last when a
+/// database without an index is indexed. It is not UTF-8, so no key can be it, and it sorts
+/// after every UTF-8 key, so no prefix's range holds it.
+const INDEX_COMPLETE: &[u8] = b"\xff";
 
 /// A [`Store`] on a Redis server, keeping this node's keys apart from other nodes'.
 #[derive(Clone)]
@@ -45,6 +55,8 @@ pub struct RedisStore {
     conn: ConnectionManager,
     /// `chordctl:{node_prefix}:`, prepended to every key.
     prefix: String,
+    /// `chordctl:{node_prefix}`: the sorted set of this node's keys (without `prefix`).
+    index: String,
     /// The server URL with any password replaced, for messages and logs.
     url: String,
 }
@@ -54,6 +66,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("url", &self.url)
             .field("prefix", &self.prefix)
+            .field("index", &self.index)
             .finish()
     }
 }
@@ -105,9 +118,11 @@ impl RedisStore {
         let store = RedisStore {
             conn,
             prefix: format!("{KEY_NAMESPACE}:{node_prefix}:"),
+            index: format!("{KEY_NAMESPACE}:{node_prefix}"),
             url: shown,
         };
         store.check_durability().await?;
+        store.ensure_index().await?;
         Ok(store)
     }
 
@@ -140,6 +155,64 @@ impl RedisStore {
         }
     }
 
+    /// Index a database written before the index existed (chordctl 0.2 before it, or 0.1.0):
+    /// when the index lacks its [`INDEX_COMPLETE`] member, walk this node's keys once with
+    /// `SCAN MATCH`, add them to the index, then add the member. Adding is idempotent, so a
+    /// crash half-way only means the walk is made again at the next start. Nothing else
+    /// writes this node's keys while its store is being opened.
+    async fn ensure_index(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let check = redis::cmd("ZSCORE")
+            .arg(&self.index)
+            .arg(INDEX_COMPLETE)
+            .clone();
+        let complete: Option<f64> = self.run(check.query_async(&mut conn)).await?;
+        if complete.is_some() {
+            return Ok(());
+        }
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut cursor: u64 = 0;
+        let mut indexed = 0usize;
+        loop {
+            let step = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .clone();
+            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(step.query_async(&mut conn)).await?;
+            let keys: Vec<&[u8]> = batch
+                .iter()
+                .filter_map(|full| full.strip_prefix(self.prefix.as_bytes()))
+                .filter(|key| std::str::from_utf8(key).is_ok())
+                .collect();
+            if !keys.is_empty() {
+                let mut add = redis::cmd("ZADD");
+                add.arg(&self.index);
+                for key in &keys {
+                    add.arg(0).arg(*key);
+                }
+                self.run(add.query_async::<()>(&mut conn)).await?;
+                indexed += keys.len();
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let done = redis::cmd("ZADD")
+            .arg(&self.index)
+            .arg(0)
+            .arg(INDEX_COMPLETE)
+            .clone();
+        self.run(done.query_async::<()>(&mut conn)).await?;
+        if indexed > 0 {
+            tracing::info!(url = %self.url, keys = indexed, index = %self.index, "Redis store: indexed the keys of a database written without an index");
+        }
+        Ok(())
+    }
+
     /// The full Redis key of one of this node's keys.
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
@@ -168,38 +241,38 @@ impl RedisStore {
         mut map: impl FnMut(&str, Vec<u8>) -> T + Send,
     ) -> Result<Vec<(String, T)>> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{}{}*", glob_escape(&self.prefix), glob_escape(prefix));
-        let wanted = self.full_key(prefix);
-        // SCAN may return a key more than once; the set removes duplicates and sorts.
-        let mut keys = BTreeSet::new();
-        let mut cursor: u64 = 0;
+        // Every key starting with `prefix` lies in [prefix, prefix + 0xff): keys are UTF-8,
+        // and no UTF-8 byte is 0xff.
+        let mut min = [b"[", prefix.as_bytes()].concat();
+        let max = [b"(", prefix.as_bytes(), b"\xff"].concat();
+        let mut keys = Vec::new();
         loop {
-            let step = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
+            let step = redis::cmd("ZRANGEBYLEX")
+                .arg(&self.index)
+                .arg(&min)
+                .arg(&max)
+                .arg("LIMIT")
+                .arg(0)
                 .arg(SCAN_COUNT)
                 .clone();
-            let (next, batch): (u64, Vec<Vec<u8>>) = self.run(step.query_async(&mut conn)).await?;
-            for full in batch {
-                // Keys that are not UTF-8 were not written by a Store, so they are not ours.
-                if let Ok(full) = String::from_utf8(full) {
-                    if full.starts_with(&wanted) {
-                        keys.insert(full);
-                    }
-                }
-            }
-            if next == 0 {
+            let batch: Vec<Vec<u8>> = self.run(step.query_async(&mut conn)).await?;
+            let Some(last) = batch.last() else { break };
+            // The next step starts after the last key of this one.
+            min = [b"(", last.as_slice()].concat();
+            let full = batch.len() == SCAN_COUNT;
+            // Members that are not UTF-8 were not written by a Store, so they are not keys.
+            // Only the values of the keys kept are fetched.
+            keys.extend(
+                batch
+                    .into_iter()
+                    .filter_map(|key| String::from_utf8(key).ok())
+                    .filter(|key| keep(key))
+                    .map(|key| self.full_key(&key)),
+            );
+            if !full {
                 break;
             }
-            cursor = next;
         }
-        // Only the values of the keys kept are fetched.
-        let keys: Vec<String> = keys
-            .into_iter()
-            .filter(|full| keep(&full[self.prefix.len()..]))
-            .collect();
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MGET_CHUNK) {
             let fetch = redis::cmd("MGET").arg(chunk).clone();
@@ -245,13 +318,40 @@ impl Store for RedisStore {
             return Ok(());
         }
         // MULTI/EXEC: Redis runs the batch as one unit, and with AOF on writes it as one unit.
+        // The index changes in the same MULTI, by each key's last op in the batch.
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let mut last: HashMap<&str, bool> = HashMap::with_capacity(ops.len());
         for op in &ops {
             match op {
-                Op::Put(k, v) => pipe.set(self.full_key(k), v.as_slice()).ignore(),
-                Op::Delete(k) => pipe.del(self.full_key(k)).ignore(),
+                Op::Put(k, v) => {
+                    pipe.set(self.full_key(k), v.as_slice()).ignore();
+                    last.insert(k, true);
+                }
+                Op::Delete(k) => {
+                    pipe.del(self.full_key(k)).ignore();
+                    last.insert(k, false);
+                }
             };
+        }
+        let (mut added, mut removed) = (redis::cmd("ZADD"), redis::cmd("ZREM"));
+        added.arg(&self.index);
+        removed.arg(&self.index);
+        let (mut any_added, mut any_removed) = (false, false);
+        for (key, present) in last {
+            if present {
+                added.arg(0).arg(key);
+                any_added = true;
+            } else {
+                removed.arg(key);
+                any_removed = true;
+            }
+        }
+        if any_added {
+            pipe.add_command(added).ignore();
+        }
+        if any_removed {
+            pipe.add_command(removed).ignore();
         }
         let mut conn = self.conn.clone();
         self.run(pipe.query_async::<()>(&mut conn)).await
