@@ -24,7 +24,7 @@ function __fish_chordctl_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c chordctl -n "__fish_chordctl_needs_command" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_needs_command" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_needs_command" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -43,7 +43,7 @@ complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "tls" -d 'Make a C
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "completions" -d 'Print a shell completion script to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "man" -d 'Print the man page (roff) to stdout'
 complete -c chordctl -n "__fish_chordctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and not __fish_seen_subcommand_from create join dev help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -75,7 +75,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l dns-domain -d 'The DNS zone: services answer as SERVICE.service.DOMAIN' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l dns-ttl -d 'The TTL of DNS records, e.g. 5s, 1m' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from create" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -105,7 +105,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l dns-domain -d 'The DNS zone: services answer as SERVICE.service.DOMAIN' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l dns-ttl -d 'The TTL of DNS records, e.g. 5s, 1m' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from join" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -130,7 +130,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l tls-ca -d 'The CA certificate(s) (PEM) that ring peers\' and HTTP clients\' certificates must be signed by' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l dns-domain -d 'The DNS zone: services answer as SERVICE.service.DOMAIN' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l dns-ttl -d 'The TTL of DNS records, e.g. 5s, 1m' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from dev" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -147,7 +147,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "join" -d 'Join the ring that SEED (a member\'s ring address) is in'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "dev" -d 'Run a local N-node ring in one process on loopback, with embedded stores, for trying things'
 complete -c chordctl -n "__fish_chordctl_using_subcommand agent; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -160,7 +160,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit (the first --agent only, never another)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and not __fish_seen_subcommand_from show node leave help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -169,7 +169,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from show" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -178,7 +178,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from node" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from leave" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -191,7 +191,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "node" -d 'The agent\'s own view: predecessor, successor list, finger table'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "leave" -d 'Ask the agent to leave the ring gracefully and exit (the first --agent only, never another)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand ring; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -200,7 +200,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l cert -d 'Cl
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand locate" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and not __fish_seen_subcommand_from register deregister discover list policy explain watch help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -224,7 +224,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l meta -d 'Metadata entry (repeatable)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l weight -d 'Relative weight for `--pick weighted` (0-10000)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l ttl -d 'Mark the instance critical after this long without a status report (30s, 5m, 1h, or seconds)' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -233,7 +233,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from register" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from deregister" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -248,7 +248,7 @@ round-robin\t'Each instance in turn'
 random\t'Uniformly at random'
 weighted\t'At random in proportion to weight'
 least-load\t'Lowest load'"
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -258,7 +258,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -l healthy -d 'Only healthy instances (state passing or warning)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from discover" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from list" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -271,7 +271,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l successes-before-passing -d 'A reported passing takes effect after N consecutive passing reports' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l flap-half-life -d 'Flap damping\'s half-life (0 turns damping off)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l panic-threshold -d 'Below this healthy share (0-1), --healthy returns every instance (0 turns it off)' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from policy" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -286,7 +286,7 @@ round-robin\t'Each instance in turn'
 random\t'Uniformly at random'
 weighted\t'At random in proportion to weight'
 least-load\t'Lowest load'"
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -297,7 +297,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from explain" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l count -d 'Exit 0 after N events (snapshots and changes; bookmarks do not count)' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from watch" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -314,7 +314,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "explain" -d 'Why discover returns each instance of SERVICE or not, and the scores behind a pick'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "watch" -d 'Follow the changes of SERVICE as they happen'
 complete -c chordctl -n "__fish_chordctl_using_subcommand svc; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and not __fish_seen_subcommand_from report query help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -335,7 +335,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_see
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l latency-ms -d 'Mean call latency in milliseconds' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l frequency -d 'Calls per second' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l note -d 'Free text' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -344,7 +344,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_see
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from report" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand status; and __fish_seen_subcommand_from query" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -363,7 +363,7 @@ mixed\t'70% discover, 20% report, 10% register'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l concurrency -d 'Requests in flight at once (one kept-alive connection each)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l duration -d 'How long to send load (30s, 5m, 1h, or seconds; at least 1s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l services -d 'Services to spread the load over, each with ten instances' -r
-complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -373,7 +373,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l key -d 'The 
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -l keep -d 'Leave the benchmark\'s services registered at the end'
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand bench" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -385,7 +385,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_se
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -f -a "ca" -d 'The certificate authority'
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -f -a "cert" -d 'Certificates signed by the CA'
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and not __fish_seen_subcommand_from ca cert help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -396,7 +396,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -s V -l version -d 'Print version'
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -f -a "create" -d 'Make a CA: DIR/ca.pem and DIR/ca-key.pem (the key readable by its owner only)'
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from ca" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from cert" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -410,7 +410,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_s
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "ca" -d 'The certificate authority'
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "cert" -d 'Certificates signed by the CA'
 complete -c chordctl -n "__fish_chordctl_using_subcommand tls; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l token -d 'Bearer token for an agent started with --api-token' -r
@@ -419,7 +419,7 @@ complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l cert -
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -l key -d 'The private key (PEM) of --cert' -r -F
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c chordctl -n "__fish_chordctl_using_subcommand completions" -s V -l version -d 'Print version'
-complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached' -r
+complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l agent -d 'The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to name fallbacks: they are tried in order when one cannot be reached (a read also moves on when an agent has not begun its answer within 3 s)' -r
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -s o -l output -d 'Output format' -r -f -a "table\t'Tables for people'
 json\t'The agent\'s JSON, pretty-printed, for scripts'"
 complete -c chordctl -n "__fish_chordctl_using_subcommand man" -l token -d 'Bearer token for an agent started with --api-token' -r

@@ -35,6 +35,21 @@ fn run(args: &[&str]) -> Run {
     Run::of(chordctl(args))
 }
 
+/// `chordctl --agent AGENT svc register payments --address 10.0.0.7 --port 8080`.
+fn register_payments(agent: &str) -> Run {
+    run(&[
+        "--agent",
+        agent,
+        "svc",
+        "register",
+        "payments",
+        "--address",
+        "10.0.0.7",
+        "--port",
+        "8080",
+    ])
+}
+
 // ---------------------------------------------------------------------------------------------
 // A fake agent: canned HTTP answers from a std TcpListener in a thread.
 
@@ -360,19 +375,9 @@ fn several_agents_are_tried_in_order() {
     .ok_json();
     assert_eq!(node["id"], agent.id.as_str(), "{node}");
     // A write goes through the live agent, once.
-    run(&[
-        "--agent",
-        &format!("{dead},{live}"),
-        "svc",
-        "register",
-        "payments",
-        "--address",
-        "10.0.0.7",
-        "--port",
-        "8080",
-    ])
-    .code(0)
-    .stdout_has("registered payments instance 10.0.0.7:8080");
+    register_payments(&format!("{dead},{live}"))
+        .code(0)
+        .stdout_has("registered payments instance 10.0.0.7:8080");
     let mut cmd = chordctl(&["-o", "json", "svc", "discover", "payments"]);
     cmd.env("CHORDCTL_AGENT", format!("{dead}, {live}"));
     let found = Run::of(cmd).ok_json();
@@ -390,6 +395,53 @@ fn several_agents_are_tried_in_order() {
     .code(3)
     .stderr_has(&dead)
     .stderr_has(&also_dead);
+}
+
+/// An agent that accepts connections but does not answer (a real agent process stopped with
+/// SIGSTOP: the kernel still completes the handshake) is passed over for the next agent by a
+/// read once its answer has not begun within the read deadline; a write is not sent to
+/// another agent (the stopped one may still apply it when it wakes) and says so.
+#[test]
+fn a_read_passes_over_an_agent_that_does_not_answer_and_a_write_does_not() {
+    let stopped = AgentProc::start(None, &[]);
+    let live = AgentProc::start(None, &[]);
+    let (hung, up) = (stopped.url(), live.url());
+    register_payments(&up).code(0);
+    stopped.signal(libc::SIGSTOP);
+    let found = run(&[
+        "--agent", &hung, "--agent", &up, "-o", "json", "svc", "discover", "payments",
+    ])
+    .ok_json();
+    assert_eq!(found["instances"][0]["id"], "10.0.0.7:8080", "{found}");
+    // Comma-separated, and for the other reads too.
+    let node = run(&[
+        "--agent",
+        &format!("{hung},{up}"),
+        "-o",
+        "json",
+        "ring",
+        "node",
+    ])
+    .ok_json();
+    assert_eq!(node["id"], live.id.as_str(), "{node}");
+    run(&[
+        "--agent",
+        &hung,
+        "--agent",
+        &up,
+        "svc",
+        "register",
+        "orders",
+        "--address",
+        "10.0.0.8",
+        "--port",
+        "1",
+    ])
+    .code(1)
+    .stderr_has(&hung)
+    .stderr_has("may or may not have taken effect");
+    run(&["--agent", &up, "svc", "discover", "orders"]).code(4);
+    stopped.signal(libc::SIGCONT);
 }
 
 /// `ring leave` is about the agent named first: with it down, another given for reaching the
@@ -429,18 +481,7 @@ fn ring_leave_asks_the_first_agent_only() {
 fn a_new_instance_shows_no_measures_until_it_reports() {
     let agent = AgentProc::start(None, &[]);
     let url = agent.url();
-    run(&[
-        "--agent",
-        &url,
-        "svc",
-        "register",
-        "payments",
-        "--address",
-        "10.0.0.7",
-        "--port",
-        "8080",
-    ])
-    .code(0);
+    register_payments(&url).code(0);
     // INSTANCE  STATE  SUCC  LAT  LOAD  WT  TAGS: the first row's cells.
     let row = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["--agent", url.as_str()];

@@ -55,7 +55,8 @@ pub struct Cli {
 #[command(next_help_heading = "Client options")]
 pub struct GlobalOpts {
     /// The agent to talk to: a URL or HOST:PORT. Repeat it, or give a comma-separated list, to
-    /// name fallbacks: they are tried in order when one cannot be reached
+    /// name fallbacks: they are tried in order when one cannot be reached (a read also moves
+    /// on when an agent has not begun its answer within 3 s)
     #[arg(
         long,
         global = true,

@@ -14,6 +14,11 @@ use super::Failure;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to the agent may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a read (`GET`) waits for an agent's answer to begin before it is passed over for
+/// the next agent given, when there is one: an agent that accepts connections but does not
+/// answer (stopped, hung, its host overloaded) is then no better than one that cannot be
+/// reached. A write is never sent to another agent this way: the first may still apply it.
+pub const READ_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment, so
 /// that instance ids such as `10.0.0.7:8080` travel as one segment whatever they contain.
@@ -33,7 +38,8 @@ struct Agent {
 
 /// A client of the agents given with `--agent`: each request goes to the agent that answered
 /// last (at first the first one given), and to the next ones in order, wrapping around, while
-/// an agent cannot be reached. An agent that answers, even with an error, is the answer.
+/// an agent cannot be reached (for a read, also while one does not begin its answer within
+/// [`READ_ANSWER_TIMEOUT`]). An agent that answers, even with an error, is the answer.
 pub struct Client {
     runtime: tokio::runtime::Runtime,
     agents: Vec<Agent>,
@@ -232,7 +238,8 @@ impl Client {
     }
 
     /// Sends the request to each agent in turn, from the one that answered last, until one
-    /// answers; returns its index and its answer (whatever the status).
+    /// answers; returns its index and its answer (whatever the status). A read that another
+    /// agent could still take waits [`READ_ANSWER_TIMEOUT`] for an answer to begin.
     async fn open(
         &self,
         method: Method,
@@ -242,12 +249,12 @@ impl Client {
     ) -> Result<(usize, reqwest::Response), Failure> {
         let first = self.current.get();
         let mut unreachable = Vec::new();
-        for k in 0..self.agents.len() {
-            let index = (first + k) % self.agents.len();
-            match self
-                .open_at(index, method.clone(), segments, query, body, &[])
-                .await
-            {
+        let n = self.agents.len();
+        for k in 0..n {
+            let index = (first + k) % n;
+            let within = (method == Method::GET && k + 1 < n).then_some(READ_ANSWER_TIMEOUT);
+            let request = self.request(index, method.clone(), segments, query, body, &[])?;
+            match self.dispatch(index, request, &method, within).await {
                 Ok(response) => return Ok((index, response)),
                 Err(Attempt::Unreachable(cause)) => unreachable.push((index, cause)),
                 Err(Attempt::Failed(failure)) => return Err(failure),
@@ -268,8 +275,24 @@ impl Client {
         headers: &[(&str, &str)],
     ) -> Result<reqwest::Response, Attempt> {
         let index = index % self.agents.len();
+        let request = self
+            .request(index, method.clone(), segments, query, body, headers)
+            .map_err(Attempt::Failed)?;
+        self.dispatch(index, request, &method, None).await
+    }
+
+    /// The request to agent `index`, with the token, `headers` and `body` (as JSON).
+    fn request(
+        &self,
+        index: usize,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<reqwest::RequestBuilder, Failure> {
         let agent = &self.agents[index];
-        let url = url(&agent.base, segments, query).map_err(Attempt::Failed)?;
+        let url = url(&agent.base, segments, query)?;
         let mut request = agent.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -280,13 +303,46 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        match request.send().await {
+        Ok(request)
+    }
+
+    /// Sends `request` (a `method` request) to agent `index`; with `within`, an answer that
+    /// has not begun by then counts as the agent being unreachable. The agent that answers
+    /// becomes the one requests start at.
+    async fn dispatch(
+        &self,
+        index: usize,
+        request: reqwest::RequestBuilder,
+        method: &Method,
+        within: Option<Duration>,
+    ) -> Result<reqwest::Response, Attempt> {
+        let writes = *method != Method::GET;
+        let sent = match within {
+            Some(limit) => match tokio::time::timeout(limit, request.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Err(Attempt::Unreachable(format!(
+                        "connected, but no answer within {}s",
+                        limit.as_secs()
+                    )))
+                }
+            },
+            None => request.send().await,
+        };
+        match sent {
             Ok(response) => {
                 self.current.set(index);
                 Ok(response)
             }
             Err(e) if tls_cause(&e).is_some() => Err(Attempt::Failed(self.transport(index, &e))),
             Err(e) if e.is_connect() => Err(Attempt::Unreachable(root_cause(&e))),
+            Err(e) if e.is_timeout() && writes => Err(Attempt::Failed(Failure::Failed(format!(
+                "the agent at {} did not answer within {}s: the write may or may not have \
+                 taken effect (it was not sent to another agent, which could apply it twice); \
+                 read it back before sending it again",
+                self.shown_at(index),
+                REQUEST_TIMEOUT.as_secs()
+            )))),
             Err(e) => Err(Attempt::Failed(self.transport(index, &e))),
         }
     }
