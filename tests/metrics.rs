@@ -419,6 +419,17 @@ async fn metrics_after_traffic_on_two_nodes() {
     );
     // The lookups at b were counted at b.
     let mb = scrape(&b).await;
+    // Each write was a group of its own at its owner (a or b): its store batch and its
+    // quorum timed once each; its copy merged at the other node.
+    assert_eq!(m.types["chordctl_write_stage_seconds"], "histogram");
+    let stage = |stage: &str| {
+        let labels = [("stage", stage)];
+        m.value("chordctl_write_stage_seconds_count", &labels)
+            + mb.value("chordctl_write_stage_seconds_count", &labels)
+    };
+    assert_eq!(stage("owner_store"), 5.0);
+    assert_eq!(stage("quorum"), 5.0);
+    assert!(stage("replica_merge") >= 1.0, "{}", stage("replica_merge"));
     assert!(mb.value("chordctl_lookups_total", &[("result", "found")]) >= 3.0);
 
     // With three copies wanted and two nodes, each node holds every record: owned or replica.

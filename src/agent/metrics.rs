@@ -34,6 +34,13 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Upper bounds (seconds) of the write stages' histogram buckets: from a tenth of a
+/// millisecond, since a store's sync on a fast disk takes a few of those.
+pub const STAGE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 /// Upper bounds of the lookup hop-count histogram buckets. A healthy ring of N nodes needs
 /// about log2 N hops; more than 32 hints at broken fingers.
 pub const HOP_BUCKETS: &[f64] = &[
@@ -154,6 +161,8 @@ pub struct Metrics {
     watch_resets: AtomicU64,
     /// From a change at its owner to its event here (seconds).
     notify_latency: Mutex<Histogram>,
+    /// How long each [`WriteStage`] took (seconds), by stage.
+    write_stages: [Mutex<Histogram>; WriteStage::ALL.len()],
     /// DNS queries answered, by result ([`DNS_RESULTS`]), those truncated, and the services
     /// the DNS view holds.
     dns_queries: [AtomicU64; DNS_RESULTS.len()],
@@ -194,6 +203,7 @@ impl Default for Metrics {
             watch_events: AtomicU64::new(0),
             watch_resets: AtomicU64::new(0),
             notify_latency: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
+            write_stages: WriteStage::ALL.map(|_| Mutex::new(Histogram::new(STAGE_BUCKETS))),
             dns_queries: Default::default(),
             dns_truncated: AtomicU64::new(0),
             dns_services: AtomicU64::new(0),
@@ -356,6 +366,11 @@ impl Metrics {
     pub fn dns_services(&self, n: usize) {
         self.dns_services
             .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// One `stage` of writing a group took `elapsed`.
+    pub fn write_stage(&self, stage: WriteStage, elapsed: Duration) {
+        lock(&self.write_stages[stage as usize]).observe(elapsed.as_secs_f64());
     }
 
     /// A change made at `at_ms` (its owner's clock) reached this agent's watchers now.
@@ -679,6 +694,20 @@ impl Metrics {
         lock(&self.notify_latency).render(&mut out, "chordctl_watch_notify_seconds", "");
         family(
             &mut out,
+            "chordctl_write_stage_seconds",
+            "histogram",
+            "How long each stage of a write group took: the owner's store batch made durable (owner_store), its copies confirmed by the write quorum's replicas (quorum, in parallel with owner_store), a batch received from a peer merged and made durable (replica_merge).",
+        );
+        for stage in WriteStage::ALL {
+            let labels = format!("stage=\"{}\",", stage.label());
+            lock(&self.write_stages[stage as usize]).render(
+                &mut out,
+                "chordctl_write_stage_seconds",
+                &labels,
+            );
+        }
+        family(
+            &mut out,
             "chordctl_dns_queries_total",
             "counter",
             "DNS queries answered, by result (the response code).",
@@ -880,6 +909,36 @@ impl HandBackRound {
             HandBackRound::Done => "done",
             HandBackRound::Failed => "failed",
             HandBackRound::ArcUnsure => "arc_unsure",
+        }
+    }
+}
+
+/// A stage of writing a group, timed by `chordctl_write_stage_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStage {
+    /// At the owner: the group's store batch, until durable.
+    OwnerStore = 0,
+    /// At the owner: the group queued on the replicas' streams, until the write quorum's
+    /// replicas confirmed it (overlaps `OwnerStore`).
+    Quorum = 1,
+    /// At a replica: a batch received from a peer (a replication stream, a hand-off),
+    /// merged and stored, until durable.
+    ReplicaMerge = 2,
+}
+
+impl WriteStage {
+    /// Every stage, in label order.
+    pub const ALL: [WriteStage; 3] = [
+        WriteStage::OwnerStore,
+        WriteStage::Quorum,
+        WriteStage::ReplicaMerge,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            WriteStage::OwnerStore => "owner_store",
+            WriteStage::Quorum => "quorum",
+            WriteStage::ReplicaMerge => "replica_merge",
         }
     }
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::deadlines::Deadlines;
-use super::metrics::RepairStep;
+use super::metrics::{RepairStep, WriteStage};
 use super::ring::RingDriver;
 use crate::registry::hlc::{node_number, Clock, Hlc};
 use crate::registry::merkle;
@@ -824,7 +824,12 @@ impl Registry {
                         "this node is leaving the ring and takes no more copies",
                     ));
                 }
+                let started = Instant::now();
                 self.merge(entries).await?;
+                let elapsed = started.elapsed();
+                self.ring
+                    .metrics()
+                    .write_stage(WriteStage::ReplicaMerge, elapsed);
                 Ok(RegistryResponse::Done)
             }
             RegistryRequest::ClaimGvip { gvip, service } => self.claim_gvip(gvip, service).await,

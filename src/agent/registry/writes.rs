@@ -11,10 +11,12 @@
 //! fsync and replication round trip.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
 use super::{feeds, guard, Pending, Registry};
+use crate::agent::metrics::WriteStage;
 use crate::registry::compat::{self, CancelOutcome};
 use crate::registry::ops::{gvip_id, Entry, RegistryRequest, RegistryResponse, WriteOp};
 use crate::registry::ttl::Leases;
@@ -185,11 +187,21 @@ impl Registry {
             .map(|e| Op::Put(e.key.clone(), e.value.clone()))
             .collect();
         batch.extend(deletes.into_iter().map(Op::Delete));
+        let metrics = self.ring.metrics();
         let store = async {
+            let started = Instant::now();
             self.slow_disk().await;
-            self.store.apply(batch).await
+            let stored = self.store.apply(batch).await;
+            metrics.write_stage(WriteStage::OwnerStore, started.elapsed());
+            stored
         };
-        let (stored, replicated) = tokio::join!(store, self.replicate(entries));
+        let replicate = async {
+            let started = Instant::now();
+            let replicated = self.replicate(entries).await;
+            metrics.write_stage(WriteStage::Quorum, started.elapsed());
+            replicated
+        };
+        let (stored, replicated) = tokio::join!(store, replicate);
         if let Err(e) = stored {
             // The replicas may hold what this store did not: the next anti-entropy round
             // compares, and the owner pulls it as a newer copy.
