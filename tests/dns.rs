@@ -155,6 +155,23 @@ async fn report(agent: &AgentProc, service: &str, id: &str, state: &str) {
     call_ok("PUT", &url, Some(json!({ "state": state }))).await;
 }
 
+/// Poll until `name` at `dns` answers A with NOERROR, no records and the SOA (NODATA).
+async fn expect_no_records(dns: SocketAddr, name: &str) {
+    eventually(&format!("NODATA {name}"), DEADLINE, async || {
+        let m = ask(dns, name, RecordType::A, Via::Udp).await?;
+        let soa = m
+            .authorities
+            .iter()
+            .any(|r| r.record_type() == RecordType::SOA);
+        if m.metadata.response_code == ResponseCode::NoError && m.answers.is_empty() && soa {
+            Ok(())
+        } else {
+            Err(format!("{m:?}"))
+        }
+    })
+    .await;
+}
+
 /// Poll until the A answer of `name` at `dns` holds exactly `want`.
 async fn expect_addresses(dns: SocketAddr, name: &str, want: &BTreeSet<IpAddr>) {
     eventually(&format!("A {name} = {want:?}"), DEADLINE, async || {
@@ -275,6 +292,22 @@ async fn a_question_in_any_case_finds_a_lower_case_service_or_tag_and_a_capitali
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");
+    // A lower-case service emptied of its instances is still the one any casing names.
+    register(
+        &agent,
+        "shop",
+        "s1",
+        json!({"address": "10.0.0.4", "port": 80}),
+    )
+    .await;
+    expect_addresses(dns, "SHOP.service.chord.", &ips(&["10.0.0.4"])).await;
+    call_ok(
+        "DELETE",
+        &format!("{}/v1/services/shop/instances/s1", agent.url()),
+        None,
+    )
+    .await;
+    expect_no_records(dns, "SHOP.service.chord.").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,19 +420,29 @@ async fn unknown_names_are_nxdomain_with_an_soa_and_host_names_a_cname() {
     )
     .await;
     report(&agent, "down", "d", "critical").await;
-    eventually("NODATA down", DEADLINE, async || {
-        let m = ask(dns, "down.service.chord.", RecordType::A, Via::Udp).await?;
-        let soa = m
-            .authorities
-            .iter()
-            .any(|r| r.record_type() == RecordType::SOA);
-        if m.metadata.response_code == ResponseCode::NoError && m.answers.is_empty() && soa {
-            Ok(())
-        } else {
-            Err(format!("{m:?}"))
-        }
-    })
+    expect_no_records(dns, "down.service.chord.").await;
+
+    // A service emptied of its instances is still a service (HTTP discover answers it 200
+    // with none): NOERROR, no records, the SOA; a tag none of its instances had is NXDOMAIN.
+    register(
+        &agent,
+        "gone",
+        "g",
+        json!({"address": "10.2.0.2", "port": 1, "tags": ["v2"]}),
+    )
     .await;
+    expect_addresses(dns, "gone.service.chord.", &ips(&["10.2.0.2"])).await;
+    call_ok(
+        "DELETE",
+        &format!("{}/v1/services/gone/instances/g", agent.url()),
+        None,
+    )
+    .await;
+    expect_no_records(dns, "gone.service.chord.").await;
+    let m = ask(dns, "v2.gone.service.chord.", RecordType::A, Via::Udp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");
 
     // Malformed packets do not stop the agent: a header and garbage, and a lone byte.
     let sock = UdpSocket::bind("127.0.0.1:0")

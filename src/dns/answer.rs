@@ -39,6 +39,10 @@ pub struct View {
     pub instances: Vec<Arc<Instance>>,
     /// The service's health policy (its panic threshold).
     pub policy: Policy,
+    /// The registry holds the service (its index is above 0), with instances or not: one
+    /// emptied of its instances is known, as HTTP discover answers it 200; one never
+    /// written is not (404 there, NXDOMAIN here).
+    pub known: bool,
 }
 
 /// What a question names.
@@ -198,7 +202,12 @@ impl Zone {
                     (Some(t), Some(l)) if l != t && has(l) => Some(l),
                     (t, _) => t,
                 };
-                let named = tag.is_none_or(has) && !all.is_empty();
+                // A service is named while the registry holds it; a tag while an instance
+                // has it.
+                let named = match tag {
+                    Some(t) => has(t),
+                    None => view.known || !all.is_empty(),
+                };
                 if !named {
                     return self.negative(ResponseCode::NXDomain);
                 }
@@ -450,6 +459,7 @@ mod tests {
                 instance("e", "fd00::1", 80, State::Passing, &["v1"]),
             ],
             policy: Policy::default(),
+            known: true,
         };
         let z = zone();
         let a = ask(&z, "web.service.chord.", RecordType::A, Some(&view));
@@ -469,6 +479,7 @@ mod tests {
         let view = View {
             instances: vec![instance("c", "10.0.0.3", 80, State::Critical, &[])],
             policy: Policy::default(),
+            known: true,
         };
         let a = ask(&z, "web.service.chord.", RecordType::A, Some(&view));
         assert_eq!(
@@ -486,6 +497,7 @@ mod tests {
                 instance("c", "10.0.0.3", 80, State::Critical, &[]),
             ],
             policy: Policy::default(),
+            known: true,
         };
         let z = zone();
         assert_eq!(
@@ -509,6 +521,7 @@ mod tests {
                 instance("h", "db.example", 5432, State::Passing, &[]),
             ],
             policy: Policy::default(),
+            known: true,
         };
         let z = zone();
         for q in ["web.service.chord.", "_web._tcp.service.chord."] {
@@ -549,6 +562,7 @@ mod tests {
                 instance("h2", "db2.example", 1, State::Passing, &[]),
             ],
             policy: Policy::default(),
+            known: true,
         };
         let a = ask(&z, "web.service.chord.", RecordType::A, Some(&hosts));
         let cnames: Vec<String> = a
@@ -566,6 +580,7 @@ mod tests {
                 instance("i", "10.0.0.9", 1, State::Passing, &[]),
             ],
             policy: Policy::default(),
+            known: true,
         };
         let a = ask(&z, "web.service.chord.", RecordType::A, Some(&mixed));
         assert_eq!(ips(&a), ["10.0.0.9"]);
@@ -584,6 +599,17 @@ mod tests {
             RecordType::A,
             Some(&View::default()),
         );
+        assert_eq!(a.code, ResponseCode::NXDomain);
+        // Emptied of its instances, a service is still known: no records, not NXDOMAIN
+        // (HTTP discover answers it 200 with none); a tag none of its instances has is.
+        let emptied = View {
+            known: true,
+            ..View::default()
+        };
+        let a = ask(&z, "gone.service.chord.", RecordType::A, Some(&emptied));
+        assert_eq!((a.code, a.answers.len()), (ResponseCode::NoError, 0));
+        assert!(has_soa(&a));
+        let a = ask(&z, "v2.gone.service.chord.", RecordType::A, Some(&emptied));
         assert_eq!(a.code, ResponseCode::NXDomain);
         let a = ask(&z, "x.y.z.service.chord.", RecordType::A, None);
         assert_eq!(a.code, ResponseCode::NXDomain);
@@ -605,6 +631,7 @@ mod tests {
                 instance("b", "10.0.0.2", 80, State::Passing, &[]),
             ],
             policy: Policy::default(),
+            known: true,
         };
         let z = zone();
         let n = name("web.service.chord.");

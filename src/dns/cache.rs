@@ -196,11 +196,11 @@ impl Views {
                 return;
             }
         };
-        let mut instances = BTreeMap::new();
+        let mut held = Held::default();
         for event in std::mem::take(&mut attached.first) {
-            take(&mut instances, &event);
+            held.take(&event);
         }
-        publish(&entry, &instances, policy);
+        publish(&entry, &held, policy);
         let mut every = tokio::time::interval(POLICY_REFRESH);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         every.reset();
@@ -208,10 +208,8 @@ impl Views {
             tokio::select! {
                 _ = entry.gone.cancelled() => break,
                 got = attached.rx.recv() => match got {
-                    Ok(event) => take(&mut instances, &event),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        take(&mut instances, &attached.reset())
-                    }
+                    Ok(event) => held.take(&event),
+                    Err(broadcast::error::RecvError::Lagged(_)) => held.take(&attached.reset()),
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = every.tick() => {
@@ -230,7 +228,7 @@ impl Views {
                     }
                 }
             }
-            publish(&entry, &instances, policy);
+            publish(&entry, &held, policy);
         }
         self.remove(&service, &entry);
     }
@@ -240,21 +238,40 @@ impl Views {
     }
 }
 
-/// Apply a watch event to the instances held.
-fn take(instances: &mut BTreeMap<String, Arc<Instance>>, event: &Event) {
-    match event {
-        Event::Snapshot { instances: all, .. } => {
-            *instances = all.iter().map(|i| (i.id.clone(), i.clone())).collect();
+/// What a view is made from: the service's instances and its index, as its events say.
+#[derive(Default)]
+struct Held {
+    instances: BTreeMap<String, Arc<Instance>>,
+    /// The service's index; 0 while the registry has never held the service.
+    index: u64,
+}
+
+impl Held {
+    /// Apply a watch event.
+    fn take(&mut self, event: &Event) {
+        match event {
+            Event::Snapshot {
+                instances: all,
+                index,
+                ..
+            } => {
+                self.instances = all.iter().map(|i| (i.id.clone(), i.clone())).collect();
+                self.index = *index;
+            }
+            Event::Change(change, _) => {
+                apply_change(&mut self.instances, change);
+                self.index = self.index.max(change.index);
+            }
         }
-        Event::Change(change, _) => apply_change(instances, change),
     }
 }
 
 /// Make the entry's view the one queries read.
-fn publish(entry: &Entry, instances: &BTreeMap<String, Arc<Instance>>, policy: Policy) {
+fn publish(entry: &Entry, held: &Held, policy: Policy) {
     let view = View {
-        instances: instances.values().cloned().collect(),
+        instances: held.instances.values().cloned().collect(),
         policy,
+        known: held.index > 0,
     };
     entry.state.send_replace(State::Ready(Arc::new(view)));
 }

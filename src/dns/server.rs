@@ -91,7 +91,13 @@ impl Handler {
         if lower == service || !view.instances.is_empty() {
             return Ok(view);
         }
-        self.views.get(service).await
+        // As written when it has instances, or when the lower-case one is not a service.
+        let written = self.views.get(service).await?;
+        Ok(if written.instances.is_empty() && view.known {
+            view
+        } else {
+            written
+        })
     }
 }
 
