@@ -562,6 +562,29 @@ async fn a_large_answer_truncates_over_udp_and_travels_whole_over_tcp() {
     assert!(n > fit, "EDNS0: {n} answers, plain UDP {fit}");
     assert_eq!(tc, n < 200, "TC over EDNS0 with {n} answers");
     assert!(edns.edns.is_some(), "an EDNS0 query gets an OPT back");
+    // Cut to a smaller EDNS0 buffer, the answer still carries its OPT (RFC 6891 6.1.1): a
+    // resolver that gets none takes the server for one without EDNS0. An A record takes 16
+    // bytes here, so sixteen buffer sizes in a row leave every remainder once.
+    for size in 1232..1248 {
+        let cut = ask(dns, "big.service.chord.", RecordType::A, Via::Edns(size))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let n = cut.answers.len();
+        assert!(
+            cut.metadata.truncation,
+            "TC in {size} bytes with {n} answers"
+        );
+        assert!(n > fit && n < 200, "{n} answers in {size} bytes");
+        assert!(
+            cut.edns.is_some(),
+            "the answer cut to {size} bytes lost its OPT ({n} answers)"
+        );
+        let len = cut.to_vec().map_or(usize::MAX, |b| b.len());
+        assert!(
+            len <= usize::from(size),
+            "{len} bytes for a {size}-byte buffer"
+        );
+    }
     let m = ask(dns, "big.service.chord.", RecordType::SRV, Via::Tcp)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

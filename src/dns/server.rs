@@ -1,7 +1,7 @@
 //! The DNS server: hickory's UDP and TCP loops (framing, parsing, FORMERR for a malformed
-//! message, truncation with TC past a UDP answer's size) around one request handler, which
-//! asks the [`Zone`] what a question names, the [`Views`] for the service's local view, and
-//! the zone again for the records.
+//! message) around one request handler, which asks the [`Zone`] what a question names, the
+//! [`Views`] for the service's local view, and the zone again for the records, and cuts a UDP
+//! answer that does not fit to whole records with TC, keeping the OPT record (`fit_udp`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::DNSClass;
+use hickory_proto::rr::{DNSClass, Record};
+use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
@@ -133,6 +135,23 @@ impl RequestHandler for Handler {
             additional: Vec::new(),
         };
         let a = answered.as_ref().unwrap_or(&empty);
+        // Over UDP an answer too large is cut here, to whole records that leave room for the
+        // OPT record: the encoder would fill the buffer with records and drop what does not
+        // fit after them, the OPT included (RFC 6891 6.1.1 wants it in every answer to an
+        // EDNS0 query).
+        let fitted;
+        let cut = match request.protocol() {
+            Protocol::Udp => fit_udp(request, &metadata, a, edns.as_ref()),
+            _ => None,
+        };
+        let a = match cut {
+            Some(cut) => {
+                metadata.truncation = true;
+                fitted = cut;
+                &fitted
+            }
+            None => a,
+        };
         let message = builder.build(
             metadata,
             a.answers.iter(),
@@ -157,6 +176,66 @@ impl RequestHandler for Handler {
             }
         }
     }
+}
+
+/// `a` cut to fit a UDP answer to `request` (the EDNS0 buffer `edns` announces, else 512
+/// bytes) with the OPT record, or `None` when it fits whole: as many answer records as fit,
+/// the authority section when it fits, no additional records (a resolver asks again over TCP
+/// for all). Sizes are measured by encoding the answer as it is sent.
+fn fit_udp(
+    request: &Request,
+    metadata: &Metadata,
+    a: &Answer,
+    edns: Option<&Edns>,
+) -> Option<Answer> {
+    let limit = usize::from(edns.map_or(512, Edns::max_payload));
+    let size = |answers: usize, authority: bool, additional: bool| -> usize {
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = edns {
+            builder.edns(edns);
+        }
+        let none: &[Record] = &[];
+        let message = builder.build(
+            *metadata,
+            a.answers[..answers].iter(),
+            if authority { &a.authority[..] } else { none }.iter(),
+            std::iter::empty(),
+            if additional { &a.additional[..] } else { none }.iter(),
+        );
+        let mut bytes = Vec::with_capacity(limit);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        match message.destructive_emit(&mut encoder) {
+            Ok(_) => bytes.len(),
+            Err(_) => usize::MAX,
+        }
+    };
+    if size(a.answers.len(), true, true) <= limit {
+        return None;
+    }
+    let authority = size(0, true, false) <= limit;
+    // The most answer records that fit: `fit` always does, `over` never.
+    let (mut fit, mut over) = (0, a.answers.len());
+    while over - fit > 1 {
+        let mid = fit + (over - fit) / 2;
+        if size(mid, authority, false) <= limit {
+            fit = mid;
+        } else {
+            over = mid;
+        }
+    }
+    if size(over, authority, false) <= limit {
+        fit = over;
+    }
+    Some(Answer {
+        code: a.code,
+        answers: a.answers[..fit].to_vec(),
+        authority: if authority {
+            a.authority.clone()
+        } else {
+            Vec::new()
+        },
+        additional: Vec::new(),
+    })
 }
 
 /// The metric's name of a response code.
