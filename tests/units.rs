@@ -337,20 +337,15 @@ fn group_commit_under_32_writers_survives_sigkill_of_the_owner_then_of_a_replica
     println!("{expected} registrations acknowledged into one service by 32 writers");
 }
 
-/// A data directory written by chordctl 0.1.0 (tests/fixtures/v0.1.0-data.tar.gz: services
-/// `payments` (two instances, one with a TTL whose lease has lapsed since, a third
-/// deregistered), `search`, and the prototype's `legacy`) is converted at start: everything
-/// served as before (the lapsed lease expired by the TTL sweep), and the old layout is gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_converts_a_data_directory_written_by_0_1_0() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// tests/fixtures/v0.1.0-data.tar.gz unpacked into `dir`: the data directory it holds.
+fn unpack_0_1_0_fixture(dir: &std::path::Path) -> std::path::PathBuf {
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/v0.1.0-data.tar.gz"
     );
     let out = std::process::Command::new("tar")
         .args(["xzf", fixture, "-C"])
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .expect("tar");
     assert!(
@@ -358,7 +353,78 @@ async fn an_agent_converts_a_data_directory_written_by_0_1_0() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let data = dir.path().join("data");
+    dir.join("data")
+}
+
+/// The fixture's `search` and the prototype's `legacy`, as the agent at `url` serves them
+/// once converted.
+async fn search_and_legacy_converted(url: &str) {
+    let (st, v) = call("GET", &format!("{url}/v1/services/search"), None).await;
+    assert_eq!(
+        (st, v["instances"][0]["id"].clone()),
+        (200, json!("10.0.1.1:9000"))
+    );
+    let (st, v) = call("GET", &format!("{url}/v1/services/legacy"), None).await;
+    assert_eq!((st, v["instances"][0]["port"].clone()), (200, json!(0)));
+}
+
+/// A Redis database written by chordctl 0.1.0: the fixture's records as 0.1.0 kept them in
+/// Redis (`chordctl:NODEID:svc/NAME`, one record per service, and no key index, which came
+/// later) are indexed and converted when an agent with that node id starts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_converts_a_redis_database_written_by_0_1_0() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = unpack_0_1_0_fixture(dir.path());
+    let legacy = {
+        let fixture = chordctl::store::open(None, &data, "fixture")
+            .await
+            .expect("open the fixture's store");
+        fixture.scan_prefix("svc/").await.expect("scan the fixture")
+    };
+    assert_eq!(legacy.len(), 3, "payments, search and legacy");
+    // The node id is the advertised address's: the same address, the same keys.
+    let advertise = "127.0.0.1:7399".to_string();
+    let node = Id::of_addr(&advertise).to_hex();
+    let client = ::redis::Client::open(redis.url()).expect("redis url");
+    let mut con = client.get_connection().expect("connect to redis-server");
+    for (key, value) in &legacy {
+        let () = ::redis::cmd("SET")
+            .arg(format!("chordctl:{node}:{key}"))
+            .arg(value.as_slice())
+            .query(&mut con)
+            .expect("SET a 0.1.0 record");
+    }
+    let cfg = agent::AgentConfig {
+        advertise: Some(advertise),
+        ..redis_config(&redis.url(), &dir.path().join("agent"))
+    };
+    let h = agent::start(cfg)
+        .await
+        .expect("start on a 0.1.0 Redis database");
+    let url = format!("http://{}", h.http_addr());
+    search_and_legacy_converted(&url).await;
+    let (st, v) = call("GET", &format!("{url}/v1/services/payments"), None).await;
+    let ids: Vec<&str> = v["instances"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(st == 200 && ids.contains(&"10.0.0.7:8080"), "{st} {v}");
+    let old = h.agent().registry.store().scan_prefix("svc/").await;
+    assert_eq!(old.expect("scan"), Vec::new(), "old layout gone");
+    h.shutdown().await;
+}
+
+/// A data directory written by chordctl 0.1.0 (tests/fixtures/v0.1.0-data.tar.gz: services
+/// `payments` (two instances, one with a TTL whose lease has lapsed since, a third
+/// deregistered), `search`, and the prototype's `legacy`) is converted at start: everything
+/// served as before (the lapsed lease expired by the TTL sweep), and the old layout is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_converts_a_data_directory_written_by_0_1_0() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = unpack_0_1_0_fixture(dir.path());
     let cfg = test_config(Start::Create, &data);
     let h = agent::start(cfg.clone())
         .await
@@ -396,13 +462,7 @@ async fn an_agent_converts_a_data_directory_written_by_0_1_0() {
     assert_eq!(a["metadata"], json!({"zone": "a"}));
     assert_eq!(a["status"]["state"], "warning");
     assert_eq!(a["status"]["latency_ms"], 12.0);
-    let (st, v) = call("GET", &format!("{url}/v1/services/search"), None).await;
-    assert_eq!(
-        (st, v["instances"][0]["id"].clone()),
-        (200, json!("10.0.1.1:9000"))
-    );
-    let (st, v) = call("GET", &format!("{url}/v1/services/legacy"), None).await;
-    assert_eq!((st, v["instances"][0]["port"].clone()), (200, json!(0)));
+    search_and_legacy_converted(&url).await;
     // The index continues from 0.1.0's record version (payments had 5 writes).
     let (_, index) = discover_index(&url, "payments").await;
     assert!(index >= 5, "index {index}");
