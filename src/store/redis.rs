@@ -7,12 +7,13 @@
 //! written in the same `MULTI` as the keys themselves: a prefix scan reads its range of the
 //! index (`ZRANGEBYLEX`) and so costs the keys under the prefix, not every key in the
 //! database (a `SCAN MATCH` walks them all, other nodes' included). A database written before
-//! the index existed is indexed once, when the store connects (`ensure_index`). Durability is Redis's, checked at
-//! start (`durability`): AOF on (`appendonly yes`, else a warning) and synced on every write
-//! (`appendfsync always`); `everysec` starts with a warning that a crash of the Redis host can
-//! lose about the last second of writes, and `no` is refused. When the settings cannot be
-//! read (CONFIG disabled, as on some managed services), the agent warns that it cannot confirm
-//! them and starts.
+//! the index existed is indexed once, when the store connects (`ensure_index`).
+//!
+//! Durability is Redis's, checked at start (`durability`): AOF on (`appendonly yes`, else a
+//! warning) and synced on every write (`appendfsync always`); `everysec` starts with a
+//! warning that a crash of the Redis host can lose about the last second of writes, and `no`
+//! is refused. When the settings cannot be read (CONFIG disabled, as on some managed
+//! services), the agent warns that it cannot confirm them and starts.
 //!
 //! The connection is a [`ConnectionManager`]: one multiplexed connection that reconnects in the
 //! background after it breaks. Every round trip is bounded by [`CALL_TIMEOUT`], so while Redis is
