@@ -82,6 +82,32 @@ impl Answer {
             additional: Vec::new(),
         }
     }
+
+    /// At most how many bytes this answer to a question about `query` takes encoded, with an
+    /// OPT record: names counted whole, as if nothing were compressed. `None` for a record
+    /// type the zone does not answer with.
+    pub fn most_bytes(&self, query: &Name) -> Option<usize> {
+        // A name's labels, each with its length byte, and the root's.
+        let name = |n: &Name| n.len() + 1;
+        let mut total = 12 + name(query) + 4 + 11;
+        for r in self
+            .answers
+            .iter()
+            .chain(&self.authority)
+            .chain(&self.additional)
+        {
+            let data = match &r.data {
+                RData::A(_) => 4,
+                RData::AAAA(_) => 16,
+                RData::CNAME(c) => name(&c.0),
+                RData::SRV(srv) => 6 + name(&srv.target),
+                RData::SOA(soa) => name(&soa.mname) + name(&soa.rname) + 20,
+                _ => return None,
+            };
+            total += name(&r.name) + 10 + data;
+        }
+        Some(total)
+    }
 }
 
 /// The zone this agent answers for: its domain, its records' TTL and its SOA.
@@ -585,6 +611,50 @@ mod tests {
         let a = ask(&z, "web.service.chord.", RecordType::A, Some(&mixed));
         assert_eq!(ips(&a), ["10.0.0.9"]);
         assert_eq!(a.answers.len(), 1, "no CNAME beside address records");
+    }
+
+    /// The bound that lets most UDP answers skip a trial encoding is never below the
+    /// encoded size: A, AAAA, CNAME, SRV with its additional addresses, and negative answers.
+    #[test]
+    fn most_bytes_is_never_below_the_encoded_size() {
+        use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+        let z = zone();
+        let view = View {
+            instances: (0..40)
+                .map(|i| {
+                    let address = match i % 3 {
+                        0 => format!("10.0.{i}.1"),
+                        1 => format!("fd00::{i:x}"),
+                        _ => format!("host-{i}.example"),
+                    };
+                    instance(&format!("i{i}"), &address, 80, State::Passing, &["v1"])
+                })
+                .collect(),
+            policy: Policy::default(),
+            known: true,
+        };
+        let cases = [
+            ("web.service.chord.", RecordType::A, Some(&view)),
+            ("web.service.chord.", RecordType::AAAA, Some(&view)),
+            ("_web._tcp.service.chord.", RecordType::SRV, Some(&view)),
+            ("v1.web.service.chord.", RecordType::SRV, Some(&view)),
+            ("nothing.service.chord.", RecordType::A, None),
+            ("chord.", RecordType::SOA, None),
+        ];
+        for (q, t, v) in cases {
+            let a = ask(&z, q, t, v);
+            let mut m = Message::new(1, MessageType::Response, OpCode::Query);
+            m.add_query(Query::query(name(q), t));
+            m.add_answers(a.answers.iter().cloned());
+            m.add_authorities(a.authority.iter().cloned());
+            m.add_additionals(a.additional.iter().cloned());
+            m.set_edns(Edns::new());
+            let encoded = m.to_vec().map_or(usize::MAX, |b| b.len());
+            let Some(most) = a.most_bytes(&name(q)) else {
+                panic!("{q} {t}: no bound for {a:?}");
+            };
+            assert!(encoded <= most, "{q} {t}: {encoded} bytes, bound {most}");
+        }
     }
 
     #[test]
