@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chordctl::cli::watch::{SseEvent, SseParser};
 use chordctl::ring::Id;
+use http_body_util::BodyExt;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,9 +22,30 @@ const SETTLE: Duration = Duration::from_secs(60);
 
 /// A change stream read by the test.
 struct Stream {
-    resp: reqwest::Response,
+    body: Body,
     parser: SseParser,
     pending: VecDeque<SseEvent>,
+}
+
+/// Where a stream's bytes come from: a pooled client, or one connection the test holds.
+enum Body {
+    Pooled(reqwest::Response),
+    Held(hyper::body::Incoming),
+}
+
+impl Body {
+    /// The next bytes of the body; `None` at its end or on an error.
+    async fn chunk(&mut self) -> Option<bytes::Bytes> {
+        match self {
+            Body::Pooled(resp) => resp.chunk().await.ok().flatten(),
+            Body::Held(incoming) => loop {
+                let frame = incoming.frame().await?.ok()?;
+                if let Ok(data) = frame.into_data() {
+                    break Some(data);
+                }
+            },
+        }
+    }
 }
 
 impl Stream {
@@ -41,11 +63,15 @@ impl Stream {
         if resp.status() != 200 {
             return Err(format!("status {}", resp.status()));
         }
-        Ok(Stream {
-            resp,
+        Ok(Stream::reading(Body::Pooled(resp)))
+    }
+
+    fn reading(body: Body) -> Stream {
+        Stream {
+            body,
             parser: SseParser::new(),
             pending: VecDeque::new(),
-        })
+        }
     }
 
     /// The next event, or `None` when the stream ended or stayed silent for `patience`.
@@ -54,8 +80,8 @@ impl Stream {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
             }
-            match tokio::time::timeout(patience, self.resp.chunk()).await {
-                Ok(Ok(Some(bytes))) => self.pending.extend(self.parser.feed(&bytes)),
+            match tokio::time::timeout(patience, self.body.chunk()).await {
+                Ok(Some(bytes)) => self.pending.extend(self.parser.feed(&bytes)),
                 _ => return None,
             }
         }
@@ -496,24 +522,51 @@ async fn a_stream_is_the_same_on_a_fresh_connection_and_behind_another_request()
     assert_eq!(header(&lean, "connection"), "close");
     assert_eq!(header(&lean, "transfer-encoding"), "");
     // A kept-alive connection that answered a discover first: hyper serves the stream
-    // (chunked), through the same router.
-    let client = reqwest::Client::new();
-    let first = client
-        .get(format!("{url}/v1/services/both"))
-        .send()
+    // (chunked), through the same router. The test holds that one connection itself, so the
+    // stream cannot go out on a new one (a pooled client may open one when the first
+    // connection is not yet back in its pool).
+    let tcp = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tcp))
+    .await
+    .expect("handshake");
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        hyper::Request::get(path)
+            .header("host", url.trim_start_matches("http://"))
+            .body(http_body_util::Empty::new())
+            .expect("request")
+    };
+    let first = sender
+        .send_request(get("/v1/services/both"))
         .await
         .expect("discover");
     assert_eq!(first.status(), 200);
-    first.bytes().await.expect("discover body");
-    let behind = client.get(&watch).send().await.expect("stream");
+    first.into_body().collect().await.expect("discover body");
+    sender.ready().await.expect("the connection is kept alive");
+    let behind = sender
+        .send_request(get("/v1/watch/services/both"))
+        .await
+        .expect("stream");
     assert_eq!(behind.status(), 200);
-    assert_eq!(header(&behind, "content-type"), "text/event-stream");
-    assert_eq!(header(&behind, "transfer-encoding"), "chunked");
-    let mut streams = [lean, behind].map(|resp| Stream {
-        resp,
-        parser: SseParser::new(),
-        pending: VecDeque::new(),
-    });
+    let held_header = |h: &str| {
+        behind
+            .headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(held_header("content-type"), "text/event-stream");
+    assert_eq!(held_header("transfer-encoding"), "chunked");
+    let mut streams = [
+        Stream::reading(Body::Pooled(lean)),
+        Stream::reading(Body::Held(behind.into_body())),
+    ];
     let mut models = [Model::default(), Model::default()];
     for (s, m) in streams.iter_mut().zip(models.iter_mut()) {
         let e = s.next(SETTLE).await.expect("snapshot");
