@@ -457,6 +457,7 @@ async fn metrics_after_traffic_on_two_nodes() {
     let (ma, mb) = (scrape(&a).await, scrape(&b).await);
     assert_eq!(ma.types["chordctl_record_cache"], "gauge");
     assert_eq!(ma.types["chordctl_record_cache_full_total"], "counter");
+    assert_eq!(ma.types["chordctl_record_cache_evictions_total"], "counter");
     let cached = |m: &Exposition, what: &str| m.value("chordctl_record_cache", &[("what", what)]);
     assert!(cached(&ma, "records") + cached(&mb, "records") >= 5.0);
     assert!(cached(&ma, "units") >= cached(&ma, "records"));

@@ -844,10 +844,11 @@ async fn anti_entropy_pulls_back_a_unit_the_owners_store_lost_under_a_record_in_
 }
 
 /// An agent's memory holds at most its record cache's bound of units; the services that do
-/// not fit are served from the store, every write and every read as if they did. (The bound
-/// is shrunk to 60 units for the test; four services of 25 instances need 112.)
+/// not fit together take turns, the least recently used dropped for the one in use, and are
+/// read from the store again, every write and every read as if all were held. (The bound is
+/// shrunk to 60 units for the test; four services of 25 instances need 112.)
 #[test]
-fn services_that_do_not_fit_in_the_record_cache_are_served_from_the_store() {
+fn services_that_do_not_fit_in_the_record_cache_together_take_turns_in_it() {
     use crate::support::procs::AgentProc;
     let agent = AgentProc::start_env(
         None,
@@ -896,8 +897,13 @@ fn services_that_do_not_fit_in_the_record_cache_are_served_from_the_store() {
         let units = metric(&url, "chordctl_record_cache{what=\"units\"}").await;
         assert!(units <= 60, "{units} units cached, above the bound of 60");
         assert!(
-            metric(&url, "chordctl_record_cache_full_total").await > 0,
-            "some service must have found no room"
+            metric(&url, "chordctl_record_cache_evictions_total").await > 0,
+            "services must have been dropped to make room for others"
+        );
+        assert_eq!(
+            metric(&url, "chordctl_record_cache_full_total").await,
+            0,
+            "every service fits on its own"
         );
     });
 }

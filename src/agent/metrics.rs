@@ -131,6 +131,7 @@ pub struct Metrics {
     replication_errors: AtomicU64,
     /// Owned records the record cache had no room for.
     record_cache_full: AtomicU64,
+    record_cache_evictions: AtomicU64,
     tree_rounds: AtomicU64,
     /// Anti-entropy rounds by why they ran (or that they compared nothing): [`SyncRound`].
     sync_rounds: [AtomicU64; 4],
@@ -184,6 +185,7 @@ impl Default for Metrics {
             hops: Mutex::new(Histogram::new(HOP_BUCKETS)),
             replication_errors: AtomicU64::new(0),
             record_cache_full: AtomicU64::new(0),
+            record_cache_evictions: AtomicU64::new(0),
             tree_rounds: AtomicU64::new(0),
             sync_rounds: Default::default(),
             hand_back_rounds: Default::default(),
@@ -274,9 +276,17 @@ impl Metrics {
         self.replication_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A record this node owns found no room in the record cache.
+    /// A record this node owns found no room in the record cache (larger than the cache).
     pub fn record_uncached(&self) {
         self.record_cache_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` records were dropped from the record cache to make room for another.
+    pub fn records_evicted(&self, n: usize) {
+        if n > 0 {
+            self.record_cache_evictions
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
 
     /// One anti-entropy round ran (or compared nothing), for `why`.
@@ -519,9 +529,16 @@ impl Metrics {
         counter(
             &mut out,
             "chordctl_record_cache_full_total",
-            "Times a record this node owns was not kept in the record cache for lack of room \
-             (it is read from the store at each use until it fits).",
+            "Times a record this node owns was not kept in the record cache because it is \
+             larger than the whole cache (it is read from the store at each use).",
             self.record_cache_full.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "chordctl_record_cache_evictions_total",
+            "Records dropped from the record cache, the least recently used first, to make \
+             room for one this node owns (read from the store again at their next use).",
+            self.record_cache_evictions.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -1,7 +1,8 @@
 //! The record cache: the services an agent holds in memory, those it owns and the copies it
 //! keeps as a replica, bounded both in records and in units (instances and tombstones), so
-//! that an agent's memory stays bounded whatever its services hold. What is not cached is read
-//! from the store when it is used.
+//! that an agent's memory stays bounded whatever its services hold. A record this node owns
+//! that does not fit makes room by dropping the least recently used records, copies first; a
+//! dropped record is read from the store again at its next use.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,17 @@ struct Cached {
     copy: bool,
     /// Its weight when cached ([`weight`]).
     units: usize,
+    /// When it was last cached or read, on the cache's own tick.
+    used: u64,
+}
+
+/// What [`RecordCache::put`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Placed {
+    /// The record is cached.
+    pub(super) cached: bool,
+    /// Records dropped to make room for it.
+    pub(super) evicted: usize,
 }
 
 /// What counts against the units bound: [`RECORD_UNITS`] for the record, one for each of its
@@ -46,6 +58,8 @@ pub(super) struct RecordCache {
     copy_units: usize,
     max_records: usize,
     max_units: usize,
+    /// Counts every read and every record cached: the age of [`Cached::used`].
+    tick: u64,
 }
 
 impl RecordCache {
@@ -58,11 +72,18 @@ impl RecordCache {
             copy_units: 0,
             max_records,
             max_units,
+            tick: 0,
         }
     }
 
-    pub(super) fn get(&self, service: &str) -> Option<&Arc<Record>> {
-        self.map.get(service).map(|c| &c.rec)
+    /// The cached record of `service`, now the most recently used.
+    pub(super) fn get(&mut self, service: &str) -> Option<&Arc<Record>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.map.get_mut(service).map(|c| {
+            c.used = tick;
+            &c.rec
+        })
     }
 
     /// (records, units) cached.
@@ -94,32 +115,45 @@ impl RecordCache {
     }
 
     /// Caches `rec` in place of what was cached of its service, if it fits. An owned record
-    /// (`copy` false) makes room by dropping copies, when dropping them can make enough; a
-    /// copy never drops anything. A record that does not fit is not cached, and the older one
-    /// of its service is dropped all the same: the cache never holds a record older than the
-    /// store's. Returns whether it was cached.
-    pub(super) fn put(&mut self, rec: Arc<Record>, copy: bool) -> bool {
+    /// (`copy` false) makes room by dropping the least recently used records, copies before
+    /// owned ones, and a little more than it needs (a thirty-second of each bound), so that a
+    /// node whose services outgrow the cache does not sort it at every load; it drops nothing
+    /// when it would not fit in the empty cache. A copy never drops anything. A record that is
+    /// not cached still has the older one of its service dropped: the cache never holds a
+    /// record older than the store's.
+    pub(super) fn put(&mut self, rec: Arc<Record>, copy: bool) -> Placed {
         self.remove(&rec.service);
         let units = weight(&rec);
-        let room_without_copies = self.fits_after(
-            self.map.len() - self.copies,
-            self.units - self.copy_units,
-            units,
-        );
-        if !copy && !self.fits(units) && room_without_copies {
-            self.drop_copies_for(units);
+        let mut evicted = 0;
+        if !copy && !self.fits(units) && self.fits_after(0, 0, units) {
+            evicted = self.evict_for(units);
         }
         if !self.fits(units) {
-            return false;
+            return Placed {
+                cached: false,
+                evicted,
+            };
         }
         self.units += units;
         if copy {
             self.copies += 1;
             self.copy_units += units;
         }
-        self.map
-            .insert(rec.service.clone(), Cached { rec, copy, units });
-        true
+        self.tick += 1;
+        let used = self.tick;
+        self.map.insert(
+            rec.service.clone(),
+            Cached {
+                rec,
+                copy,
+                units,
+                used,
+            },
+        );
+        Placed {
+            cached: true,
+            evicted,
+        }
     }
 
     /// Whether a record of `units` fits as the cache stands.
@@ -132,23 +166,32 @@ impl RecordCache {
         records < self.max_records && held + units <= self.max_units
     }
 
-    /// Drop copies until a record of `units` fits, or no copy is left.
-    fn drop_copies_for(&mut self, units: usize) {
-        let mut victims = Vec::new();
+    /// Drop the least recently used records, copies first, until a record of `units` fits
+    /// with a thirty-second of each bound to spare, or nothing is left. Returns how many were
+    /// dropped.
+    fn evict_for(&mut self, units: usize) -> usize {
+        let spare_records = self.max_records / 32;
+        let spare_units = self.max_units / 32;
+        let mut order: Vec<(bool, u64, &String, usize)> = self
+            .map
+            .iter()
+            .map(|(service, c)| (!c.copy, c.used, service, c.units))
+            .collect();
+        order.sort_unstable_by_key(|&(owned, used, _, _)| (owned, used));
         let (mut records, mut held) = (self.map.len(), self.units);
-        for (service, c) in &self.map {
-            if self.fits_after(records, held, units) {
+        let mut victims = Vec::new();
+        for (_, _, service, weight) in order {
+            if self.fits_after(records + spare_records, held + spare_units, units) {
                 break;
             }
-            if c.copy {
-                victims.push(service.clone());
-                records -= 1;
-                held -= c.units;
-            }
+            victims.push(service.clone());
+            records -= 1;
+            held -= weight;
         }
-        for service in victims {
-            self.remove(&service);
+        for service in &victims {
+            self.remove(service);
         }
+        victims.len()
     }
 }
 
@@ -172,63 +215,160 @@ mod tests {
         Arc::new(rec)
     }
 
+    /// The services cached, in name order.
+    fn cached(cache: &RecordCache) -> Vec<&str> {
+        let mut names: Vec<&str> = cache.map.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     #[test]
     fn the_cache_stays_within_its_units_and_its_records() {
         // Weights: a record of n instances weighs n + 3.
         let mut cache = RecordCache::new(3, 24);
-        assert!(cache.put(record("a", 9), false));
-        assert!(cache.put(record("b", 9), false));
+        assert!(cache.put(record("a", 9), false).cached);
+        assert!(cache.put(record("b", 9), false).cached);
         assert_eq!(cache.size(), (2, 24));
-        assert!(!cache.put(record("c", 0), false), "no unit left");
-        assert!(cache.get("c").is_none());
-        cache.remove("b");
-        assert_eq!(cache.size(), (1, 12));
-        assert!(cache.put(record("c", 0), false));
-        assert!(cache.put(record("d", 0), false));
-        assert!(!cache.put(record("e", 0), false), "three records at most");
+        // No unit left: the least recently used goes.
+        let placed = cache.put(record("c", 0), false);
+        assert_eq!(
+            placed,
+            Placed {
+                cached: true,
+                evicted: 1
+            }
+        );
+        assert_eq!(cached(&cache), ["b", "c"]);
+        assert_eq!(cache.size(), (2, 15));
+        assert!(cache.put(record("d", 0), false).cached);
         assert_eq!(cache.size(), (3, 18));
+        // Three records at most: one more drops the oldest.
+        let placed = cache.put(record("e", 0), false);
+        assert_eq!(
+            placed,
+            Placed {
+                cached: true,
+                evicted: 1
+            }
+        );
+        assert_eq!(cached(&cache), ["c", "d", "e"]);
+        assert_eq!(cache.size(), (3, 9));
+    }
+
+    #[test]
+    fn the_records_dropped_for_room_are_the_least_recently_used() {
+        let mut cache = RecordCache::new(8, 40);
+        for name in ["a", "b", "c", "d"] {
+            assert!(cache.put(record(name, 5), false).cached);
+        }
+        assert_eq!(cache.size(), (4, 32));
+        // "a" and "b", the oldest cached, are read: "c" and "d" are now the oldest used.
+        assert!(cache.get("a").is_some());
+        assert!(cache.get("b").is_some());
+        assert!(cache.get("nothing").is_none());
+        // 16 units needed (and one to spare, a thirty-second of 40), 8 free: two records of 8
+        // go, the two least recently used.
+        let placed = cache.put(record("e", 13), false);
+        assert_eq!(
+            placed,
+            Placed {
+                cached: true,
+                evicted: 2
+            }
+        );
+        assert_eq!(cached(&cache), ["a", "b", "e"]);
+        // Writing a record again (caching its new version) counts as a use.
+        assert!(cache.put(record("a", 5), false).cached);
+        // 15 units, 8 free and one to spare: one record of 8 goes.
+        let placed = cache.put(record("f", 12), false);
+        assert_eq!(
+            placed,
+            Placed {
+                cached: true,
+                evicted: 1
+            }
+        );
+        assert_eq!(cached(&cache), ["a", "e", "f"]);
+    }
+
+    #[test]
+    fn a_cache_past_its_bounds_drops_a_little_more_than_it_needs() {
+        // A thirty-second of each bound to spare: 2 records and 4 units here.
+        let mut cache = RecordCache::new(64, 128);
+        for i in 0..16 {
+            assert!(cache.put(record(&format!("s{i:02}"), 5), false).cached);
+        }
+        assert_eq!(cache.size(), (16, 128));
+        // One record of 8 needs one to go; the spare takes one more.
+        let placed = cache.put(record("new", 5), false);
+        assert_eq!(
+            placed,
+            Placed {
+                cached: true,
+                evicted: 2
+            }
+        );
+        assert_eq!(cache.size(), (15, 120));
+        assert!(cache.get("s00").is_none() && cache.get("s01").is_none());
+        // The next one fits without dropping anything.
+        let placed = cache.put(record("next", 1), false);
+        assert_eq!(
+            placed,
+            Placed {
+                cached: true,
+                evicted: 0
+            }
+        );
     }
 
     #[test]
     fn a_record_that_outgrows_its_room_leaves_no_older_copy_behind() {
         let mut cache = RecordCache::new(8, 24);
-        assert!(cache.put(record("a", 5), false));
-        assert!(cache.put(record("b", 5), false));
-        // "a" grew past what is left: it is no longer cached, not cached as it was.
-        assert!(!cache.put(record("a", 14), false));
-        assert!(cache.get("a").is_none());
+        assert!(cache.put(record("a", 5), false).cached);
+        assert!(cache.put(record("b", 5), true).cached);
+        // The copy "b" grew past what is left: it is no longer cached, not cached as it was
+        // (a copy drops nothing to make room).
+        assert!(!cache.put(record("b", 14), true).cached);
+        assert!(cache.get("b").is_none());
         assert_eq!(cache.size(), (1, 8));
+        // A record too large for the empty cache drops nothing, and is not cached either.
+        assert!(!cache.put(record("a", 22), false).cached);
+        assert!(cache.get("a").is_none());
+        assert_eq!(cache.size(), (0, 0));
         // Replacing a record counts its new weight only.
-        assert!(cache.put(record("b", 13), false));
+        assert!(cache.put(record("b", 13), false).cached);
         assert_eq!(cache.size(), (1, 16));
     }
 
     #[test]
     fn an_owned_record_makes_room_by_dropping_copies_and_a_copy_drops_nothing() {
         let mut cache = RecordCache::new(8, 24);
-        assert!(cache.put(record("copy1", 5), true));
-        assert!(cache.put(record("copy2", 5), true));
-        assert!(cache.put(record("owned", 5), false));
+        assert!(cache.put(record("copy1", 5), true).cached);
+        assert!(cache.put(record("copy2", 5), true).cached);
+        assert!(cache.put(record("owned", 5), false).cached);
         assert!(
             !cache.has_room_for_copy(),
             "copies hold more than half the units"
         );
-        assert!(!cache.put(record("copy3", 9), true));
+        assert!(!cache.put(record("copy3", 9), true).cached);
         assert_eq!(cache.size(), (3, 24));
-        assert!(cache.put(record("big", 5), false));
-        assert!(cache.get("owned").is_some(), "owned records stay");
-        assert!(cache.get("big").is_some());
+        // The owned record, used last of the three, would not be the first to go anyway;
+        // read the copies since, and still a copy goes first, the least recently used.
+        assert!(cache.get("copy2").is_some());
+        assert!(cache.get("copy1").is_some());
+        let placed = cache.put(record("big", 5), false);
         assert_eq!(
-            ["copy1", "copy2"]
-                .iter()
-                .filter(|s| cache.get(s).is_some())
-                .count(),
-            1,
-            "one copy dropped, as many as needed"
+            placed,
+            Placed {
+                cached: true,
+                evicted: 1
+            },
+            "as many as needed"
         );
+        assert_eq!(cached(&cache), ["big", "copy1", "owned"]);
         assert_eq!(cache.size(), (3, 24));
         // Dropping every copy would not make room for this one: nothing is dropped for it.
-        assert!(!cache.put(record("huge", 30), false));
+        assert!(!cache.put(record("huge", 30), false).cached);
         assert_eq!(cache.size(), (3, 24));
         assert!(
             !cache.has_room_for_copy(),

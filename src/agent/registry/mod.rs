@@ -671,12 +671,16 @@ impl Registry {
     }
 
     /// Remembers `rec` as what the store holds (call under the service's slot lock), if it
-    /// fits in the cache; a record this node owns makes room by dropping copies.
+    /// fits in the cache; a record this node owns makes room by dropping the least recently
+    /// used records, copies first.
     fn cache_record(&self, rec: Record) -> Arc<Record> {
         let rec = Arc::new(rec);
         let copy = !self.owns(&Id::of_key(&rec.service));
-        if !guard(&self.records).put(rec.clone(), copy) && !copy {
-            self.ring.metrics().record_uncached();
+        let placed = guard(&self.records).put(rec.clone(), copy);
+        let metrics = self.ring.metrics();
+        metrics.records_evicted(placed.evicted);
+        if !placed.cached && !copy {
+            metrics.record_uncached();
         }
         rec
     }
