@@ -34,12 +34,15 @@ struct Cached {
 }
 
 /// What [`RecordCache::put`] did.
-#[derive(Debug, PartialEq, Eq)]
 pub(super) struct Placed {
     /// The record is cached.
     pub(super) cached: bool,
     /// Records dropped to make room for it.
     pub(super) evicted: usize,
+    /// The records no longer cached (the older version of the service, those dropped for
+    /// room): the caller drops them once it has let go of the cache's lock, since freeing a
+    /// record's nodes is work that nobody needs to wait for.
+    pub(super) released: Vec<Arc<Record>>,
 }
 
 /// What counts against the units bound: [`RECORD_UNITS`] for the record, one for each of its
@@ -104,14 +107,16 @@ impl RecordCache {
             && self.units + self.max_units / 8 <= self.max_units
     }
 
-    pub(super) fn remove(&mut self, service: &str) {
-        if let Some(c) = self.map.remove(service) {
-            self.units -= c.units;
-            if c.copy {
-                self.copies -= 1;
-                self.copy_units -= c.units;
-            }
+    /// Forgets `service`'s record, and returns it (for the caller to drop outside its lock:
+    /// the last reference to a record frees every node only it held).
+    pub(super) fn remove(&mut self, service: &str) -> Option<Arc<Record>> {
+        let c = self.map.remove(service)?;
+        self.units -= c.units;
+        if c.copy {
+            self.copies -= 1;
+            self.copy_units -= c.units;
         }
+        Some(c.rec)
     }
 
     /// Caches `rec` in place of what was cached of its service, if it fits. An owned record
@@ -122,16 +127,19 @@ impl RecordCache {
     /// not cached still has the older one of its service dropped: the cache never holds a
     /// record older than the store's.
     pub(super) fn put(&mut self, rec: Arc<Record>, copy: bool) -> Placed {
-        self.remove(&rec.service);
+        let mut released: Vec<Arc<Record>> = self.remove(&rec.service).into_iter().collect();
         let units = weight(&rec);
         let mut evicted = 0;
         if !copy && !self.fits(units) && self.fits_after(0, 0, units) {
-            evicted = self.evict_for(units);
+            let before = released.len();
+            self.evict_for(units, &mut released);
+            evicted = released.len() - before;
         }
         if !self.fits(units) {
             return Placed {
                 cached: false,
                 evicted,
+                released,
             };
         }
         self.units += units;
@@ -153,6 +161,7 @@ impl RecordCache {
         Placed {
             cached: true,
             evicted,
+            released,
         }
     }
 
@@ -167,31 +176,41 @@ impl RecordCache {
     }
 
     /// Drop the least recently used records, copies first, until a record of `units` fits
-    /// with a thirty-second of each bound to spare, or nothing is left. Returns how many were
-    /// dropped.
-    fn evict_for(&mut self, units: usize) -> usize {
+    /// with a thirty-second of each bound to spare, or nothing is left; the records dropped
+    /// go to `released`. Only the oldest sixteenth is sorted unless more must go, so that a
+    /// cache of a quarter of a million records is not sorted whole under its lock.
+    fn evict_for(&mut self, units: usize, released: &mut Vec<Arc<Record>>) {
         let spare_records = self.max_records / 32;
         let spare_units = self.max_units / 32;
+        let age = |&(owned, used, _, _): &(bool, u64, &String, usize)| (owned, used);
         let mut order: Vec<(bool, u64, &String, usize)> = self
             .map
             .iter()
             .map(|(service, c)| (!c.copy, c.used, service, c.units))
             .collect();
-        order.sort_unstable_by_key(|&(owned, used, _, _)| (owned, used));
+        let mut sorted = (order.len() / 16 + 1).min(order.len());
+        if sorted < order.len() {
+            order.select_nth_unstable_by_key(sorted, age);
+        }
+        order[..sorted].sort_unstable_by_key(age);
         let (mut records, mut held) = (self.map.len(), self.units);
         let mut victims = Vec::new();
-        for (_, _, service, weight) in order {
+        for i in 0..order.len() {
             if self.fits_after(records + spare_records, held + spare_units, units) {
                 break;
             }
+            if i == sorted {
+                order[sorted..].sort_unstable_by_key(age);
+                sorted = order.len();
+            }
+            let (_, _, service, weight) = order[i];
             victims.push(service.clone());
             records -= 1;
             held -= weight;
         }
         for service in &victims {
-            self.remove(service);
+            released.extend(self.remove(service));
         }
-        victims.len()
     }
 }
 
@@ -231,26 +250,14 @@ mod tests {
         assert_eq!(cache.size(), (2, 24));
         // No unit left: the least recently used goes.
         let placed = cache.put(record("c", 0), false);
-        assert_eq!(
-            placed,
-            Placed {
-                cached: true,
-                evicted: 1
-            }
-        );
+        assert_eq!((placed.cached, placed.evicted), (true, 1));
         assert_eq!(cached(&cache), ["b", "c"]);
         assert_eq!(cache.size(), (2, 15));
         assert!(cache.put(record("d", 0), false).cached);
         assert_eq!(cache.size(), (3, 18));
         // Three records at most: one more drops the oldest.
         let placed = cache.put(record("e", 0), false);
-        assert_eq!(
-            placed,
-            Placed {
-                cached: true,
-                evicted: 1
-            }
-        );
+        assert_eq!((placed.cached, placed.evicted), (true, 1));
         assert_eq!(cached(&cache), ["c", "d", "e"]);
         assert_eq!(cache.size(), (3, 9));
     }
@@ -269,26 +276,42 @@ mod tests {
         // 16 units needed (and one to spare, a thirty-second of 40), 8 free: two records of 8
         // go, the two least recently used.
         let placed = cache.put(record("e", 13), false);
-        assert_eq!(
-            placed,
-            Placed {
-                cached: true,
-                evicted: 2
-            }
-        );
+        assert_eq!((placed.cached, placed.evicted), (true, 2));
         assert_eq!(cached(&cache), ["a", "b", "e"]);
         // Writing a record again (caching its new version) counts as a use.
         assert!(cache.put(record("a", 5), false).cached);
         // 15 units, 8 free and one to spare: one record of 8 goes.
         let placed = cache.put(record("f", 12), false);
-        assert_eq!(
-            placed,
-            Placed {
-                cached: true,
-                evicted: 1
-            }
-        );
+        assert_eq!((placed.cached, placed.evicted), (true, 1));
         assert_eq!(cached(&cache), ["a", "e", "f"]);
+    }
+
+    #[test]
+    fn the_oldest_are_found_among_many_whether_or_not_the_oldest_sixteenth_is_enough() {
+        // 200 records of weight 3, read in a shuffled order: the least recently read go.
+        let mut cache = RecordCache::new(1000, 600);
+        for i in 0..200 {
+            assert!(cache.put(record(&format!("s{i:03}"), 0), false).cached);
+        }
+        let mut order: Vec<usize> = (0..200).collect();
+        for i in 0..order.len() {
+            order.swap(i, (i * 7919 + 13) % 200);
+        }
+        for &i in &order {
+            assert!(cache.get(&format!("s{i:03}")).is_some());
+        }
+        // 600 units held, 18 spare: 30 units (10 records) need 16 records to go, more than
+        // the sixteenth (13) sorted first.
+        let placed = cache.put(record("big", 27), false);
+        assert_eq!((placed.cached, placed.evicted), (true, 16));
+        for (rank, &i) in order.iter().enumerate() {
+            let name = format!("s{i:03}");
+            assert_eq!(
+                cache.get(&name).is_none(),
+                rank < 16,
+                "{name}, read {rank}th"
+            );
+        }
     }
 
     #[test]
@@ -301,24 +324,12 @@ mod tests {
         assert_eq!(cache.size(), (16, 128));
         // One record of 8 needs one to go; the spare takes one more.
         let placed = cache.put(record("new", 5), false);
-        assert_eq!(
-            placed,
-            Placed {
-                cached: true,
-                evicted: 2
-            }
-        );
+        assert_eq!((placed.cached, placed.evicted), (true, 2));
         assert_eq!(cache.size(), (15, 120));
         assert!(cache.get("s00").is_none() && cache.get("s01").is_none());
         // The next one fits without dropping anything.
         let placed = cache.put(record("next", 1), false);
-        assert_eq!(
-            placed,
-            Placed {
-                cached: true,
-                evicted: 0
-            }
-        );
+        assert_eq!((placed.cached, placed.evicted), (true, 0));
     }
 
     #[test]
@@ -358,11 +369,8 @@ mod tests {
         assert!(cache.get("copy1").is_some());
         let placed = cache.put(record("big", 5), false);
         assert_eq!(
-            placed,
-            Placed {
-                cached: true,
-                evicted: 1
-            },
+            (placed.cached, placed.evicted),
+            (true, 1),
             "as many as needed"
         );
         assert_eq!(cached(&cache), ["big", "copy1", "owned"]);

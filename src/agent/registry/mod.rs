@@ -676,12 +676,14 @@ impl Registry {
     fn cache_record(&self, rec: Record) -> Arc<Record> {
         let rec = Arc::new(rec);
         let copy = !self.owns(&Id::of_key(&rec.service));
+        // The records it replaced or dropped are freed here, once the cache's lock is let go.
         let placed = guard(&self.records).put(rec.clone(), copy);
         let metrics = self.ring.metrics();
         metrics.records_evicted(placed.evicted);
         if !placed.cached && !copy {
             metrics.record_uncached();
         }
+        drop(placed.released);
         rec
     }
 
@@ -693,7 +695,8 @@ impl Registry {
     /// Forgets the cached record of `service`: the store may or may not hold what was last
     /// written, so it is read again.
     fn uncache(&self, service: &str) {
-        guard(&self.records).remove(service);
+        // Dropped once the cache's lock is let go.
+        let _forgotten = guard(&self.records).remove(service);
     }
 
     // ---- ownership ---------------------------------------------------------------------
