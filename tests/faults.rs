@@ -5,7 +5,10 @@
 //! cut file, `CHORDCTL_TEST_CUT_FILE`), slows one agent's ring calls by 100–700 ms around
 //! the 500 ms RPC deadline (a `delay MS` line in its cut file), and kills the
 //! `redis-server` that two of the five agents keep their records in (the others use the
-//! embedded store, so the faults meet both stores, in one ring). Then everything heals and the campaign checks:
+//! embedded store, so the faults meet both stores, in one ring). Two agents, one on each store,
+//! run with a record cache far smaller than what they hold, so that records are dropped from
+//! memory and read from the store again all the time under the faults. Then everything heals
+//! and the campaign checks:
 //!
 //! - the ring is one ring again (every agent lists every agent);
 //! - every acknowledged registration is in the copies of at least K nodes, and every
@@ -41,6 +44,14 @@ const TEN_MINUTES_MS: i64 = 600_000;
 /// prefix, its node id), with `appendfsync always`.
 const ON_REDIS: [usize; 2] = [1, 3];
 
+/// The nodes whose record cache holds at most [`SMALL_CACHE_UNITS`] units (instances and
+/// tombstones): one on the embedded store, one on Redis. A minute of writes leaves about a
+/// thousand in each of the twelve services, and a node owns two or three and copies more:
+/// records are dropped to make room throughout (a run prints how many), and none is too
+/// large to be cached at all.
+const SMALL_CACHE: [usize; 2] = [2, 3];
+const SMALL_CACHE_UNITS: &str = "2000";
+
 struct Node {
     proc: Option<AgentProc>,
     bind: String,
@@ -50,6 +61,8 @@ struct Node {
     paused: bool,
     /// The Redis URL of a node on Redis; `None`: the embedded store in `dir`.
     redis: Option<String>,
+    /// Runs with a small record cache ([`SMALL_CACHE`]).
+    small_cache: bool,
 }
 
 impl Node {
@@ -66,15 +79,15 @@ impl Node {
         };
         let cut = self.cut.to_str().expect("utf-8 path").to_string();
         let offset = offset_ms.to_string();
+        let mut env = vec![
+            ("CHORDCTL_TEST_CUT_FILE", cut.as_str()),
+            ("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str()),
+        ];
+        if self.small_cache {
+            env.push(("CHORDCTL_TEST_RECORD_CACHE_UNITS", SMALL_CACHE_UNITS));
+        }
         self.proc = Some(AgentProc::start_env(
-            seed,
-            &self.bind,
-            &self.http,
-            &store,
-            &[
-                ("CHORDCTL_TEST_CUT_FILE", cut.as_str()),
-                ("CHORDCTL_TEST_CLOCK_OFFSET_MS", offset.as_str()),
-            ],
+            seed, &self.bind, &self.http, &store, &env,
         ));
     }
 
@@ -342,6 +355,7 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
                 cut,
                 paused: false,
                 redis: redis_url.clone().filter(|_| ON_REDIS.contains(&i)),
+                small_cache: SMALL_CACHE.contains(&i),
             }
         })
         .collect();
@@ -557,6 +571,21 @@ fn a_fault_campaign_loses_no_acknowledged_write() {
         "healed and checked {:.1} s after the last fault ({})",
         healed.elapsed().as_secs_f64(),
         phases.join(", ")
+    );
+    // What the small record caches did since their nodes' last start.
+    let dropped: Vec<String> = SMALL_CACHE
+        .iter()
+        .map(|&i| {
+            let n = rt.block_on(crate::support::http::metric(
+                &urls[i],
+                "chordctl_record_cache_evictions_total",
+            ));
+            format!("node {i}: {n}")
+        })
+        .collect();
+    println!(
+        "records dropped from the small caches since their last start: {}",
+        dropped.join(", ")
     );
 }
 
