@@ -105,11 +105,17 @@ impl Registry {
             let slot = self.slot(&service);
             let lock = slot.lock.clone().lock_owned().await;
             match self.plan_service(&service, entries).await {
-                Ok(Plan::Cached(service_ops, rec)) if !service_ops.is_empty() => {
+                Ok(Plan::Cached(service_ops, rec, _)) if !service_ops.is_empty() => {
                     ops.extend(service_ops);
                     planned.push((service.clone(), Some(rec)));
                 }
-                Ok(Plan::Cached(..)) => {}
+                // Nothing changed: a copy taken out of the cache for its merge goes back as
+                // it was (an owner's record never left it).
+                Ok(Plan::Cached(_, rec, taken)) => {
+                    if taken {
+                        self.cache_record(rec);
+                    }
+                }
                 Ok(Plan::Stored(compare)) => stored.push(compare),
                 Err(e) => result = Err(e),
             }
@@ -244,6 +250,15 @@ impl Registry {
         if cached.is_none() && load {
             cached = self.load(service).await?;
         }
+        let taken = cached.is_some() && !owned;
+        if taken {
+            // A copy is taken out of the cache while it merges (the caller puts it back), so
+            // that the record is ours alone and changes in place: no path of map nodes copied
+            // for each unit, and none freed after. Nobody is held back by it: a read standing
+            // in for the owner that misses the cache waits for the slot lock we hold, and then
+            // finds the record cached again.
+            let _ours_now = guard(&self.records).remove(service);
+        }
         if let Some(rec) = cached {
             // The record is in memory (the owner's, or a copy's): apply to it and store what
             // changed.
@@ -285,7 +300,7 @@ impl Registry {
                     ops.push(Op::Put(meta_key(service), put));
                 }
             }
-            return Ok(Plan::Cached(ops, rec));
+            return Ok(Plan::Cached(ops, rec, taken));
         }
         // Compare with what the store holds, the keys of this batch only: a service new to
         // this node, or one that finds the record cache full.
@@ -303,7 +318,9 @@ impl Registry {
 /// What merging one service's entries does.
 enum Plan {
     /// Its record is in memory: the store ops and the record to cache.
-    Cached(Vec<Op>, Record),
+    /// (Whether the record was taken out of the cache for the merge: a copy's is, and goes
+    /// back even when nothing changed.)
+    Cached(Vec<Op>, Record, bool),
     /// It is not: compare with what the store holds.
     Stored(Compare),
 }
