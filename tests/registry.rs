@@ -620,12 +620,29 @@ async fn the_prototype_routes_answer_as_recorded_from_any_agent() {
     );
 }
 
+/// Instance `id` of `service` at `10.0.0.2:port` as another node would send it: its stored
+/// unit, versioned at `wall_ms` by a node that no agent here is.
+fn peer_unit(service: &str, id: &str, port: i64, wall_ms: u64) -> chordctl::registry::ops::Entry {
+    use chordctl::registry::{Hlc, Record, RegisterBody};
+    let mut rec = Record::new(service, None).expect("record");
+    rec.register(id, &RegisterBody::new("10.0.0.2", port), chrono::Utc::now())
+        .expect("register");
+    let wall = Hlc {
+        wall_ms,
+        logical: 0,
+        node: 0xffff,
+    };
+    rec.stamp(id, wall);
+    chordctl::registry::ops::Entry {
+        key: chordctl::registry::unit::unit_key(service, id),
+        value: rec.unit(id).expect("unit").to_bytes().expect("bytes"),
+    }
+}
+
 /// The owner caches its records; a newer unit arriving from another node (hand-off,
 /// anti-entropy) must replace the instance in the cached copy, and an older one must not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn units_merged_from_peers_replace_the_owners_cached_copy() {
-    use chordctl::registry::unit::unit_key;
-    use chordctl::registry::{Hlc, Record, RegisterBody};
     let dir = tempfile::tempdir().expect("tmp");
     let h = agent::start(test_config(Start::Create, dir.path()))
         .await
@@ -635,27 +652,7 @@ async fn units_merged_from_peers_replace_the_owners_cached_copy() {
     assert_eq!(instances(&url, "cached").await.len(), 1, "cached now");
     let registry = &h.agent().registry;
     // A copy of instance b from another node, far in the future, and an older one of it.
-    let unit = |port: i64, wall_ms: u64| {
-        let mut rec = Record::new("cached", None).expect("record");
-        rec.register(
-            "b",
-            &RegisterBody::new("10.0.0.2", port),
-            chrono::Utc::now(),
-        )
-        .expect("register b");
-        rec.stamp(
-            "b",
-            Hlc {
-                wall_ms,
-                logical: 0,
-                node: 0xffff,
-            },
-        );
-        chordctl::registry::ops::Entry {
-            key: unit_key("cached", "b"),
-            value: rec.unit("b").expect("unit").to_bytes().expect("bytes"),
-        }
-    };
+    let unit = |port: i64, wall_ms: u64| peer_unit("cached", "b", port, wall_ms);
     let future = u64::MAX / 2;
     registry
         .merge(vec![unit(2, future)])
@@ -671,6 +668,50 @@ async fn units_merged_from_peers_replace_the_owners_cached_copy() {
     let b = got.iter().find(|i| i["id"] == "b").expect("b");
     assert_eq!(b["port"], 2, "the older unit won");
     h.shutdown().await;
+}
+
+/// A replica takes its copy of a service out of the record cache while it merges a batch
+/// into it (so that the copy changes in place); the copy goes back into the cache whether the
+/// batch changed it or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_merged_at_a_replica_stays_cached_whether_or_not_the_batch_changed_it() {
+    let c = TestCluster::start(2).await;
+    c.settle().await;
+    // A service the first node owns: the second keeps a copy of it.
+    let first = c.node(0).http_addr().to_string();
+    let mut service = None;
+    for i in 0..200 {
+        let name = format!("copied-{i}");
+        let v = call_ok("GET", &format!("{}/v1/locate/{name}", c.url(0)), None).await;
+        if v["owner"]["http"] == first.as_str() {
+            service = Some(name);
+            break;
+        }
+    }
+    let service = service.expect("a service the first node owns");
+    let unit = |port: i64, wall_ms: u64| peer_unit(&service, "a", port, wall_ms);
+    let replica = &c.node(1).agent().registry;
+    let cached = || replica.cache_size().0;
+    assert_eq!(cached(), 0);
+    // New to the replica: compared with its store and stored, not cached.
+    let first_unit = unit(1, u64::MAX / 4);
+    replica
+        .merge(vec![first_unit.clone()])
+        .await
+        .expect("merge into the store");
+    // The same unit again: the copy is loaded into the cache, merged (nothing changes) and
+    // stays cached.
+    replica
+        .merge(vec![first_unit])
+        .await
+        .expect("merge nothing new");
+    assert_eq!(cached(), 1, "the unchanged copy went back into the cache");
+    // A newer unit: the copy changes, is stored, and stays cached.
+    replica
+        .merge(vec![unit(2, u64::MAX / 4 + 1)])
+        .await
+        .expect("merge a newer unit");
+    assert_eq!(cached(), 1, "the changed copy went back into the cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
