@@ -5,7 +5,8 @@
 # new ids into 10 services for one second (about 1,200 instances each, 12,000 units in all),
 # the agent is restarted on the same data, nine of the services are discovered (which loads
 # them into the cache until it is full), then wrk writes into the tenth for SECS seconds
-# (bench/chordctl_hot.lua). Prints the writes/s and the cache's metrics before and after.
+# (bench/chordctl_register.lua with SERVICE and COUNT: 1,000 instances replaced over and over).
+# Prints the writes/s and the cache's metrics before and after.
 # Asserts nothing. CHORDCTL=path names the binary (default target/release/chordctl).
 set -euo pipefail
 SECS=${1:-6}
@@ -39,6 +40,6 @@ for s in $(seq 1 9); do
 done
 echo
 echo "cache before: $(cache)"
-BENCH_DIR=bench SERVICE=fill-0 bench_wrk -t2 -c32 -d"${SECS}s" --timeout 10s \
-    -s bench/chordctl_hot.lua "http://$HTTP"
+BENCH_DIR=bench SERVICE=fill-0 COUNT=1000 bench_wrk -t2 -c32 -d"${SECS}s" --timeout 10s \
+    -s bench/chordctl_register.lua "http://$HTTP"
 echo "cache after:  $(cache)"
