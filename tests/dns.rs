@@ -155,6 +155,23 @@ async fn report(agent: &AgentProc, service: &str, id: &str, state: &str) {
     call_ok("PUT", &url, Some(json!({ "state": state }))).await;
 }
 
+/// Register instance `id` of `service` at `address` (tagged `v2`), see `question` answer it,
+/// deregister it, and see `question` answer NODATA: the service emptied of its instances.
+async fn register_then_empty(
+    agent: &AgentProc,
+    dns: SocketAddr,
+    (service, id): (&str, &str),
+    address: &str,
+    question: &str,
+) {
+    let body = json!({"address": address, "port": 80, "tags": ["v2"]});
+    register(agent, service, id, body).await;
+    expect_addresses(dns, question, &ips(&[address])).await;
+    let url = format!("{}/v1/services/{service}/instances/{id}", agent.url());
+    call_ok("DELETE", &url, None).await;
+    expect_no_records(dns, question).await;
+}
+
 /// Poll until `name` at `dns` answers A with NOERROR, no records and the SOA (NODATA).
 async fn expect_no_records(dns: SocketAddr, name: &str) {
     eventually(&format!("NODATA {name}"), DEADLINE, async || {
@@ -293,21 +310,14 @@ async fn a_question_in_any_case_finds_a_lower_case_service_or_tag_and_a_capitali
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m:?}");
     // A lower-case service emptied of its instances is still the one any casing names.
-    register(
+    register_then_empty(
         &agent,
-        "shop",
-        "s1",
-        json!({"address": "10.0.0.4", "port": 80}),
+        dns,
+        ("shop", "s1"),
+        "10.0.0.4",
+        "SHOP.service.chord.",
     )
     .await;
-    expect_addresses(dns, "SHOP.service.chord.", &ips(&["10.0.0.4"])).await;
-    call_ok(
-        "DELETE",
-        &format!("{}/v1/services/shop/instances/s1", agent.url()),
-        None,
-    )
-    .await;
-    expect_no_records(dns, "SHOP.service.chord.").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,21 +434,14 @@ async fn unknown_names_are_nxdomain_with_an_soa_and_host_names_a_cname() {
 
     // A service emptied of its instances is still a service (HTTP discover answers it 200
     // with none): NOERROR, no records, the SOA; a tag none of its instances had is NXDOMAIN.
-    register(
+    register_then_empty(
         &agent,
-        "gone",
-        "g",
-        json!({"address": "10.2.0.2", "port": 1, "tags": ["v2"]}),
+        dns,
+        ("gone", "g"),
+        "10.2.0.2",
+        "gone.service.chord.",
     )
     .await;
-    expect_addresses(dns, "gone.service.chord.", &ips(&["10.2.0.2"])).await;
-    call_ok(
-        "DELETE",
-        &format!("{}/v1/services/gone/instances/g", agent.url()),
-        None,
-    )
-    .await;
-    expect_no_records(dns, "gone.service.chord.").await;
     let m = ask(dns, "v2.gone.service.chord.", RecordType::A, Via::Udp)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -219,19 +219,23 @@ fn fit_udp(
         return None;
     }
     let authority = size(0, true, false) <= limit;
-    // The most answer records that fit: `fit` always does, `over` never.
-    let (mut fit, mut over) = (0, a.answers.len());
-    while over - fit > 1 {
-        let mid = fit + (over - fit) / 2;
-        if size(mid, authority, false) <= limit {
-            fit = mid;
-        } else {
-            over = mid;
+    // The most answer records that fit: all of them without the additional section, else a
+    // bisection in which `fit` always fits and `over` never does.
+    let all = a.answers.len();
+    let fit = if size(all, authority, false) <= limit {
+        all
+    } else {
+        let (mut fit, mut over) = (0, all);
+        while over - fit > 1 {
+            let mid = fit + (over - fit) / 2;
+            if size(mid, authority, false) <= limit {
+                fit = mid;
+            } else {
+                over = mid;
+            }
         }
-    }
-    if size(over, authority, false) <= limit {
-        fit = over;
-    }
+        fit
+    };
     Some(Answer {
         code: a.code,
         answers: a.answers[..fit].to_vec(),
