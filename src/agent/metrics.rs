@@ -870,127 +870,98 @@ impl Store for MeteredStore {
     }
 }
 
-/// Why an anti-entropy round compared the copies, or that it did not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncRound {
-    /// The predecessor or successors changed.
-    RingChange = 0,
-    /// A replica may lack a change (a replication message failed, units arrived from
-    /// elsewhere).
-    Unsynced = 1,
-    /// The periodic full comparison.
-    Periodic = 2,
-    /// Nothing suggested a difference: no comparison.
-    Idle = 3,
+/// An enum whose variants name the values of a metric's label: `ALL`, every variant in
+/// declaration order (the variant's discriminant is its index), and `label()`, the value each
+/// is rendered as.
+macro_rules! metric_labels {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident => $label:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: [$name; [$($label),+].len()] = [$($name::$variant),+];
+
+            fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
 }
 
-impl SyncRound {
-    const ALL: [SyncRound; 4] = [
-        SyncRound::RingChange,
-        SyncRound::Unsynced,
-        SyncRound::Periodic,
-        SyncRound::Idle,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            SyncRound::RingChange => "ring_change",
-            SyncRound::Unsynced => "unsynced",
-            SyncRound::Periodic => "periodic",
-            SyncRound::Idle => "idle",
-        }
+metric_labels! {
+    /// Why an anti-entropy round compared the copies, or that it did not.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SyncRound {
+        /// The predecessor or successors changed.
+        RingChange => "ring_change",
+        /// A replica may lack a change (a replication message failed, units arrived from
+        /// elsewhere).
+        Unsynced => "unsynced",
+        /// The periodic full comparison.
+        Periodic => "periodic",
+        /// Nothing suggested a difference: no comparison.
+        Idle => "idle",
     }
 }
 
-/// How a hand-back round ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandBackRound {
-    /// Every copy this node no longer keeps was compared with its owner (and handed back).
-    Done = 0,
-    /// A lookup or an owner failed: some copies wait for the next round.
-    Failed = 1,
-    /// Skipped: the arc of copies this node keeps was not known (a predecessor unknown or
-    /// unreachable on the walk).
-    ArcUnsure = 2,
-}
-
-impl HandBackRound {
-    const ALL: [HandBackRound; 3] = [
-        HandBackRound::Done,
-        HandBackRound::Failed,
-        HandBackRound::ArcUnsure,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            HandBackRound::Done => "done",
-            HandBackRound::Failed => "failed",
-            HandBackRound::ArcUnsure => "arc_unsure",
-        }
+metric_labels! {
+    /// How a hand-back round ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum HandBackRound {
+        /// Every copy this node no longer keeps was compared with its owner (and handed back).
+        Done => "done",
+        /// A lookup or an owner failed: some copies wait for the next round.
+        Failed => "failed",
+        /// Skipped: the arc of copies this node keeps was not known (a predecessor unknown or
+        /// unreachable on the walk).
+        ArcUnsure => "arc_unsure",
     }
 }
 
-/// A stage of writing a group, timed by `chordctl_write_stage_seconds`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteStage {
-    /// At the owner: the group's store batch, until durable.
-    OwnerStore = 0,
-    /// At the owner: the group queued on the replicas' streams, until the write quorum's
-    /// replicas confirmed it (overlaps `OwnerStore`).
-    Quorum = 1,
-    /// At a replica: a batch received from a peer (a replication stream, a hand-off),
-    /// merged and stored, until durable.
-    ReplicaMerge = 2,
-}
-
-impl WriteStage {
-    /// Every stage, in label order.
-    pub const ALL: [WriteStage; 3] = [
-        WriteStage::OwnerStore,
-        WriteStage::Quorum,
-        WriteStage::ReplicaMerge,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            WriteStage::OwnerStore => "owner_store",
-            WriteStage::Quorum => "quorum",
-            WriteStage::ReplicaMerge => "replica_merge",
-        }
+metric_labels! {
+    /// A stage of writing a group, timed by `chordctl_write_stage_seconds`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WriteStage {
+        /// At the owner: the group's store batch, until durable.
+        OwnerStore => "owner_store",
+        /// At the owner: the group queued on the replicas' streams, until the write quorum's
+        /// replicas confirmed it (overlaps `OwnerStore`).
+        Quorum => "quorum",
+        /// At a replica: a batch received from a peer (a replication stream, a hand-off),
+        /// merged and stored, until durable.
+        ReplicaMerge => "replica_merge",
     }
 }
 
-/// The anti-entropy call that failed: its place in a comparison with a replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RepairStep {
-    /// A level of the hash tree (`TreeChildren`).
-    Tree,
-    /// The keys under the tree's differing nodes (`TreeDigest`).
-    TreeDigest,
-    /// The flat comparison's hash of the whole range (`RangeHash`).
-    RangeHash,
-    /// The flat comparison's digests of every key (`Digest`).
-    Digest,
-    /// Entries the replica holds newer, fetched from it (`Fetch`).
-    Pull,
-    /// Entries the replica lacks, sent to it (`Handoff`).
-    Handoff,
-    /// A hand-back's digest of a copy this node no longer keeps, to the copy's owner
-    /// (`Digest`).
-    HandBack,
-}
-
-impl RepairStep {
-    fn label(self) -> &'static str {
-        match self {
-            RepairStep::Tree => "tree",
-            RepairStep::TreeDigest => "tree_digest",
-            RepairStep::RangeHash => "range_hash",
-            RepairStep::Digest => "digest",
-            RepairStep::Pull => "pull",
-            RepairStep::Handoff => "handoff",
-            RepairStep::HandBack => "hand_back",
-        }
+metric_labels! {
+    /// The anti-entropy call that failed: its place in a comparison with a replica.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum RepairStep {
+        /// A level of the hash tree (`TreeChildren`).
+        Tree => "tree",
+        /// The keys under the tree's differing nodes (`TreeDigest`).
+        TreeDigest => "tree_digest",
+        /// The flat comparison's hash of the whole range (`RangeHash`).
+        RangeHash => "range_hash",
+        /// The flat comparison's digests of every key (`Digest`).
+        Digest => "digest",
+        /// Entries the replica holds newer, fetched from it (`Fetch`).
+        Pull => "pull",
+        /// Entries the replica lacks, sent to it (`Handoff`).
+        Handoff => "handoff",
+        /// A hand-back's digest of a copy this node no longer keeps, to the copy's owner
+        /// (`Digest`).
+        HandBack => "hand_back",
     }
 }
 
