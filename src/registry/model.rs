@@ -402,6 +402,12 @@ impl Record {
         if let Some((k, _)) = self.instances.get_key_value(id) {
             return k.clone();
         }
+        self.tombstone_name(id)
+    }
+
+    /// The key of instance `id` as its version's map holds it (a removed instance's), or a
+    /// new one.
+    fn tombstone_name(&self, id: &str) -> Name {
         match self.stamps.get_key_value(id) {
             Some((k, _)) => k.clone(),
             None => Name::from(id),
@@ -462,7 +468,7 @@ impl Record {
         id: &str,
         body: &RegisterBody,
         now: DateTime<Utc>,
-    ) -> Result<&Instance> {
+    ) -> Result<Arc<Instance>> {
         let valid = body.validate(false)?;
         self.register_valid(id, valid, now)
     }
@@ -474,16 +480,26 @@ impl Record {
         id: &str,
         valid: ValidRegistration,
         now: DateTime<Utc>,
-    ) -> Result<&Instance> {
+    ) -> Result<Arc<Instance>> {
         validate_instance_id(id)?;
-        if !self.instances.contains_key(id) && self.instances.len() >= MAX_INSTANCES {
+        // One look into the instances for everything the old instance decides: whether the
+        // cap applies, the key to share, what carries over. Each look is a descent through
+        // a map of up to 10,000 ids, comparing strings, on every write.
+        let old = self
+            .instances
+            .get_key_value(id)
+            .map(|(k, v)| (k.clone(), v.clone()));
+        if old.is_none() && self.instances.len() >= MAX_INSTANCES {
             return Err(Error::invalid(format!(
                 "service {:?} already has {MAX_INSTANCES} instances, the most one service may have; \
                  deregister some first",
                 self.service
             )));
         }
-        let name = self.name(id);
+        let name = match &old {
+            Some((k, _)) => k.clone(),
+            None => self.tombstone_name(id),
+        };
         let liveness = self
             .liveness
             .entry(name.clone())
@@ -492,29 +508,27 @@ impl Record {
         liveness.last_seen = now;
         remove_present(&mut self.removed, id);
 
-        let instance = match self.instances.remove(id) {
-            Some(old) => {
+        let instance = match old {
+            Some((_, old)) => {
                 // Only its registration time and status carry over: no copy of the rest (the
                 // old instance is usually shared with the cached copy of the record).
-                let (registered_at, mut status, flapping) = match Arc::try_unwrap(old) {
-                    Ok(old) => (old.registered_at, old.status, old.flapping),
-                    Err(shared) => (shared.registered_at, shared.status.clone(), shared.flapping),
-                };
+                let mut status = old.status.clone();
                 if let Some((state, note)) = restored {
                     status.state = state;
                     status.note = note;
                     status.updated_at = now;
                 }
                 Instance {
-                    registered_at,
+                    registered_at: old.registered_at,
                     status,
-                    flapping,
+                    flapping: old.flapping,
                     ..valid.into_instance(&self.service, id, now)
                 }
             }
             None => valid.into_instance(&self.service, id, now),
         };
-        let instance: &Instance = self.instances.entry(name).or_insert(Arc::new(instance));
+        let instance = Arc::new(instance);
+        self.instances.insert(name, Arc::clone(&instance));
         Ok(instance)
     }
 

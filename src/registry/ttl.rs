@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::model::{Liveness, Name, Record, State};
+use super::model::{Instance, Liveness, Name, Record, State};
 
 /// Default grace period, as a multiple of the TTL, between an instance turning critical and its
 /// removal.
@@ -39,15 +39,22 @@ fn deadlines(
     (expiry, removal)
 }
 
+/// `instance`'s last sign of life, given its bookkeeping when it has any.
+fn last_seen_of(liveness: Option<&Liveness>, instance: &Instance) -> DateTime<Utc> {
+    match liveness {
+        Some(l) => l.last_seen,
+        None => instance.registered_at.max(instance.status.updated_at),
+    }
+}
+
 impl Record {
     /// The last sign of life of instance `id`. Falls back to the later of registration and last
     /// status change for an instance without bookkeeping (inserted directly into `instances`).
     fn last_seen(&self, id: &str) -> Option<DateTime<Utc>> {
-        if let Some(l) = self.liveness.get(id) {
-            return Some(l.last_seen);
+        match self.liveness.get(id) {
+            Some(l) => Some(l.last_seen),
+            None => Some(last_seen_of(None, self.instances.get(id)?)),
         }
-        let inst = self.instances.get(id)?;
-        Some(inst.registered_at.max(inst.status.updated_at))
     }
 
     /// Applies TTL expiry as of `now`: instances silent for one TTL become critical, those silent
@@ -164,18 +171,15 @@ impl Record {
         grace_factor: u32,
         hold_removals_until: Option<DateTime<Utc>>,
     ) -> Option<DateTime<Utc>> {
-        let release = self
-            .liveness
-            .get(id)
-            .and_then(|l| l.health.release_at(&self.policy));
+        // One look into each map: this runs for every instance of every write.
+        let liveness = self.liveness.get(id);
+        let release = liveness.and_then(|l| l.health.release_at(&self.policy));
         let ttl_deadline = || {
-            let ttl = self.instances.get(id)?.ttl_secs?;
-            let last_seen = self.last_seen(id)?;
+            let instance = self.instances.get(id)?;
+            let ttl = instance.ttl_secs?;
+            let last_seen = last_seen_of(liveness, instance);
             let (expiry, removal) = deadlines(last_seen, ttl, grace_factor);
-            let expired = self
-                .liveness
-                .get(id)
-                .is_some_and(|l| l.expired_from.is_some());
+            let expired = liveness.is_some_and(|l| l.expired_from.is_some());
             if expired {
                 removal.map(|r| hold_removals_until.map_or(r, |h| r.max(h)))
             } else {

@@ -267,10 +267,10 @@ impl Registry {
         }
         let (instance, text) = match op {
             WriteOp::Register { id, body } => {
-                r.register(id, body, now)?;
+                let instance = r.register(id, body, now)?;
                 self.stamp(r, id, now);
                 changes.ids.push(id.clone());
-                (r.instances.get(id.as_str()).cloned(), None)
+                (Some(instance), None)
             }
             WriteOp::Deregister { id } => {
                 let inst = r.deregister(id)?;
