@@ -102,6 +102,30 @@ impl FromStr for State {
     }
 }
 
+/// A timestamp written as chrono writes it (RFC 3339, `Z`, as many fraction digits as it
+/// needs), but as one string. chrono hands serializers a `Display` (`collect_str`): serde_json
+/// then escapes it a character at a time, and postcard formats it twice (once to count). Two
+/// timestamps go into every answer to a write and into every unit stored and replicated.
+mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        t: &DateTime<Utc>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    /// `t`, to serialize as a field of a hand-written `Serialize`.
+    pub(super) struct Field<'a>(pub &'a DateTime<Utc>);
+
+    impl serde::Serialize for Field<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            serialize(self.0, s)
+        }
+    }
+}
+
 /// An instance's last reported status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -118,6 +142,7 @@ pub struct Status {
     /// Free text: why the state is what it is.
     pub note: String,
     /// When the status last changed (report, registration or TTL expiry).
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -238,7 +263,7 @@ impl Serialize for Instance {
         st.serialize_field("metadata", &self.metadata)?;
         st.serialize_field("weight", &self.weight)?;
         st.serialize_field("ttl_secs", &self.ttl_secs)?;
-        st.serialize_field("registered_at", &self.registered_at)?;
+        st.serialize_field("registered_at", &rfc3339::Field(&self.registered_at))?;
         st.serialize_field("status", &self.status)?;
         if flag {
             st.serialize_field("flapping", &self.flapping)?;
@@ -265,6 +290,7 @@ pub struct Stamp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Liveness {
     /// Last registration or status report.
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub(super) last_seen: DateTime<Utc>,
     /// Set when TTL expiry made the instance critical: the state and note it had before, restored
     /// by the next heartbeat unless that heartbeat sets its own.
@@ -887,6 +913,33 @@ pub(super) mod tests {
             (Some("eu-1"), None, 3)
         );
         assert_eq!(Metadata::default(), Metadata::from(BTreeMap::new()));
+    }
+
+    /// The timestamps written as one string are byte for byte what chrono writes, in JSON and
+    /// in the ring's binary encoding, for every precision chrono picks (and a leap second).
+    #[test]
+    fn timestamps_serialize_exactly_as_chrono_writes_them() {
+        use chrono::NaiveDate;
+        let day = NaiveDate::from_ymd_opt(2026, 12, 7).unwrap();
+        let times = [
+            Utc.from_utc_datetime(&day.and_hms_opt(20, 1, 2).unwrap()),
+            Utc.from_utc_datetime(&day.and_hms_milli_opt(20, 1, 2, 340).unwrap()),
+            Utc.from_utc_datetime(&day.and_hms_micro_opt(20, 1, 2, 345_600).unwrap()),
+            Utc.from_utc_datetime(&day.and_hms_nano_opt(20, 1, 2, 345_678_901).unwrap()),
+            Utc.from_utc_datetime(&day.and_hms_nano_opt(23, 59, 59, 1_500_000_000).unwrap()),
+            Utc.timestamp_opt(0, 0).unwrap(),
+        ];
+        for t in times {
+            let ours = super::rfc3339::Field(&t);
+            assert_eq!(
+                serde_json::to_string(&ours).unwrap(),
+                serde_json::to_string(&t).unwrap()
+            );
+            assert_eq!(
+                postcard::to_stdvec(&ours).unwrap(),
+                postcard::to_stdvec(&t).unwrap()
+            );
+        }
     }
 
     /// Removing an id a shared map does not hold leaves it shared: nothing is copied.
