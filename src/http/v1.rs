@@ -90,6 +90,7 @@ pub async fn register(
     let (service, id) = checked(service, id)?;
     let body = RegisterBody::from_json(&body(raw)?)?;
     body.check(false)?;
+    let body = Arc::new(body);
     write_instance(&agent, &service, WriteOp::Register { id, body }).await
 }
 

@@ -51,8 +51,10 @@ pub enum WriteOp {
     Register {
         /// Instance id.
         id: String,
-        /// The registration.
-        body: RegisterBody,
+        /// The registration. Shared: routing keeps the request while the owner's write takes
+        /// its operation, and a copy of a registration would copy its address, tags and
+        /// metadata (the wire format is the body's own).
+        body: Arc<RegisterBody>,
     },
     /// Remove an instance.
     Deregister {
@@ -456,6 +458,23 @@ pub fn range_hash(items: &[(String, Mark)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registration is shared (`Arc`) inside the operation, but goes over the ring exactly
+    /// as before: the variant, the id, then the body's own encoding.
+    #[test]
+    fn a_shared_registration_goes_over_the_wire_as_the_body_itself() {
+        let body = RegisterBody::new("10.0.0.7", 8080);
+        let op = WriteOp::Register {
+            id: "a".to_string(),
+            body: Arc::new(body.clone()),
+        };
+        let mut want = vec![0u8];
+        want.extend(postcard::to_stdvec("a").unwrap());
+        want.extend(postcard::to_stdvec(&body).unwrap());
+        assert_eq!(postcard::to_stdvec(&op).unwrap(), want);
+        let back: WriteOp = postcard::from_bytes(&want).unwrap();
+        assert_eq!(back, op);
+    }
 
     #[test]
     fn raw_json_travels_over_rpc_as_its_text() {
