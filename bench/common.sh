@@ -15,11 +15,11 @@ bench_needs() {
     done
 }
 
-# The HTTP address an agent started with its output in LOG announces (waits up to 10 s);
-# prints the log and exits when it announces none.
+# The HTTP address an agent started with its output in LOG announces (waits up to SECS, default
+# 10 s); prints the log and exits when it announces none.
 bench_http_of() {
     local log=$1 http=""
-    for _ in $(seq 100); do
+    for _ in $(seq $((${2:-10} * 10))); do
         http=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$log" | head -1)
         [[ -n $http ]] && { echo "$http"; return; }
         sleep 0.1

@@ -24,10 +24,8 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$D/callgrind.out" 
     >"$D/agent.log" 2>&1 &
 AGENT=$!
 BENCH_PIDS=("$AGENT")
-HTTP=$(for _ in $(seq 60); do
-    sed -n 's/.*http=\([^ ]*\).*/\1/p' "$D/agent.log" | head -1 | grep . && break
-    sleep 1
-done) || { cat "$D/agent.log" >&2; exit 1; }
+# valgrind starts the agent some 50 times slower.
+HTTP=$(bench_http_of "$D/agent.log" 60)
 python3 bench/register_count.py "$HTTP" "$COUNT" 8 ins
 kill "$AGENT"
 wait "$AGENT" 2>/dev/null || true

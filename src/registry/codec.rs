@@ -157,7 +157,7 @@ impl Legacy {
         }
         for inst in self.instances {
             let live = self.liveness.get(&inst.id).cloned();
-            let mut changed = inst.registered_at.max(inst.status.updated_at);
+            let mut changed = inst.last_changed();
             if let Some(l) = &live {
                 changed = changed.max(l.last_seen);
             }

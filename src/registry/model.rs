@@ -247,6 +247,14 @@ pub struct Instance {
     pub flapping: bool,
 }
 
+impl Instance {
+    /// The later of its registration and its last status change: its last sign of life when
+    /// no bookkeeping says otherwise.
+    pub fn last_changed(&self) -> DateTime<Utc> {
+        self.registered_at.max(self.status.updated_at)
+    }
+}
+
 /// By hand for one field: `flapping` is left out of JSON when false (an INSTANCE keeps its
 /// documented shape), but always written in the ring's binary encoding, whose fields are
 /// positional (`skip_serializing_if` would make it undecodable).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::model::{Instance, Liveness, Name, Record, State};
+use super::model::{Liveness, Name, Record, State};
 
 /// Default grace period, as a multiple of the TTL, between an instance turning critical and its
 /// removal.
@@ -39,21 +39,13 @@ fn deadlines(
     (expiry, removal)
 }
 
-/// `instance`'s last sign of life, given its bookkeeping when it has any.
-fn last_seen_of(liveness: Option<&Liveness>, instance: &Instance) -> DateTime<Utc> {
-    match liveness {
-        Some(l) => l.last_seen,
-        None => instance.registered_at.max(instance.status.updated_at),
-    }
-}
-
 impl Record {
     /// The last sign of life of instance `id`. Falls back to the later of registration and last
     /// status change for an instance without bookkeeping (inserted directly into `instances`).
     fn last_seen(&self, id: &str) -> Option<DateTime<Utc>> {
         match self.liveness.get(id) {
             Some(l) => Some(l.last_seen),
-            None => Some(last_seen_of(None, self.instances.get(id)?)),
+            None => self.instances.get(id).map(|i| i.last_changed()),
         }
     }
 
@@ -177,7 +169,7 @@ impl Record {
         let ttl_deadline = || {
             let instance = self.instances.get(id)?;
             let ttl = instance.ttl_secs?;
-            let last_seen = last_seen_of(liveness, instance);
+            let last_seen = liveness.map_or_else(|| instance.last_changed(), |l| l.last_seen);
             let (expiry, removal) = deadlines(last_seen, ttl, grace_factor);
             let expired = liveness.is_some_and(|l| l.expired_from.is_some());
             if expired {

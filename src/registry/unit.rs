@@ -261,9 +261,11 @@ impl Record {
                 policy: self.policy,
             }
         } else if let Some(instance) = self.instances.get(id) {
-            let liveness = self.liveness.get(id).cloned().unwrap_or_else(|| {
-                Liveness::new(instance.registered_at.max(instance.status.updated_at))
-            });
+            let liveness = self
+                .liveness
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| Liveness::new(instance.last_changed()));
             UnitBody::Present {
                 instance: instance.clone(),
                 liveness,

@@ -150,16 +150,18 @@ impl Registry {
                     let now = Utc::now();
                     let mut wake = false;
                     for (service, rec) in planned {
-                        if self.owns(&Id::of_key(&service)) {
+                        let key_id = Id::of_key(&service);
+                        let owned = self.owns(&key_id);
+                        if owned {
                             // Its replicas did not get this through the owner's stream.
                             self.mark_unsynced();
                         }
                         if let Some(rec) = rec {
                             // Watchers of what this node owns start again from the new state.
-                            if self.feeds.watched(&service) && self.owns(&Id::of_key(&service)) {
+                            if owned && self.feeds.watched(&service) {
                                 self.feeds.reset(&service, rec.index);
                             }
-                            self.cache_record(rec);
+                            self.cache_record_of(rec, &key_id);
                         }
                         // The next TTL sweep looks at what arrived (it may own it now).
                         wake |= guard(&self.deadlines).check_soon(&service, now);

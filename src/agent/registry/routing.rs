@@ -42,7 +42,8 @@ impl Registry {
     ) -> Result<RegistryResponse> {
         // This node owns the key (its predecessor is known, or it is alone): no lookup.
         if self.owns(&key_id) {
-            // A write needs no copy of the request: the record takes what it keeps.
+            // The request stays here for a retry; the write takes a copy of its operation,
+            // which shares the registration rather than copying it.
             if let RegistryRequest::Write { service, op } = req {
                 return self.apply(service, key_id, op.clone()).await;
             }
