@@ -534,12 +534,7 @@ impl Record {
             Some((k, _)) => k.clone(),
             None => self.tombstone_name(id),
         };
-        let liveness = self
-            .liveness
-            .entry(name.clone())
-            .or_insert_with(|| Liveness::new(now));
-        let restored = liveness.expired_from.take();
-        liveness.last_seen = now;
+        let restored = self.renew(&name, old.is_some(), now);
         remove_present(&mut self.removed, id);
 
         let instance = match old {
@@ -564,6 +559,22 @@ impl Record {
         let instance = Arc::new(instance);
         self.instances.insert(name, Arc::clone(&instance));
         Ok(instance)
+    }
+
+    /// Renew instance `name`'s heartbeat at `now`, making its bookkeeping when it has none;
+    /// returns the state and note TTL expiry had overwritten. `present`: whether the instance
+    /// is (its bookkeeping then is too). A present one's is changed in one descent of the map,
+    /// a new one's inserted in one: imbl's `entry` would look the key up first, and look it up
+    /// again after inserting.
+    fn renew(&mut self, name: &Name, present: bool, now: DateTime<Utc>) -> Option<(State, String)> {
+        if present || self.liveness.contains_key(name) {
+            if let Some(liveness) = self.liveness.get_mut(name) {
+                liveness.last_seen = now;
+                return liveness.expired_from.take();
+            }
+        }
+        self.liveness.insert(name.clone(), Liveness::new(now));
+        None
     }
 
     /// Removes instance `id`; `NotFound` when there is none. The record stays (see [`Record`]).

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::health::{Policy, POLICY_UNIT};
 use super::hlc::Hlc;
-use super::model::{remove_present, Instance, Liveness, Record, Stamp};
+use super::model::{remove_present, Instance, Liveness, Name, Record, Stamp};
 use crate::ring::Id;
 use crate::Result;
 
@@ -281,25 +281,37 @@ impl Record {
     /// Keep `unit` as instance `id`'s state if it is newer than what this copy holds. Returns
     /// whether anything changed. The service's index never goes down.
     pub fn apply_unit(&mut self, id: &str, unit: Unit) -> bool {
-        if let Some(cur) = self.stamps.get(id) {
-            if unit.stamp.version < cur.version {
+        // One look at the versions gives both the version held and the key to share.
+        let held = self
+            .stamps
+            .get_key_value(id)
+            .map(|(k, s)| (k.clone(), s.version));
+        if let Some((_, cur)) = &held {
+            if unit.stamp.version < *cur {
                 return false;
             }
-            if unit.stamp.version == cur.version {
+            if unit.stamp.version == *cur {
                 // The same change again (the usual case), or, by a bug, another content under
                 // the same version: the larger checksum wins on every copy alike.
-                let held = self.unit(id).and_then(|u| u.to_bytes().ok());
+                let mine = self.unit(id).and_then(|u| u.to_bytes().ok());
                 let new = unit.to_bytes().ok();
-                let (Some(held), Some(new)) = (held, new) else {
+                let (Some(mine), Some(new)) = (mine, new) else {
                     return false;
                 };
-                if crc32fast::hash(&new) <= crc32fast::hash(&held) {
+                if crc32fast::hash(&new) <= crc32fast::hash(&mine) {
                     return false;
                 }
             }
         }
         // One allocation of the id, shared by every map that holds it.
-        let name = self.name(id);
+        // (Without a version it is no tombstone's: only the instances can hold it.)
+        let name = match held {
+            Some((name, _)) => name,
+            None => self
+                .instances
+                .get_key_value(id)
+                .map_or_else(|| Name::from(id), |(k, _)| k.clone()),
+        };
         match unit.body {
             // Only under its own id: a policy is never an instance, nor the other way round.
             UnitBody::Policy { policy } if id == POLICY_UNIT => self.policy = policy,
