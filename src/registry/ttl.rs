@@ -70,9 +70,20 @@ impl Record {
         let policy = self.policy;
         let ids: Vec<Name> = self.instances.keys().cloned().collect();
         for id in ids {
-            if let (Some(instance), Some(liveness)) =
+            // Looked at before anything is changed: `get_mut` copies every node on its way
+            // that the record shares (with the cached copy it was cloned from), so taking it
+            // for every instance would copy both maps whole at each sweep of the service.
+            let release_due = self
+                .liveness
+                .get(&id)
+                .and_then(|l| l.health.release_at(&policy))
+                .is_some_and(|at| now >= at);
+            let held = if release_due {
                 (self.instances.get_mut(&id), self.liveness.get_mut(&id))
-            {
+            } else {
+                (None, None)
+            };
+            if let (Some(instance), Some(liveness)) = held {
                 if let Some(state) = liveness.health.release(now, &policy) {
                     let instance = Arc::make_mut(instance);
                     instance.flapping = false;
@@ -428,6 +439,35 @@ mod tests {
             r.sweep(at(31), DEFAULT_GRACE_FACTOR).is_empty(),
             "expiry applies once"
         );
+    }
+
+    #[test]
+    fn a_sweep_copies_only_what_it_changes() {
+        // The owner sweeps a clone of its cached record: nodes it does not change must stay
+        // shared with the cache, or a 10,000-instance service is copied whole at each sweep.
+        let mut r = record();
+        for i in 0..2000 {
+            let ttl = if i == 1234 { 10 } else { 60 };
+            r.register(&format!("i{i:04}"), &with_ttl(ttl), at(0))
+                .unwrap();
+        }
+        let cached = r.clone();
+        assert!(r.sweep(at(5), DEFAULT_GRACE_FACTOR).is_empty());
+        assert!(
+            r.instances.ptr_eq(&cached.instances) && r.liveness.ptr_eq(&cached.liveness),
+            "a sweep that changed nothing copied the record's maps"
+        );
+        assert_eq!(r.sweep(at(10), DEFAULT_GRACE_FACTOR), ["i1234"]);
+        assert_eq!(r.instances["i1234"].status.state, State::Critical);
+        // Only the path to the expired instance was copied: every other leaf is still the
+        // cached copy's (2,000 ids make more than one leaf).
+        let shared = r
+            .instances
+            .iter()
+            .zip(cached.instances.iter())
+            .filter(|((_, mine), (_, held))| Arc::ptr_eq(mine, held))
+            .count();
+        assert_eq!(shared, 1999);
     }
 
     #[test]
