@@ -7,6 +7,13 @@ bench_binary() {
     [[ -x $BIN ]] || cargo build --release
 }
 
+# BIN for the callgrind counts, which need symbols: $CHORDCTL, or target/profiling/chordctl
+# (the release build's code with debug info, built when missing).
+bench_profiling_binary() {
+    BIN=${CHORDCTL:-target/profiling/chordctl}
+    [[ -x $BIN ]] || cargo build --profile profiling
+}
+
 # Exit with a message naming the first of the given programs that is not installed.
 bench_needs() {
     local tool

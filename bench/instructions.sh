@@ -14,8 +14,7 @@ set -euo pipefail
 COUNT=${1:-3000}
 cd "$(dirname "$0")/.."
 . bench/common.sh
-BIN=${CHORDCTL:-target/profiling/chordctl}
-[[ -x $BIN ]] || cargo build --profile profiling
+bench_profiling_binary
 bench_needs valgrind callgrind_annotate python3
 bench_workdir instructions
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$D/callgrind.out" \

@@ -17,8 +17,7 @@ set -euo pipefail
 COUNT=${1:-300}
 cd "$(dirname "$0")/.."
 . bench/common.sh
-BIN=${CHORDCTL:-target/profiling/chordctl}
-[[ -x $BIN ]] || cargo build --profile profiling
+bench_profiling_binary
 bench_needs valgrind callgrind_control callgrind_annotate python3 curl jq
 bench_workdir ring-instructions
 read -r -a PORTS <<<"${RING_PORTS:-0 0 0}"
