@@ -127,8 +127,36 @@ impl RecordCache {
     /// not cached still has the older one of its service dropped: the cache never holds a
     /// record older than the store's.
     pub(super) fn put(&mut self, rec: Arc<Record>, copy: bool) -> Placed {
-        let mut released: Vec<Arc<Record>> = self.remove(&rec.service).into_iter().collect();
+        // The usual write: the service's older record is cached as the same kind and the new
+        // one fits in its place. Replaced where it is, without taking its entry out and making
+        // a new one (a lookup and a copy of the name less).
         let units = weight(&rec);
+        let RecordCache {
+            map,
+            units: total,
+            copy_units,
+            max_units,
+            tick,
+            ..
+        } = self;
+        if let Some(c) = map.get_mut(rec.service.as_str()) {
+            if c.copy == copy && *total - c.units + units <= *max_units {
+                *total = *total - c.units + units;
+                if copy {
+                    *copy_units = *copy_units - c.units + units;
+                }
+                *tick += 1;
+                c.units = units;
+                c.used = *tick;
+                let old = std::mem::replace(&mut c.rec, rec);
+                return Placed {
+                    cached: true,
+                    evicted: 0,
+                    released: vec![old],
+                };
+            }
+        }
+        let mut released: Vec<Arc<Record>> = self.remove(&rec.service).into_iter().collect();
         let mut evicted = 0;
         if !copy && !self.fits(units) && self.fits_after(0, 0, units) {
             let before = released.len();
@@ -349,6 +377,45 @@ mod tests {
         // Replacing a record counts its new weight only.
         assert!(cache.put(record("b", 13), false).cached);
         assert_eq!(cache.size(), (1, 16));
+    }
+
+    #[test]
+    fn a_newer_record_takes_the_older_ones_place_and_its_weight() {
+        let mut cache = RecordCache::new(2, 40);
+        assert!(cache.put(record("a", 5), false).cached);
+        assert!(cache.put(record("c", 5), true).cached);
+        assert_eq!(cache.size(), (2, 16));
+        let older = cache.get("a").cloned().unwrap();
+        let placed = cache.put(record("a", 9), false);
+        assert_eq!((placed.cached, placed.evicted), (true, 0));
+        assert!(
+            placed.released.len() == 1 && Arc::ptr_eq(&placed.released[0], &older),
+            "the older record is handed back to be freed"
+        );
+        assert_eq!(cache.size(), (2, 20));
+        // A copy replaced by a copy: its units counted as a copy's.
+        assert!(cache.put(record("c", 1), true).cached);
+        assert_eq!(
+            (cache.size(), cache.copies, cache.copy_units),
+            ((2, 16), 1, 4)
+        );
+        // The copy became this node's own: counted as owned from now on.
+        assert!(cache.put(record("c", 1), false).cached);
+        assert_eq!(
+            (cache.size(), cache.copies, cache.copy_units),
+            ((2, 16), 0, 0)
+        );
+        // Replaced in place, a record counts as just used: "a", replaced after "c", stays
+        // when a new record needs room.
+        assert!(cache.put(record("a", 9), false).cached);
+        let placed = cache.put(record("b", 0), false);
+        assert_eq!((placed.cached, placed.evicted), (true, 1));
+        assert_eq!(cached(&cache), ["a", "b"]);
+        // A newer record that does not fit: the older one is dropped all the same.
+        let placed = cache.put(record("a", 40), false);
+        assert!(!placed.cached && placed.released.len() == 1);
+        assert_eq!(cached(&cache), ["b"]);
+        assert_eq!(cache.size(), (1, 3));
     }
 
     #[test]
