@@ -1,12 +1,54 @@
 //! 160-bit identifiers on the Chord ring and the interval arithmetic around them.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
 /// The number of bits of an identifier (SHA-1).
 pub const BITS: usize = 160;
+
+/// Slots of a thread's [`KeyMemo`].
+const MEMO_SLOTS: usize = 1024;
+
+thread_local! {
+    static KEY_MEMO: RefCell<KeyMemo> = RefCell::new(KeyMemo::new());
+}
+
+/// The SHA-1 of the keys a thread hashed last: a look here costs about a tenth of hashing
+/// again. Direct-mapped (a key's slot is chosen by a keyed hash, so no crafted names can
+/// make them collide on purpose): bounded, never swept, and a key that loses its slot is
+/// only hashed again.
+struct KeyMemo {
+    hasher: RandomState,
+    slots: Vec<Option<(Box<str>, Id)>>,
+}
+
+impl KeyMemo {
+    fn new() -> KeyMemo {
+        KeyMemo {
+            hasher: RandomState::new(),
+            slots: vec![None; MEMO_SLOTS],
+        }
+    }
+
+    fn id_of(&mut self, key: &str) -> Id {
+        let slot = (self.hasher.hash_one(key) % MEMO_SLOTS as u64) as usize;
+        let Some(entry) = self.slots.get_mut(slot) else {
+            return Id::hash(key.as_bytes());
+        };
+        match entry {
+            Some((held, id)) if **held == *key => *id,
+            _ => {
+                let id = Id::hash(key.as_bytes());
+                *entry = Some((key.into(), id));
+                id
+            }
+        }
+    }
+}
 
 /// A point on the 2^160 identifier circle: SHA-1 of a node's advertised address or of a key.
 ///
@@ -24,8 +66,17 @@ impl Id {
     }
 
     /// The identifier of a key (a service name, or any string passed to `locate`).
+    ///
+    /// Remembered per thread for the keys hashed last ([`KeyMemo`]): a write hashes its
+    /// service's name several times on its way (routing, ownership, the record cache), and a
+    /// replica once or twice per batch.
     pub fn of_key(key: &str) -> Id {
-        Id::hash(key.as_bytes())
+        KEY_MEMO
+            .try_with(|memo| match memo.try_borrow_mut() {
+                Ok(mut memo) => memo.id_of(key),
+                Err(_) => Id::hash(key.as_bytes()),
+            })
+            .unwrap_or_else(|_| Id::hash(key.as_bytes()))
     }
 
     /// The identifier of a node: SHA-1 of its advertised ring address, exactly as advertised.
@@ -147,6 +198,22 @@ mod tests {
             Some(Id::of_key("abc"))
         );
         assert_eq!(Id::from_hex("xyz"), None);
+    }
+
+    #[test]
+    fn a_remembered_key_id_is_its_sha1_whatever_shares_its_slot() {
+        // Five times as many keys as slots: keys share slots and push each other out.
+        let keys: Vec<String> = (0..MEMO_SLOTS * 5).map(|i| format!("svc-{i}")).collect();
+        for _ in 0..2 {
+            for key in keys.iter().chain(keys.iter().rev()) {
+                assert_eq!(Id::of_key(key), Id::hash(key.as_bytes()), "{key}");
+            }
+        }
+        // A key equal to a held one's prefix, or longer, is not taken for it.
+        assert_eq!(Id::of_key("svc-1"), Id::hash(b"svc-1"));
+        assert_eq!(Id::of_key("svc-"), Id::hash(b"svc-"));
+        assert_eq!(Id::of_key("svc-10"), Id::hash(b"svc-10"));
+        assert_eq!(Id::of_key(""), Id::hash(b""));
     }
 
     #[test]
