@@ -211,10 +211,14 @@ impl Health {
         at.checked_add_signed(TimeDelta::milliseconds(ms))
     }
 
+    /// Whether a held instance's time to be released has come at `now`.
+    pub fn release_due(&self, now: DateTime<Utc>, policy: &Policy) -> bool {
+        self.release_at(policy).is_some_and(|at| now >= at)
+    }
+
     /// Release a held instance whose time has come; returns the state it shows then.
     pub fn release(&mut self, now: DateTime<Utc>, policy: &Policy) -> Option<State> {
-        let at = self.release_at(policy)?;
-        if now < at {
+        if !self.release_due(now, policy) {
             return None;
         }
         self.held = None;

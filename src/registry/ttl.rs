@@ -76,8 +76,7 @@ impl Record {
             let release_due = self
                 .liveness
                 .get(&id)
-                .and_then(|l| l.health.release_at(&policy))
-                .is_some_and(|at| now >= at);
+                .is_some_and(|l| l.health.release_due(now, &policy));
             let held = if release_due {
                 (self.instances.get_mut(&id), self.liveness.get_mut(&id))
             } else {

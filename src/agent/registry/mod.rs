@@ -674,15 +674,8 @@ impl Registry {
     /// fits in the cache; a record this node owns makes room by dropping the least recently
     /// used records, copies first.
     fn cache_record(&self, rec: Record) -> Arc<Record> {
-        let key_id = Id::of_key(&rec.service);
-        self.cache_record_of(rec, &key_id)
-    }
-
-    /// [`Self::cache_record`] for a writer that knows the service's ring id (one SHA-1 less per
-    /// write).
-    fn cache_record_of(&self, rec: Record, key_id: &Id) -> Arc<Record> {
         let rec = Arc::new(rec);
-        let copy = !self.owns(key_id);
+        let copy = !self.owns(&Id::of_key(&rec.service));
         // The records it replaced or dropped are freed here, once the cache's lock is let go.
         let placed = guard(&self.records).put(rec.clone(), copy);
         let metrics = self.ring.metrics();

@@ -161,7 +161,7 @@ impl Registry {
                             if owned && self.feeds.watched(&service) {
                                 self.feeds.reset(&service, rec.index);
                             }
-                            self.cache_record_of(rec, &key_id);
+                            self.cache_record(rec);
                         }
                         // The next TTL sweep looks at what arrived (it may own it now).
                         wake |= guard(&self.deadlines).check_soon(&service, now);

@@ -188,7 +188,7 @@ impl Registry {
                 (events, rec.index)
             });
             let replicated = self
-                .save_and_replicate(rec, &Id::of_key(service), Changes::of(changed, forgotten))
+                .save_and_replicate(rec, Changes::of(changed, forgotten))
                 .await?;
             if let Err(e) = replicated {
                 // Stored here; the replicas catch up through anti-entropy.

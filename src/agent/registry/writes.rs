@@ -135,7 +135,7 @@ impl Registry {
             );
             (events, rec.index)
         });
-        let replicated = self.save_and_replicate(rec, key_id, changes).await?;
+        let replicated = self.save_and_replicate(rec, changes).await?;
         self.leases_changed(service, leases.0, leases.1);
         replicated?;
         // Durable on a quorum: watchers may hear of it.
@@ -153,12 +153,11 @@ impl Registry {
     /// clock already passed: the write is refused (it may still appear, as any unacknowledged
     /// write may), the registry is marked unsynced, and the next anti-entropy round brings the
     /// copies together as it does any newer copy. Call under the
-    /// slot's lock; `key_id` is the service's ring id. The outer error is the store's (the
-    /// write failed here); the inner result is the replication's.
+    /// slot's lock. The outer error is the store's (the write failed here); the inner result
+    /// is the replication's.
     pub(super) async fn save_and_replicate(
         self: &Arc<Self>,
         rec: Record,
-        key_id: &Id,
         changes: Changes,
     ) -> Result<Result<()>> {
         let service = rec.service.clone();
@@ -223,7 +222,7 @@ impl Registry {
         if wake {
             self.sweep_wake.notify_one();
         }
-        self.cache_record_of(rec, key_id);
+        self.cache_record(rec);
         Ok(replicated)
     }
 
