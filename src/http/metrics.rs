@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,14 +17,17 @@ use crate::agent::Agent;
 pub const UNMATCHED: &str = "unmatched";
 
 /// Middleware: answer 503 when a request takes longer than `limit` (a slow body included),
-/// and time every answer and count it under its route template and status. One layer for
-/// both, since every layer costs each request a clone of the service and a boxed future.
+/// hold bodies to [`MAX_BODY`](super::MAX_BODY), and time every answer and count it under its
+/// route template and status. One layer for all three: `Router::layer` wraps every route
+/// again, so each layer costs each request a clone of the service and a boxed future (the
+/// body limit as a layer of its own was 2% of a registration's instructions).
 pub async fn track(
     State((metrics, limit)): State<(Arc<Metrics>, Duration)>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    DefaultBodyLimit::max(super::MAX_BODY).apply(&mut req);
     // Both without allocating: a standard method is an enum, a matched path an `Arc<str>`.
     let method = req.method().clone();
     let route = req.extensions().get::<MatchedPath>().cloned();

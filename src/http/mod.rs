@@ -25,7 +25,6 @@ pub mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post, put};
 use axum::Router;
@@ -125,10 +124,10 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
         .route("/services/resolution/", get(compat::resolution))
         .route("/services/servicestate", get(compat::service_state))
         .route("/service_status_storage", get(compat::status_storage))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .fallback(error::not_found_route)
-        // Outermost: the request deadline, errors the router made itself as JSON, and
-        // counting every answer, including 413s, the fallback's 404s and the deadline's 503s.
+        // Outermost: the request deadline, the body limit, errors the router made itself as
+        // JSON, and counting every answer, including 413s, the fallback's 404s and the
+        // deadline's 503s.
         .layer(middleware::from_fn_with_state(
             (agent.metrics.clone(), limits.request_timeout),
             metrics::track,
