@@ -71,7 +71,7 @@ const ROUTER_MESSAGE_MAX: usize = 4096;
 /// The answers axum makes itself — a method the route does not take (405, with `Allow`), a
 /// path segment that does not decode (400, as text) — as the API's JSON error, like every
 /// other error; the prototype's routes keep their own forms. Called on every answer by the
-/// outermost layer ([`super::metrics::track`]): anything else passes untouched, at the cost of
+/// outermost layer ([`super::metrics::TrackLayer`]): anything else passes untouched, at the cost of
 /// a status check.
 pub async fn as_json(path_is_prototype: bool, method: &Method, response: Response) -> Response {
     let status = response.status();

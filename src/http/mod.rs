@@ -128,9 +128,9 @@ pub fn router_with(agent: Arc<Agent>, limits: &Limits) -> Router {
         // Outermost: the request deadline, the body limit, errors the router made itself as
         // JSON, and counting every answer, including 413s, the fallback's 404s and the
         // deadline's 503s.
-        .layer(middleware::from_fn_with_state(
-            (agent.metrics.clone(), limits.request_timeout),
-            metrics::track,
+        .layer(metrics::TrackLayer::new(
+            agent.metrics.clone(),
+            limits.request_timeout,
         ))
         .with_state(agent);
     match token {
