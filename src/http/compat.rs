@@ -27,12 +27,7 @@ fn html(status: StatusCode, text: impl Into<String>) -> Response {
 }
 
 fn json_text(text: String) -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        text,
-    )
-        .into_response()
+    super::v1::json_body(text)
 }
 
 /// Errors in the prototype's style: plain text with the right status.

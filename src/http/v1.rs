@@ -50,7 +50,18 @@ fn json_of<T: Serialize + ?Sized>(v: &T) -> Result<Response, ApiError> {
     // An INSTANCE is ~400 bytes: start there rather than grow the buffer three times.
     let mut body = Vec::with_capacity(512);
     serde_json::to_writer(&mut body, v).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(json_body(body))
+}
+
+/// A 200 answer of `body`, JSON already. Made directly: axum's `(headers, body)` sets the
+/// body's own `Content-Type` first and then replaces it, about 1% of a registration.
+pub fn json_body(body: impl Into<axum::body::Body>) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// The header that says a healthy-only answer holds every instance because the service is in
@@ -179,12 +190,10 @@ pub async fn discover_service(
                     Err(e @ Error::NotFound(_)) => return Ok(refused_with_index(e, 0)),
                     Err(e) => return Err(e.into()),
                 };
-            let response = (
-                [(header::CONTENT_TYPE, "application/json")],
-                json.into_bytes(),
-            )
-                .into_response();
-            Ok(with_panic(with_index(response, index), panic))
+            Ok(with_panic(
+                with_index(json_body(json.into_bytes()), index),
+                panic,
+            ))
         }
         Some(s) => {
             let Some(rec) = agent.registry.read(&service).await? else {
