@@ -30,6 +30,7 @@ pub mod compat;
 pub mod duration;
 pub mod health;
 pub mod hlc;
+pub mod json;
 pub mod merkle;
 pub mod model;
 pub mod ops;

@@ -401,32 +401,33 @@ impl<'de> Deserialize<'de> for RawJson {
     }
 }
 
-/// The discover answer, `{"service", "instances": [INSTANCE...]}`, and `"panic": true` when
-/// the service is in panic.
-#[derive(Serialize)]
-struct Discovered<'a> {
-    service: &'a str,
-    instances: Vec<&'a Instance>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    panic: bool,
-}
-
 /// `record`'s instances that pass the filters, as the discover answer's JSON.
 pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> Result<RawJson> {
     discovered(record, healthy, tag).map(|(json, _)| json)
 }
 
-/// [`discovered_json`], and whether the service is in panic for this query.
+/// [`discovered_json`], and whether the service is in panic for this query: the discover
+/// answer, `{"service", "instances": [INSTANCE...]}`, and `"panic": true` when the service is
+/// in panic (written by hand, as `serde_json` would: `registry/json.rs`).
 pub fn discovered(record: &Record, healthy: bool, tag: Option<&str>) -> Result<(RawJson, bool)> {
     let (instances, panic) = super::discover_with_panic(record, healthy, tag);
-    let answer = Discovered {
-        service: &record.service,
-        instances,
-        panic,
-    };
-    serde_json::to_vec(&answer)
-        .map(|v| (RawJson(Bytes::from(v)), panic))
-        .map_err(|e| crate::Error::internal(format!("cannot encode a discover answer: {e}")))
+    // An INSTANCE is about 400 bytes.
+    let mut out = Vec::with_capacity(64 + 512 * instances.len());
+    out.extend_from_slice(b"{\"service\":");
+    super::json::string(&mut out, &record.service);
+    out.extend_from_slice(b",\"instances\":[");
+    for (i, instance) in instances.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        super::json::write_instance(&mut out, instance);
+    }
+    out.push(b']');
+    if panic {
+        out.extend_from_slice(b",\"panic\":true");
+    }
+    out.push(b'}');
+    Ok((RawJson(Bytes::from(out)), panic))
 }
 
 impl RegistryResponse {
