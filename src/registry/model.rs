@@ -701,7 +701,13 @@ fn no_instance(service: &str, id: &str) -> Error {
 
 /// Maps a JSON body parse failure to a 400 that says what was wrong.
 fn parse_body<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("invalid {what} body: {e}")))
+    // One check of the whole body rather than serde_json's of each string in it; a body that
+    // is not UTF-8 is parsed as bytes, for the same error as always.
+    let parsed = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(bytes),
+    };
+    parsed.map_err(|e| Error::invalid(format!("invalid {what} body: {e}")))
 }
 
 fn default_weight() -> i64 {
@@ -1240,6 +1246,23 @@ pub(super) mod tests {
         );
         let body = RegisterBody::from_json(br#"{"address":"h","port":80,"ttl_secs":null}"#);
         assert_eq!(body.unwrap().ttl_secs, None);
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused_as_serde_json_refuses_it() {
+        let bad: &[u8] = b"{\"address\":\"h\xff\",\"port\":80}";
+        let err = RegisterBody::from_json(bad).unwrap_err();
+        let serde = serde_json::from_slice::<RegisterBody>(bad).unwrap_err();
+        assert_eq!(
+            err,
+            Error::invalid(format!("invalid registration body: {serde}"))
+        );
+        // Text, escapes and all, parses as serde_json parses the same bytes.
+        let good = "{\"address\":\"h\\u00e9\u{e9}\",\"port\":80,\"tags\":[\"\\\"\"]}";
+        assert_eq!(
+            RegisterBody::from_json(good.as_bytes()).unwrap(),
+            serde_json::from_slice::<RegisterBody>(good.as_bytes()).unwrap()
+        );
     }
 
     #[test]
