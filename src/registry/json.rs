@@ -10,10 +10,10 @@
 //! number — is still written by `serde_json` itself, so the bytes cannot drift from it (the
 //! tests compare both).
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::model::Instance;
+use super::model::{rfc3339, Instance};
 
 /// Append `instance` as JSON to `out`: the same bytes as `serde_json::to_writer(out, instance)`.
 pub fn write_instance(out: &mut Vec<u8>, instance: &Instance) {
@@ -27,7 +27,7 @@ pub fn write_instance(out: &mut Vec<u8>, instance: &Instance) {
         string(out, value);
     }
     out.extend_from_slice(b",\"port\":");
-    number(out, &instance.port);
+    by_serde_json(out, &instance.port);
     out.extend_from_slice(b",\"tags\":[");
     for (i, tag) in instance.tags.iter().enumerate() {
         if i > 0 {
@@ -45,9 +45,9 @@ pub fn write_instance(out: &mut Vec<u8>, instance: &Instance) {
         string(out, v);
     }
     out.extend_from_slice(b"},\"weight\":");
-    number(out, &instance.weight);
+    by_serde_json(out, &instance.weight);
     out.extend_from_slice(b",\"ttl_secs\":");
-    number(out, &instance.ttl_secs);
+    by_serde_json(out, &instance.ttl_secs);
     out.extend_from_slice(b",\"registered_at\":");
     time(out, &instance.registered_at);
     let s = &instance.status;
@@ -62,7 +62,7 @@ pub fn write_instance(out: &mut Vec<u8>, instance: &Instance) {
     ];
     for (key, value) in measures {
         out.extend_from_slice(key);
-        number(out, &value);
+        by_serde_json(out, &value);
     }
     out.extend_from_slice(b",\"note\":");
     string(out, &s.note);
@@ -75,6 +75,28 @@ pub fn write_instance(out: &mut Vec<u8>, instance: &Instance) {
     out.push(b'}');
 }
 
+/// Discover's answer: `{"service", "instances": [INSTANCE...]}`, and `"panic": true` when the
+/// service is in panic; the same bytes as `serde_json` writes for such a struct.
+pub fn discover_answer(service: &str, instances: &[&Instance], panic: bool) -> Vec<u8> {
+    // An INSTANCE is about 400 bytes.
+    let mut out = Vec::with_capacity(64 + 512 * instances.len());
+    out.extend_from_slice(b"{\"service\":");
+    string(&mut out, service);
+    out.extend_from_slice(b",\"instances\":[");
+    for (i, instance) in instances.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_instance(&mut out, instance);
+    }
+    out.push(b']');
+    if panic {
+        out.extend_from_slice(b",\"panic\":true");
+    }
+    out.push(b'}');
+    out
+}
+
 /// `s` as a JSON string.
 pub fn string(out: &mut Vec<u8>, s: &str) {
     // No early exit, so that the loop vectorizes: most strings are short and clean.
@@ -82,7 +104,7 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
         any | (b < 0x20) | (b == b'"') | (b == b'\\')
     });
     if escape {
-        number(out, s);
+        by_serde_json(out, s);
     } else {
         out.reserve(s.len() + 2);
         out.push(b'"');
@@ -92,7 +114,7 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `v` as `serde_json` writes it (numbers, `null`, strings to escape).
-fn number<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+fn by_serde_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     // Writing into a Vec cannot fail, nor can serializing a number or a string.
     let _ = serde_json::to_writer(&mut *out, v);
 }
@@ -100,7 +122,7 @@ fn number<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 /// `t` as the INSTANCE's times are written (RFC 3339, UTC, `Z`, fractions as needed).
 fn time(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     out.push(b'"');
-    out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::AutoSi, true).as_bytes());
+    out.extend_from_slice(rfc3339::text(t).as_bytes());
     out.push(b'"');
 }
 
@@ -163,6 +185,35 @@ mod tests {
                 String::from_utf8_lossy(&theirs),
                 "instance {i}"
             );
+        }
+    }
+
+    #[test]
+    fn a_discover_answer_is_written_byte_for_byte_as_serde_json_writes_it() {
+        #[derive(Serialize)]
+        struct Discovered<'a> {
+            service: &'a str,
+            instances: &'a [&'a Instance],
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            panic: bool,
+        }
+        let all: Vec<Instance> = (0..12).map(instance).collect();
+        for n in [0, 1, 12] {
+            let instances: Vec<&Instance> = all.iter().take(n).collect();
+            for panic in [false, true] {
+                let theirs = serde_json::to_vec(&Discovered {
+                    service: "pay\"ments",
+                    instances: &instances,
+                    panic,
+                })
+                .expect("serialize");
+                let mine = discover_answer("pay\"ments", &instances, panic);
+                assert_eq!(
+                    String::from_utf8_lossy(&mine),
+                    String::from_utf8_lossy(&theirs),
+                    "{n} instances, panic {panic}"
+                );
+            }
         }
     }
 

@@ -106,14 +106,19 @@ impl FromStr for State {
 /// needs), but as one string. chrono hands serializers a `Display` (`collect_str`): serde_json
 /// then escapes it a character at a time, and postcard formats it twice (once to count). Two
 /// timestamps go into every answer to a write and into every unit stored and replicated.
-mod rfc3339 {
+pub(super) mod rfc3339 {
     use chrono::{DateTime, SecondsFormat, Utc};
+
+    /// `t` as the API writes times (also `registry/json.rs`).
+    pub(in crate::registry) fn text(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
 
     pub(super) fn serialize<S: serde::Serializer>(
         t: &DateTime<Utc>,
         s: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        s.serialize_str(&text(t))
     }
 
     /// `t`, to serialize as a field of a hand-written `Serialize`.

@@ -9,7 +9,6 @@ use super::health::Policy;
 use super::model::{Instance, Record, RegisterBody, ServiceSummary, StatusBody};
 use super::unit::Mark;
 use crate::ring::Id;
-use crate::Result;
 
 /// The store key of a gVip claim.
 pub fn gvip_key(gvip: &str) -> String {
@@ -402,44 +401,27 @@ impl<'de> Deserialize<'de> for RawJson {
 }
 
 /// `record`'s instances that pass the filters, as the discover answer's JSON.
-pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> Result<RawJson> {
-    discovered(record, healthy, tag).map(|(json, _)| json)
+pub fn discovered_json(record: &Record, healthy: bool, tag: Option<&str>) -> RawJson {
+    discovered(record, healthy, tag).0
 }
 
-/// [`discovered_json`], and whether the service is in panic for this query: the discover
-/// answer, `{"service", "instances": [INSTANCE...]}`, and `"panic": true` when the service is
-/// in panic (written by hand, as `serde_json` would: `registry/json.rs`).
-pub fn discovered(record: &Record, healthy: bool, tag: Option<&str>) -> Result<(RawJson, bool)> {
+/// [`discovered_json`], and whether the service is in panic for this query.
+pub fn discovered(record: &Record, healthy: bool, tag: Option<&str>) -> (RawJson, bool) {
     let (instances, panic) = super::discover_with_panic(record, healthy, tag);
-    // An INSTANCE is about 400 bytes.
-    let mut out = Vec::with_capacity(64 + 512 * instances.len());
-    out.extend_from_slice(b"{\"service\":");
-    super::json::string(&mut out, &record.service);
-    out.extend_from_slice(b",\"instances\":[");
-    for (i, instance) in instances.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        super::json::write_instance(&mut out, instance);
-    }
-    out.push(b']');
-    if panic {
-        out.extend_from_slice(b",\"panic\":true");
-    }
-    out.push(b'}');
-    Ok((RawJson(Bytes::from(out)), panic))
+    let json = super::json::discover_answer(&record.service, &instances, panic);
+    (RawJson(Bytes::from(json)), panic)
 }
 
 impl RegistryResponse {
     /// The answer to a `Discover` of `record`: `Json`, or `PanicJson` in panic.
-    pub fn discover_answer(record: &Record, healthy: bool, tag: Option<&str>) -> Result<Self> {
-        let (json, panic) = discovered(record, healthy, tag)?;
+    pub fn discover_answer(record: &Record, healthy: bool, tag: Option<&str>) -> Self {
+        let (json, panic) = discovered(record, healthy, tag);
         let index = record.index;
-        Ok(if panic {
+        if panic {
             RegistryResponse::PanicJson { json, index }
         } else {
             RegistryResponse::Json { json, index }
-        })
+        }
     }
 }
 

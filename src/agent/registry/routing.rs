@@ -93,7 +93,11 @@ impl Registry {
                             (
                                 RegistryRequest::Discover { healthy, tag, .. },
                                 RegistryResponse::Record(Some(rec)),
-                            ) => RegistryResponse::discover_answer(&rec, *healthy, tag.as_deref()),
+                            ) => Ok(RegistryResponse::discover_answer(
+                                &rec,
+                                *healthy,
+                                tag.as_deref(),
+                            )),
                             (RegistryRequest::Discover { .. }, _) => {
                                 Err(Error::not_found(format!("service {service} not found")))
                             }
